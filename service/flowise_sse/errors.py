@@ -1,0 +1,86 @@
+"""The gateway's failures as types, each with its HTTP status and its SSE `error` code.
+
+One table: a failure before a stream starts becomes `status` + a JSON body; after, an SSE
+`error` event with `{code, message, retryable}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+
+
+class BadRequest(GatewayError):
+    code, status = "bad_request", 400
+
+
+class NotAuthenticated(GatewayError):
+    """The gateway's own API key is missing or wrong."""
+
+    code, status = "not_authenticated", 401
+
+
+class Forbidden(GatewayError):
+    code, status = "forbidden", 403
+
+
+class ChatflowNotFound(GatewayError):
+    code, status = "not_found", 404
+
+
+class StreamNotFound(GatewayError):
+    code, status = "stream_not_found", 404
+
+
+class ChatBusy(GatewayError):
+    """Flowise mixes up two concurrent predictions on one chatId, so the second is refused."""
+
+    code, status = "chat_busy", 409
+
+
+class Overloaded(GatewayError):
+    code, status, retryable = "overloaded", 503, True
+
+
+class ShuttingDown(GatewayError):
+    code, status, retryable = "shutting_down", 503, True
+
+
+class UpstreamUnavailable(GatewayError):
+    code, status, retryable = "upstream_unavailable", 502, True
+
+
+class UpstreamTimeout(GatewayError):
+    code, status, retryable = "upstream_timeout", 504, True
+
+
+class UpstreamError(GatewayError):
+    """Flowise answered, with a failure (an LLM error, a 5xx, an `error` event)."""
+
+    code, status = "upstream_error", 502
+
+
+class UpstreamUnauthorized(GatewayError):
+    """Flowise refused the gateway's upstream credentials (or their absence)."""
+
+    code, status = "unauthorized", 502
+
+
+class StreamAborted(GatewayError):
+    code, status = "aborted", 499
+
+
+class StreamTooLarge(GatewayError):
+    code, status = "stream_too_large", 507

@@ -1,0 +1,229 @@
+"""The Flowise server as seen from the gateway: its HTTP routes, its auth rules, its version.
+
+Both streaming transports (`transports/`) and the gateway's proxy routes call Flowise through
+one `FlowiseClient`, which owns the one shared keep-alive HTTP connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from .errors import (
+    ChatflowNotFound,
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+)
+from .settings import Settings
+
+Transport = Literal["socketio", "sse"]
+
+# The first release that streams natively over SSE (Flowise PR #3125); older ones use socket.io.
+SSE_SINCE = (2, 1, 0)
+# `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on.
+ABORT_SINCE = (1, 8, 0)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split(".")[:3]]
+    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowiseVersion:
+    version: str | None  # None when the server did not say (old 1.x without the route)
+    transport: Transport
+
+    @property
+    def has_abort(self) -> bool:
+        return self.version is None or parse_version(self.version) >= ABORT_SINCE
+
+
+def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
+    """Map a Flowise error answer to a gateway error.
+
+    Flowise's error bodies vary by version: plain text (1.6), `{statusCode, message}` JSON (1.8+),
+    `{"error": "Unauthorized Access"}` (2.0.6+ API-key middleware). A wrong chatflow key comes as
+    401 on 1.6 but as a 500 whose message ends in "Unauthorized" from 1.8 on.
+    """
+    message = body.decode("utf-8", "replace").strip()
+    try:
+        parsed = orjson.loads(body)
+        if isinstance(parsed, dict):
+            message = str(parsed.get("message") or parsed.get("error") or message)
+    except orjson.JSONDecodeError:
+        pass
+    message = message[:2000]
+    if status in (401, 403) or message.endswith("Unauthorized") or "Unauthorized Access" in message:
+        return UpstreamUnauthorized(
+            f"Flowise refused the gateway's credentials for {what} (HTTP {status}"
+            f"{': ' + message if message else ''}); check FLOWISE_API_KEY / FLOWISE_USERNAME"
+        )
+    lowered = message.lower()
+    if status == 404 or ("chatflow" in lowered and "not found" in lowered):
+        return ChatflowNotFound(f"{what}: {message or 'not found'}")
+    if status == 429:
+        return UpstreamUnavailable(f"Flowise rate-limited {what} (HTTP 429)")
+    return UpstreamError(f"Flowise failed {what} (HTTP {status}): {message or 'no message'}")
+
+
+class FlowiseClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.base_url = settings.flowise_url.rstrip("/")
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(settings.connect_timeout, read=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            follow_redirects=False,
+        )
+        self._version: FlowiseVersion | None = None
+        self._version_expires = 0.0
+        self._version_lock = asyncio.Lock()
+        self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    # --- auth ---------------------------------------------------------------------------
+    @property
+    def prediction_headers(self) -> dict[str, str]:
+        """Prediction routes are outside basic auth in every version; a chatflow key goes here."""
+        key = self.settings.flowise_api_key
+        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    @property
+    def management_headers(self) -> dict[str, str]:
+        """1.x guards listing/version/abort with basic auth; 2.x/3.x with a Bearer API key."""
+        s = self.settings
+        if s.flowise_username and s.flowise_password:
+            raw = f"{s.flowise_username}:{s.flowise_password.get_secret_value()}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        return self.prediction_headers
+
+    @property
+    def socketio_url_and_path(self) -> tuple[str, str]:
+        """socket.io lives at `<FLOWISE_URL path>/socket.io/` on the same host and port."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}", f"{parts.path.rstrip('/')}/socket.io"
+
+    # --- plain requests -----------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        management: bool = True,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """One JSON request to Flowise; every failure comes back as a `GatewayError`."""
+        headers = self.management_headers if management else self.prediction_headers
+        try:
+            response = await self.http.request(
+                method,
+                path,
+                headers=headers,
+                timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout or 30.0),
+                **kwargs,
+            )
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})")
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}")
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, response.content, what)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Flowise answered {what} with something that is not JSON")
+
+    async def version(self) -> FlowiseVersion:
+        """The server's version and so its transport; remembered for `version_ttl` seconds."""
+        if self.settings.flowise_transport != "auto":
+            return FlowiseVersion(None, self.settings.flowise_transport)
+        if self._version and time.monotonic() < self._version_expires:
+            return self._version
+        async with self._version_lock:
+            if self._version and time.monotonic() < self._version_expires:
+                return self._version
+            try:
+                answer = await self.request("GET", "/api/v1/version", "the version check")
+                text = str(answer.get("version", "")) if isinstance(answer, dict) else ""
+            except ChatflowNotFound:
+                text = ""  # releases before the route existed are all socket.io ones
+            except UpstreamUnauthorized as exc:
+                raise UpstreamUnauthorized(
+                    exc.message + "; or set FLOWISE_TRANSPORT=socketio|sse to skip the version check"
+                )
+            transport: Transport = "sse" if text and parse_version(text) >= SSE_SINCE else "socketio"
+            self._version = FlowiseVersion(text or None, transport)
+            self._version_expires = time.monotonic() + self.settings.version_ttl
+            return self._version
+
+    async def is_streaming(self, chatflow_id: str) -> bool:
+        """`GET /api/v1/chatflows-streaming/{id}`: whitelisted everywhere, 404s unknown chatflows."""
+        answer = await self.request(
+            "GET", f"/api/v1/chatflows-streaming/{chatflow_id}", f"chatflow {chatflow_id}",
+            management=False,
+        )
+        return bool(answer.get("isStreaming")) if isinstance(answer, dict) else False
+
+    async def check_chatflow(self, chatflow_id: str) -> bool:
+        """Whether the chatflow streams; raises `ChatflowNotFound` before any stream starts.
+
+        Remembered briefly: it costs a round trip, and on >= 2.1 an unknown chatflow makes the
+        streaming POST hang rather than fail, so it must be known before that POST.
+        """
+        seen = self._chatflows_seen.get(chatflow_id)
+        if seen and time.monotonic() < seen[1]:
+            return seen[0]
+        streaming = await self.is_streaming(chatflow_id)
+        if len(self._chatflows_seen) > 10000:
+            self._chatflows_seen.clear()
+        self._chatflows_seen[chatflow_id] = (
+            streaming, time.monotonic() + self.settings.chatflow_cache_ttl
+        )
+        return streaming
+
+    async def list_chatflows(self) -> list[dict[str, Any]]:
+        answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing")
+        if isinstance(answer, dict) and isinstance(answer.get("data"), list):
+            answer = answer["data"]  # 3.x paginated form
+        if not isinstance(answer, list):
+            raise UpstreamError("Flowise's chatflow listing is not a list")
+        return answer
+
+    async def predict(self, chatflow_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The non-streaming prediction: Flowise's JSON answer."""
+        answer = await self.request(
+            "POST", f"/api/v1/prediction/{chatflow_id}", f"the prediction on {chatflow_id}",
+            management=False, timeout=self.settings.total_timeout, json=body,
+        )
+        if not isinstance(answer, dict):
+            raise UpstreamError("Flowise's prediction answer is not a JSON object")
+        return answer
+
+    async def abort(self, chatflow_id: str, chat_id: str) -> None:
+        """Best effort: Flowise's own stop (agentflows honour it; classic chains run on)."""
+        version = self._version
+        if version and not version.has_abort:
+            return
+        try:
+            await self.request(
+                "PUT", f"/api/v1/chatmessage/abort/{chatflow_id}/{chat_id}", "the abort",
+                timeout=5.0,
+            )
+        except GatewayError:
+            pass

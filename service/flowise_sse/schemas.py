@@ -1,0 +1,152 @@
+"""The HTTP API's bodies, and the SSE event contract, as models (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CHAT_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"  # it ends up in an upstream URL (abort)
+
+
+class HistoryItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["user", "assistant", "userMessage", "apiMessage"]
+    content: str
+
+
+class StreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1, description="The user's message.")
+    history: list[HistoryItem] = Field(
+        default_factory=list, description="Earlier turns, oldest first; sent in the form every Flowise version reads."
+    )
+    chatId: str | None = Field(
+        None, pattern=CHAT_ID_PATTERN,
+        description="Flowise chat (memory session) id; a fresh one per request when absent.",
+    )
+    overrideConfig: dict[str, Any] | None = Field(None, description="Passed to Flowise as is.")
+
+
+class CreateStream(StreamRequest):
+    chatflowId: UUID
+
+
+class StreamCreated(BaseModel):
+    streamId: str
+    chatId: str
+    eventsUrl: str = Field(description="Read it with EventSource; it carries a short-lived read token.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
+    message: str
+    retryable: bool
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ChatflowSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str | None = None
+    deployed: bool | None = None
+    isPublic: bool | None = None
+    category: str | None = None
+    type: str | None = None
+    updatedDate: str | None = None
+
+
+class StreamingCheck(BaseModel):
+    isStreaming: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    flowiseVersion: str | None = None
+    transport: str | None = None
+    error: ErrorDetail | None = None
+
+
+# --- the SSE contract ------------------------------------------------------------------------
+class StartData(BaseModel):
+    streamId: str
+    chatId: str
+    chatflowId: str
+    transport: Literal["socketio", "sse"]
+
+
+class TokenData(BaseModel):
+    text: str = Field(description="The next fragment of the answer, exactly as Flowise streamed it.")
+
+
+class EndData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str = Field(description="The whole answer.")
+    chatId: str | None = None
+    chatMessageId: str | None = None
+
+
+class _Frame(BaseModel):
+    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. Send it back as Last-Event-ID to resume.")
+
+
+class StartEvent(_Frame):
+    event: Literal["start"]
+    data: StartData
+
+
+class TokenEvent(_Frame):
+    event: Literal["token"]
+    data: TokenData
+
+
+class EndEvent(_Frame):
+    event: Literal["end"]
+    data: EndData
+
+
+class ErrorEvent(_Frame):
+    event: Literal["error"]
+    data: ErrorDetail
+
+
+class RelayedEvent(_Frame):
+    event: str = Field(
+        description="A Flowise event under its own name: metadata, sourceDocuments, usedTools, agentReasoning, "
+        "nextAgent, action, artifacts, fileAnnotations, thinking, ..."
+    )
+    data: Any = Field(description="Flowise's payload (double-encoded JSON strings decoded).")
+
+
+StreamEvent = Union[StartEvent, TokenEvent, EndEvent, ErrorEvent, RelayedEvent]
+
+SSE_DESCRIPTION = """\
+A `text/event-stream`. Every event has `event:`, `id:` and one JSON `data:` line.
+`start` comes first, then `token` events and relayed Flowise events (`metadata`, `sourceDocuments`, ...),
+then exactly one of `end` (the whole answer) or `error` (`{code, message, retryable}`).
+Comment lines (`: keep-alive`) are sent every 15 s. Reconnect with `Last-Event-ID` to resume."""
+
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
+    }
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Bad input", 401: "Missing or wrong gateway API key", 404: "Unknown chatflow or stream",
+        409: "The chatId has a prediction running", 422: "Malformed request",
+        502: "Flowise is down, failed, or refused the gateway's credentials", 503: "Shutting down or full",
+        504: "Flowise did not answer in time",
+    }.items()
+}

@@ -1,0 +1,95 @@
+"""Every setting of the gateway, with its default, in one place.
+
+Upstream (Flowise) settings keep Flowise's own names (`FLOWISE_URL`, `FLOWISE_API_KEY`, ...);
+the gateway's own knobs are prefixed `FLOWISE_SSE_`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _upstream(name: str) -> AliasChoices:
+    # Unprefixed env name, plus the field name itself so `Settings(flowise_url=...)` works in code.
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLOWISE_SSE_", populate_by_name=True, extra="ignore"
+    )
+
+    # --- Upstream Flowise -------------------------------------------------------------------
+    flowise_url: str = Field("http://localhost:3000", validation_alias=_upstream("FLOWISE_URL"))
+    """Base URL of the Flowise server."""
+    flowise_api_key: SecretStr | None = Field(None, validation_alias=_upstream("FLOWISE_API_KEY"))
+    """Bearer key: the chatflow key on 1.x/2.x, a workspace key on 3.x. Never leaves the server."""
+    flowise_username: str | None = Field(None, validation_alias=_upstream("FLOWISE_USERNAME"))
+    flowise_password: SecretStr | None = Field(None, validation_alias=_upstream("FLOWISE_PASSWORD"))
+    """Flowise 1.x basic auth, used on its management routes (listing, version, abort)."""
+    flowise_transport: Literal["auto", "socketio", "sse"] = Field(
+        "auto", validation_alias=_upstream("FLOWISE_TRANSPORT")
+    )
+    """`auto` asks `GET /api/v1/version`: <= 2.0.x streams over socket.io, >= 2.1.0 over SSE."""
+
+    # --- Timeouts (seconds) -----------------------------------------------------------------
+    connect_timeout: float = 10.0
+    """Opening the upstream: TCP connect, socket.io handshake, response headers."""
+    first_event_timeout: float = 120.0
+    """From the prediction request to the first upstream event (LLMs can think a while)."""
+    idle_timeout: float = 120.0
+    """Longest silence between two upstream events once the answer flows."""
+    total_timeout: float = 1800.0
+    """Longest a single prediction may run."""
+    version_ttl: float = 300.0
+    """How long the detected Flowise version (and so the transport) is remembered."""
+
+    # --- Streams ----------------------------------------------------------------------------
+    keepalive_interval: float = 15.0
+    """Seconds between SSE keep-alive comments to the client."""
+    retry_ms: int = 2000
+    """The `retry:` hint sent to EventSource clients with the first event."""
+    on_client_disconnect: Literal["continue", "abort"] = "continue"
+    """When the last reader of a stream leaves: keep the upstream running (so a reconnect with
+    Last-Event-ID resumes it) or abort it at once."""
+    stream_retention: float = 600.0
+    """How long a finished stream's events stay available for resume."""
+    max_stream_bytes: int = 8 * 1024 * 1024
+    """Cap on one stream's stored events; a stream over it fails with `stream_too_large`."""
+    max_total_bytes: int = 256 * 1024 * 1024
+    """Cap on all streams' stored events in memory; finished streams are evicted first."""
+    max_streams: int = 10000
+    """Cap on streams held at once (running or retained); new ones get 503 beyond it."""
+    redis_url: str | None = None
+    """With Redis, events are mirrored to Redis Streams so any replica can resume a stream."""
+    shutdown_grace: float = 30.0
+    """On SIGTERM, how long running upstreams may go on before they are aborted."""
+
+    # --- socket.io upstream ----------------------------------------------------------------
+    socketio_pool_size: int = 4
+    """Pre-connected sockets kept ready, one leased per socket.io prediction."""
+    socketio_late_frames: float = 0.05
+    """After the HTTP answer, how long to wait for socket frames still in flight."""
+    chatflow_cache_ttl: float = 30.0
+    """How long a chatflow's existence/streaming check is remembered."""
+
+    # --- Access -----------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Gateway API keys (comma-separated). Empty: the gateway is open, and says so at start-up."""
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Origins allowed by CORS (comma-separated). Empty: no cross-origin access."""
+    token_secret: SecretStr | None = None
+    """Signs the capability tokens of `eventsUrl`; random per process if unset (set it, the
+    same on every replica, when running several)."""
+    token_ttl: float = 900.0
+    """Lifetime of an `eventsUrl` capability token."""
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

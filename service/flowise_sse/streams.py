@@ -1,0 +1,249 @@
+"""Stream runs: one upstream prediction each, living apart from the connections that read it.
+
+A run drives `Upstream.stream()` into a `StreamLog`; readers follow the log from any position.
+The HTTP request that created a run only waits for its `start` (or its early failure, which
+becomes a plain HTTP error). Who ends a run: the upstream (`end`/`error`), a timeout, `DELETE`,
+the last reader leaving (when `on_client_disconnect=abort`), or shutdown. See ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import aclosing, contextmanager
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
+
+from .errors import (
+    ChatBusy,
+    GatewayError,
+    ShuttingDown,
+    StreamAborted,
+    StreamNotFound,
+    StreamTooLarge,
+    UpstreamError,
+)
+from .events import ERROR, START, TERMINAL, Event
+from .prediction import Prediction
+from .settings import Settings
+from .store import MemoryStore, StreamLog
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .redis_mirror import RedisMirror
+
+log = logging.getLogger("flowise_sse")
+
+
+class StreamRun:
+    def __init__(self, stream_id: str, chatflow_id: str, prediction: Prediction, events: StreamLog) -> None:
+        self.id = stream_id
+        self.chatflow_id = chatflow_id
+        self.prediction = prediction
+        self.log = events
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.readers = 0
+        self.abort_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.task is None or self.task.done()
+
+
+class StreamManager:
+    def __init__(self, settings: Settings, upstream: Upstream, store: MemoryStore) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.store = store
+        self.mirror: RedisMirror | None = None
+        if settings.redis_url:
+            from .redis_mirror import RedisMirror
+
+            self.mirror = RedisMirror(settings, self._abort_requested)
+        self.runs: dict[str, StreamRun] = {}
+        self._chats: dict[str, str] = {}  # chatId -> streamId of the run using it
+        self.draining = False
+        self._drain_started = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.mirror:
+            await self.mirror.open()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        period = max(1.0, min(30.0, self.settings.stream_retention / 10))
+        while True:
+            await asyncio.sleep(period)
+            self.store.evict_expired()
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun: take no new streams; readers are let go (see `_should_stop`)."""
+        if not self.draining:
+            self.draining = True
+            self._drain_started = time.monotonic()
+            for run in self.runs.values():
+                run.log.wake()
+
+    async def close(self) -> None:
+        """Let running upstreams finish within `shutdown_grace`, then abort the rest."""
+        self.begin_drain()
+        pending = [run.task for run in self.runs.values() if run.task]
+        if pending:
+            remaining = self.settings.shutdown_grace - (time.monotonic() - self._drain_started)
+            await asyncio.wait(pending, timeout=max(0.0, remaining))
+        for run in list(self.runs.values()):
+            self.abort(run, "the gateway is shutting down")
+        await asyncio.gather(*(run.task for run in self.runs.values() if run.task), return_exceptions=True)
+        if self._sweeper:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.mirror:
+            await self.mirror.close()
+
+    # --- runs -----------------------------------------------------------------------------
+    async def start(self, chatflow_id: str, prediction: Prediction) -> StreamRun:
+        """Start a run and wait for its `start`; a failure before it is raised here."""
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another replica")
+        stream_id = uuid.uuid4().hex
+        self._claim_chat(prediction.chat_id, f"stream {stream_id}")
+        try:
+            if self.mirror:
+                if not await self.mirror.claim_chat(prediction.chat_id, stream_id):
+                    raise ChatBusy(f"chatId {prediction.chat_id!r} already has a prediction running on another replica")
+                await self.mirror.register(stream_id, chatflow_id)
+            run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
+        except BaseException:
+            self._chats.pop(prediction.chat_id, None)
+            raise
+        self.runs[stream_id] = run
+        run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"stream {stream_id}")
+        try:
+            await asyncio.shield(run.started)
+        except asyncio.CancelledError:
+            # The requester left before the stream began: nobody knows its id, nobody can want it.
+            self.abort(run, "the client left before the stream started")
+            raise
+        return run
+
+    def _claim_chat(self, chat_id: str, owner: str) -> None:
+        if chat_id in self._chats:
+            raise ChatBusy(
+                f"chatId {chat_id!r} already has a prediction running ({self._chats[chat_id]}); "
+                "Flowise would mix the two up"
+            )
+        self._chats[chat_id] = owner
+
+    @contextmanager
+    def chat_in_use(self, chat_id: str, owner: str) -> Iterator[None]:
+        self._claim_chat(chat_id, owner)
+        try:
+            yield
+        finally:
+            self._chats.pop(chat_id, None)
+
+    def get(self, stream_id: str) -> StreamRun | None:
+        return self.runs.get(stream_id)
+
+    def abort(self, run: StreamRun, reason: str) -> bool:
+        if run.done:
+            return False
+        run.abort_reason = run.abort_reason or reason
+        run.task.cancel()  # type: ignore[union-attr]
+        return True
+
+    async def _drive(self, run: StreamRun) -> None:
+        failure: GatewayError | None = None
+        try:
+            async with aclosing(self.upstream.stream(run.chatflow_id, run.prediction)) as events:
+                async for event in events:
+                    if event.event == START:
+                        event.data = {"streamId": run.id, **event.data}
+                    self._append(run, event, terminal=event.event in TERMINAL)
+                    if event.event == START:
+                        run.started.set_result(None)
+        except asyncio.CancelledError:
+            failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+        except StreamTooLarge as exc:
+            failure = exc
+            self.upstream.abort_upstream(run.chatflow_id, run.prediction.chat_id)
+        except GatewayError as exc:
+            failure = exc
+        except Exception as exc:  # a bug of ours must still end the stream clearly
+            log.exception("stream %s failed", run.id)
+            failure = GatewayError(f"the gateway failed: {type(exc).__name__}")
+        else:
+            if not run.log.finished:
+                failure = UpstreamError("Flowise's stream ended without a final answer")
+        finally:
+            self._chats.pop(run.prediction.chat_id, None)
+            self.runs.pop(run.id, None)
+        if self.mirror:
+            await self.mirror.release_chat(run.prediction.chat_id, run.id)
+        if failure is None:
+            return
+        if run.started.done():
+            self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
+        else:
+            run.started.set_exception(failure)
+            run.started.exception()  # retrieved: the requester may already be gone
+            self.store.drop(run.id)
+
+    def _append(self, run: StreamRun, event: Event, terminal: bool) -> None:
+        seq = run.log.append(event, terminal)
+        if self.mirror:
+            self.mirror.append(run.id, seq, run.log.frames[-1], terminal)
+
+    def _abort_requested(self, stream_id: str) -> None:
+        run = self.runs.get(stream_id)
+        if run:
+            self.abort(run, "stopped by DELETE")
+
+    async def stop(self, stream_id: str) -> bool:
+        """`DELETE`: stop the stream wherever it runs. False when it is unknown or expired."""
+        run = self.runs.get(stream_id)
+        if run:
+            self.abort(run, "stopped by DELETE")
+            await asyncio.gather(run.task, return_exceptions=True)  # type: ignore[arg-type]
+            return True
+        if self.store.get(stream_id) is not None:
+            return True  # already over
+        if self.mirror and await self.mirror.exists(stream_id):
+            await self.mirror.publish_abort(stream_id)
+            return True
+        return False
+
+    # --- readers --------------------------------------------------------------------------
+    async def follow(self, stream_id: str, after: int) -> AsyncIterator[bytes]:
+        """The stream's frames after seq `after`, live until its end: from memory on the replica
+        running it, from Redis on the others. Checked before any byte is sent, so an unknown
+        stream is a 404 rather than an empty event stream."""
+        events = self.store.get(stream_id)
+        if events is not None:
+            return self._follow(events, self.runs.get(stream_id), max(0, after))
+        if self.mirror and await self.mirror.exists(stream_id):
+            return self.mirror.follow(stream_id, max(0, after), self._should_stop)
+        raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
+
+    async def _follow(self, events: StreamLog, run: StreamRun | None, after: int) -> AsyncIterator[bytes]:
+        if run:
+            run.readers += 1
+        try:
+            async for chunk in events.frames_after(after, self._should_stop):
+                yield chunk
+        finally:
+            if run:
+                run.readers -= 1
+                if run.readers == 0 and self.settings.on_client_disconnect == "abort":
+                    self.abort(run, "its last reader disconnected")
+
+    def _should_stop(self) -> bool:
+        """While draining, readers are let go at once when Redis holds the events (clients resume
+        on another replica); otherwise they stay to their stream's end, up to the grace period."""
+        if not self.draining:
+            return False
+        return self.mirror is not None or time.monotonic() - self._drain_started >= self.settings.shutdown_grace

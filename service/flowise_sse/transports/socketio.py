@@ -1,0 +1,220 @@
+"""Flowise <= 2.0.7: tokens over socket.io, the answer on the prediction POST.
+
+Flowise emits to the socket named in `socketIOClientId` and its events carry no chat id, so
+each prediction gets a socket of its own. The HTTP answer, not `end` (sent once per LLM call),
+says the prediction is over; the streamed text is then reconciled with the answer's `text`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+import socketio
+
+from ..errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from ..events import END, START, TOKEN, Event, token
+from ..flowise import FlowiseClient, error_from_response
+from ..prediction import Prediction, closing_events, relayed
+
+_ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arrived
+_DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
+
+
+class _Socket:
+    """One connected socket.io client whose events all land in one queue."""
+
+    def __init__(self) -> None:
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.client.on("*", self._on_event)
+        self.client.on("disconnect", self._on_disconnect)
+
+    def _on_event(self, name: str, *args: Any) -> None:
+        self.queue.put_nowait((name, args[0] if args else None))
+
+    def _on_disconnect(self, *args: Any) -> None:
+        self.queue.put_nowait((_DROPPED, None))
+
+    async def close(self) -> None:
+        try:
+            await self.client.disconnect()
+        except Exception:  # a socket that is already gone has nothing left to close
+            pass
+
+
+class SocketPool:
+    """Pre-connected sockets, so the socket.io handshake is off a prediction's critical path.
+
+    A socket serves one prediction and is then closed (late frames of one prediction must not
+    reach the next); the pool connects a replacement in the background.
+    """
+
+    def __init__(self, flowise: FlowiseClient, size: int) -> None:
+        self.flowise = flowise
+        self.size = size
+        self._ready: list[_Socket] = []
+        self._connecting = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+
+    async def _connect(self) -> _Socket:
+        url, path = self.flowise.socketio_url_and_path
+        sock = _Socket()
+        try:
+            await sock.client.connect(
+                url,
+                transports=["websocket"],
+                socketio_path=path,
+                wait_timeout=self.flowise.settings.connect_timeout,
+            )
+        except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            await sock.close()
+            raise UpstreamUnavailable(f"Flowise's socket.io at {url}{path} refused: {exc}") from None
+        except BaseException:
+            await sock.close()
+            raise
+        return sock
+
+    def _refill(self) -> None:
+        while not self._closed and len(self._ready) + self._connecting < self.size:
+            self._connecting += 1
+            task = asyncio.get_running_loop().create_task(self._add_one())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _add_one(self) -> None:
+        try:
+            sock = await self._connect()
+        except GatewayError:
+            return  # Flowise is down; the next lease connects directly and reports it
+        finally:
+            self._connecting -= 1
+        if self._closed:
+            await sock.close()
+        else:
+            self._ready.append(sock)
+
+    def warm(self) -> None:
+        self._refill()
+
+    async def lease(self) -> _Socket:
+        while self._ready:
+            sock = self._ready.pop()
+            if sock.client.connected and sock.queue.empty():
+                self._refill()
+                return sock
+            await sock.close()
+        sock = await self._connect()
+        self._refill()
+        return sock
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        ready, self._ready = self._ready, []
+        await asyncio.gather(*(sock.close() for sock in ready))
+
+
+async def stream_socketio(
+    flowise: FlowiseClient, chatflow_id: str, prediction: Prediction, pool: SocketPool, streams: bool
+) -> AsyncIterator[Event]:
+    """`streams` is Flowise's own verdict on the chatflow: one that cannot stream sends no socket
+    events at all, so it is asked plainly, without a socket."""
+    sock = await pool.lease() if streams else None
+    body = prediction.body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.body()
+    queue = sock.queue if sock else asyncio.Queue()
+    post = asyncio.get_running_loop().create_task(_post(flowise, chatflow_id, body, queue))
+    try:
+        yield Event(START, {"chatId": prediction.chat_id, "chatflowId": chatflow_id, "transport": "socketio"})
+        parts: list[str] = []
+        relayed_names: set[str] = set()
+        while True:
+            name, data = await queue.get()
+            if name == TOKEN:
+                if data:
+                    parts.append(data)
+                    yield token(data)
+            elif name == _ANSWER:
+                answer = data
+                break
+            elif name == _DROPPED:
+                raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
+            elif name == START:
+                # A string `start` is the first token again (or ""); agents put reasoning here.
+                if data and not isinstance(data, str):
+                    relayed_names.add("agentReasoning")
+                    yield relayed("agentReasoning", data)
+            elif name not in (END, "abort"):  # `end` fires once per LLM call: not the end
+                relayed_names.add(name)
+                yield relayed(name, data)
+        grace = flowise.settings.socketio_late_frames
+        if isinstance(answer, BaseException):
+            async for event in _late_frames({}, parts, queue, grace):  # tokens sent before it failed
+                yield event
+            raise answer
+        async for event in _late_frames(answer, parts, queue, grace):
+            yield event
+        for event in closing_events(answer, relayed_names, None):
+            yield event
+    finally:
+        if not post.done():
+            post.cancel()
+        if sock:
+            await sock.close()
+
+
+async def _late_frames(
+    answer: dict[str, Any], parts: list[str], queue: asyncio.Queue, grace: float
+) -> AsyncIterator[Event]:
+    """The answer and the socket frames travel on different connections: wait briefly for frames
+    still in flight, then emit whatever the stream missed of the answer's text. Without an answer
+    (Flowise failed) take whatever tokens arrive within the grace period."""
+    text = answer.get("text") if isinstance(answer.get("text"), str) else ""
+    streamed = "".join(parts)
+    deadline = asyncio.get_running_loop().time() + grace
+    while not answer or (len(streamed) < len(text) and text.startswith(streamed)):
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        try:
+            async with asyncio.timeout(remaining):
+                name, data = await queue.get()
+        except TimeoutError:
+            break
+        if name == TOKEN and data:
+            streamed += data
+            yield token(data)
+    if len(streamed) < len(text) and text.startswith(streamed):
+        yield token(text[len(streamed):])
+
+
+async def _post(flowise: FlowiseClient, chatflow_id: str, body: dict, queue: asyncio.Queue) -> None:
+    """The prediction POST; its outcome joins the socket events in the same queue."""
+    outcome: Any
+    try:
+        response = await flowise.http.post(
+            f"/api/v1/prediction/{chatflow_id}",
+            json=body,
+            headers=flowise.prediction_headers,
+            timeout=httpx.Timeout(flowise.settings.connect_timeout, read=None),
+        )
+        if response.status_code >= 400:
+            outcome = error_from_response(
+                response.status_code, response.content, f"the prediction on {chatflow_id}"
+            )
+        else:
+            outcome = orjson.loads(response.content)
+            if not isinstance(outcome, dict):
+                outcome = UpstreamError("Flowise's prediction answer is not a JSON object")
+    except httpx.TimeoutException:
+        outcome = UpstreamTimeout("Flowise did not accept the prediction in time")
+    except httpx.HTTPError as exc:
+        outcome = UpstreamUnavailable(f"Flowise is unreachable at {flowise.base_url}: {exc!r}")
+    except orjson.JSONDecodeError:
+        outcome = UpstreamError("Flowise's prediction answer is not JSON")
+    queue.put_nowait((_ANSWER, outcome))

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from flowise_sse.app import create_app
+from flowise_sse.emulator import EmulatorConfig, create_emulator_app
+from flowise_sse.settings import Settings
+
+from .servers import ServerThread
+
+SOCKETIO_VERSIONS = ["1.6.2", "2.0.7"]
+SSE_VERSIONS = ["2.1.0", "3.1.4"]
+VERSIONS = SOCKETIO_VERSIONS + SSE_VERSIONS
+TRANSPORT = {"1.6.2": "socketio", "2.0.7": "socketio", "2.1.0": "sse", "3.1.4": "sse"}
+
+
+@pytest.fixture(scope="session")
+def emulators() -> Iterator[Callable[..., ServerThread]]:
+    """Emulated Flowise servers, one per distinct configuration, shared by the whole session."""
+    running: dict[tuple, ServerThread] = {}
+
+    def get(version: str = "3.1.4", **options: Any) -> ServerThread:
+        key = (version, tuple(sorted(options.items())))
+        if key not in running:
+            app = create_emulator_app(EmulatorConfig(version=version, **options))
+            running[key] = ServerThread(app, lifespan="off").__enter__()
+        return running[key]
+
+    yield get
+    for server in running.values():
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def flowise(emulators: Callable[..., ServerThread], version: str) -> ServerThread:
+    server = emulators(version)
+    server.app.requests.clear()
+    server.app.aborts.clear()
+    return server
+
+
+@pytest.fixture
+def gateways() -> Iterator[Callable[..., ServerThread]]:
+    """Start a gateway (a real uvicorn server) in front of a Flowise URL, with settings overrides."""
+    started: list[ServerThread] = []
+
+    def start(flowise_url: str, **overrides: Any) -> ServerThread:
+        settings = Settings(flowise_url=flowise_url, **{"keepalive_interval": 15.0, **overrides})
+        server = ServerThread(create_app(settings)).__enter__()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def gateway(gateways: Callable[..., ServerThread], flowise: ServerThread) -> ServerThread:
+    return gateways(flowise.url)

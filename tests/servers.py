@@ -1,0 +1,89 @@
+"""Real servers for the tests: uvicorn on loopback in a thread of its own, and SSE reading."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import httpx
+import orjson
+import uvicorn
+from httpx_sse import EventSource
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """A uvicorn server on 127.0.0.1 (a free port), with its own event loop in its own thread."""
+
+    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+        self.app = app
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan,
+            timeout_graceful_shutdown=3,
+        )
+        self.server = uvicorn.Server(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+        # What the app left behind (sse-starlette's shutdown watcher, for one) ends with the loop.
+        leftovers = asyncio.all_tasks(self.loop)
+        for task in leftovers:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        self.loop.close()
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        for _ in range(1000):
+            if self.server.started or not self.thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        if not self.server.started:
+            raise RuntimeError("server did not start")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def port(self) -> int:
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on the server's loop (to look at its tasks, its state)."""
+        return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(10)
+
+
+@dataclass
+class Sse:
+    event: str
+    id: str
+    data: Any
+
+
+def parse_sse(response: httpx.Response) -> list[Sse]:
+    return [Sse(e.event, e.id, orjson.loads(e.data)) for e in EventSource(response).iter_sse()]
+
+
+async def aread_sse(response: httpx.Response, limit: int | None = None) -> list[Sse]:
+    events: list[Sse] = []
+    async for e in EventSource(response).aiter_sse():
+        events.append(Sse(e.event, e.id, orjson.loads(e.data)))
+        if limit and len(events) >= limit:
+            break
+    return events
+
+
+def joined(events: list[Sse]) -> str:
+    return "".join(e.data["text"] for e in events if e.event == "token")

@@ -1,0 +1,71 @@
+"""What ships beside the code: the OpenAPI document, the Docker files, the README's commands."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import yaml
+
+from flowise_sse.app import create_app
+from flowise_sse.settings import Settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_openapi_committed_equalsWhatTheAppGenerates():
+    committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    assert committed == create_app(Settings()).openapi(), "run: flowise-sse openapi > openapi/openapi.json"
+
+
+def test_openapi_documentsTheSseContract():
+    doc = create_app(Settings()).openapi()
+    stream = doc["paths"]["/v1/chatflows/{chatflow_id}/stream"]["post"]["responses"]["200"]
+    assert stream["content"]["text/event-stream"]["schema"] == {"$ref": "#/components/schemas/StreamEvent"}
+    names = {s["properties"]["event"].get("const") for s in
+             (doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
+              for ref in doc["components"]["schemas"]["StreamEvent"]["anyOf"])}
+    assert {"start", "token", "end", "error"} <= names
+    for status in ("404", "409", "502", "504"):
+        assert status in stream and True or status in doc["paths"]["/v1/chatflows/{chatflow_id}/stream"]["post"]["responses"]
+
+
+def test_dockerfile_slimNonRootWithHealthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all(image.endswith("-slim") for image in froms)
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*", text, re.M) and "/healthz" in text
+    assert re.search(r'^CMD \["flowise-sse", "serve"', text, re.M)
+    for path in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / path).exists(), path
+
+
+def test_compose_flowiseOfficialImageGatewayAndRedis():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["flowise"]["image"].startswith("flowiseai/flowise:")
+    gateway = services["gateway"]
+    assert gateway["build"] == "."
+    env = gateway["environment"]
+    assert env["FLOWISE_URL"] == "http://flowise:3000"
+    assert env["FLOWISE_SSE_REDIS_URL"].startswith("redis://redis:")
+    assert set(gateway["depends_on"]) == {"flowise", "redis"}
+    settings_fields = {f"FLOWISE_SSE_{name.upper()}" for name in Settings.model_fields}
+    upstream = {"FLOWISE_URL", "FLOWISE_API_KEY", "FLOWISE_USERNAME", "FLOWISE_PASSWORD", "FLOWISE_TRANSPORT"}
+    assert set(env) <= settings_fields | upstream
+
+
+def test_readme_twoCommands_andCiRunsTheTestOne():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```sh\n(.+?)\n```", readme, re.S)
+    run_cmd = next(c for c in commands if "serve --demo" in c)
+    test_cmd = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd.strip() in ci
+    assert "pip install" in run_cmd
+    documented = set(re.findall(r"`(FLOWISE_[A-Z_]+)`", readme))
+    for name in Settings.model_fields:
+        assert f"FLOWISE_SSE_{name.upper()}" in documented or name.startswith("flowise_"), name
