@@ -73,12 +73,15 @@ class Sse:
 
 
 def parse_sse(response: httpx.Response) -> list[Sse]:
-    return [Sse(e.event, e.id, orjson.loads(e.data)) for e in EventSource(response).iter_sse()]
+    # httpx-sse dispatches a data-less "event" after a comment once an id was seen: skip those.
+    return [Sse(e.event, e.id, orjson.loads(e.data)) for e in EventSource(response).iter_sse() if e.data]
 
 
 async def aread_sse(response: httpx.Response, limit: int | None = None) -> list[Sse]:
     events: list[Sse] = []
     async for e in EventSource(response).aiter_sse():
+        if not e.data:
+            continue
         events.append(Sse(e.event, e.id, orjson.loads(e.data)))
         if limit and len(events) >= limit:
             break
@@ -87,3 +90,49 @@ async def aread_sse(response: httpx.Response, limit: int | None = None) -> list[
 
 def joined(events: list[Sse]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "token")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    """The gateway as users run it: `python -m flowise_sse serve` in a process of its own."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import os
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env}
+        self.argv = [sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--log-level", "warning"]
+        self.proc: Any = None
+
+    def __enter__(self) -> GatewayProcess:
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("the gateway process did not start")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

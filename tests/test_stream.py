@@ -197,3 +197,12 @@ async def test_badInput_thenClearJson4xxAndNothingReachesFlowise(emulators, gate
     error = r.json()["error"]
     assert error["code"] in ("invalid_request", "bad_request", "not_found") and error["message"]
     assert len(flowise.app.requests) == before
+
+
+async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gateways):
+    gateway = gateways(emulators("3.1.4").url, keepalive_interval=0.2)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+        r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                              json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b"], "delay": 0.5}}})
+    assert r.text.count(": keep-alive\n\n") >= 2
+    assert [e.event for e in parse_sse(r)][-1] == "end"

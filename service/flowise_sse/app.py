@@ -48,6 +48,7 @@ from .upstream import Upstream
 
 log = logging.getLogger("flowise_sse")
 
+KEEPALIVE = ServerSentEvent(comment="keep-alive", sep="\n")
 LISTED_FIELDS = ("id", "name", "deployed", "isPublic", "category", "type", "updatedDate")
 STREAM_ID = r"^[0-9a-f]{32}$"
 
@@ -120,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await mgr.follow(stream_id, after),
             headers={"Cache-Control": "no-cache"},
             ping=settings.keepalive_interval,
-            ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
+            ping_message_factory=lambda: KEEPALIVE,
             sep="\n",
         )
 

@@ -36,4 +36,3 @@ def parse_event_id(value: str) -> tuple[str, int]:
     return stream_id, int(seq)
 
 
-KEEPALIVE = b": keep-alive\n\n"

@@ -65,6 +65,8 @@ async def _events(response: httpx.Response, prediction: Prediction) -> AsyncIter
     parts: list[str] = []
     metadata: dict | None = None
     async for sse in EventSource(response).aiter_sse():
+        if not sse.data:  # a comment (`:heartbeat`) is not an event
+            continue
         try:
             message = orjson.loads(sse.data)
             name, data = message["event"], message.get("data")

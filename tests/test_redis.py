@@ -1,0 +1,139 @@
+"""Streams across replicas: two gateway processes sharing a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+from httpx_sse import EventSource
+
+from flowise_sse.emulator import DEMO_CHATFLOW_ID
+
+from .servers import GatewayProcess, Sse, free_port, joined
+
+pytestmark = pytest.mark.redis
+REPLY = "This is a deterministic mock reply. You said: "
+QUESTION = "one two three four five six seven eight nine ten"
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (tests/setup.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            import redis
+
+            redis.Redis(port=port).ping()
+            break
+        except Exception:
+            time.sleep(0.02)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def replicas(redis_url, emulators):
+    flowise = emulators("3.1.4")
+    env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret",
+           "FLOWISE_SSE_SHUTDOWN_GRACE": "10"}
+    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+        yield a, b, flowise
+
+
+def read(response: httpx.Response, events: list[Sse], limit: int | None = None) -> list[Sse]:
+    """Read on from where the last call stopped (one SSE iterator per response)."""
+    if not hasattr(response, "sse"):
+        response.sse = EventSource(response).iter_sse()  # type: ignore[attr-defined]
+    for sse in response.sse:  # type: ignore[attr-defined]
+        if not sse.data:  # a keep-alive comment
+            continue
+        events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
+        if limit and len(events) >= limit:
+            break
+    return events
+
+
+def slow(question: str = QUESTION, delay: float = 0.1, **extra) -> dict:
+    return {"question": question, "overrideConfig": {"emulator": {"delay": delay}}, **extra}
+
+
+def test_startOnA_cutClient_resumeOnB_thenJoinedTextExact(replicas):
+    a, b, _ = replicas
+    events: list[Sse] = []
+    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=slow(), timeout=20) as r:
+        read(r, events, limit=4)
+    with httpx.stream("GET", f"{b.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params={"question": QUESTION},
+                      headers={"Last-Event-ID": events[-1].id}, timeout=20) as r:
+        read(r, events)
+    seqs = [int(e.id.rsplit(":", 1)[1]) for e in events]
+    assert seqs == list(range(1, len(events) + 1))
+    assert joined(events) == events[-1].data["text"] == REPLY + QUESTION
+
+
+def test_eventsUrlFromA_readOnB_andDeleteOnB_stopsTheRunOnA(replicas):
+    a, b, flowise = replicas
+    created = httpx.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.3)}).json()
+    on_b = created["eventsUrl"].replace(a.url, b.url)
+    events: list[Sse] = []
+    with httpx.stream("GET", on_b, timeout=20) as r:
+        read(r, events, limit=2)
+        assert httpx.delete(f"{b.url}/v1/streams/{created['streamId']}").status_code == 204
+        read(r, events)
+    assert events[-1].event == "error" and events[-1].data["code"] == "aborted"
+    assert 1 <= len([e for e in events if e.event == "token"]) < 10
+
+
+def test_sameChatIdOnTwoReplicas_then409(replicas):
+    a, b, _ = replicas
+    body = slow(chatId="shared-chat", delay=0.1)
+    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20) as r:
+        read(r, [], limit=2)
+        second = httpx.post(f"{b.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20)
+        assert second.status_code == 409 and second.json()["error"]["code"] == "chat_busy"
+        read(r, [])
+    time.sleep(0.2)
+    assert "event: end" in httpx.post(f"{b.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20).text
+
+
+def test_sigtermOnA_midStream_thenClientFinishesOnBWithNothingLostOrDoubled(replicas):
+    a, b, _ = replicas
+    events: list[Sse] = []
+    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=slow(delay=0.15), timeout=20) as r:
+        read(r, events, limit=4)
+        a.proc.send_signal(signal.SIGTERM)
+        read(r, events)  # A lets its readers go: the connection closes without end or error
+    cut = len(events)
+    assert events[-1].event not in ("end", "error")
+    assert httpx.post(f"{b.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "b works"}).status_code == 201
+    with httpx.stream("GET", f"{b.url}/v1/streams/{events[0].data['streamId']}/events",
+                      headers={"Last-Event-ID": events[-1].id}, timeout=20) as r:
+        read(r, events)
+    assert len(events) > cut
+    assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+    assert joined(events) == events[-1].data["text"] == REPLY + QUESTION
+    # A exits once its upstream is done (uvicorn re-raises the SIGTERM it handled, hence -15).
+    assert a.proc.wait(15) in (0, -signal.SIGTERM)
+
+
+def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas):
+    a, b, _ = replicas
+    created = httpx.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.5)}).json()
+    time.sleep(0.3)
+    a.proc.kill()
+    events: list[Sse] = []
+    started = time.monotonic()
+    with httpx.stream("GET", created["eventsUrl"].replace(a.url, b.url), timeout=30) as r:
+        read(r, events)
+    assert events[-1].event == "error" and events[-1].data["code"] == "upstream_unavailable"
+    assert time.monotonic() - started < 15
