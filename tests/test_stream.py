@@ -180,7 +180,7 @@ async def test_stream_whenSameChatIdRunning_then409ForTheSecond(gateway, flowise
         ("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
          {"params": {"question": "q", "history": '[{"role":"user"}]'}}, 400),
         ("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {"params": {}}, 422),
-        ("POST", "/v1/chatflows/..%2F..%2Fapi%2Fv1%2Fchatflows/stream", {"json": {"question": "q"}}, 404),
+        ("POST", "/v1/chatflows/..%2F..%2Fapi%2Fv1%2Fchatflows/stream", {"json": {"question": "q"}}, (404, 405)),
         ("POST", "/v1/chatflows/not-a-uuid/stream", {"json": {"question": "q"}}, 422),
         ("GET", "/v1/chatflows/not-a-uuid/streaming", {}, 422),
         ("POST", "/v1/chatflows/not-a-uuid/prediction", {"json": {"question": "q"}}, 422),
@@ -193,9 +193,9 @@ async def test_badInput_thenClearJson4xxAndNothingReachesFlowise(emulators, gate
     before = len(flowise.app.requests)
     async with httpx.AsyncClient(base_url=gateways(flowise.url).url, timeout=10) as client:
         r = await client.request(method, path, **kwargs)
-    assert r.status_code == status, r.text
+    assert r.status_code in (status if isinstance(status, tuple) else (status,)), r.text
     error = r.json()["error"]
-    assert error["code"] in ("invalid_request", "bad_request", "not_found") and error["message"]
+    assert error["code"] in ("invalid_request", "bad_request", "not_found", "method_not_allowed") and error["message"]
     assert len(flowise.app.requests) == before
 
 
@@ -203,6 +203,6 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
     gateway = gateways(emulators("3.1.4").url, keepalive_interval=0.2)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                              json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b"], "delay": 0.5}}})
+                              json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
     assert r.text.count(": keep-alive\n\n") >= 2
     assert [e.event for e in parse_sse(r)][-1] == "end"

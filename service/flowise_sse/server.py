@@ -52,7 +52,8 @@ async def serve(settings: Settings, host: str, port: int, demo: bool = False, lo
         emulator_port = free_port()
         emulator = create_emulator_app(EmulatorConfig(token_delay=0.05))
         emulator_server = uvicorn.Server(
-            uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_level="warning", lifespan="off")
+            uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_level="warning", lifespan="off",
+                           timeout_graceful_shutdown=2)
         )
         emulator_task = asyncio.create_task(emulator_server.serve())
         settings = settings.model_copy(update={"flowise_url": f"http://127.0.0.1:{emulator_port}"})
