@@ -69,6 +69,6 @@ class Access:
         origin = request.headers.get("origin")
         if not origin or origin in self._origins:
             return
-        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin != own:
+        # Same origin: only the host is compared, as a TLS proxy may hide the scheme.
+        if origin.partition("://")[2] != request.headers.get("host", ""):
             raise Forbidden(f"origin {origin} is not allowed (FLOWISE_SSE_CORS_ORIGINS)")

@@ -22,6 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from . import __version__
 from .access import Access
@@ -254,10 +256,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     static = resources.files("flowise_sse") / "static"
     if static.is_dir():
-        app.mount("/", StaticFiles(directory=str(static), html=True), name="page")
+        app.router.routes.append(_Page("/", app=StaticFiles(directory=str(static), html=True), name="page"))
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class _Page(Mount):
+    """The chat page at "/", but never for API paths (a wrong method there stays a 405)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def _prediction(body: StreamRequest) -> Prediction:

@@ -1,0 +1,480 @@
+"""The chat page (`/`) in real headless Chromium, against a real gateway and the emulated Flowise.
+
+One browser per module, one context (fresh sessionStorage) per test. The page only talks to the
+gateway; the tests look at what reached the emulated Flowise (`flowise.app.requests`, `.aborts`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route as StarletteRoute
+
+from flowise_sse.app import create_app
+from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
+from flowise_sse.settings import Settings
+
+from .servers import ServerThread, parse_sse
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+REPLY = "This is a deterministic mock reply. You said: "
+DESKTOP = {"width": 1100, "height": 760}
+PHONE = {"width": 375, "height": 740}
+
+
+def reply_to(question: str) -> str:
+    """The emulated LLM's answer: the prefix, then the question without its [[triggers]]."""
+    return REPLY + re.sub(r"\[\[.*?\]\]", "", question).strip()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+# --- servers and the browser -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def flowise() -> Iterator[ServerThread]:
+    with ServerThread(create_emulator_app(EmulatorConfig(version="3.1.4", token_delay=0.02)), lifespan="off") as server:
+        yield server
+
+
+def start_gateway(flowise_url: str, **overrides: Any) -> ServerThread:
+    # retry_ms: EventSource reconnects 300 ms after a cut, not 2 s (the default hint).
+    settings = Settings(flowise_url=flowise_url, **{"retry_ms": 300, **overrides})
+    return ServerThread(create_app(settings)).__enter__()
+
+
+@pytest.fixture(scope="module")
+def gateway(flowise: ServerThread) -> Iterator[ServerThread]:
+    server = start_gateway(flowise.url)
+    yield server
+    server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def page(browser: Browser, flowise: ServerThread) -> Iterator[Page]:
+    flowise.app.requests.clear()
+    flowise.app.aborts.clear()
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    crashes: list[str] = []
+    page.on("pageerror", lambda exc: crashes.append(str(exc)))
+    yield page
+    context.close()
+    assert crashes == [], f"uncaught errors in the page: {crashes}"
+
+
+# --- driving the page ----------------------------------------------------------------------------
+
+
+def open_chat(page: Page, base_url: str) -> None:
+    page.goto(base_url + "/")
+    expect(page.get_by_test_id("chatflow")).to_have_value(DEMO_CHATFLOW_ID)
+    expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle")
+
+
+def ask(page: Page, question: str) -> None:
+    """Type the question as a user would (Shift+Enter for new lines) and send it with Enter."""
+    box = page.get_by_test_id("question")
+    box.click()
+    for i, line in enumerate(question.split("\n")):
+        if i:
+            box.press("Shift+Enter")
+        page.keyboard.insert_text(line)
+    box.press("Enter")
+
+
+def wait_state(page: Page, state: str, timeout: float = 10_000) -> None:
+    expect(page.get_by_test_id("status")).to_have_attribute("data-state", state, timeout=timeout)
+
+
+def record_states(page: Page) -> None:
+    """Remember every status the page goes through (window.__states)."""
+    page.evaluate("""() => {
+        const status = document.querySelector('[data-testid=status]');
+        window.__states = [status.dataset.state];
+        new MutationObserver(() => window.__states.push(status.dataset.state))
+            .observe(status, {attributes: true, attributeFilter: ['data-state']});
+    }""")
+
+
+def answer_text(page: Page) -> str:
+    return page.get_by_test_id("answer").text_content() or ""
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_tokensAppearProgressively_thenTheExactAnswer(page: Page, gateway: ServerThread) -> None:
+    open_chat(page, gateway.url)
+    question = "[[delay=60]] Do the tokens stream in?"
+    expected = reply_to(question)
+    ask(page, question)
+
+    seen: list[str] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = answer_text(page)
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if text == expected:
+            break
+        time.sleep(0.01)
+
+    assert seen[-1] == expected
+    partial = [text for text in seen if text and text != expected]
+    assert partial, f"never saw a partial answer: {seen}"
+    assert all(expected.startswith(text) for text in partial)  # strict non-empty prefixes, growing
+    assert [len(t) for t in seen] == sorted(len(t) for t in seen)
+    wait_state(page, "done")
+    expect(page.get_by_test_id("answer")).to_have_attribute("data-testid", "answer")
+    expect(page.get_by_test_id("stop")).to_be_disabled()
+    expect(page.get_by_test_id("send")).to_be_enabled()
+    expect(page.get_by_test_id("question")).to_be_focused()
+    expect(page.get_by_test_id("error")).to_be_hidden()
+
+
+def test_secondQuestion_sendsTheConversationHistory(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    posted: list[dict[str, Any]] = []
+    page.on("request", lambda r: posted.append(r.post_data_json) if r.method == "POST" and r.url.endswith("/v1/streams") else None)
+    open_chat(page, gateway.url)
+
+    first = "My name is Ada.\nI like event streams."  # typed with Shift+Enter: a newline, not a send
+    ask(page, first)
+    wait_state(page, "done")
+    assert answer_text(page) == reply_to(first)
+    expect(page.get_by_test_id("question")).to_have_value("")
+
+    second = "What is my name?"
+    ask(page, second)
+    wait_state(page, "done")
+    assert answer_text(page) == reply_to(second)
+
+    # What the page sent, then what reached Flowise (the gateway's form) and what its LLM was handed.
+    assert posted[0] == {"chatflowId": DEMO_CHATFLOW_ID, "question": first, "history": []}
+    assert posted[1] == {"chatflowId": DEMO_CHATFLOW_ID, "question": second, "history": [
+        {"role": "user", "content": first}, {"role": "assistant", "content": reply_to(first)}]}
+    upstream = flowise.app.requests[-1]
+    assert [(h["role"], h["content"]) for h in upstream["body"]["history"]] == [
+        ("userMessage", first), ("apiMessage", reply_to(first))]
+    assert upstream["llm_messages"][1:] == [
+        {"role": "user", "content": first}, {"role": "assistant", "content": reply_to(first)},
+        {"role": "user", "content": second}]
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat.png")
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scroll
+    page.screenshot(path=ARTIFACTS / "chat-phone.png")
+
+    page.get_by_test_id("new-chat").click()
+    expect(page.get_by_test_id("answer")).to_have_count(0)
+    ask(page, "Fresh start?")
+    wait_state(page, "done")
+    assert posted[-1]["history"] == []
+
+
+def test_stop_midStream_thenStoppedAndNoFurtherTokens(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    open_chat(page, gateway.url)
+    question = "[[delay=200]] Please stop me before I reach the end of this rather long sentence"
+    ask(page, question)
+    expect(page.get_by_test_id("answer")).to_contain_text("This is a")
+    expect(page.get_by_test_id("stop")).to_be_enabled()
+
+    with page.expect_request(lambda r: r.method == "DELETE") as deleted:
+        page.get_by_test_id("stop").click()
+    wait_state(page, "stopped")
+    expect(page.get_by_test_id("turn-note")).to_have_text("Stopped.")
+    stopped = answer_text(page)
+    time.sleep(1.0)  # five more token periods
+    assert answer_text(page) == stopped
+    assert stopped and reply_to(question).startswith(stopped) and stopped != reply_to(question)
+
+    stream_id = deleted.value.url.rsplit("/", 1)[1]
+    chat_id = flowise.app.requests[-1]["body"]["chatId"]
+    assert eventually(lambda: (DEMO_CHATFLOW_ID, chat_id) in flowise.app.aborts)  # the gateway called Flowise's abort
+    assert eventually(lambda: flowise.app.active_predictions == 0)  # and closed the upstream
+    with httpx.stream("GET", f"{gateway.url}/v1/streams/{stream_id}/events", timeout=10) as r:
+        events = parse_sse(r)  # the stream, as the gateway kept it: tokens, then `aborted`
+    assert events[-1].event == "error" and events[-1].data["code"] == "aborted"
+    assert "".join(e.data["text"] for e in events if e.event == "token") == stopped
+    expect(page.get_by_test_id("send")).to_be_enabled()
+
+
+def test_upstreamError_thenTheMessageIsShown(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    open_chat(page, gateway.url)
+    ask(page, "[[http400]] Will this fail?")
+    wait_state(page, "error")
+    error = page.get_by_test_id("error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("400 mock error 400")
+    expect(error).to_contain_text("upstream_error")
+    expect(page.get_by_test_id("turn-note")).to_contain_text("400 mock error 400")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-error.png")
+
+    # The failed turn is not part of the history; the next question clears the error.
+    ask(page, "And now?")
+    wait_state(page, "done")
+    expect(error).to_be_hidden()
+    assert "history" not in flowise.app.requests[-1]["body"]  # an empty history is not sent at all
+
+
+def test_sourcesAndTools_thenCollapsibleUnderTheAnswer(page: Page, gateway: ServerThread) -> None:
+    # The page sends no overrideConfig; the test adds the emulator's extra events to its POST.
+    extra = [
+        {"event": "sourceDocuments", "data": [
+            {"pageContent": "Server-sent events let a server push text over HTTP.", "metadata": {"source": "sse-spec.html"}},
+            {"pageContent": "EventSource reconnects by itself.", "metadata": {"source": "mdn-eventsource.html"}}]},
+        {"event": "usedTools", "data": [{"tool": "calculator", "toolInput": {"input": "6*7"}, "toolOutput": "42"}]},
+    ]
+
+    def add_events(route: Route, request: Request) -> None:
+        if request.method != "POST":
+            route.continue_()
+            return
+        body = request.post_data_json | {"overrideConfig": {"emulator": {"events": extra}}}
+        route.continue_(post_data=json.dumps(body))
+
+    page.route("**/v1/streams", add_events)
+    open_chat(page, gateway.url)
+    ask(page, "What is SSE?")
+    wait_state(page, "done")
+    sources, tools = page.get_by_test_id("sourceDocuments"), page.get_by_test_id("usedTools")
+    expect(sources.locator("summary")).to_have_text("Sources (2)")
+    expect(tools.locator("summary")).to_have_text("Tool used (1)")
+    expect(sources.get_by_text("sse-spec.html")).to_be_hidden()  # collapsed
+    sources.locator("summary").focus()
+    page.keyboard.press("Enter")  # opens with the keyboard
+    expect(sources.get_by_text("sse-spec.html")).to_be_visible()
+    expect(sources).to_contain_text("EventSource reconnects by itself.")
+    tools.locator("summary").click()
+    expect(tools).to_contain_text("calculator")
+    expect(tools).to_contain_text("6*7")
+    expect(tools).to_contain_text("42")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "chat-sources.png")
+
+
+class CuttingProxy:
+    """A TCP proxy in threads in front of the gateway that can cut every open connection at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.requests: list[str] = []  # every request head the browser sent
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._running = False
+        self.listener.close()
+        self.cut()
+
+    def cut(self) -> int:
+        """Close every open connection (both sides); new ones are still accepted."""
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        return len(sockets) // 2
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._open |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_browser and re.match(rb"[A-Z]+ /", data):
+                    self.requests.append(data.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            with self._lock:
+                self._open -= {src, dst}
+
+
+def test_connectionCut_midStream_thenResumesWithoutDuplicates(page: Page, gateway: ServerThread) -> None:
+    with CuttingProxy(gateway.port) as proxy:
+        open_chat(page, proxy.url)  # the page, its fetches and its eventsUrl all go through the proxy
+        record_states(page)
+        question = "[[delay=100]] Cut the wire in the middle of this answer and carry on"
+        expected = reply_to(question)
+        ask(page, question)
+        expect(page.get_by_test_id("answer")).to_contain_text("deterministic")
+        before = answer_text(page)
+        assert before and before != expected
+
+        assert proxy.cut() >= 1
+        wait_state(page, "done")
+        text = answer_text(page)
+        assert text == expected  # exact: nothing lost, nothing doubled
+        assert text.split() == expected.split()
+
+        events = [head for head in proxy.requests if "/events?" in head.split("\r\n", 1)[0]]
+        assert len(events) >= 2, proxy.requests
+        resumed = events[-1].lower()
+        assert "last-event-id:" in resumed  # EventSource sent it by itself
+        assert "reconnecting" in page.evaluate("window.__states")
+
+
+def test_foreignOrigin_refusedUnlessAllowlisted(browser: Browser, flowise: ServerThread) -> None:
+    flowise.app.requests.clear()
+    elsewhere = ServerThread(Starlette(routes=[StarletteRoute(
+        "/", lambda request: HTMLResponse("<!doctype html><title>another site</title><p>another site</p>"))]))
+    with elsewhere:
+        foreign = elsewhere.url  # another port: another origin
+        closed = start_gateway(flowise.url)
+        allowing = start_gateway(flowise.url, cors_origins=[foreign])
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(foreign + "/")
+            script = """async (gateway) => {
+                const attempt = async (fn) => { try { return await fn(); } catch (e) { return {failed: String(e)}; } };
+                const out = {};
+                out.list = await attempt(async () => {
+                    const r = await fetch(gateway + '/v1/chatflows');
+                    return {status: r.status, body: await r.json()};
+                });
+                out.create = await attempt(async () => {
+                    const r = await fetch(gateway + '/v1/streams', {method: 'POST',
+                        headers: {'Content-Type': 'application/json'},
+                        body: JSON.stringify({chatflowId: 'CHATFLOW_ID', question: 'from elsewhere'})});
+                    return {status: r.status, body: await r.json()};
+                });
+                // A "simple" POST goes out without a preflight: only the gateway itself can refuse it.
+                out.simple = await attempt(async () => {
+                    const r = await fetch(gateway + '/v1/streams', {method: 'POST', mode: 'no-cors',
+                        headers: {'Content-Type': 'text/plain'},
+                        body: JSON.stringify({chatflowId: 'CHATFLOW_ID', question: 'sneaky'})});
+                    return {type: r.type};
+                });
+                if (out.create.body && out.create.body.eventsUrl) {
+                    out.text = await new Promise((resolve) => {
+                        const es = new EventSource(out.create.body.eventsUrl);
+                        let text = '';
+                        es.addEventListener('token', (e) => { text += JSON.parse(e.data).text; });
+                        es.addEventListener('end', () => { es.close(); resolve(text); });
+                        es.addEventListener('error', (e) => { es.close(); resolve('error ' + (e.data || '')); });
+                    });
+                }
+                return out;
+            }""".replace("CHATFLOW_ID", DEMO_CHATFLOW_ID)
+
+            answered: list[tuple[str, str, int]] = []
+            page.on("response", lambda r: answered.append((r.request.method, r.url, r.status)))
+            refused = page.evaluate(script, closed.url)
+            assert "failed" in refused["list"] and "failed" in refused["create"], refused  # TypeError: Failed to fetch
+            assert refused["simple"] == {"type": "opaque"}
+            assert ("POST", closed.url + "/v1/streams", 403) in answered  # the browser sent it; the gateway said no
+            time.sleep(0.2)
+            assert flowise.app.requests == []  # nothing reached Flowise
+            # What the gateway answers to that Origin (the browser hides it from the page):
+            for method, path, body in (("GET", "/v1/chatflows", None),
+                                       ("POST", "/v1/streams", {"chatflowId": DEMO_CHATFLOW_ID, "question": "hi"})):
+                r = httpx.request(method, closed.url + path, json=body, headers={"Origin": foreign})
+                assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", r.text
+
+            allowed = page.evaluate(script, allowing.url)
+            assert allowed["list"]["status"] == 200
+            assert DEMO_CHATFLOW_ID in [flow["id"] for flow in allowed["list"]["body"]]
+            assert allowed["create"]["status"] == 201
+            assert allowed["text"] == reply_to("from elsewhere")
+        finally:
+            context.close()
+            closed.__exit__(None, None, None)
+            allowing.__exit__(None, None, None)
+
+
+def test_gatewayApiKeys_without401Message_withKeyStreams(page: Page, flowise: ServerThread) -> None:
+    gateway = start_gateway(flowise.url, api_keys=["k1"])
+    try:
+        events_urls: list[str] = []
+        page.on("request", lambda r: events_urls.append(r.url) if "/events?" in r.url else None)
+        page.goto(gateway.url + "/")
+        error = page.get_by_test_id("error")
+        expect(error).to_contain_text("401")
+        expect(error).to_contain_text("API key")
+        wait_state(page, "error")
+
+        key = page.get_by_test_id("api-key")
+        key.fill("wrong")
+        key.press("Enter")
+        expect(error).to_contain_text("401")
+
+        key.fill("k1")
+        key.press("Enter")
+        expect(page.get_by_test_id("chatflow")).to_have_value(DEMO_CHATFLOW_ID)
+        expect(error).to_be_hidden()
+        assert page.evaluate("sessionStorage.getItem('flowise-sse.apiKey')") == "k1"
+
+        question = "Does my key work?"
+        ask(page, question)
+        wait_state(page, "done")
+        assert answer_text(page) == reply_to(question)
+        assert len(events_urls) == 1 and "token=" in events_urls[0]  # EventSource read with eventsUrl's token
+        assert flowise.app.requests[-1]["body"]["question"] == question
+    finally:
+        gateway.__exit__(None, None, None)
