@@ -111,10 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"error": {"code": "invalid_request", "message": message, "retryable": False, "details": details}}
         return JSONResponse(body, status_code=422)
 
-    def manager(request: Request) -> StreamManager:
+    # Dependencies are async: FastAPI runs plain functions in its threadpool, a hop per request.
+    async def manager(request: Request) -> StreamManager:
         return request.app.state.manager
 
-    def keyed(request: Request) -> None:
+    async def keyed(request: Request) -> None:
         access.check_origin(request)
         access.require_key(request)
 

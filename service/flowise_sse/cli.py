@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from typing import Any, Coroutine
 
 from .errors import GatewayError
 from .settings import Settings
@@ -39,11 +40,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(create_app(Settings()).openapi(), indent=2, ensure_ascii=False))
         return 0
     if args.command == "serve":
-        from .server import serve as run
+        from .server import serve
 
-        asyncio.run(run(Settings(), args.host, args.port, demo=args.demo, log_level=args.log_level))
+        _run(serve(Settings(), args.host, args.port, demo=args.demo, log_level=args.log_level))
         return 0
     return _ask(args)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop where it is installed (uvicorn[standard] brings it): it carries twice the streams
+    of the stdlib loop at the same delay (bench/). uvicorn's own loop choice applies only to loops
+    it creates itself."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _ask(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,8 +36,8 @@ ABORT_SINCE = (1, 8, 0)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split(".")[:3]]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+    major, minor, patch = ([int(n) for n in re.findall(r"\d+", text)[:3]] + [0, 0, 0])[:3]
+    return major, minor, patch
 
 
 @dataclass(frozen=True, slots=True)

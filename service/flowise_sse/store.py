@@ -18,7 +18,7 @@ from .sse import encode
 
 
 class StreamLog:
-    __slots__ = ("stream_id", "frames", "size", "finished_at", "_store", "_wake", "_retry_ms")
+    __slots__ = ("stream_id", "frames", "size", "finished_at", "_store", "_wake", "_waiting", "_retry_ms")
 
     def __init__(self, stream_id: str, store: MemoryStore, retry_ms: int) -> None:
         self.stream_id = stream_id
@@ -27,6 +27,7 @@ class StreamLog:
         self.finished_at: float | None = None
         self._store = store
         self._wake = asyncio.Event()
+        self._waiting = 0  # readers parked on `_wake`; with none, an append wakes nobody
         self._retry_ms = retry_ms
 
     @property
@@ -51,8 +52,9 @@ class StreamLog:
         return seq
 
     def wake(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
+        if self._waiting:
+            self._wake.set()
+            self._wake = asyncio.Event()
 
     async def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         """Everything after `seq`, then each new event as it comes, until the terminal event.
@@ -67,7 +69,11 @@ class StreamLog:
                 continue
             if self.finished or should_stop():
                 return
-            await self._wake.wait()
+            self._waiting += 1
+            try:
+                await self._wake.wait()
+            finally:
+                self._waiting -= 1
 
 
 class MemoryStore:
@@ -77,7 +83,7 @@ class MemoryStore:
         self.total_bytes = 0
 
     def create(self, stream_id: str) -> StreamLog:
-        self.evict_expired()
+        # Expired streams go in the periodic sweep; a full store also evicts finished ones here.
         if len(self.logs) >= self.settings.max_streams and not self._evict_finished(0, need_slot=True):
             raise Overloaded(f"the gateway holds its maximum of {self.settings.max_streams} streams")
         log = StreamLog(stream_id, self, self.settings.retry_ms)
