@@ -1,0 +1,286 @@
+"""The servers the benchmark runs, each in a process of its own (the gateway is started apart,
+as `python -m flowise_sse serve`):
+
+    python bench/servers.py emulator --version 1.6.2|3.1.4 --port N
+        the package's emulated Flowise (flowise_sse.emulator), token delay 0 unless asked per request
+    python bench/servers.py lite --port N
+        "flowise-lite": a lean emulated Flowise 3.1.4 (SSE only) on a raw asyncio protocol, for the
+        concurrency runs, where thousands of paced streams would make the package emulator (a
+        Starlette app, one asyncio.sleep task per stream) eat the CPU the gateway is measured with
+    python bench/servers.py gateway-uvloop --port N
+        a what-if, not the gateway as shipped: `python -m flowise_sse serve` with uvloop installed as the
+        asyncio policy first (the CLI's asyncio.run() otherwise runs the stdlib selector loop)
+    python bench/servers.py ceiling --port N
+        the ceiling: a bare sse-starlette endpoint, configured as the gateway configures its
+        responses, yielding the gateway's own encoded frames from memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import httptools  # noqa: E402
+import orjson  # noqa: E402
+
+from common import DEMO_CHATFLOW_ID, install_uvloop, raise_nofile  # noqa: E402
+
+
+# --- the package emulator -------------------------------------------------------------------
+
+def run_emulator(version: str, port: int) -> None:
+    import uvicorn
+
+    from flowise_sse.emulator import EmulatorConfig, create_emulator_app
+
+    app = create_emulator_app(EmulatorConfig(version=version, token_delay=0.0))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                loop="uvloop", http="httptools", backlog=4096)
+
+
+# --- the ceiling ----------------------------------------------------------------------------
+
+def run_ceiling(port: int) -> None:
+    import uvicorn
+    from sse_starlette import EventSourceResponse, ServerSentEvent
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    from flowise_sse.events import END, START, Event, token
+    from flowise_sse.sse import encode
+
+    cache: dict[int, list[bytes]] = {}
+
+    def frames(n: int) -> list[bytes]:
+        """start, n tokens ("t0 ", "t1 ", ...), end: encoded exactly as the gateway encodes them."""
+        if n not in cache:
+            sid = uuid.uuid4().hex
+            events = [Event(START, {"streamId": sid, "chatId": str(uuid.uuid4()), "chatflowId": DEMO_CHATFLOW_ID,
+                                    "transport": "sse"})]
+            events += [token(f"t{i} ") for i in range(n)]
+            events.append(Event(END, {"text": "".join(f"t{i} " for i in range(n)), "chatId": "x"}))
+            cache[n] = [encode(sid, seq, ev, 2000 if seq == 1 else None) for seq, ev in enumerate(events, 1)]
+        return cache[n]
+
+    async def stream(request: Request) -> EventSourceResponse:
+        n = int(request.query_params.get("n", "1000"))
+        encoded = frames(n)
+
+        async def body():
+            for frame in encoded:
+                yield frame
+
+        return EventSourceResponse(body(), headers={"Cache-Control": "no-cache"}, ping=15,
+                                   ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"), sep="\n")
+
+    app = Starlette(routes=[Route("/stream", stream, methods=["GET", "POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools",
+                backlog=4096)
+
+
+# --- flowise-lite ---------------------------------------------------------------------------
+
+_HEAD = b"message:\ndata:"
+_JSON = b"application/json; charset=utf-8"
+
+
+def _frame(event: str, data: Any) -> bytes:
+    # Flowise: res.write('message:\ndata:' + JSON.stringify({event, data}) + '\n\n')
+    return _HEAD + orjson.dumps({"event": event, "data": data}) + b"\n\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class LiteFlowise(asyncio.Protocol):
+    """Flowise 3.1.4 as the gateway sees it, minus everything the gateway does not touch:
+    `/api/v1/version`, `/api/v1/chatflows-streaming/{id}`, `/api/v1/ping`, the abort route and the
+    streaming prediction (`message:`/`data:` frames, chunked, keep-alive). Tokens go out on an
+    absolute schedule (start + k * delay) from loop timers, not one sleeping task per stream;
+    with no delay they are written one frame per write, pausing when the socket pushes back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body: list[bytes] = []
+        self.paused = False
+        self.resume: asyncio.Future | None = None
+        self.streaming = False
+
+    # asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.resume and not self.resume.done():
+            self.resume.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.resume and not self.resume.done():
+            self.resume.set_result(None)
+
+    # httptools
+    def on_message_begin(self) -> None:
+        self.url, self.body = b"", []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        method, path = self.parser.get_method(), self.url.split(b"?")[0]
+        keep = self.parser.should_keep_alive()
+        if path == b"/api/v1/version":
+            self.json({"version": "3.1.4"}, keep)
+        elif path == b"/api/v1/ping":
+            self.reply(200, b"text/html; charset=utf-8", b"pong", keep)
+        elif path.startswith(b"/api/v1/chatflows-streaming/"):
+            if path.rsplit(b"/", 1)[1].decode() == DEMO_CHATFLOW_ID:
+                self.json({"isStreaming": True}, keep)
+            else:
+                self.json({"statusCode": 404, "success": False, "message": "Chatflow not found"}, keep, 404)
+        elif path.startswith(b"/api/v1/chatmessage/abort/") and method == b"PUT":
+            self.json({"status": 200, "message": "Chat message aborted"}, keep)
+        elif path.startswith(b"/api/v1/prediction/") and method == b"POST":
+            self.predict(path.rsplit(b"/", 1)[1].decode(), keep)
+        else:
+            self.json({"statusCode": 404, "success": False, "message": "not found"}, keep, 404)
+
+    # answers
+    def reply(self, status: int, ctype: bytes, body: bytes, keep: bool) -> None:
+        if self.transport is None:
+            return
+        reason = b"OK" if status == 200 else b"Error"
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s"
+                             % (status, reason, ctype, len(body), b"keep-alive" if keep else b"close", body))
+        if not keep:
+            self.transport.close()
+
+    def json(self, content: Any, keep: bool, status: int = 200) -> None:
+        self.reply(status, _JSON, orjson.dumps(content), keep)
+
+    def predict(self, flow_id: str, keep: bool) -> None:
+        try:
+            body = orjson.loads(b"".join(self.body) or b"{}")
+        except orjson.JSONDecodeError:
+            self.reply(400, b"text/plain", b"Bad Request", keep)
+            return
+        controls = (body.get("overrideConfig") or {}).get("emulator") or {}
+        tokens = controls.get("tokens") or ["This", " is", " a", " reply."]
+        delay = float(controls.get("delay", 0.0))
+        chat_id = body.get("chatId") or str(uuid.uuid4())
+        if flow_id != DEMO_CHATFLOW_ID or body.get("streaming") is not True:
+            self.json({"text": "".join(tokens), "question": body.get("question"), "chatId": chat_id,
+                       "chatMessageId": str(uuid.uuid4()), "sessionId": chat_id, "memoryType": "Buffer Memory"},
+                      keep)
+            return
+        metadata = {"chatId": chat_id, "chatMessageId": str(uuid.uuid4()), "question": body.get("question"),
+                    "sessionId": chat_id, "memoryType": "Buffer Memory"}
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Connection: keep-alive\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + _chunk(_frame("start", "")))
+        tail = _chunk(_frame("metadata", metadata) + _frame("end", "[DONE]")) + b"0\r\n\r\n"
+        if delay > 0:
+            self.paced(tokens, delay, tail, keep)
+        else:
+            asyncio.get_running_loop().create_task(self.flood(tokens, tail, keep))
+
+    def paced(self, tokens: list[str], delay: float, tail: bytes, keep: bool) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        state = {"i": 0}
+
+        def tick() -> None:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            i = state["i"]
+            if i < len(tokens):
+                transport.write(_chunk(_frame("token", tokens[i])))
+                state["i"] = i + 1
+                loop.call_at(t0 + (i + 2) * delay, tick)
+            else:
+                transport.write(tail)
+                if not keep:
+                    transport.close()
+
+        loop.call_at(t0 + delay, tick)
+
+    async def flood(self, tokens: list[str], tail: bytes, keep: bool) -> None:
+        for token in tokens:
+            if self.transport is None:
+                return
+            if self.paused:
+                self.resume = asyncio.get_running_loop().create_future()
+                await self.resume
+                if self.transport is None:
+                    return
+            self.transport.write(_chunk(_frame("token", token)))
+        if self.transport is not None:
+            self.transport.write(tail)
+            if not keep:
+                self.transport.close()
+
+
+def run_lite(port: int) -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(LiteFlowise, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    install_uvloop()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+def run_gateway_uvloop(port: int) -> None:
+    install_uvloop()
+    from flowise_sse.cli import main as cli
+
+    sys.exit(cli(["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=["emulator", "lite", "ceiling", "gateway-uvloop"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--version", default="3.1.4")
+    args = parser.parse_args()
+    raise_nofile()
+    if args.kind == "emulator":
+        run_emulator(args.version, args.port)
+    elif args.kind == "lite":
+        run_lite(args.port)
+    elif args.kind == "gateway-uvloop":
+        run_gateway_uvloop(args.port)
+    else:
+        run_ceiling(args.port)
+
+
+if __name__ == "__main__":
+    main()
