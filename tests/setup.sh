@@ -11,6 +11,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v ss >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v g++ >/dev/null || need+=(g++ make)
+command -v npm >/dev/null || need+=(nodejs npm)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

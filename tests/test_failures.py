@@ -160,3 +160,14 @@ async def test_clientLeaves_whenPolicyContinue_thenStreamFinishesForLaterReaders
             rest = await aread_sse(r)
     assert joined(first + rest) == "This is a deterministic mock reply. You said: keep going"
     assert flowise.app.aborts == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)
+
+
+async def test_gatewayStops_thenEverySocketIoSocketClosed_includingRestingOnes(emulators, gateways):
+    flowise = emulators("1.6.2")
+    before = flowise.app.connected_sockets
+    gateway = gateways(flowise.url)
+    _, events = await post_stream(gateway, {"question": "one clean prediction"})
+    assert events[-1].event == "end"
+    assert flowise.app.connected_sockets > before  # the pool, and the socket resting after use
+    gateway.__exit__(None, None, None)
+    await wait_until(lambda: flowise.app.connected_sockets == before)

@@ -96,7 +96,7 @@ async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flo
     ids = [line.rsplit(":", 1)[1] for line in text.splitlines() if line.startswith("id: ")]
     assert ids == [str(n) for n in range(1, len(ids) + 1)]
     assert text.count("event: start") == 1 and text.count("event: token") == 10
-    assert text.rstrip().split("\n\n")[-1].startswith(f"id: ") and "event: end" in text.split("\n\n")[-2]
+    assert text.rstrip().split("\n\n")[-1].startswith("id: ") and "event: end" in text.split("\n\n")[-2]
     assert '"text":"' + REPLY + 'curl me"' in text
 
 

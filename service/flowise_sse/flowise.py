@@ -140,15 +140,15 @@ class FlowiseClient:
                 **kwargs,
             )
         except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})")
+            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}")
+            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}") from None
         if response.status_code >= 400:
             raise error_from_response(response.status_code, response.content, what)
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError:
-            raise UpstreamError(f"Flowise answered {what} with something that is not JSON")
+            raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
 
     async def version(self) -> FlowiseVersion:
         """The server's version and so its transport; remembered for `version_ttl` seconds."""
@@ -167,7 +167,7 @@ class FlowiseClient:
             except UpstreamUnauthorized as exc:
                 raise UpstreamUnauthorized(
                     exc.message + "; or set FLOWISE_TRANSPORT=socketio|sse to skip the version check"
-                )
+                ) from None
             transport: Transport = "sse" if text and parse_version(text) >= SSE_SINCE else "socketio"
             self._version = FlowiseVersion(text or None, transport)
             self._version_expires = time.monotonic() + self.settings.version_ttl

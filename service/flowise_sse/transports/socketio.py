@@ -129,6 +129,9 @@ class SocketPool:
     async def _rest(self, sock: _Socket) -> None:
         try:
             await asyncio.sleep(self.REST)
+        except asyncio.CancelledError:  # the pool is closing
+            await sock.close()
+            raise
         finally:
             self._resting -= 1
         if sock.client.connected and sock.queue.empty() and len(self._ready) < self.size and not self._closed:

@@ -36,9 +36,9 @@ async def stream_sse(
         async with asyncio.timeout(flowise.settings.connect_timeout):
             response = await flowise.http.send(request, stream=True)
     except (TimeoutError, httpx.TimeoutException):
-        raise UpstreamTimeout("Flowise did not open the stream in time")
+        raise UpstreamTimeout("Flowise did not open the stream in time") from None
     except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(f"Flowise is unreachable at {flowise.base_url}: {exc!r}")
+        raise UpstreamUnavailable(f"Flowise is unreachable at {flowise.base_url}: {exc!r}") from None
     try:
         if response.status_code != 200:
             raise error_from_response(
@@ -58,7 +58,7 @@ async def stream_sse(
         async for event in _events(response, prediction):
             yield event
     except httpx.HTTPError as exc:
-        raise UpstreamUnavailable(f"the Flowise stream broke off: {exc!r}")
+        raise UpstreamUnavailable(f"the Flowise stream broke off: {exc!r}") from None
     finally:
         await response.aclose()
 
@@ -113,7 +113,7 @@ async def _events(response: httpx.Response, prediction: Prediction) -> AsyncIter
             message = orjson.loads(payload)
             name, data = message["event"], message.get("data")
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}")
+            raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}") from None
         if name == TOKEN:
             if data:
                 text = data if isinstance(data, str) else orjson.dumps(data).decode()
