@@ -137,3 +137,23 @@ def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas):
         read(r, events)
     assert events[-1].event == "error" and events[-1].data["code"] == "upstream_unavailable"
     assert time.monotonic() - started < 15
+
+
+def test_redisDown_thenNewStreamsGet503NotA500(emulators):
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+    try:
+        with GatewayProcess(env) as gateway:
+            assert "event: end" in httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                                              json={"question": "up"}, timeout=20).text
+            proc.terminate()
+            proc.wait(10)
+            r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "down"}, timeout=20)
+            assert r.status_code == 503 and r.json()["error"] == {
+                "code": "store_unavailable", "message": r.json()["error"]["message"], "retryable": True}
+            assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+    finally:
+        proc.kill()

@@ -58,6 +58,12 @@ class ShuttingDown(GatewayError):
     code, status, retryable = "shutting_down", 503, True
 
 
+class StoreUnavailable(GatewayError):
+    """Redis (FLOWISE_SSE_REDIS_URL) did not answer."""
+
+    code, status, retryable = "store_unavailable", 503, True
+
+
 class UpstreamUnavailable(GatewayError):
     code, status, retryable = "upstream_unavailable", 502, True
 

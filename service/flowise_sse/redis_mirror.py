@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable
 
 import redis.asyncio as redis
 
-from .errors import UpstreamUnavailable
+from .errors import StoreUnavailable, UpstreamUnavailable
 from .events import ERROR, Event
 from .settings import Settings
 from .sse import encode
@@ -69,29 +69,40 @@ class RedisMirror:
                 log.warning("flowise-sse: Redis keep-alive failed: %s", exc)
 
     async def _listen_aborts(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(ABORT_CHANNEL)
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    self._on_abort(message["data"].decode())
-        finally:
-            await pubsub.aclose()
+        while True:  # through Redis restarts: a DELETE on another replica must still reach us
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(ABORT_CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._on_abort(message["data"].decode())
+            except redis.RedisError as exc:
+                log.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(1)
+            finally:
+                await pubsub.aclose()
 
     # --- the owner's side -----------------------------------------------------------------
     async def claim_chat(self, chat_id: str, stream_id: str) -> bool:
-        """Cross-replica form of "one prediction per chatId"."""
+        """Cross-replica form of "one prediction per chatId"; registers the stream with it."""
         ttl = int(self.settings.total_timeout) + 60
-        return bool(await self.redis.set(f"fss:chat:{chat_id}", stream_id, nx=True, ex=ttl))
+        try:
+            if not await self.redis.set(f"fss:chat:{chat_id}", stream_id, nx=True, ex=ttl):
+                return False
+            meta = _meta_key(stream_id)
+            await self.redis.hset(meta, mapping={"owner": self.replica})
+            await self.redis.expire(meta, int(self.settings.total_timeout + self.settings.stream_retention))
+            return True
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def release_chat(self, chat_id: str, stream_id: str) -> None:
         key = f"fss:chat:{chat_id}"
-        if await self.redis.get(key) == stream_id.encode():
-            await self.redis.delete(key)
-
-    async def register(self, stream_id: str, chatflow_id: str) -> None:
-        await self.redis.hset(_meta_key(stream_id), mapping={"owner": self.replica, "chatflowId": chatflow_id})
-        await self.redis.expire(_meta_key(stream_id), int(self.settings.total_timeout + self.settings.stream_retention))
+        try:
+            if await self.redis.get(key) == stream_id.encode():
+                await self.redis.delete(key)
+        except redis.RedisError as exc:  # the lock expires by itself
+            log.warning("flowise-sse: releasing chatId %s in Redis failed: %s", chat_id, exc)
 
     def append(self, stream_id: str, seq: int, frame: bytes, terminal: bool) -> None:
         """Queue one frame; a flusher per stream writes what queued up as one pipeline."""
@@ -116,12 +127,18 @@ class RedisMirror:
         finally:
             self._flushers.pop(stream_id, None)
 
-    def publish_abort(self, stream_id: str) -> asyncio.Future:
-        return asyncio.ensure_future(self.redis.publish(ABORT_CHANNEL, stream_id))
+    async def publish_abort(self, stream_id: str) -> None:
+        try:
+            await self.redis.publish(ABORT_CHANNEL, stream_id)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     # --- any replica's side ---------------------------------------------------------------
     async def exists(self, stream_id: str) -> bool:
-        return bool(await self.redis.exists(_meta_key(stream_id), _events_key(stream_id)))
+        try:
+            return bool(await self.redis.exists(_meta_key(stream_id), _events_key(stream_id)))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         key, last = _events_key(stream_id), after

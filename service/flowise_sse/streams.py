@@ -21,7 +21,6 @@ from .errors import (
     ShuttingDown,
     StreamAborted,
     StreamNotFound,
-    StreamTooLarge,
     UpstreamError,
 )
 from .events import ERROR, START, TERMINAL, Event
@@ -111,14 +110,17 @@ class StreamManager:
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
         stream_id = uuid.uuid4().hex
         self._claim_chat(prediction.chat_id, f"stream {stream_id}")
+        claimed = False
         try:
             if self.mirror:
-                if not await self.mirror.claim_chat(prediction.chat_id, stream_id):
+                claimed = await self.mirror.claim_chat(prediction.chat_id, stream_id)
+                if not claimed:
                     raise ChatBusy(f"chatId {prediction.chat_id!r} already has a prediction running on another replica")
-                await self.mirror.register(stream_id, chatflow_id)
             run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
         except BaseException:
             self._chats.pop(prediction.chat_id, None)
+            if claimed:
+                await self.mirror.release_chat(prediction.chat_id, stream_id)  # type: ignore[union-attr]
             raise
         self.runs[stream_id] = run
         run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"stream {stream_id}")
@@ -168,10 +170,7 @@ class StreamManager:
                         run.started.set_result(None)
         except asyncio.CancelledError:
             failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
-        except StreamTooLarge as exc:
-            failure = exc
-            self.upstream.abort_upstream(run.chatflow_id, run.prediction.chat_id)
-        except GatewayError as exc:
+        except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
             log.exception("stream %s failed", run.id)
