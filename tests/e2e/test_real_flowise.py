@@ -116,7 +116,7 @@ def test_stream_equals_flowise_answer(real_flowise: FlowiseDeployment, gateways:
     if real_flowise.major == "v1":
         assert start["transport"] == "socketio"
     else:
-        assert start["transport"] != "socketio"
+        assert start["transport"] == "sse"
     assert "".join(result.tokens) == direct.json()["text"] == reply_for(question)
     # In order, each exactly once: Flowise's `start` must not be doubled into a first token.
     assert result.tokens == reply_tokens(question)
@@ -270,7 +270,7 @@ def test_readyz_reports_version_and_transport(real_flowise: FlowiseDeployment, g
     assert ready.status_code == 200, ready.text
     assert ready.json()["status"] == "ready"
     assert ready.json()["flowiseVersion"].split(".")[0] == real_flowise.version.split(".")[0]
-    assert (ready.json()["transport"] == "socketio") is (real_flowise.major == "v1")
+    assert ready.json()["transport"] == ("socketio" if real_flowise.major == "v1" else "sse")
 
 
 def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
