@@ -34,10 +34,6 @@ class StreamLog:
     def finished(self) -> bool:
         return self.finished_at is not None
 
-    @property
-    def last_seq(self) -> int:
-        return len(self.frames)
-
     def append(self, event: Event, terminal: bool = False) -> int:
         """Store one event; over a cap it raises `StreamTooLarge` (a terminal event always fits,
         so the stream can say why it stopped)."""

@@ -148,9 +148,6 @@ class StreamManager:
         finally:
             self._chats.pop(chat_id, None)
 
-    def get(self, stream_id: str) -> StreamRun | None:
-        return self.runs.get(stream_id)
-
     def abort(self, run: StreamRun, reason: str) -> bool:
         if run.done:
             return False
