@@ -4,7 +4,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from flowise_sse.app import create_app
+from flowise_sse.api import create_app
 from flowise_sse.emulator import EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route as StarletteRoute
 
-from flowise_sse.app import create_app
+from flowise_sse.api import create_app
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 

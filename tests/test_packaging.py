@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from flowise_sse.app import create_app
+from flowise_sse.api import create_app
 from flowise_sse.settings import Settings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

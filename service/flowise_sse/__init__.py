@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .client import astream_prediction, stream_prediction
+from .library import astream_prediction, stream_prediction
 from .errors import (
     GatewayError,
     StreamAborted,

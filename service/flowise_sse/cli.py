@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "openapi":
-        from .app import create_app
+        from .api import create_app
 
         print(json.dumps(create_app(Settings()).openapi(), indent=2, ensure_ascii=False))
         return 0
@@ -60,7 +60,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .client import stream_prediction
+    from .library import stream_prediction
 
     try:
         history = json.loads(args.history) if args.history else None

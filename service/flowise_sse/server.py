@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
-from .app import create_app
+from .api import create_app
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")

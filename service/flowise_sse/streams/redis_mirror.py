@@ -16,12 +16,12 @@ from typing import AsyncIterator, Callable
 
 import redis.asyncio as redis
 
-from .errors import StoreUnavailable, UpstreamUnavailable
-from .events import ERROR, Event
-from .settings import Settings
-from .sse import encode
+from ..errors import StoreUnavailable, UpstreamUnavailable
+from ..events import ERROR, Event
+from ..settings import Settings
+from .sse_encoder import encode
 
-log = logging.getLogger("flowise_sse")
+logger = logging.getLogger("flowise_sse")
 
 ABORT_CHANNEL = "fss:abort"
 _ALIVE_TTL = 6  # seconds; refreshed every 2
@@ -66,7 +66,7 @@ class RedisMirror:
             try:
                 await self.redis.set(f"fss:replica:{self.replica}", 1, ex=_ALIVE_TTL)
             except redis.RedisError as exc:
-                log.warning("flowise-sse: Redis keep-alive failed: %s", exc)
+                logger.warning("flowise-sse: Redis keep-alive failed: %s", exc)
 
     async def _listen_aborts(self) -> None:
         while True:  # through Redis restarts: a DELETE on another replica must still reach us
@@ -77,7 +77,7 @@ class RedisMirror:
                     if message.get("type") == "message":
                         self._on_abort(message["data"].decode())
             except redis.RedisError as exc:
-                log.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
+                logger.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(1)
             finally:
                 await pubsub.aclose()
@@ -102,7 +102,7 @@ class RedisMirror:
             if await self.redis.get(key) == stream_id.encode():
                 await self.redis.delete(key)
         except redis.RedisError as exc:  # the lock expires by itself
-            log.warning("flowise-sse: releasing chatId %s in Redis failed: %s", chat_id, exc)
+            logger.warning("flowise-sse: releasing chatId %s in Redis failed: %s", chat_id, exc)
 
     def append(self, stream_id: str, seq: int, frame: bytes, terminal: bool) -> None:
         """Queue one frame; a flusher per stream writes what queued up as one pipeline."""
@@ -123,7 +123,7 @@ class RedisMirror:
                         pipe.expire(_meta_key(stream_id), int(self.settings.stream_retention))
                 await pipe.execute()
         except redis.RedisError as exc:
-            log.error("flowise-sse: mirroring stream %s to Redis failed: %s", stream_id, exc)
+            logger.error("flowise-sse: mirroring stream %s to Redis failed: %s", stream_id, exc)
         finally:
             self._flushers.pop(stream_id, None)
 

@@ -41,14 +41,6 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = [
-    "DEMO_CHATFLOW_ID",
-    "KEYED_CHATFLOW_ID",
-    "NONSTREAMING_CHATFLOW_ID",
-    "Emulator",
-    "EmulatorConfig",
-    "create_emulator_app",
-]
 
 DEMO_CHATFLOW_ID = "3c9866f3-f7de-4cf0-bcca-26807ac532c4"
 KEYED_CHATFLOW_ID = "a11fa90f-86df-4ab3-9f78-30d246bf5254"

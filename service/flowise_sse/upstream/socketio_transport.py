@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-import httpx
-import orjson
 import socketio
 
-from ..errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from ..events import END, START, TOKEN, Event, token
-from ..flowise import FlowiseClient, error_from_response
-from ..prediction import Prediction, closing_events, relayed
+from ..errors import GatewayError, UpstreamUnavailable
+from ..events import END, TOKEN, Event, token
+from .flowise_client import FlowiseClient
+from .normalizer import Normalizer, closing_events
+from .prediction import Prediction
 
 _ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arrived
 _DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
@@ -154,42 +153,34 @@ async def stream_socketio(
 ) -> AsyncIterator[Event]:
     """`streams` is Flowise's own verdict on the chatflow: one that cannot stream sends no socket
     events at all, so it is asked plainly, without a socket."""
+    normalizer = Normalizer(chatflow_id, prediction, "socketio")
     sock = await pool.lease() if streams else None
     body = prediction.body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.body()
     queue = sock.queue if sock else asyncio.Queue()
     post = asyncio.get_running_loop().create_task(_post(flowise, chatflow_id, body, queue))
     clean = False
     try:
-        yield Event(START, {"chatId": prediction.chat_id, "chatflowId": chatflow_id, "transport": "socketio"})
-        parts: list[str] = []
-        relayed_names: set[str] = set()
+        yield normalizer.start()
         while True:
             name, data = await queue.get()
-            if name == TOKEN:
-                if data:
-                    parts.append(data)
-                    yield token(data)
-            elif name == _ANSWER:
+            if name == _ANSWER:
                 answer = data
                 break
-            elif name == _DROPPED:
+            if name == _DROPPED:
                 raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
-            elif name == START:
-                # A string `start` is the first token again (or ""); agents put reasoning here.
-                if data and not isinstance(data, str):
-                    relayed_names.add("agentReasoning")
-                    yield relayed("agentReasoning", data)
-            elif name not in (END, "abort"):  # `end` fires once per LLM call: not the end
-                relayed_names.add(name)
-                yield relayed(name, data)
+            if name in (END, "abort"):  # `end` fires once per LLM call: not the end
+                continue
+            event = normalizer.feed(name, data)
+            if event is not None:
+                yield event
         grace = flowise.settings.socketio_late_frames
         if isinstance(answer, BaseException):
-            async for event in _late_frames({}, parts, queue, grace):  # tokens sent before it failed
+            async for event in _late_frames({}, normalizer, queue, grace):  # tokens sent before it failed
                 yield event
             raise answer
-        async for event in _late_frames(answer, parts, queue, grace):
+        async for event in _late_frames(answer, normalizer, queue, grace):
             yield event
-        for event in closing_events(answer, relayed_names, None):
+        for event in closing_events(answer, normalizer.relayed_names, None):
             yield event
         clean = True
     finally:
@@ -200,15 +191,14 @@ async def stream_socketio(
 
 
 async def _late_frames(
-    answer: dict[str, Any], parts: list[str], queue: asyncio.Queue, grace: float
+    answer: dict[str, Any], normalizer: Normalizer, queue: asyncio.Queue, grace: float
 ) -> AsyncIterator[Event]:
     """The answer and the socket frames travel on different connections: wait briefly for frames
     still in flight, then emit whatever the stream missed of the answer's text. Without an answer
     (Flowise failed) take whatever tokens arrive within the grace period."""
     text = answer.get("text") if isinstance(answer.get("text"), str) else ""
-    streamed = "".join(parts)
     deadline = asyncio.get_running_loop().time() + grace
-    while not answer or (len(streamed) < len(text) and text.startswith(streamed)):
+    while not answer or (len(normalizer.text) < len(text) and text.startswith(normalizer.text)):
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             break
@@ -217,35 +207,19 @@ async def _late_frames(
                 name, data = await queue.get()
         except TimeoutError:
             break
-        if name == TOKEN and data:
-            streamed += data
-            yield token(data)
+        if name == TOKEN and (event := normalizer.feed(TOKEN, data)):
+            yield event
+    streamed = normalizer.text
     if len(streamed) < len(text) and text.startswith(streamed):
         yield token(text[len(streamed):])
 
 
 async def _post(flowise: FlowiseClient, chatflow_id: str, body: dict, queue: asyncio.Queue) -> None:
-    """The prediction POST; its outcome joins the socket events in the same queue."""
-    outcome: Any
+    """The prediction POST; its outcome (the answer, or its failure) joins the socket events in
+    the same queue. Unbounded here: the stream's own timeouts apply."""
+    outcome: dict[str, Any] | GatewayError
     try:
-        response = await flowise.http.post(
-            f"/api/v1/prediction/{chatflow_id}",
-            json=body,
-            headers=flowise.prediction_headers,
-            timeout=httpx.Timeout(flowise.settings.connect_timeout, read=None),
-        )
-        if response.status_code >= 400:
-            outcome = error_from_response(
-                response.status_code, response.content, f"the prediction on {chatflow_id}"
-            )
-        else:
-            outcome = orjson.loads(response.content)
-            if not isinstance(outcome, dict):
-                outcome = UpstreamError("Flowise's prediction answer is not a JSON object")
-    except httpx.TimeoutException:
-        outcome = UpstreamTimeout("Flowise did not accept the prediction in time")
-    except httpx.HTTPError as exc:
-        outcome = UpstreamUnavailable(f"Flowise is unreachable at {flowise.base_url}: {exc!r}")
-    except orjson.JSONDecodeError:
-        outcome = UpstreamError("Flowise's prediction answer is not JSON")
+        outcome = await flowise.predict(chatflow_id, body, timeout=None)
+    except GatewayError as exc:
+        outcome = exc
     queue.put_nowait((_ANSWER, outcome))

@@ -15,7 +15,7 @@ import uuid
 from contextlib import aclosing, contextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
-from .errors import (
+from ..errors import (
     ChatBusy,
     GatewayError,
     ShuttingDown,
@@ -23,16 +23,17 @@ from .errors import (
     StreamNotFound,
     UpstreamError,
 )
-from .events import ERROR, START, TERMINAL, Event
-from .prediction import Prediction
-from .settings import Settings
-from .store import MemoryStore, StreamLog
-from .upstream import Upstream
+from ..events import ERROR, START, TERMINAL, Event
+from ..settings import Settings
+from ..upstream import Upstream
+from ..upstream.prediction import Prediction
+from .event_log import StreamLog
+from .memory_store import MemoryStore
 
 if TYPE_CHECKING:
     from .redis_mirror import RedisMirror
 
-log = logging.getLogger("flowise_sse")
+logger = logging.getLogger("flowise_sse")
 
 
 class StreamRun:
@@ -40,7 +41,7 @@ class StreamRun:
         self.id = stream_id
         self.chatflow_id = chatflow_id
         self.prediction = prediction
-        self.log = events
+        self.events = events
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[None] | None = None
         self.readers = 0
@@ -85,7 +86,7 @@ class StreamManager:
             self.draining = True
             self._drain_started = time.monotonic()
             for run in self.runs.values():
-                run.log.wake()
+                run.events.wake()
 
     async def close(self) -> None:
         """Let running upstreams finish within `shutdown_grace`, then abort the rest."""
@@ -170,10 +171,10 @@ class StreamManager:
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
-            log.exception("stream %s failed", run.id)
+            logger.exception("stream %s failed", run.id)
             failure = GatewayError(f"the gateway failed: {type(exc).__name__}")
         else:
-            if not run.log.finished:
+            if not run.events.finished:
                 failure = UpstreamError("Flowise's stream ended without a final answer")
         finally:
             self._chats.pop(run.prediction.chat_id, None)
@@ -190,9 +191,9 @@ class StreamManager:
             self.store.drop(run.id)
 
     def _append(self, run: StreamRun, event: Event, terminal: bool) -> None:
-        seq = run.log.append(event, terminal)
+        seq = run.events.append(event, terminal)
         if self.mirror:
-            self.mirror.append(run.id, seq, run.log.frames[-1], terminal)
+            self.mirror.append(run.id, seq, run.events.frames[-1], terminal)
 
     def _abort_requested(self, stream_id: str) -> None:
         run = self.runs.get(stream_id)

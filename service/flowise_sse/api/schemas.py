@@ -7,6 +7,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..upstream.prediction import Prediction
+
 CHAT_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"  # it ends up in an upstream URL (abort)
 
 
@@ -27,6 +29,11 @@ class StreamRequest(BaseModel):
         description="Flowise chat (memory session) id; a fresh one per request when absent.",
     )
     overrideConfig: dict[str, Any] | None = Field(None, description="Passed to Flowise as is.")
+
+    def prediction(self) -> Prediction:
+        return Prediction.build(
+            self.question, [item.model_dump() for item in self.history], self.chatId, self.overrideConfig
+        )
 
 
 class CreateStream(StreamRequest):

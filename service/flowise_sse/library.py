@@ -19,9 +19,9 @@ from typing import Any, AsyncIterator, Awaitable, Iterator, Mapping, Sequence, T
 
 from .errors import BadRequest
 from .events import Event
-from .prediction import Prediction
 from .settings import Settings
 from .upstream import Upstream
+from .upstream.prediction import Prediction
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ import time
 
 from fastapi import Request
 
-from .errors import Forbidden, NotAuthenticated
-from .settings import Settings
+from ..errors import Forbidden, NotAuthenticated
+from ..settings import Settings
 
 
 class Access:

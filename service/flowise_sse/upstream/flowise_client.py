@@ -1,7 +1,8 @@
 """The Flowise server as seen from the gateway: its HTTP routes, its auth rules, its version.
 
-Both streaming transports (`transports/`) and the gateway's proxy routes call Flowise through
-one `FlowiseClient`, which owns the one shared keep-alive HTTP connection pool.
+Every call to Flowise goes through one `FlowiseClient`: both streaming transports and the API's
+proxy routes. It owns the one shared keep-alive connection pool, builds each Flowise URL, and is
+the one place where an httpx failure or a Flowise error answer becomes a `GatewayError`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import asyncio
 import base64
 import re
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, AsyncIterator, Literal
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from .errors import (
+from ..errors import (
     ChatflowNotFound,
     GatewayError,
     UpstreamError,
@@ -25,7 +27,7 @@ from .errors import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
-from .settings import Settings
+from ..settings import Settings
 
 Transport = Literal["socketio", "sse"]
 
@@ -118,7 +120,21 @@ class FlowiseClient:
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.netloc}", f"{parts.path.rstrip('/')}/socket.io"
 
-    # --- plain requests -----------------------------------------------------------------
+    # --- requests -----------------------------------------------------------------------
+    @staticmethod
+    def prediction_path(chatflow_id: str) -> str:
+        return f"/api/v1/prediction/{chatflow_id}"
+
+    @asynccontextmanager
+    async def _mapped_errors(self, what: str) -> AsyncIterator[None]:
+        """httpx's failures as gateway errors: the one place that decides what each means."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}") from None
+
     async def request(
         self,
         method: str,
@@ -126,29 +142,54 @@ class FlowiseClient:
         what: str,
         *,
         management: bool = True,
-        timeout: float | None = None,
+        timeout: float | None = 30.0,
         **kwargs: Any,
     ) -> Any:
-        """One JSON request to Flowise; every failure comes back as a `GatewayError`."""
+        """One JSON request to Flowise; every failure comes back as a `GatewayError`.
+        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
         headers = self.management_headers if management else self.prediction_headers
-        try:
+        async with self._mapped_errors(what):
             response = await self.http.request(
                 method,
                 path,
                 headers=headers,
-                timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout or 30.0),
+                timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
                 **kwargs,
             )
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}") from None
         if response.status_code >= 400:
             raise error_from_response(response.status_code, response.content, what)
         try:
             return orjson.loads(response.content)
         except orjson.JSONDecodeError:
             raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+
+    @asynccontextmanager
+    async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit.
+
+        Flowise flushes the headers before it runs the flow, so their arrival is bounded by
+        `connect_timeout`; a failure status is raised here, before any event."""
+        what = f"the prediction on {chatflow_id}"
+        request = self.http.build_request(
+            "POST", self.prediction_path(chatflow_id), json=body,
+            headers={**self.prediction_headers, "Accept": "text/event-stream"},
+        )
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
+                response = await self.http.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamTimeout("Flowise did not open the stream in time") from None
+        try:
+            if response.status_code != 200:
+                async with self._mapped_errors(what):
+                    content = await response.aread()
+                raise error_from_response(response.status_code, content, what)
+            try:
+                yield response
+            except httpx.HTTPError as exc:
+                raise UpstreamUnavailable(f"the Flowise stream broke off: {exc!r}") from None
+        finally:
+            await response.aclose()
 
     async def version(self) -> FlowiseVersion:
         """The server's version and so its transport; remembered for `version_ttl` seconds."""
@@ -206,11 +247,12 @@ class FlowiseClient:
             raise UpstreamError("Flowise's chatflow listing is not a list")
         return answer
 
-    async def predict(self, chatflow_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The non-streaming prediction: Flowise's JSON answer."""
+    async def predict(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> dict[str, Any]:
+        """The prediction POST without `streaming`: Flowise's JSON answer (a socket.io prediction
+        streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
         answer = await self.request(
-            "POST", f"/api/v1/prediction/{chatflow_id}", f"the prediction on {chatflow_id}",
-            management=False, timeout=self.settings.total_timeout, json=body,
+            "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
+            management=False, timeout=timeout, json=body,
         )
         if not isinstance(answer, dict):
             raise UpstreamError("Flowise's prediction answer is not a JSON object")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import orjson
 
-from .errors import BadRequest
-from .events import Event
+from ..errors import BadRequest
+from ..events import Event
 
 
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:

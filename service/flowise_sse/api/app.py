@@ -1,0 +1,80 @@
+"""The app factory: settings in, a FastAPI app out, with its lifespan, middleware and routers.
+
+The lifespan owns the long-lived objects (the `Upstream` with its connection pools, the
+`StreamManager` with its stores); routes reach them through `dependencies.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..errors import GatewayError
+from ..settings import Settings
+from ..streams import MemoryStore, StreamManager
+from ..upstream import Upstream
+from .access import Access
+from .chat_page import mount_chat_page
+from .error_handlers import install_error_handlers
+from .openapi import openapi_document
+from .routes import chatflows, detached_streams, health
+from .schemas import ERROR_RESPONSES
+
+logger = logging.getLogger("flowise_sse")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    access = Access(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstream = Upstream(settings)
+        manager = StreamManager(settings, upstream, MemoryStore(settings))
+        app.state.upstream, app.state.manager = upstream, manager
+        await manager.open()
+        if access.open:
+            logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
+        warm = asyncio.create_task(_warm_up(upstream))
+        try:
+            yield
+        finally:
+            warm.cancel()
+            await manager.close()
+            await upstream.aclose()
+
+    app = FastAPI(
+        title="flowise-sse",
+        version=__version__,
+        summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.access = access
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    install_error_handlers(app)
+    for router in (health.router, chatflows.router, detached_streams.router):
+        app.include_router(router)
+    mount_chat_page(app)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _warm_up(upstream: Upstream) -> None:
+    try:
+        await upstream.warm_up()
+    except GatewayError as exc:
+        logger.warning("flowise-sse: Flowise not reachable yet (%s); will retry per request", exc.message)

@@ -1,0 +1,1 @@
+"""One router per route family, in the order a client meets them."""

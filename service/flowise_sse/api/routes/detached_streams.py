@@ -1,0 +1,50 @@
+"""`/v1/streams/...`: a stream started now and read later, by id, by any number of readers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from sse_starlette import EventSourceResponse
+
+from ...errors import StreamNotFound
+from ..dependencies import AccessDep, LastEventId, Manager, SettingsDep, require_key, resume_position
+from ..event_stream import event_stream
+from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
+
+StreamId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
+
+
+@router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(require_key)])
+async def create_stream(request: Request, body: CreateStream, manager: Manager, access: AccessDep) -> dict[str, str]:
+    """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
+    run = await manager.start(str(body.chatflowId), body.prediction())
+    url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=access.token_for(run.id))
+    return {"streamId": run.id, "chatId": run.prediction.chat_id, "eventsUrl": str(url)}
+
+
+@router.get("/{stream_id}/events", response_class=EventSourceResponse, responses=SSE_RESPONSE)
+async def stream_events(
+    request: Request,
+    stream_id: StreamId,
+    manager: Manager,
+    settings: SettingsDep,
+    access: AccessDep,
+    last_event_id: LastEventId,
+    token: str | None = None,
+) -> EventSourceResponse:
+    """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
+    access.check_origin(request)
+    access.require_key_or_token(request, stream_id)
+    resume = resume_position(last_event_id, stream_id)
+    return await event_stream(manager, settings, stream_id, resume[1] if resume else 0)
+
+
+@router.delete("/{stream_id}", status_code=204, dependencies=[Depends(require_key)])
+async def delete_stream(stream_id: StreamId, manager: Manager) -> Response:
+    """Stop a stream: the upstream is closed, Flowise's abort called; readers get `error` `aborted`."""
+    if not await manager.stop(stream_id):
+        raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
+    return Response(status_code=204)

@@ -1,0 +1,124 @@
+"""Flowise's events, as each transport receives them, turned into the gateway's normalized events.
+
+Both transports feed `(name, data)` pairs to one `Normalizer`, so 1.x and 3.x look the same from
+outside: `start` first, `token`s, Flowise's other events under their own names (payloads Flowise
+double-encodes decoded), and the same `metadata` and `end` built from Flowise's JSON answer where
+the stream did not carry them (1.x, or a flow that cannot stream).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+
+from ..events import END, METADATA, START, TOKEN, Event, token
+from .prediction import Prediction
+
+# Answer fields that are events of their own on a streaming Flowise; relayed from the JSON answer
+# when the stream did not carry them (1.x sends some only there; non-streamable flows send none).
+ANSWER_EVENTS = ("sourceDocuments", "usedTools", "agentReasoning", "fileAnnotations", "artifacts", "action")
+METADATA_FIELDS = (
+    "chatId", "chatMessageId", "question", "sessionId", "memoryType", "followUpPrompts",
+    "flowVariables",
+)
+
+
+class Normalizer:
+    """One prediction's upstream events; remembers the text streamed and the names relayed."""
+
+    def __init__(self, chatflow_id: str, prediction: Prediction, transport: str) -> None:
+        self.chatflow_id = chatflow_id
+        self.prediction = prediction
+        self.transport = transport
+        self.parts: list[str] = []
+        self.relayed_names: set[str] = set()
+        self.metadata: dict[str, Any] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def start(self) -> Event:
+        return Event(START, {
+            "chatId": self.prediction.chat_id, "chatflowId": self.chatflow_id, "transport": self.transport,
+        })
+
+    def feed(self, name: str, data: Any) -> Event | None:
+        """The normalized form of one Flowise event, or None when it carries nothing new.
+        The transport handles what ends a prediction (`end`, `error`, the HTTP answer) itself:
+        their meaning differs per protocol."""
+        if name == TOKEN:
+            if not data:
+                return None
+            text = data if isinstance(data, str) else orjson.dumps(data).decode()
+            self.parts.append(text)
+            return token(text)
+        if name == START:
+            # A string `start` repeats the first token (or is ""): never text. Agents put their
+            # reasoning here.
+            if not data or isinstance(data, str):
+                return None
+            name = "agentReasoning"
+        event = relayed(name, data)
+        self.relayed_names.add(name)
+        if name == METADATA and isinstance(event.data, dict):
+            self.metadata = event.data
+        return event
+
+
+def _decoded(value: Any) -> Any:
+    """Flowise double-encodes some payloads (`followUpPrompts`, 1.8's `agentReasoning`)."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def relayed(name: str, data: Any) -> Event:
+    """A Flowise event passed on under its own name, its payload decoded where Flowise encoded it."""
+    if name == METADATA and isinstance(data, dict) and "followUpPrompts" in data:
+        data = {**data, "followUpPrompts": _decoded(data["followUpPrompts"])}
+    elif name == "agentReasoning":
+        data = _decoded(data)
+    return Event(name, data)
+
+
+def answer_text(answer: Mapping[str, Any]) -> str:
+    text = answer.get("text")
+    if isinstance(text, str):
+        return text
+    if "json" in answer:
+        return orjson.dumps(answer["json"]).decode()
+    return ""
+
+
+def metadata_from(answer: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: answer[key] for key in METADATA_FIELDS if key in answer}
+
+
+def closing_events(
+    answer: Mapping[str, Any], already_relayed: set[str], metadata: Mapping[str, Any] | None
+) -> list[Event]:
+    """What follows the tokens when Flowise's JSON answer is the last word (1.x, or a flow
+    that cannot stream): the answer's own events not yet relayed, `metadata`, `end`."""
+    events = [relayed(name, answer[name]) for name in ANSWER_EVENTS
+              if name in answer and name not in already_relayed]
+    if metadata is None:
+        metadata = metadata_from(answer)
+        events.append(relayed(METADATA, metadata))
+    events.append(end_event(answer_text(answer), metadata, answer))
+    return events
+
+
+def end_event(text: str, metadata: Mapping[str, Any] | None, answer: Mapping[str, Any] | None = None) -> Event:
+    data: dict[str, Any] = {"text": text}
+    if metadata:
+        data.update((k, v) for k, v in metadata.items() if k not in ("text",))
+        if "followUpPrompts" in data:
+            data["followUpPrompts"] = _decoded(data["followUpPrompts"])
+    if answer and "json" in answer:
+        data["json"] = answer["json"]
+    return Event(END, data)

@@ -1,0 +1,78 @@
+"""Flowise >= 2.1.0: the prediction POST itself answers with an event stream.
+
+Errors come as an `error` event inside a 200; `end` closes the answer. A flow that cannot stream
+answers plain JSON even though `streaming: true` was sent: its text becomes one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import httpx
+import orjson
+
+from ..errors import UpstreamError, UpstreamUnauthorized
+from ..events import END, ERROR, Event, token
+from .flowise_client import FlowiseClient
+from .flowise_frames import event_payloads
+from .normalizer import Normalizer, closing_events, end_event
+from .prediction import Prediction
+
+
+async def stream_sse(
+    flowise: FlowiseClient, chatflow_id: str, prediction: Prediction
+) -> AsyncIterator[Event]:
+    normalizer = Normalizer(chatflow_id, prediction, "sse")
+    async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            answer = orjson.loads(await response.aread())
+            yield normalizer.start()
+            text = answer.get("text") if isinstance(answer, dict) else None
+            if isinstance(text, str) and text:
+                yield token(text)
+            for event in closing_events(answer, set(), None):
+                yield event
+            return
+        yield normalizer.start()
+        async for event in _events(response, normalizer):
+            yield event
+
+
+async def _events(response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
+    payloads = event_payloads(response.aiter_bytes())
+    async for payload in payloads:
+        try:
+            message = orjson.loads(payload)
+            name, data = message["event"], message.get("data")
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}") from None
+        if name == ERROR:
+            message_text = str(data)
+            if message_text.endswith("Unauthorized"):
+                raise UpstreamUnauthorized(
+                    f"Flowise refused the chatflow key ({message_text}); check FLOWISE_API_KEY"
+                )
+            raise UpstreamError(message_text)
+        if name == END:
+            yield end_event(normalizer.text, normalizer.metadata)
+            await _drain(payloads)
+            return
+        event = normalizer.feed(name, data)
+        if event is None:
+            continue
+        if name == "thinking" and "duration" in message:
+            event.data = {"text": data, "duration": message["duration"]}
+        yield event
+    raise UpstreamError("Flowise closed the stream before its end event")
+
+
+async def _drain(payloads: AsyncIterator[bytes]) -> None:
+    """Read the response to its end (Flowise ends it right after `end`), so that its keep-alive
+    connection goes back to the pool instead of being closed; a new one costs a TCP handshake."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in payloads:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
