@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     same on every replica, when running several)."""
     token_ttl: float = 900.0
     """Lifetime of an `eventsUrl` capability token."""
+    metrics_token: SecretStr | None = None
+    """Bearer token for `GET /metrics` (what Prometheus sends). Unset: a gateway API key is
+    needed there, as on every other route (none when the gateway is open)."""
+
+    # --- Operations -------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or as one JSON object per line (for a log pipeline)."""
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from .. import __version__
+from .. import __version__, metrics
 from ..errors import GatewayError
 from ..settings import Settings
 from ..streams import MemoryStore, StreamManager
@@ -23,7 +23,8 @@ from .access import Access
 from .chat_page import mount_chat_page
 from .error_handlers import install_error_handlers
 from .openapi import openapi_document
-from .routes import chatflows, detached_streams, health
+from .request_context import RequestContext
+from .routes import chatflows, detached_streams, health, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -63,10 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
         )
+    app.add_middleware(RequestContext)  # outermost: every answer, CORS ones too, gets its id
+    metrics.set_build_info(__version__)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router):
+    for router in (health.router, chatflows.router, detached_streams.router, prometheus.router):
         app.include_router(router)
     mount_chat_page(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

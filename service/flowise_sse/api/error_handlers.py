@@ -7,16 +7,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import metrics
 from ..errors import GatewayError
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    metrics.request_refused(exc.status, exc.code)
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     body = {"error": {"code": code, "message": str(exc.detail), "retryable": False}}
+    metrics.request_refused(exc.status_code, code)
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 

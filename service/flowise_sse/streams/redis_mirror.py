@@ -16,6 +16,7 @@ from typing import AsyncIterator, Callable
 
 import redis.asyncio as redis
 
+from .. import metrics
 from ..errors import StoreUnavailable, UpstreamUnavailable
 from ..events import ERROR, Event
 from ..settings import Settings
@@ -66,6 +67,7 @@ class RedisMirror:
             try:
                 await self.redis.set(f"fss:replica:{self.replica}", 1, ex=_ALIVE_TTL)
             except redis.RedisError as exc:
+                metrics.redis_error("keep_alive")
                 logger.warning("flowise-sse: Redis keep-alive failed: %s", exc)
 
     async def _listen_aborts(self) -> None:
@@ -77,6 +79,7 @@ class RedisMirror:
                     if message.get("type") == "message":
                         self._on_abort(message["data"].decode())
             except redis.RedisError as exc:
+                metrics.redis_error("abort_channel")
                 logger.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(1)
             finally:
@@ -94,6 +97,7 @@ class RedisMirror:
             await self.redis.expire(meta, int(self.settings.total_timeout + self.settings.stream_retention))
             return True
         except redis.RedisError as exc:
+            metrics.redis_error("claim_chat")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def release_chat(self, chat_id: str, stream_id: str) -> None:
@@ -102,6 +106,7 @@ class RedisMirror:
             if await self.redis.get(key) == stream_id.encode():
                 await self.redis.delete(key)
         except redis.RedisError as exc:  # the lock expires by itself
+            metrics.redis_error("release_chat")
             logger.warning("flowise-sse: releasing chatId %s in Redis failed: %s", chat_id, exc)
 
     def append(self, stream_id: str, seq: int, frame: bytes, terminal: bool) -> None:
@@ -123,6 +128,7 @@ class RedisMirror:
                         pipe.expire(_meta_key(stream_id), int(self.settings.stream_retention))
                 await pipe.execute()
         except redis.RedisError as exc:
+            metrics.redis_error("mirror")
             logger.error("flowise-sse: mirroring stream %s to Redis failed: %s", stream_id, exc)
         finally:
             self._flushers.pop(stream_id, None)
@@ -131,6 +137,7 @@ class RedisMirror:
         try:
             await self.redis.publish(ABORT_CHANNEL, stream_id)
         except redis.RedisError as exc:
+            metrics.redis_error("publish_abort")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     # --- any replica's side ---------------------------------------------------------------
@@ -138,12 +145,17 @@ class RedisMirror:
         try:
             return bool(await self.redis.exists(_meta_key(stream_id), _events_key(stream_id)))
         except redis.RedisError as exc:
+            metrics.redis_error("exists")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         key, last = _events_key(stream_id), after
         while not should_stop():
-            answer = await self.redis.xread({key: f"{last}-0"}, block=1000, count=1000)
+            try:
+                answer = await self.redis.xread({key: f"{last}-0"}, block=1000, count=1000)
+            except redis.RedisError:
+                metrics.redis_error("read")
+                raise
             if not answer:
                 if not await self._owner_alive(stream_id):
                     await self._close_orphan(stream_id, last)  # read back on the next turn

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from .. import metrics
 from ..errors import (
     ChatflowNotFound,
     GatewayError,
@@ -141,27 +142,36 @@ class FlowiseClient:
         path: str,
         what: str,
         *,
+        operation: str,
         management: bool = True,
         timeout: float | None = 30.0,
         **kwargs: Any,
     ) -> Any:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
-        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
+        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies);
+        `operation` names the call in the metrics."""
         headers = self.management_headers if management else self.prediction_headers
-        async with self._mapped_errors(what):
-            response = await self.http.request(
-                method,
-                path,
-                headers=headers,
-                timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
-                **kwargs,
-            )
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, what)
+        started = time.monotonic()
         try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+            async with self._mapped_errors(what):
+                response = await self.http.request(
+                    method,
+                    path,
+                    headers=headers,
+                    timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
+                    **kwargs,
+                )
+            if response.status_code >= 400:
+                raise error_from_response(response.status_code, response.content, what)
+            try:
+                answer = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+        except GatewayError as exc:
+            metrics.upstream_call(operation, time.monotonic() - started, exc.code)
+            raise
+        metrics.upstream_call(operation, time.monotonic() - started)
+        return answer
 
     @asynccontextmanager
     async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
@@ -174,16 +184,24 @@ class FlowiseClient:
             "POST", self.prediction_path(chatflow_id), json=body,
             headers={**self.prediction_headers, "Accept": "text/event-stream"},
         )
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
                 response = await self.http.send(request, stream=True)
         except TimeoutError:
+            metrics.upstream_call("prediction_stream", time.monotonic() - started, UpstreamTimeout.code)
             raise UpstreamTimeout("Flowise did not open the stream in time") from None
+        except GatewayError as exc:
+            metrics.upstream_call("prediction_stream", time.monotonic() - started, exc.code)
+            raise
         try:
             if response.status_code != 200:
                 async with self._mapped_errors(what):
                     content = await response.aread()
-                raise error_from_response(response.status_code, content, what)
+                failure = error_from_response(response.status_code, content, what)
+                metrics.upstream_call("prediction_stream", time.monotonic() - started, failure.code)
+                raise failure
+            metrics.upstream_call("prediction_stream", time.monotonic() - started)
             try:
                 yield response
             except httpx.HTTPError as exc:
@@ -201,7 +219,7 @@ class FlowiseClient:
             if self._version and time.monotonic() < self._version_expires:
                 return self._version
             try:
-                answer = await self.request("GET", "/api/v1/version", "the version check")
+                answer = await self.request("GET", "/api/v1/version", "the version check", operation="version")
                 text = str(answer.get("version", "")) if isinstance(answer, dict) else ""
             except ChatflowNotFound:
                 text = ""  # releases before the route existed are all socket.io ones
@@ -218,7 +236,7 @@ class FlowiseClient:
         """`GET /api/v1/chatflows-streaming/{id}`: whitelisted everywhere, 404s unknown chatflows."""
         answer = await self.request(
             "GET", f"/api/v1/chatflows-streaming/{chatflow_id}", f"chatflow {chatflow_id}",
-            management=False,
+            operation="chatflow_check", management=False,
         )
         return bool(answer.get("isStreaming")) if isinstance(answer, dict) else False
 
@@ -240,7 +258,7 @@ class FlowiseClient:
         return streaming
 
     async def list_chatflows(self) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing")
+        answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing", operation="chatflows")
         if isinstance(answer, dict) and isinstance(answer.get("data"), list):
             answer = answer["data"]  # 3.x paginated form
         if not isinstance(answer, list):
@@ -252,7 +270,7 @@ class FlowiseClient:
         streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
         answer = await self.request(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            management=False, timeout=timeout, json=body,
+            operation="prediction", management=False, timeout=timeout, json=body,
         )
         if not isinstance(answer, dict):
             raise UpstreamError("Flowise's prediction answer is not a JSON object")
@@ -265,7 +283,7 @@ class FlowiseClient:
             return
         try:
             await self.request(
-                "PUT", f"/api/v1/chatmessage/abort/{chatflow_id}/{chat_id}", "the abort",
+                "PUT", f"/api/v1/chatmessage/abort/{chatflow_id}/{chat_id}", "the abort", operation="abort",
                 timeout=5.0,
             )
         except GatewayError:

@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 
 import socketio
 
+from .. import metrics
 from ..errors import GatewayError, UpstreamUnavailable
 from ..events import END, TOKEN, Event, token
 from .flowise_client import FlowiseClient
@@ -67,6 +68,7 @@ class SocketPool:
     async def _connect(self) -> _Socket:
         url, path = self.flowise.socketio_url_and_path
         sock = _Socket()
+        started = asyncio.get_running_loop().time()
         try:
             await sock.client.connect(
                 url,
@@ -76,10 +78,13 @@ class SocketPool:
             )
         except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
             await sock.close()
+            metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
+                                  UpstreamUnavailable.code)
             raise UpstreamUnavailable(f"Flowise's socket.io at {url}{path} refused: {exc}") from None
         except BaseException:
             await sock.close()
             raise
+        metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started)
         return sock
 
     def _refill(self) -> None:

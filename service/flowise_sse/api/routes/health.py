@@ -27,7 +27,7 @@ async def readyz(flowise: Flowise, manager: Manager) -> Any:
     try:
         version = await flowise.version()
         if version.version is None:
-            await flowise.request("GET", "/api/v1/ping", "the ping", management=False)
+            await flowise.request("GET", "/api/v1/ping", "the ping", operation="ping", management=False)
     except GatewayError as exc:
         return JSONResponse({"status": "unavailable", "error": exc.to_dict()}, status_code=503)
     except Exception:
