@@ -62,6 +62,7 @@ class SocketPool:
         self._ready: list[_Socket] = []
         self._connecting = 0
         self._resting = 0
+        self._resting_socks: set[_Socket] = set()  # closed by `close` even if their task never ran
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -125,6 +126,7 @@ class SocketPool:
         the prediction, not during it (they would take the CPU it needs)."""
         if clean and not self._closed:
             self._resting += 1
+            self._resting_socks.add(sock)
             self._spawn(self._rest(sock))
         else:
             await sock.close()
@@ -132,12 +134,10 @@ class SocketPool:
 
     async def _rest(self, sock: _Socket) -> None:
         try:
-            await asyncio.sleep(self.REST)
-        except asyncio.CancelledError:  # the pool is closing
-            await sock.close()
-            raise
+            await asyncio.sleep(self.REST)  # cancelled: the pool is closing, and closes it
         finally:
             self._resting -= 1
+        self._resting_socks.discard(sock)
         if sock.client.connected and sock.queue.empty() and len(self._ready) < self.size and not self._closed:
             self._ready.append(sock)
         else:
@@ -150,7 +150,8 @@ class SocketPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         ready, self._ready = self._ready, []
-        await asyncio.gather(*(sock.close() for sock in ready))
+        resting, self._resting_socks = self._resting_socks, set()
+        await asyncio.gather(*(sock.close() for sock in (*ready, *resting)))
 
 
 async def stream_socketio(
