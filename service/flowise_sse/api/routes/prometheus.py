@@ -13,7 +13,10 @@ from ..dependencies import AccessDep, SettingsDep
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {metrics.CONTENT_TYPE_LATEST: {}}}})
+# Documented as text/plain: the exact version parameter depends on the prometheus-client installed.
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "The Prometheus text exposition format"}})
 async def prometheus_metrics(request: Request, settings: SettingsDep, access: AccessDep) -> Response:
     """Prometheus metrics. With `FLOWISE_SSE_METRICS_TOKEN` set, `Authorization: Bearer <that
     token>`; otherwise a gateway API key, as everywhere (none when the gateway is open)."""
