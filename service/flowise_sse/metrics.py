@@ -12,7 +12,7 @@ processes prometheus-client's multiprocess mode would be needed, and is not set 
 from __future__ import annotations
 
 import weakref
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -94,9 +94,26 @@ HTTP_REQUESTS = Counter(
 
 
 # --- streams ----------------------------------------------------------------------------------
+# `labels()` costs a few microseconds (a lock, a tuple, a dict): the children a stream needs are
+# resolved once per label set and kept here (the sets are few: transports, outcomes, codes).
+_per_transport: dict[str, tuple] = {}
+_ended: dict[tuple[str, str, str], Any] = {}
+
+
+def _children(transport: str) -> tuple:
+    children = _per_transport.get(transport)
+    if children is None:
+        children = _per_transport[transport] = tuple(
+            metric.labels(transport) for metric in (STREAMS_STARTED, STREAMS_LIVE, TOKENS, EVENT_BYTES, FIRST_TOKEN,
+                                                    DURATION)
+        )
+    return children
+
+
 def stream_started(transport: str) -> None:
-    STREAMS_STARTED.labels(transport).inc()
-    STREAMS_LIVE.labels(transport).inc()
+    started, live, *_ = _children(transport)
+    started.inc()
+    live.inc()
 
 
 def stream_rejected(code: str) -> None:
@@ -106,14 +123,18 @@ def stream_rejected(code: str) -> None:
 def stream_ended(transport: str, code: str | None, tokens: int, event_bytes: int,
                  first_token: float | None, duration: float) -> None:
     """Once per started stream, at its terminal event: `code` None when it completed."""
-    outcome = "completed" if code is None else "aborted" if code == "aborted" else "failed"
-    STREAMS_LIVE.labels(transport).dec()
-    STREAMS_ENDED.labels(transport, outcome, code or "none").inc()
-    TOKENS.labels(transport).inc(tokens)
-    EVENT_BYTES.labels(transport).inc(event_bytes)
+    _, live, tokens_total, bytes_total, first_token_seconds, duration_seconds = _children(transport)
+    key = (transport, "completed" if code is None else "aborted" if code == "aborted" else "failed", code or "none")
+    ended = _ended.get(key)
+    if ended is None:
+        ended = _ended[key] = STREAMS_ENDED.labels(*key)
+    live.dec()
+    ended.inc()
+    tokens_total.inc(tokens)
+    bytes_total.inc(event_bytes)
     if first_token is not None:
-        FIRST_TOKEN.labels(transport).observe(first_token)
-    DURATION.labels(transport).observe(duration)
+        first_token_seconds.observe(first_token)
+    duration_seconds.observe(duration)
 
 
 # --- readers ----------------------------------------------------------------------------------
@@ -148,8 +169,18 @@ def request_refused(status: int, code: str) -> None:
         LIMITS_HIT.labels(str(status), code).inc()
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_http: dict[tuple[str, str, int], Any] = {}
+
+
 def http_request(method: str, route: str, status: int) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    """`route` is a route template or "other" and `method` one of the HTTP methods or "other": a
+    client cannot grow the label sets."""
+    key = (method if method in _METHODS else "other", route, status)
+    child = _http.get(key)
+    if child is None:
+        child = _http[key] = HTTP_REQUESTS.labels(key[0], route, str(status))
+    child.inc()
 
 
 # --- memory: read from the live stores at scrape time --------------------------------------------
