@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import pathlib
+import re
 import threading
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from flowise_sse import metrics  # noqa: F401  (registers the gateway's metrics)
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
+from flowise_sse.errors import GatewayError
 
 from .servers import GatewayProcess, parse_sse
 
@@ -158,3 +162,32 @@ def test_textLogs_streamLinesHaveItsFieldsAndNoQuestionOrKey(emulators, tmp_path
     access = next(line for line in text.splitlines() if "uvicorn.access" in line and STREAM in line)
     assert "request_id=text-1" in access and "?" not in access
     assert "my-private-question" not in text and "key-sekret-9" not in text
+
+
+# --- the README's tables stay true -----------------------------------------------------------------
+README = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+SSE_ONLY = {"aborted", "stream_too_large"}  # only ever an `error` event, never an HTTP answer
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [sub for child in cls.__subclasses__() for sub in _subclasses(child)]
+
+
+def test_readmeErrorCodes_everyGatewayErrorListedWithItsStatusAndRetryable():
+    rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (yes|no) \|", README, re.M)}
+    for error in _subclasses(GatewayError):
+        if error.__module__ != "flowise_sse.errors":
+            continue  # the CLI's own, never sent by the gateway
+        assert error.code in rows, f"{error.code} is missing from the README's error codes"
+        status, retryable = rows[error.code]
+        assert status.startswith("—") if error.code in SSE_ONLY else status == str(error.status), error.code
+        assert retryable == ("yes" if error.retryable else "no"), error.code
+    for code, status in (("invalid_request", "422"), ("not_found", "404"), ("method_not_allowed", "405")):
+        assert rows[code][0] == status  # the handlers' own (error_handlers.py)
+
+
+def test_readmeMetrics_everyExportedMetricListed():
+    listed = set(re.findall(r"`(flowise_sse_\w+)`", README.split("## Metrics", 1)[1].split("## Logs", 1)[0]))
+    exported = {family.name + ("_total" if family.type == "counter" else "")
+                for family in REGISTRY.collect() if family.name.startswith("flowise_sse_")}
+    assert exported == listed
