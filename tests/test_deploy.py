@@ -22,7 +22,6 @@ import time
 import httpx
 import kubernetes.client
 import pytest
-import redis
 import yaml
 from httpx_sse import EventSource
 from prometheus_client import REGISTRY
@@ -31,7 +30,7 @@ from flowise_sse import metrics  # noqa: F401  (registers the gateway's metrics)
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.settings import Settings
 
-from .servers import GatewayProcess, free_port
+from .servers import GatewayProcess, RedisServer, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -63,23 +62,9 @@ def compose_env(flowise_url: str, redis_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def redis_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+def redis_server():
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture

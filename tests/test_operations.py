@@ -15,7 +15,7 @@ from flowise_sse import metrics  # noqa: F401  (registers the gateway's metrics)
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.errors import GatewayError
 
-from .servers import GatewayProcess, parse_sse
+from .servers import GatewayProcess, RedisServer, parse_sse
 
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
 
@@ -112,6 +112,21 @@ def test_metrics_whenTheStoreIsFull_thenTheLimitIsCounted(emulators, gateways):
     after = scrape(gateway.url)
     assert delta(before, after, "flowise_sse_limits_hit_total", status="503", code="overloaded") == 1
     assert delta(before, after, "flowise_sse_streams_rejected_total", code="overloaded") == 1
+
+
+def test_metrics_whenRedisGoesDown_thenRedisErrorsAndTheLimitAreCounted(emulators, gateways):
+    with RedisServer() as redis_server:
+        gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url)
+        with httpx.stream("POST", gateway.url + STREAM, json={"question": "up"}) as r:
+            r.read()
+        assert parse_sse(r)[-1].event == "end"
+    before = scrape(gateway.url)
+    refused = httpx.post(gateway.url + STREAM, json={"question": "down"}, timeout=20)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable"
+    after = scrape(gateway.url)
+    assert delta(before, after, "flowise_sse_redis_errors_total", operation="claim_chat") == 1
+    assert delta(before, after, "flowise_sse_limits_hit_total", status="503", code="store_unavailable") == 1
+    assert delta(before, after, "flowise_sse_streams_rejected_total", code="store_unavailable") == 1
 
 
 def test_metrics_whenKeysSet_thenAGatewayKeyIsNeeded(emulators, gateways):

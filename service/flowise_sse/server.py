@@ -19,7 +19,7 @@ from sse_starlette.sse import AppStatus
 
 from . import __version__
 from .api import create_app
-from .logging_setup import quiet
+from .logging_setup import configure, quiet
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")
@@ -47,6 +47,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 async def serve(settings: Settings, host: str, port: int, demo: bool = False, log_level: str = "info",
                 flowise_version: str = "3.1.4") -> None:
+    if not logging.getLogger().handlers:  # called from code rather than the CLI: log as it would
+        configure(settings.log_format, log_level)
     emulator_server: uvicorn.Server | None = None
     emulator_task: asyncio.Task[None] | None = None
     demo_line = ""
