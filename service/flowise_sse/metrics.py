@@ -116,6 +116,11 @@ def stream_started(transport: str) -> None:
     live.inc()
 
 
+def outcome(code: str | None) -> str:
+    """A stream's outcome label from its error code (None: it completed)."""
+    return "completed" if code is None else "aborted" if code == "aborted" else "failed"
+
+
 def stream_rejected(code: str) -> None:
     STREAMS_REJECTED.labels(code).inc()
 
@@ -124,7 +129,7 @@ def stream_ended(transport: str, code: str | None, tokens: int, event_bytes: int
                  first_token: float | None, duration: float) -> None:
     """Once per started stream, at its terminal event: `code` None when it completed."""
     _, live, tokens_total, bytes_total, first_token_seconds, duration_seconds = _children(transport)
-    key = (transport, "completed" if code is None else "aborted" if code == "aborted" else "failed", code or "none")
+    key = (transport, outcome(code), code or "none")
     ended = _ended.get(key)
     if ended is None:
         ended = _ended[key] = STREAMS_ENDED.labels(*key)

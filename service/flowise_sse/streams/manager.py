@@ -116,6 +116,7 @@ class StreamManager:
     async def start(self, chatflow_id: str, prediction: Prediction) -> StreamRun:
         """Start a run and wait for its `start`; a failure before it is raised here."""
         if self.draining:
+            metrics.stream_rejected(ShuttingDown.code)
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
         stream_id = uuid.uuid4().hex
         try:
@@ -236,7 +237,7 @@ class StreamManager:
         metrics.stream_ended(run.transport, code, run.tokens, run.events.size, first, now - run.requested_at)
         logger.info("stream ended", extra=fields(
             stream_id=run.id, chat_id=run.prediction.chat_id, chatflow_id=run.chatflow_id,
-            transport=run.transport, outcome="completed" if code is None else "aborted" if code == "aborted" else "failed",
+            transport=run.transport, outcome=metrics.outcome(code),
             code=code, tokens=run.tokens, bytes=run.events.size,
             first_token_ms=None if first is None else round(first * 1000, 1),
             duration_ms=round((now - run.requested_at) * 1000, 1),
