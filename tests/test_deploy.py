@@ -308,3 +308,34 @@ def _sample_names(family) -> set[str]:
     if family.type == "counter":
         return {family.name + "_total"}
     return {family.name}
+
+
+def test_cliAsk_throughNginx_whenTheReplicaRunningItStops_thenTheAnswerCompletesFromTheOther(
+        emulators, redis_server, nginx_front, tmp_path):
+    import signal
+    import sys
+
+    flowise = emulators("3.1.4")
+    env = compose_env(flowise.url, redis_server)
+    logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
+    with GatewayProcess(env, log_level="info", stderr=logs[0]) as one, \
+            GatewayProcess(env, log_level="info", stderr=logs[1]) as two:
+        front = nginx_front([one.port, two.port])
+        ask = subprocess.Popen(
+            [sys.executable, "-m", "flowise_sse", "ask", "--gateway", front, "--api-key", "compose-key-1",
+             DEMO_CHATFLOW_ID, f"[[delay=150]] {QUESTION}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        owner = None
+        while owner is None:
+            assert time.monotonic() < deadline and ask.poll() is None, "the stream did not start"
+            for gateway, log in ((one, logs[0]), (two, logs[1])):
+                if log.exists() and "stream started" in log.read_text():
+                    owner = gateway
+            time.sleep(0.05)
+        owner.proc.send_signal(signal.SIGTERM)  # as an orchestrator stops a replica
+        out, err = ask.communicate(timeout=60)
+    assert ask.returncode == 0 and err == "", err
+    assert out == REPLY + QUESTION + "\n"
+    other_log = logs[1] if owner is one else logs[0]
+    assert '"source":"redis"' in other_log.read_text().replace(" ", "")  # finished from the other replica

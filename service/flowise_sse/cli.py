@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from typing import Any, Coroutine, Iterator, TypeVar
 
 from . import __version__
@@ -259,8 +260,9 @@ RECONNECTS = 5
 
 
 def _gateway_events(args: argparse.Namespace, history: Any) -> Iterator[tuple[str, Any]]:
-    """The gateway's SSE stream, parsed; a connection cut before `end`/`error` is resumed with
-    `Last-Event-ID`, as `EventSource` would."""
+    """The gateway's SSE stream, parsed. A connection cut before `end`/`error` is resumed as
+    `EventSource` would, with `Last-Event-ID`, by a GET of the stream's events: idempotent, so a
+    proxy may send it to any replica (they share the stream through Redis)."""
     import httpx
 
     body: dict[str, Any] = {"question": args.question}
@@ -271,24 +273,38 @@ def _gateway_events(args: argparse.Namespace, history: Any) -> Iterator[tuple[st
     last_id: str | None = None
     with _gateway_client(args) as http:
         for attempt in range(RECONNECTS + 1):
-            headers = {"Accept": "text/event-stream"}
-            if last_id:
-                headers["Last-Event-ID"] = last_id
+            if last_id is None:
+                request = http.build_request("POST", f"/v1/chatflows/{args.chatflow_id}/stream", json=body,
+                                             headers={"Accept": "text/event-stream"})
+            else:
+                stream_id = last_id.rsplit(":", 1)[0]
+                request = http.build_request("GET", f"/v1/streams/{stream_id}/events",
+                                             headers={"Accept": "text/event-stream", "Last-Event-ID": last_id})
             try:
-                with http.stream("POST", f"/v1/chatflows/{args.chatflow_id}/stream", json=body,
-                                 headers=headers) as response:
-                    if response.status_code >= 400:
-                        raise _error_answer(response.status_code, response.read())
-                    for event_id, name, data in _sse(response.iter_lines()):
-                        last_id = event_id or last_id
-                        yield name, data
-                        if name in ("end", "error"):
-                            return
+                response = http.send(request, stream=True)
             except httpx.HTTPError as exc:
                 if last_id is None:
                     raise _Unreachable(f"the gateway is unreachable at {http.base_url}: {exc}") from None
+            else:
+                try:
+                    if response.status_code >= 400:
+                        failure = _error_answer(response.status_code, response.read())
+                        # While resuming, a replica going away (a proxy's 502, a 503) is worth a retry.
+                        if last_id is None or response.status_code not in (502, 503, 504):
+                            raise failure
+                    else:
+                        for event_id, name, data in _sse(response.iter_lines()):
+                            last_id = event_id or last_id
+                            yield name, data
+                            if name in ("end", "error"):
+                                return
+                except httpx.HTTPError:
+                    pass  # cut: resumed below
+                finally:
+                    response.close()
             if last_id is None or attempt == RECONNECTS:
                 break
+            time.sleep(min(2.0, 0.25 * 2 ** attempt))  # EventSource's retry, roughly
         raise _Unreachable("the stream was cut and could not be resumed")
 
 
