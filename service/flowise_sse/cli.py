@@ -234,7 +234,11 @@ def _gateway_json(http: Any, method: str, path: str, **kwargs: Any) -> Any:
         raise _Unreachable(f"the gateway is unreachable at {http.base_url}: {exc}") from None
     if response.status_code >= 400:
         raise _error_answer(response.status_code, response.content)
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        raise _Unreachable(f"{http.base_url} answered {path} with something that is not JSON: "
+                           "is it a flowise-sse gateway?") from None
 
 
 class _Unreachable(GatewayError):
