@@ -457,7 +457,7 @@ def test_foreignOrigin_refusedUnlessAllowlisted(browser: Browser, flowise: Serve
             assert refused["simple"] == {"type": "opaque"}
             assert ("POST", closed.url + "/v1/streams", 403) in answered  # the browser sent it; the gateway said no
             time.sleep(0.2)
-            assert flowise.app.requests == []  # nothing reached Flowise
+            assert list(flowise.app.requests) == []  # nothing reached Flowise
             # What the gateway answers to that Origin (the browser hides it from the page):
             for method, path, body in (("GET", "/v1/chatflows", None),
                                        ("POST", "/v1/streams", {"chatflowId": DEMO_CHATFLOW_ID, "question": "hi"})):

@@ -22,6 +22,8 @@ from flowise_sse.emulator import (
     EmulatorConfig,
     create_emulator_app,
 )
+from flowise_sse.emulator.mock_llm import llm_messages
+from flowise_sse.emulator.quirks import quirks_for
 
 REPLY = "This is a deterministic mock reply. You said: "
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
@@ -438,7 +440,7 @@ async def test_apiKey_whenManagementRoutes_thenBearerRequired_andWhitelistOpen()
     assert flow["type"] == "CHATFLOW" and flow["workspaceId"] and flow["id"] == DEMO_CHATFLOW_ID
     assert version.json() == {"version": "3.1.4"} and ping.text == "pong"
     assert abort.json() == {"status": 200, "message": "Chat message aborted"}
-    assert emulator.aborts == [(DEMO_CHATFLOW_ID, "chat-1")]
+    assert list(emulator.aborts) == [(DEMO_CHATFLOW_ID, "chat-1")]
     async with running(version="2.0.7", api_key="ws-key") as (_, client):
         refused = await client.get("/api/v1/version")
         allowed = await client.get("/api/v1/version", headers={"Authorization": "Bearer ws-key"})
@@ -462,6 +464,48 @@ async def test_stateRoutes_whenDeleted_thenRecordsClearedButLiveCountersKept() -
     assert state["aborts"] == [[DEMO_CHATFLOW_ID, "c1"]]
     assert [(r["chatflowId"], r["transport"], r["body"]["chatId"]) for r in state["requests"]] == [
         (DEMO_CHATFLOW_ID, "json", "c1")]
-    assert cleared == {"requests": [], "aborts": [], "active_predictions": 0, "client_disconnects": 0,
-                       "connected_sockets": 0, "socket_connects": 0}
-    assert emulator.requests == []
+    assert state["requests_seen"] == 1
+    assert cleared == {"requests": [], "requests_seen": 0, "aborts": [], "active_predictions": 0,
+                       "client_disconnects": 0, "connected_sockets": 0, "socket_connects": 0}
+    assert list(emulator.requests) == []
+
+
+async def test_records_whenMoreThanTheBound_thenNewestKeptAndEveryRequestCounted() -> None:
+    async with running(version="3.1.4", max_recorded_requests=3) as (emulator, client):
+        for i in range(5):
+            await predict(client, question=f"q{i}")
+            await client.put(f"/api/v1/chatmessage/abort/{DEMO_CHATFLOW_ID}/c{i}")
+        state = (await client.get("/__emulator/state")).json()
+    assert [r["body"]["question"] for r in emulator.requests] == ["q2", "q3", "q4"]
+    assert [chat for _, chat in emulator.aborts] == ["c2", "c3", "c4"]
+    assert emulator.requests_seen == state["requests_seen"] == 5
+    assert [r["body"]["question"] for r in state["requests"]] == ["q2", "q3", "q4"] and len(state["aborts"]) == 3
+
+
+def test_records_whenDefault_thenBoundedAtOneThousand() -> None:
+    emulator = create_emulator_app()
+    assert emulator.requests.maxlen == emulator.aborts.maxlen == EmulatorConfig().max_recorded_requests == 1000
+
+
+# The columns of the history table in quirks.py, at the first version of each.
+HISTORY_TABLE = {
+    "1.6.4": {"type_message": ADA, "role_content": [], "openai_role": []},
+    "1.6.5": {"type_message": [], "role_content": [], "openai_role": []},
+    "1.8.0": {"type_message": [], "role_content": ADA, "openai_role": []},
+    "2.0.2": {"type_message": EMPTY_AI, "role_content": ADA, "openai_role": []},
+    "3.0.0": {"type_message": [{"role": "user", "content": ""}, *EMPTY_AI], "role_content": ADA, "openai_role": []},
+}
+
+
+@pytest.mark.parametrize("version", list(HISTORY_TABLE))
+def test_quirks_whenFirstVersionOfEachHistoryColumn_thenTheLlmIsHandedThatColumn(version: str) -> None:
+    quirks = quirks_for(version)
+    for form, expected in HISTORY_TABLE[version].items():
+        messages = llm_messages("q", HISTORY_FORMS[form], quirks)
+        assert messages[1:-1] == expected, form
+
+
+@pytest.mark.parametrize("text", ["", "3", "v3.x", "latest"])
+def test_quirks_whenNotAVersion_thenValueError(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Flowise version"):
+        create_emulator_app(EmulatorConfig(version=text))

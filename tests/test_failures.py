@@ -135,7 +135,7 @@ async def test_clientLeaves_whenPolicyAbort_thenUpstreamClosedWithinASecondAndNo
         await wait_until(lambda: len(flowise.app.aborts) == 3)
         assert sorted(chat for _, chat in flowise.app.aborts) == ["leaving-0", "leaving-1", "leaving-2"]
     else:
-        assert flowise.app.aborts == []
+        assert list(flowise.app.aborts) == []
     await wait_until(lambda: open_fds() <= fds)
     await wait_until(lambda: gateway.call(_count) <= tasks)
 
@@ -159,7 +159,7 @@ async def test_clientLeaves_whenPolicyContinue_thenStreamFinishesForLaterReaders
         async with client.stream("GET", f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": first[-1].id}) as r:
             rest = await aread_sse(r)
     assert joined(first + rest) == "This is a deterministic mock reply. You said: keep going"
-    assert flowise.app.aborts == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)
+    assert list(flowise.app.aborts) == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)
 
 
 async def test_gatewayStops_thenEverySocketIoSocketClosed_includingRestingOnes(emulators, gateways):
