@@ -12,9 +12,9 @@ from httpx_sse import EventSource
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
+from .helpers import REPLY, until
 from .servers import Sse, aread_sse, joined, parse_sse
 
-REPLY = "This is a deterministic mock reply. You said: "
 SLOW = {"emulator": {"delay": 0.05}}
 
 
@@ -86,9 +86,8 @@ async def test_delete_whileRunning_thenReadersGetAbortedAndFlowiseAbortCalled(em
         assert (await client.delete("/v1/streams/" + "0" * 32)).status_code == 404
     assert events[-1].event == "error" and events[-1].data["code"] == "aborted"
     assert "end" not in [e.event for e in events]
-    await asyncio.sleep(0.2)
-    assert (DEMO_CHATFLOW_ID, "delete-me") in flowise.app.aborts
-    assert flowise.app.active_predictions == 0
+    await until(lambda: (DEMO_CHATFLOW_ID, "delete-me") in flowise.app.aborts, timeout=2.0)
+    await until(lambda: flowise.app.active_predictions == 0, timeout=2.0)
 
 
 async def test_streamOverItsCap_thenFailsClearlyNotTruncatedSilently(emulators, gateways):
@@ -122,7 +121,7 @@ async def test_retention_whenExpired_thenStreamGone(emulators, gateways):
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "brief"})
         stream_id = r.text.split("id: ")[1].split(":")[0]
         assert (await client.get(f"/v1/streams/{stream_id}/events")).status_code == 200
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: time passes beyond the retention
         gone = await client.get(f"/v1/streams/{stream_id}/events")
     assert gone.status_code == 404
     assert stream_id not in gateway.app.state.manager.store.logs

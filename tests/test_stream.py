@@ -12,9 +12,8 @@ import pytest
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
 from .conftest import TRANSPORT
+from .helpers import REPLY
 from .servers import aread_sse, joined, parse_sse
-
-REPLY = "This is a deterministic mock reply. You said: "
 
 
 async def stream(gateway, question="Hello there", flow=DEMO_CHATFLOW_ID, **body):
