@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -25,7 +25,8 @@ from flowise_sse.emulator import (
 from flowise_sse.emulator.mock_llm import llm_messages
 from flowise_sse.emulator.quirks import quirks_for
 
-REPLY = "This is a deterministic mock reply. You said: "
+from .helpers import REPLY, until
+
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 HTML = "text/html; charset=utf-8"
@@ -99,9 +100,8 @@ async def running(**options: Any) -> AsyncIterator[tuple[Emulator, httpx.AsyncCl
         emulator, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
     ))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.005)
+    await until(lambda: server.started or task.done(), interval=0.005, what="uvicorn starts")
+    assert server.started, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
@@ -156,13 +156,6 @@ def token_frames(tokens: list[str]) -> bytes:
     return b"".join(b"message:\ndata:" + orjson.dumps({"event": e, "data": d}) + b"\n\n" for e, d in frames)
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 1.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_sse314_whenStreaming_thenHeadersAndBytesMatchTheCapture() -> None:
     async with running(version="3.1.4") as (emulator, client):
         response, chunks = await predict_raw(client, question="Hello server sent events", streaming=True)
@@ -194,8 +187,8 @@ async def test_socketio162_whenStreaming_thenCapturedEventsThenJsonAnswer() -> N
         async with socket_client(client) as (sid, seen):
             assert (emulator.connected_sockets, emulator.socket_connects) == (1, 1)
             r = await predict(client, question="Hello socket io streaming", socketIOClientId=sid)
-            await eventually(lambda: ("end", ()) in seen)
-        await eventually(lambda: emulator.connected_sockets == 0)
+            await until(lambda: ("end", ()) in seen, timeout=1.0)
+        await until(lambda: emulator.connected_sockets == 0, timeout=1.0)
     assert seen == CAPTURE_V1_EVENTS
     assert r.status_code == 200 and r.headers["content-type"] == JSON
     answer = r.json()
@@ -208,7 +201,7 @@ async def test_socketio162_whenStreaming_thenCapturedEventsThenJsonAnswer() -> N
 async def test_socketio162_whenFirstTokenInStart_thenStartCarriesItAndNoEmptyTokens() -> None:
     async with running(version="1.6.2", first_token_in_start=True) as (_, client), socket_client(client) as (sid, seen):
         await predict(client, question="x", socketIOClientId=sid)
-        await eventually(lambda: ("end", ()) in seen)
+        await until(lambda: ("end", ()) in seen, timeout=1.0)
     assert seen[:3] == [("start", ("This",)), ("token", ("This",)), ("token", (" is",))]
     assert ("token", ("",)) not in seen
 
@@ -216,7 +209,7 @@ async def test_socketio162_whenFirstTokenInStart_thenStartCarriesItAndNoEmptyTok
 async def test_socketio162_whenLlmFails_thenHtml500AndNoSocketEvents() -> None:
     async with running(version="1.6.2") as (_, client), socket_client(client) as (sid, seen):
         r = await predict(client, question="Please fail [[http400]]", socketIOClientId=sid)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a quiet window: no socket event comes (nothing to wait for)
     assert (r.status_code, r.headers["content-type"], r.text) == (500, HTML, "400 mock error 400")
     assert seen == []
 
@@ -303,7 +296,7 @@ async def test_unknownChatflow_whenStreaming_thenHangsWithoutHeaders_elseErrorPe
         with pytest.raises(httpx.ReadTimeout):
             await client.post(f"/api/v1/prediction/{UNKNOWN_ID}", json={"question": "q", "streaming": True},
                               timeout=0.3)
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         missing = await predict(client, UNKNOWN_ID, question="q", streaming="false")
         invalid = await predict(client, "not-a-uuid", question="q")
         check = await client.get(f"/api/v1/chatflows-streaming/{UNKNOWN_ID}")
@@ -341,7 +334,7 @@ async def test_sseClient_whenItLeaves_thenPredictionStopsWithinASecond() -> None
             async for _ in r.aiter_raw():
                 assert emulator.active_predictions == 1
                 break
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         state = (await client.get("/__emulator/state")).json()
     assert state["client_disconnects"] == 1 and state["active_predictions"] == 0
 
@@ -349,11 +342,11 @@ async def test_sseClient_whenItLeaves_thenPredictionStopsWithinASecond() -> None
 async def test_socketioHttpRequest_whenItLeaves_thenEmitsStop() -> None:
     async with running(version="1.6.2", token_delay=0.05) as (emulator, client), socket_client(client) as (sid, seen):
         post = asyncio.create_task(predict(client, question="q", socketIOClientId=sid))
-        await eventually(lambda: len(seen) >= 3)
+        await until(lambda: len(seen) >= 3, timeout=1.0)
         post.cancel()
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         count = len(seen)
-        await asyncio.sleep(0.12)
+        await asyncio.sleep(0.12)  # a quiet window: no further event comes (nothing to wait for)
         assert len(seen) == count and ("end", ()) not in seen
 
 
@@ -370,7 +363,7 @@ async def test_hang_whenAsked_thenNoHeadersEver_andHangAfterStallsAfterTheTokens
             async with client.stream("POST", url, json=stall, timeout=0.3) as r:
                 async for chunk in r.aiter_raw():
                     received += chunk
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 2)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 2, timeout=1.0)
     assert received == token_frames(["This", " is"])
 
 
@@ -401,7 +394,7 @@ async def test_extraEvents_whenGiven_thenAfterTokensOnSse_andInTheSocketioJsonAn
         "start", "token", "sourceDocuments", "metadata", "end"]
     async with running(version="1.6.2") as (_, client), socket_client(client) as (sid, seen):
         r = await predict(client, question="q", socketIOClientId=sid, overrideConfig=controls)
-        await eventually(lambda: ("end", ()) in seen)
+        await until(lambda: ("end", ()) in seen, timeout=1.0)
     assert seen[-2:] == [("sourceDocuments", (docs,)), ("end", ())]
     assert list(r.json())[:2] == ["text", "sourceDocuments"] and r.json()["sourceDocuments"] == docs
 
