@@ -74,7 +74,6 @@ def test_ask_whenFlowiseDown_thenErrorAndExitCode1():
 # --- the README's command-line section, as written --------------------------------------------------
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-REPLY = "This is a deterministic mock reply. You said: "
 
 
 def readme_block(first_line_start: str) -> list[str]:
@@ -90,16 +89,14 @@ class DemoServer:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(argv, stderr=self.log, stdout=subprocess.DEVNULL, cwd=cwd,
                                      env=os.environ if env is None else env)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+        def up() -> bool:
+            assert self.proc.poll() is None, f"the server exited: {self.stop()}"
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.05)
-            assert self.proc.poll() is None, self.stop()
-        else:
-            raise AssertionError(f"the server did not start: {self.stop()}")
+                return False
+
+        wait_until(up, timeout=20, interval=0.05, what="the server answers /healthz")
 
     def stop(self) -> str:
         if self.proc.poll() is None:

@@ -30,12 +30,12 @@ from flowise_sse import metrics  # noqa: F401  (registers the gateway's metrics)
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.settings import Settings
 
+from .helpers import REPLY, wait_until
 from .servers import GatewayProcess, RedisServer, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()
-REPLY = "This is a deterministic mock reply. You said: "
 QUESTION = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
 UPSTREAM_ONLY = {"FLOWISE_URL", "FLOWISE_API_KEY", "FLOWISE_USERNAME", "FLOWISE_PASSWORD", "FLOWISE_TRANSPORT",
                  "FORWARDED_ALLOW_IPS"}  # the last one is uvicorn's own
@@ -91,14 +91,15 @@ def nginx_front(tmp_path):
             [exe, "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
              "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], stdout=log), log))
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                httpx.get(url + "/healthz", timeout=1)
-                return url
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(answers, timeout=10, interval=0.05, what="nginx passes /healthz to a replica")
+        return url
 
     yield start
     for proc, log in procs:
@@ -325,14 +326,13 @@ def test_cliAsk_throughNginx_whenTheReplicaRunningItStops_thenTheAnswerCompletes
             [sys.executable, "-m", "flowise_sse", "ask", "--gateway", front, "--api-key", "compose-key-1",
              DEMO_CHATFLOW_ID, f"[[delay=150]] {QUESTION}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        owner = None
-        while owner is None:
-            assert time.monotonic() < deadline and ask.poll() is None, "the stream did not start"
-            for gateway, log in ((one, logs[0]), (two, logs[1])):
-                if log.exists() and "stream started" in log.read_text():
-                    owner = gateway
-            time.sleep(0.05)
+        def running_on() -> GatewayProcess | None:
+            assert ask.poll() is None, "ask ended before its stream started"
+            return next((gateway for gateway, log in ((one, logs[0]), (two, logs[1]))
+                         if log.exists() and "stream started" in log.read_text()), None)
+
+        wait_until(running_on, timeout=20, interval=0.05, what="the stream starts on a replica")
+        owner = running_on()
         owner.proc.send_signal(signal.SIGTERM)  # as an orchestrator stops a replica
         out, err = ask.communicate(timeout=60)
     assert ask.returncode == 0 and err == "", err
