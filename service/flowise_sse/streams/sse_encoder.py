@@ -28,11 +28,17 @@ def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) 
     )
 
 
+def decode(frame: bytes) -> Event:
+    """The inverse of `encode`, for the gateway's own frames only (one `event:` line, then one
+    compact JSON `data:` line)."""
+    name_at = frame.index(b"\nevent: ") + 8
+    data_at = frame.index(b"\ndata: ", name_at)
+    return Event(frame[name_at:data_at].decode(), orjson.loads(frame[data_at + 7 : -2]))
+
+
 def parse_event_id(value: str) -> tuple[str, int]:
     """`<streamId>:<seq>` -> (streamId, seq)."""
     stream_id, sep, seq = value.strip().rpartition(":")
     if not sep or not stream_id or not seq.isdigit():
         raise BadRequest(f"Last-Event-ID must look like <streamId>:<seq>, got {value[:100]!r}")
     return stream_id, int(seq)
-
-

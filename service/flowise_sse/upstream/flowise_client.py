@@ -33,8 +33,10 @@ Transport = Literal["socketio", "sse"]
 
 # The first release that streams natively over SSE (Flowise PR #3125); older ones use socket.io.
 SSE_SINCE = (2, 1, 0)
-# `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on.
+# `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on; from the same release, a request's
+# `history` is prepended to the memory Flowise stores under the chatId (PR #2410).
 ABORT_SINCE = (1, 8, 0)
+STORED_MEMORY_SINCE = (1, 8, 0)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -50,6 +52,16 @@ class FlowiseVersion:
     @property
     def has_abort(self) -> bool:
         return self.version is None or parse_version(self.version) >= ABORT_SINCE
+
+    @property
+    def prepends_history(self) -> bool:
+        """Whether a request's `history` comes on top of what Flowise stored for its chatId
+        (>= 1.8.0). Older releases use the request's history as the memory, or ignore it. An
+        unknown version on socket.io (1.x before the version route, or a forced transport) is
+        taken as old; forced SSE means >= 2.1."""
+        if self.version is None:
+            return self.transport == "sse"
+        return parse_version(self.version) >= STORED_MEMORY_SINCE
 
 
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
@@ -94,6 +106,7 @@ class FlowiseClient:
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+        self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -239,13 +252,19 @@ class FlowiseClient:
         )
         return streaming
 
-    async def list_chatflows(self) -> list[dict[str, Any]]:
+    async def list_chatflows(self, *, cached: bool = False) -> list[dict[str, Any]]:
+        """Flowise's chatflows. `cached`: a listing up to `chatflow_cache_ttl` old will do (name
+        lookups on every OpenAI request must not cost a listing each)."""
+        if cached and self._listing and time.monotonic() < self._listing[1]:
+            return self._listing[0]
         answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing")
         if isinstance(answer, dict) and isinstance(answer.get("data"), list):
             answer = answer["data"]  # 3.x paginated form
         if not isinstance(answer, list):
             raise UpstreamError("Flowise's chatflow listing is not a list")
-        return answer
+        flows = [flow for flow in answer if isinstance(flow, dict)]
+        self._listing = (flows, time.monotonic() + self.settings.chatflow_cache_ttl)
+        return flows
 
     async def predict(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> dict[str, Any]:
         """The prediction POST without `streaming`: Flowise's JSON answer (a socket.io prediction
