@@ -357,3 +357,37 @@ async def test_langchain_whenAstream_thenFlowisesAnswer(keyed_gateway, flowise):
     pieces = [chunk.content async for chunk in llm.astream("Hello LangChain async")]
     assert "".join(pieces) == flowise_answer(flowise, "Hello LangChain async")
     assert (await llm.ainvoke("Hello ainvoke")).content == flowise_answer(flowise, "Hello ainvoke")
+
+
+# --- encoding ------------------------------------------------------------------------------------
+ADVERSARIAL = ["line one\nline two", "\r\n\r\n", "data: [DONE]", "\nevent: end\ndata: {}\n\n", ": comment?",
+               "😀🎉 ünïcödé", "\u2028\u2029", "\x00nul", "x" * 100_000, " trailing "]
+
+
+def test_sdk_whenTokensAreAdversarial_thenEveryByteArrivesOnce(keyed_gateway):
+    stream = client(keyed_gateway).chat.completions.create(
+        model=DEMO_CHATFLOW_ID, messages=user("tricky"), stream=True, extra_body=emulator(tokens=ADVERSARIAL))
+    assert [c.choices[0].delta.content for c in stream][1:-1] == ADVERSARIAL
+
+
+def test_usage_whenAgentflowReportsPerNode_thenTheLastExecutedDataIsSummed(keyed_gateway):
+    def node(usage):
+        return {"nodeId": "n", "data": {"output": {"content": "x", "usageMetadata": usage}}, "status": "FINISHED"}
+
+    first = {"input_tokens": 15, "output_tokens": 14, "total_tokens": 29}
+    second = {"input_tokens": 37, "output_tokens": 19, "total_tokens": 56}
+    events = [
+        {"event": "agentFlowExecutedData", "data": [node(first)]},
+        {"event": "usageMetadata", "data": second},  # the last node's, also in the data below
+        {"event": "agentFlowExecutedData", "data": [node(first), node(second), {"nodeId": "start", "data": {}}]},
+    ]
+    result = client(keyed_gateway).chat.completions.create(
+        model=DEMO_CHATFLOW_ID, messages=user("agents"), extra_body=emulator(events=events))
+    assert result.usage.model_dump() == {"prompt_tokens": 52, "completion_tokens": 33, "total_tokens": 85,
+                                         "completion_tokens_details": None, "prompt_tokens_details": None}
+
+
+def test_models_whenUnknownChatflowId_thenNotFound(keyed_gateway):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client(keyed_gateway).chat.completions.create(model="0" * 8 + "-0000-4000-8000-" + "0" * 12, messages=user("x"))
+    assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"

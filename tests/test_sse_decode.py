@@ -1,0 +1,21 @@
+"""The OpenAI route reads runs back through `sse_encoder.decode`: it must invert `encode` exactly."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flowise_sse.events import Event
+from flowise_sse.streams.sse_encoder import decode, encode
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(name=st.text(min_size=1).filter(lambda s: "\n" not in s and "\r" not in s), data=json_values,
+       seq=st.integers(1, 10**9), retry=st.none() | st.integers(1, 10**6))
+def test_decode_whenAnyEncodedEvent_thenTheSameEventBack(name, data, seq, retry):
+    assert decode(encode("f" * 32, seq, Event(name, data), retry)) == Event(name, data)
