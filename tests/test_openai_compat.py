@@ -391,3 +391,20 @@ def test_models_whenUnknownChatflowId_thenNotFound(keyed_gateway):
     with pytest.raises(openai.NotFoundError) as raised:
         client(keyed_gateway).chat.completions.create(model="0" * 8 + "-0000-4000-8000-" + "0" * 12, messages=user("x"))
     assert raised.value.body["code"] == "model_not_found" and raised.value.body["param"] == "model"
+
+
+async def test_run_whenReaderLetsGoRightAtTheEnd_thenTheLogEndsWithEndOnly(keyed_gateway):
+    # The reader lets go as soon as it has `end`, while the run task may still be closing its
+    # upstream: that must not count as the client leaving (no `error` `aborted` after the `end`).
+    async with aclient(keyed_gateway) as api, \
+            httpx.AsyncClient(timeout=20, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for streaming in (False, True) * 10:
+            raw = await api.chat.completions.with_raw_response.create(
+                model=DEMO_CHATFLOW_ID, messages=user("end cleanly"), stream=streaming)
+            if streaming:
+                [_ async for _ in raw.parse()]
+            stream_id = raw.headers["x-flowise-stream-id"]
+            await eventually(lambda: keyed_gateway.call(lambda: _runs(keyed_gateway)) == 0)
+            async with http.stream("GET", f"{keyed_gateway.url}/v1/streams/{stream_id}/events") as events:
+                names = [e.event for e in await aread_sse(events)]
+            assert names[-1] == "end" and "error" not in names, names

@@ -172,7 +172,8 @@ class StreamManager:
                     if event.event == START:
                         run.started.set_result(None)
         except asyncio.CancelledError:
-            failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+            if not run.events.finished:  # stopped after its terminal event: nothing was lost
+                failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
@@ -253,7 +254,11 @@ class StreamManager:
                 return
             held = False
             run.readers -= 1
-            if run.readers == 0 and (run.abort_unread or self.settings.on_client_disconnect == "abort"):
+            # A finished log needs no abort: the run task is only tidying up (and must not be
+            # cancelled into writing an `error` after its `end`).
+            if run.readers == 0 and not run.events.finished and (
+                run.abort_unread or self.settings.on_client_disconnect == "abort"
+            ):
                 self.abort(run, "its last reader disconnected")
 
         return release
