@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -180,14 +181,14 @@ async def test_sdk_whenSameChatIdRunning_thenConflictNotRetried(keyed_gateway, f
             model=DEMO_CHATFLOW_ID, messages=user("slow"), stream=True, extra_body=emulator(delay=0.05))
         first = await anext(aiter(stream))
         assert first.choices[0].delta.role == "assistant"
-        sent = len(flowise.app.requests)
+        await eventually(lambda: len(flowise.app.requests) == 1)  # socket.io: `start` may precede the POST
         retrying = openai.AsyncOpenAI(base_url=keyed_gateway.url + "/v1", api_key=KEY, max_retries=2,
                                       default_headers=headers)
         with pytest.raises(openai.ConflictError) as raised:
             await retrying.chat.completions.create(model=DEMO_CHATFLOW_ID, messages=user("again"))
         await retrying.close()
         assert raised.value.body["code"] == "chat_busy"
-        assert len(flowise.app.requests) == sent  # refused by the gateway, and the SDK did not retry
+        assert len(flowise.app.requests) == 1  # refused by the gateway, and the SDK did not retry
         rest = [chunk async for chunk in stream]
     assert rest[-1].choices[0].finish_reason == "stop"
 
@@ -408,3 +409,25 @@ async def test_run_whenReaderLetsGoRightAtTheEnd_thenTheLogEndsWithEndOnly(keyed
             async with http.stream("GET", f"{keyed_gateway.url}/v1/streams/{stream_id}/events") as events:
                 names = [e.event for e in await aread_sse(events)]
             assert names[-1] == "end" and "error" not in names, names
+
+
+async def test_sdk_whenClientLeavesButRunIsReadByStreamId_thenRunGoesOnForThatReader(gateways, flowise):
+    gateway = gateways(flowise.url)
+    tokens = [f" t{n}" for n in range(40)]
+    async with aclient(gateway) as api, httpx.AsyncClient(timeout=20) as http, AsyncExitStack() as stack:
+        async with api.chat.completions.with_streaming_response.create(
+                model=DEMO_CHATFLOW_ID, messages=user("share me"), stream=True,
+                extra_body=emulator(tokens=tokens, delay=0.02)) as response:
+            stream_id = response.headers["x-flowise-stream-id"]
+            events = await stack.enter_async_context(http.stream("GET", f"{gateway.url}/v1/streams/{stream_id}/events"))
+            reader = asyncio.ensure_future(aread_sse(events))
+            await eventually(lambda: gateway.call(lambda: _readers(gateway, stream_id)) == 2)
+        # The OpenAI client has left mid-answer; the run goes on with its other reader.
+        await eventually(lambda: gateway.call(lambda: _readers(gateway, stream_id)) == 1)
+        replay = await reader
+    assert joined(replay) == "".join(tokens) and replay[-1].event == "end"
+
+
+async def _readers(gateway: ServerThread, stream_id: str) -> int:
+    run = gateway.app.state.manager.runs.get(stream_id)
+    return run.readers if run else -1
