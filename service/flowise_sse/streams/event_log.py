@@ -60,13 +60,13 @@ class StreamLog:
         async for batch in self._batches_after(seq, should_stop):
             yield batch[0] if len(batch) == 1 else b"".join(batch)
 
-    async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[Event]:
+    async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[Event]]:
         """The same, decoded back into normalized events, for readers that speak another wire
-        format (the OpenAI route). The frames are the one copy kept; decoding one is two `find`s
-        and an `orjson.loads` of its data line."""
+        format (the OpenAI route); a batch of events that piled up comes as one list, so that the
+        reader can write it at once too. The frames are the one copy kept; decoding one is two
+        `find`s and an `orjson.loads` of its data line."""
         async for batch in self._batches_after(seq, should_stop):
-            for frame in batch:
-                yield decode(frame)
+            yield [decode(frame) for frame in batch]
 
     async def _batches_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[bytes]]:
         while True:

@@ -263,8 +263,9 @@ class StreamManager:
 
         return release
 
-    def events(self, run: StreamRun) -> AsyncIterator[Event]:
-        """`run`'s normalized events from its first, live to its end, for a reader on this replica
+    def events(self, run: StreamRun) -> AsyncIterator[list[Event]]:
+        """`run`'s normalized events from its first, live to its end, in batches (what piled up
+        while the reader was busy), for a reader on this replica
         that cannot resume elsewhere: it is not let go early on drain (the run's own end, or its
         abort after `shutdown_grace`, ends it)."""
         return run.events.events_after(0, lambda: False)

@@ -266,18 +266,19 @@ async def _answer(manager: StreamManager, run: Any) -> tuple[str, dict[str, int]
     """The whole answer and its usage, once the run ends; a failure raises its `GatewayError`."""
     usage = UsageReport()
     parts: list[str] = []
-    async with aclosing(manager.events(run)) as events:
-        async for event in events:
-            if event.event == END:
-                answer = event.text
-                streamed = "".join(parts)
-                return (answer if answer.startswith(streamed) else streamed), usage.totals()
-            if event.event == ERROR:
-                raise error_from_event(event.data)
-            if event.text:
-                parts.append(event.text)
-            else:
-                usage.feed(event)
+    async with aclosing(manager.events(run)) as batches:
+        async for batch in batches:
+            for event in batch:
+                if event.event == END:
+                    answer = event.text
+                    streamed = "".join(parts)
+                    return (answer if answer.startswith(streamed) else streamed), usage.totals()
+                if event.event == ERROR:
+                    raise error_from_event(event.data)
+                if event.text:
+                    parts.append(event.text)
+                else:
+                    usage.feed(event)
     raise UpstreamError("the stream ended without a final answer")
 
 
@@ -302,14 +303,15 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _chunks(manager: StreamManager, run: Any, encoder: ChunkEncoder, release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The completion's chunks; what piled up while the client was slow goes out as one write."""
     try:
         yield encoder.first()
-        async with aclosing(manager.events(run)) as events:
-            async for event in events:
-                out = encoder.feed(event)
+        async with aclosing(manager.events(run)) as batches:
+            async for batch in batches:
+                out = b"".join([chunk for chunk in map(encoder.feed, batch) if chunk])
                 if out:
                     yield out
-                if event.event in TERMINAL:
+                if batch[-1].event in TERMINAL:
                     return
     finally:
         release()
