@@ -25,5 +25,9 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         found = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(found.pop("$defs", {}))
         components[model.__name__] = found
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "openai" in operation.get("tags", ()):
+                operation["responses"].pop("422", None)  # malformed input is a 400 there, as on OpenAI
     app.openapi_schema = schema
     return schema

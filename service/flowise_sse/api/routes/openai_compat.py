@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
 from ...events import END, ERROR, TERMINAL
-from ...streams import StreamManager
+from ...streams import StreamManager, StreamRun
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..dependencies import Flowise, Manager, SettingsDep, require_key
@@ -262,7 +262,7 @@ def _overrides(body: ChatCompletionRequest, system: list[str], pass_params: bool
     return override or None, ignored
 
 
-async def _answer(manager: StreamManager, run: Any) -> tuple[str, dict[str, int] | None]:
+async def _answer(manager: StreamManager, run: StreamRun) -> tuple[str, dict[str, int] | None]:
     """The whole answer and its usage, once the run ends; a failure raises its `GatewayError`."""
     usage = UsageReport()
     parts: list[str] = []
@@ -302,7 +302,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _chunks(manager: StreamManager, run: Any, encoder: ChunkEncoder, release: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _chunks(manager: StreamManager, run: StreamRun, encoder: ChunkEncoder, release: Callable[[], None]) -> AsyncIterator[bytes]:
     """The completion's chunks; what piled up while the client was slow goes out as one write."""
     try:
         yield encoder.first()
