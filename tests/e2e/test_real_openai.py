@@ -140,3 +140,17 @@ def test_openai_client_leaving_closes_the_upstream(real_flowise: FlowiseDeployme
     assert api.chat.completions.create(model=real_flowise.chatflows.open,
                                        messages=[{"role": "user", "content": follow_up}]).choices[0].message.content \
         == reply_for(follow_up)
+
+
+def test_openai_npm_sdk_streams_flowise_answer_exactly(real_flowise: FlowiseDeployment,
+                                                       gateways: GatewayFactory) -> None:
+    import asyncio
+
+    from ..test_openai_node import node
+
+    question = f"Hello from node {marker()}"
+    result = asyncio.run(node(gateways(real_flowise), "stream", question, model=real_flowise.chatflows.open))
+    chunks = result["chunks"]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]] == reply_tokens(question)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
