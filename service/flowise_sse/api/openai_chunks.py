@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import orjson
-
 from ..errors import GatewayError
 from ..events import END, ERROR, TOKEN, Event
+from ..streams.sse_encoder import json_bytes
 
 DONE = b"data: [DONE]\n\n"
 
@@ -81,13 +80,13 @@ class ChunkEncoder:
     """One streamed completion: each normalized event in, the bytes to send out (often none).
 
     A content chunk is two constant byte strings around the token's JSON, so a token costs one
-    `orjson.dumps` of its text."""
+    `orjson.dumps` of its text (`json_bytes`: a lone surrogate from 1.x becomes its JSON escape)."""
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.usage = UsageReport()
         self.parts: list[str] = []
-        head = orjson.dumps({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+        head = json_bytes({"id": completion_id, "object": "chat.completion.chunk", "created": created,
                              "model": model})[:-1]
         self._choice_head = b'data: ' + head + b',"choices":[{"index":0,"delta":'
         self._usage_tail = b',"usage":null' if include_usage else b""
@@ -108,14 +107,14 @@ class ChunkEncoder:
             if not text:
                 return None
             self.parts.append(text)
-            return self._choice_head + b'{"content":' + orjson.dumps(text) + b"}" + self._content_tail
+            return self._choice_head + b'{"content":' + json_bytes(text) + b"}" + self._content_tail
         if name == END:
             return self._end(event.text)
         if name == ERROR:
             data = event.data if isinstance(event.data, Mapping) else {}
             body = openai_error(502, str(data.get("code", "upstream_error")), str(data.get("message", "")),
                                 bool(data.get("retryable", False)))
-            return b"data: " + orjson.dumps(body) + b"\n\n"
+            return b"data: " + json_bytes(body) + b"\n\n"
         self.usage.feed(event)
         return None
 
@@ -126,11 +125,11 @@ class ChunkEncoder:
         if len(answer) > len(streamed) and answer.startswith(streamed):
             rest = answer[len(streamed):]
             self.parts.append(rest)
-            out += self._choice_head + b'{"content":' + orjson.dumps(rest) + b"}" + self._content_tail
+            out += self._choice_head + b'{"content":' + json_bytes(rest) + b"}" + self._content_tail
         out += self._chunk(b"{}", b'"stop"')
         if self.include_usage:
             usage = self.usage.totals()
-            out += b"data: %s,\"choices\":[],\"usage\":%s}\n\n" % (self._head, orjson.dumps(usage))
+            out += b"data: %s,\"choices\":[],\"usage\":%s}\n\n" % (self._head, json_bytes(usage))
         return out + DONE
 
 

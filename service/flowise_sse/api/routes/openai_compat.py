@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
 from ...events import END, ERROR, TERMINAL
 from ...streams import StreamManager, StreamRun
+from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..dependencies import Flowise, Manager, SettingsDep, require_key
@@ -190,7 +191,9 @@ async def chat_completions(
         text, usage = await _until_client_leaves(request, _answer(manager, run))
     finally:
         release()
-    return JSONResponse(completion(completion_id, created, body.model, text, usage), headers=headers)
+    # Not JSONResponse: its `json.dumps(...).encode()` fails on a lone surrogate (1.x can stream one).
+    return Response(json_bytes(completion(completion_id, created, body.model, text, usage)),
+                    media_type="application/json", headers=headers)
 
 
 def _chat_id(*candidates: str | None) -> str | None:
