@@ -25,3 +25,14 @@ def test_decode_whenLoneSurrogate_thenTheSameEventBack():
     # 1.x socket.io JSON can carry one; it travels as its JSON escape, which orjson cannot read.
     event = Event("token", {"text": "a\ud800b"})
     assert decode(encode("f" * 32, 1, event)) == event
+
+
+def test_upstreamJsonBody_whenLoneSurrogate_thenEscapedNotAnError():
+    # A caller's `\udXXX` escape reaches Flowise as the same escape (httpx's `json=` would raise).
+    import json
+
+    from flowise_sse.upstream.flowise_client import json_body
+
+    body = {"question": "a\ud800b", "history": [{"content": "ü"}]}
+    assert json.loads(json_body(body)) == body
+    assert json_body({"question": "ü"}) == '{"question":"ü"}'.encode()

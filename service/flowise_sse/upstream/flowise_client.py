@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import time
 from contextlib import asynccontextmanager
@@ -62,6 +63,19 @@ class FlowiseVersion:
         if self.version is None:
             return self.transport == "sse"
         return parse_version(self.version) >= STORED_MEMORY_SINCE
+
+
+JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+def json_body(body: Any) -> bytes:
+    """A request body as JSON. A lone surrogate (a caller's `\\udXXX` escape) is not UTF-8, so
+    httpx's own `json=` and orjson both fail on it; escaped, Node's JSON.parse reads it back as
+    the same UTF-16 string."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
@@ -161,6 +175,7 @@ class FlowiseClient:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
         `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
         headers = self.management_headers if management else self.prediction_headers
+        headers = {**headers, **kwargs.pop("headers", {})}
         async with self._mapped_errors(what):
             response = await self.http.request(
                 method,
@@ -184,8 +199,8 @@ class FlowiseClient:
         `connect_timeout`; a failure status is raised here, before any event."""
         what = f"the prediction on {chatflow_id}"
         request = self.http.build_request(
-            "POST", self.prediction_path(chatflow_id), json=body,
-            headers={**self.prediction_headers, "Accept": "text/event-stream"},
+            "POST", self.prediction_path(chatflow_id), content=json_body(body),
+            headers={**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"},
         )
         try:
             async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
@@ -271,7 +286,7 @@ class FlowiseClient:
         streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
         answer = await self.request(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            management=False, timeout=timeout, json=body,
+            management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
         )
         if not isinstance(answer, dict):
             raise UpstreamError("Flowise's prediction answer is not a JSON object")
