@@ -435,4 +435,3 @@ async def test_sdk_whenClientLeavesButRunIsReadByStreamId_thenRunGoesOnForThatRe
 async def _readers(gateway: ServerThread, stream_id: str) -> int:
     run = gateway.app.state.manager.runs.get(stream_id)
     return run.readers if run else -1
-
