@@ -24,7 +24,7 @@ from .chat_page import mount_chat_page
 from .error_handlers import install_error_handlers
 from .openapi import openapi_document
 from .request_context import RequestContext
-from .routes import chatflows, detached_streams, health, prometheus
+from .routes import chatflows, detached_streams, health, openai_compat, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -64,13 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id", "X-Request-ID"],
+            expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params", "X-Request-ID"],
         )
     app.add_middleware(RequestContext)  # outermost: every answer, CORS ones too, gets its id
     metrics.set_build_info(__version__)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router, prometheus.router):
+    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
+                   prometheus.router):
         app.include_router(router)
     mount_chat_page(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

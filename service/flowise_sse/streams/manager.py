@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from contextlib import aclosing, contextmanager
-from typing import TYPE_CHECKING, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from .. import metrics
 from ..errors import (
@@ -53,6 +53,9 @@ class StreamRun:
         self.transport = "unknown"
         self.tokens = 0
         self.first_token_at: float | None = None
+        # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
+        # clients that cannot resume (the OpenAI route).
+        self.abort_unread = False
 
     @property
     def done(self) -> bool:
@@ -113,8 +116,9 @@ class StreamManager:
             await self.mirror.close()
 
     # --- runs -----------------------------------------------------------------------------
-    async def start(self, chatflow_id: str, prediction: Prediction) -> StreamRun:
-        """Start a run and wait for its `start`; a failure before it is raised here."""
+    async def start(self, chatflow_id: str, prediction: Prediction, *, abort_unread: bool = False) -> StreamRun:
+        """Start a run and wait for its `start`; a failure before it is raised here.
+        `abort_unread`: abort the run when its last reader leaves (see `hold`)."""
         if self.draining:
             metrics.stream_rejected(ShuttingDown.code)
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
@@ -131,6 +135,7 @@ class StreamManager:
                 if not claimed:
                     raise ChatBusy(f"chatId {prediction.chat_id!r} already has a prediction running on another replica")
             run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
+            run.abort_unread = abort_unread
         except BaseException as exc:
             if isinstance(exc, GatewayError):
                 metrics.stream_rejected(exc.code)
@@ -192,7 +197,8 @@ class StreamManager:
                     if name == START:
                         self._started(run, event)
         except asyncio.CancelledError:
-            failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+            if not run.events.finished:  # stopped after its terminal event: nothing was lost
+                failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
@@ -286,8 +292,7 @@ class StreamManager:
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
 
     async def _follow(self, events: StreamLog, run: StreamRun | None, after: int) -> AsyncIterator[bytes]:
-        if run:
-            run.readers += 1
+        release = self.hold(run) if run else None
         metrics.reader_joined("memory", after > 0)
         sent = 0
         try:
@@ -296,10 +301,37 @@ class StreamManager:
                 yield chunk
         finally:
             metrics.reader_left("memory", sent)
-            if run:
-                run.readers -= 1
-                if run.readers == 0 and self.settings.on_client_disconnect == "abort":
-                    self.abort(run, "its last reader disconnected")
+            if release:
+                release()
+
+    def hold(self, run: StreamRun) -> Callable[[], None]:
+        """Count one more reader of `run`, at once; the returned callable lets go (once). When the
+        last reader lets go of an unfinished run, it is aborted if `on_client_disconnect=abort`
+        or the run was started with `abort_unread`."""
+        run.readers += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if not held:
+                return
+            held = False
+            run.readers -= 1
+            # A finished log needs no abort: the run task is only tidying up (and must not be
+            # cancelled into writing an `error` after its `end`).
+            if run.readers == 0 and not run.events.finished and (
+                run.abort_unread or self.settings.on_client_disconnect == "abort"
+            ):
+                self.abort(run, "its last reader disconnected")
+
+        return release
+
+    def events(self, run: StreamRun) -> AsyncIterator[list[Event]]:
+        """`run`'s normalized events from its first, live to its end, in batches (what piled up
+        while the reader was busy), for a reader on this replica
+        that cannot resume elsewhere: it is not let go early on drain (the run's own end, or its
+        abort after `shutdown_grace`, ends it)."""
+        return run.events.events_after(0, lambda: False)
 
     async def _follow_redis(self, stream_id: str, after: int) -> AsyncIterator[bytes]:
         metrics.reader_joined("redis", after > 0)
