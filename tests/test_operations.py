@@ -121,6 +121,20 @@ def test_metrics_whenTheStoreIsFull_thenTheLimitIsCounted(emulators, gateways):
     assert delta(before, after, "flowise_sse_streams_rejected_total", code="overloaded") == 1
 
 
+def test_metrics_whenTheStoreIsFull_thenTheOpenAIRoutesRefusalIsCountedToo(emulators, gateways):
+    gateway = gateways(emulators("3.1.4").url, max_streams=1)
+    slow = {"question": "x", "overrideConfig": {"emulator": {"tokens": ["a"] * 40, "delay": 0.05}}}
+    created = httpx.post(gateway.url + "/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow})
+    assert created.status_code == 201
+    before = scrape(gateway.url)
+    refused = httpx.post(gateway.url + "/v1/chat/completions",
+                         json={"model": DEMO_CHATFLOW_ID, "messages": [{"role": "user", "content": "y"}]})
+    assert refused.status_code == 503, refused.text
+    after = scrape(gateway.url)
+    assert delta(before, after, "flowise_sse_limits_hit_total", status="503", code="overloaded") == 1
+    assert httpx.delete(gateway.url + f"/v1/streams/{created.json()['streamId']}").status_code == 204
+
+
 def test_metrics_whenRedisGoesDown_thenRedisErrorsAndTheLimitAreCounted(emulators, gateways):
     with RedisServer() as redis_server:
         gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url)
