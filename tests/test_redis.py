@@ -157,3 +157,43 @@ def test_redisDown_thenNewStreamsGet503NotA500(emulators):
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
     finally:
         proc.kill()
+
+
+def _tokens(count: int, delay: float) -> dict:
+    return {"question": "q", "overrideConfig": {"emulator": {"tokens": [f"t{i} " for i in range(count)], "delay": delay}}}
+
+
+async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailable_andRedisGetsItWholeAfter(
+    redis_url, emulators, gateways
+):
+    import redis as sync_redis
+
+    flowise = emulators("3.1.4")
+    gateway = gateways(flowise.url, redis_url=redis_url, redis_timeout=1.0, stream_retention=300)
+    client = sync_redis.Redis.from_url(redis_url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        created = (await http.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **_tokens(200, 0.05)})).json()
+        key = f"fss:{created['streamId']}:events"
+        events: list[Sse] = []
+        async with http.stream("GET", created["eventsUrl"]) as r:
+            async for sse in EventSource(r).aiter_sse():
+                if sse.data:
+                    events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
+                if len(events) == 5:
+                    assert client.ttl(key) > 0  # the expiry comes with the first write
+                    client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # no write for 3 s
+    assert events[-1].event == "error" and events[-1].data["code"] == "store_unavailable", events[-1]
+    assert "FLOWISE_SSE_REDIS_TIMEOUT" in events[-1].data["message"]
+    assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+    # Once Redis takes writes again, the mirror writes what waited: every entry, in order, the
+    # terminal one last, and the key expires.
+    deadline = time.monotonic() + 15
+    while client.xlen(key) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries = client.xrange(key)
+    assert [entry_id for entry_id, _ in entries] == [f"{i}-0".encode() for i in range(1, len(events) + 1)]
+    assert entries[-1][1][b"t"] == b"1" and b"store_unavailable" in entries[-1][1][b"f"]
+    assert 0 < client.ttl(key) <= 300 and 0 < client.ttl(f"fss:{created['streamId']}:meta") <= 300
+    while client.keys("fss:chat:*") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.keys("fss:chat:*") == []

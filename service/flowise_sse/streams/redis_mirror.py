@@ -166,18 +166,20 @@ class RedisMirror:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def release_chat(self, chat_id: str, stream_id: str) -> None:
-        """Release the lock, retrying for `redis_timeout`; past that it expires by itself."""
-        deadline = time.monotonic() + self.settings.redis_timeout
+        """Release the lock, retrying while Redis is away (until the lock would have expired by
+        itself, or shutdown)."""
+        deadline = time.monotonic() + self.settings.total_timeout + 60
+        delay = 0.1
         while True:
             try:
                 await self._release(keys=[f"fss:chat:{chat_id}"], args=[stream_id])
                 return
             except redis.RedisError as exc:
                 if time.monotonic() >= deadline:
-                    logger.warning("flowise-sse: releasing a chatId lock in Redis failed (%s); it expires by itself",
-                                   exc)
+                    logger.warning("flowise-sse: releasing a chatId lock in Redis failed (%s)", exc)
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     def release_chat_soon(self, chat_id: str, stream_id: str) -> None:
         """`release_chat` in a tracked task: a stream's end never waits on Redis."""
