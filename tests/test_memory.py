@@ -4,6 +4,7 @@ that never wedges the gateway."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import httpx
@@ -131,12 +132,16 @@ def test_expiry_thenExpiredStreamsGoFromTheFront_andRunningOnesStay(clock):
 def test_bookkeeping_whenTheStoreHoldsTenThousandFinishedStreams_thenCostsWhatItCostsEmpty():
     def per_stream_seconds(s: MemoryStore, prefix: str) -> float:
         best = float("inf")
-        for round_ in range(5):
-            started = time.perf_counter()
-            for i in range(300):
-                finished_stream(s, f"{prefix}{round_}-{i}")
-            s.evict_expired()
-            best = min(best, (time.perf_counter() - started) / 300)
+        gc.disable()  # the collector's pauses are another matter: this is the store's own work
+        try:
+            for round_ in range(5):
+                started = time.perf_counter()
+                for i in range(300):
+                    finished_stream(s, f"{prefix}{round_}-{i}")
+                s.evict_expired()
+                best = min(best, (time.perf_counter() - started) / 300)
+        finally:
+            gc.enable()
         return best
 
     empty = per_stream_seconds(store(max_streams=100_000), "e")
@@ -145,8 +150,8 @@ def test_bookkeeping_whenTheStoreHoldsTenThousandFinishedStreams_thenCostsWhatIt
         finished_stream(full, f"held{i}")
     held = per_stream_seconds(full, "f")
     assert len(full.logs) == 10_000
-    # Before: a copy of every log per stream (~5 ms at 10,000 held, 100x the empty store).
-    assert held < 3 * empty, (held, empty)
+    # Before: a copy of every log per stream (~5-19 ms at 10,000 held, 1000x the empty store).
+    assert held < 5 * empty + 20e-6, (held, empty)
 
 
 async def test_readers_shareTheLogsFrames_andNoneHoldsMoreThanOneBatch():
