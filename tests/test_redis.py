@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -198,3 +199,28 @@ async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailab
     while client.exists(lock) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not client.exists(lock)
+
+
+async def test_moreRemoteReadersThanRedisConnections_thenTheyWaitForOne_andEveryOneReadsItAll(redis_url, emulators):
+    flowise = emulators("3.1.4")
+    env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret"}
+    # B: 3 connections, one of them the abort subscription: 2 for 12 readers.
+    with GatewayProcess(env) as a, GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"}) as b:
+        async with httpx.AsyncClient(timeout=30) as client:
+            created = (await client.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID,
+                                                                      **_tokens(40, 0.05)})).json()
+
+            async def read_on_b() -> list[Sse]:
+                events: list[Sse] = []
+                async with client.stream("GET", created["eventsUrl"].replace(a.url, b.url)) as r:
+                    assert r.status_code == 200
+                    async for sse in EventSource(r).aiter_sse():
+                        if sse.data:
+                            events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
+                return events
+
+            results = await asyncio.gather(*(read_on_b() for _ in range(12)))
+    for events in results:
+        assert events[-1].event == "end", events[-1]
+        assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+        assert joined(events) == events[-1].data["text"] == "".join(f"t{i} " for i in range(40))
