@@ -164,8 +164,9 @@ def _tokens(count: int, delay: float) -> dict:
     return {"question": "q", "overrideConfig": {"emulator": {"tokens": [f"t{i} " for i in range(count)], "delay": delay}}}
 
 
+@pytest.mark.parametrize("outage", ["paused", "out_of_memory"])
 async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailable_andRedisGetsItWholeAfter(
-    redis_url, emulators, gateways
+    redis_url, emulators, gateways, outage
 ):
     import redis as sync_redis
 
@@ -182,7 +183,12 @@ async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailab
                     events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
                 if len(events) == 5:
                     assert client.ttl(key) > 0  # the expiry comes with the first write
-                    client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # no write for 3 s
+                    if outage == "paused":
+                        client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # no write for 3 s
+                    else:  # every write refused with OOM until the stream has ended
+                        client.config_set("maxmemory-policy", "noeviction")
+                        client.config_set("maxmemory", 1)
+        client.config_set("maxmemory", 0)
     assert events[-1].event == "error" and events[-1].data["code"] == "store_unavailable", events[-1]
     assert "FLOWISE_SSE_REDIS_TIMEOUT" in events[-1].data["message"]
     assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))

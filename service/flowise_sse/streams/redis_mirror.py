@@ -226,8 +226,11 @@ class RedisMirror:
                 continue
             finally:
                 self._in_flight = False
-            backoff = 0.05
-            self._written(batch, results)
+            if self._written(batch, results):
+                backoff = 0.05
+            else:  # Redis refused some writes (out of memory, say): retried like a lost connection
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)
 
     def _take(self) -> list[tuple[str, _Pending, list[tuple[int, bytes, bool]]]]:
         batch, size, dirty = [], 0, self._dirty
@@ -267,19 +270,33 @@ class RedisMirror:
                 self._fail(stream_id, pending, f"its events could not be written for {self.settings.redis_timeout:g} s "
                                                "(FLOWISE_SSE_REDIS_TIMEOUT)")
 
-    def _written(self, batch: list[tuple[str, _Pending, list[tuple[int, bytes, bool]]]], results: list) -> None:
+    def _written(self, batch: list[tuple[str, _Pending, list[tuple[int, bytes, bool]]]], results: list) -> bool:
+        """Account for a pipeline's answers; False when some entries were refused (those are
+        queued again, at the front of their stream's buffer)."""
         now = time.monotonic()
-        for result in results:
-            # An entry id already taken: written by a retry whose answer was lost, or the stream
-            # was closed by a reader that thought this replica dead. Either way nothing to redo.
-            if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
-                logger.error("flowise-sse: Redis refused a stream write: %s", result)
+        position, refused = 0, None
         for stream_id, pending, items in batch:
-            pending.bytes -= sum(len(item[1]) for item in items)
+            done = len(items)
+            for index in range(len(items)):
+                result = results[position + index]
+                # An id already taken: written by a retry whose answer was lost, or the stream was
+                # closed by a reader that thought this replica dead. Nothing to redo either way.
+                if isinstance(result, redis.ResponseError) and "equal or smaller" not in str(result):
+                    done, refused = index, result
+                    break
+            position += len(items) + (2 if items[-1][2] else 0 if pending.expiring else 1)
+            pending.bytes -= sum(len(item[1]) for item in items[:done])
+            if done < len(items):
+                pending.items[:0] = items[done:]
+                self._dirty[stream_id] = None
+                continue
             pending.expiring = True
             pending.since = now if pending.bytes else 0.0
             if items[-1][2]:
                 del self._pending[stream_id]
+        if refused is not None:
+            self._check_deadlines(refused)
+        return refused is None
 
     async def publish_abort(self, stream_id: str) -> None:
         try:
