@@ -50,6 +50,11 @@ class Tally:
     first_token: list[float] = field(default_factory=list)  # seconds, since the last window
     window_done: int = 0
     inexact: list[str] = field(default_factory=list)
+    examples: dict[str, str] = field(default_factory=dict)  # one message per failure kind
+
+    def fail(self, kind: str, message: str = "") -> None:
+        self.failures[kind] += 1
+        self.examples.setdefault(kind, message[:300])
 
     def window(self) -> tuple[int, float]:
         done, ft = self.window_done, sorted(self.first_token)
@@ -99,10 +104,10 @@ async def one_stream(client: httpx.AsyncClient, urls: Callable[[], list[str]], n
             async with client.stream("POST", f"{where}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body) as r:
                 if r.status_code != 200:
                     await r.aread()
-                    code = orjson.loads(r.content)["error"]["code"] if r.content.startswith(b"{") else r.status_code
-                    if code == "shutting_down":
+                    error = orjson.loads(r.content)["error"] if r.content.startswith(b"{") else {}
+                    if error.get("code") == "shutting_down":
                         continue
-                    tally.failures[f"{r.status_code} {code}"] += 1
+                    tally.fail(f"{r.status_code} {error.get('code')}", error.get("message", ""))
                     return
                 await _read(r, events, 3 if cut else None, started, tally)
             break
@@ -111,7 +116,7 @@ async def one_stream(client: httpx.AsyncClient, urls: Callable[[], list[str]], n
                 break
             await asyncio.sleep(0.05)
     if not events:
-        tally.failures["no replica took the stream"] += 1
+        tally.fail("no replica took the stream")
         return
     stream_id = events[0][2]["streamId"]
     for _ in range(10):  # resume until the terminal event, on the other replica when there is one
@@ -135,7 +140,8 @@ async def one_stream(client: httpx.AsyncClient, urls: Callable[[], list[str]], n
     tally.window_done += 1
     last = events[-1]
     if last[0] != "end":
-        tally.failures[f"error {last[2].get('code') if last[0] == 'error' else 'no terminal event'}"] += 1
+        tally.fail(f"error {last[2].get('code') if last[0] == 'error' else 'no terminal event'}",
+                   str(last[2].get("message", "")) if last[0] == "error" else "")
         return
     text = "".join(e[2]["text"] for e in events if e[0] == "token")
     seqs = [e[1] for e in events]
@@ -310,6 +316,8 @@ def main() -> None:
         exact = 100 * tally.exact / max(1, tally.completed)
         print(f"DONE completed={tally.completed} exact={tally.exact} ({exact:.2f}%) resumed={tally.resumed} "
               f"failed={dict(tally.failures)} inexact={tally.inexact[:5]}")
+        for kind, message in tally.examples.items():
+            print(f"  {kind}: e.g. {message}")
         if redis_url:
             time.sleep(2)
             keys, no_ttl, locks, used = keys_without_expiry(redis_url)

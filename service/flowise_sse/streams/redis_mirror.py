@@ -353,4 +353,6 @@ class RedisMirror:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(_events_key(stream_id), {"f": frame, "t": 1}, id=f"{last + 1}-0")
         pipe.expire(_events_key(stream_id), int(self.settings.stream_retention))
-        await pipe.execute(raise_on_error=False)
+        added = (await pipe.execute(raise_on_error=False))[0]
+        if isinstance(added, redis.ResponseError) and "equal or smaller" not in str(added):
+            raise added  # Redis refuses writes: the reader's `redis_timeout` then applies
