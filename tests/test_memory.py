@@ -210,7 +210,7 @@ async def _aiter(r: httpx.Response):
 
 
 async def test_runningStreamsFillMaxTotalBytes_thenReadersGetTerminalEvents_deleteWorks_andNewStreamsRun(
-    emulators, gateways
+    emulators, gateways, caplog
 ):
     flowise = emulators("3.1.4")
     gateway = gateways(flowise.url, max_total_bytes=64 * 1024, max_stream_bytes=1 << 20, idle_timeout=60)
@@ -220,6 +220,7 @@ async def test_runningStreamsFillMaxTotalBytes_thenReadersGetTerminalEvents_dele
         second = (await client.post("/v1/streams", json=_held(500, 30))).json()
         events = await asyncio.wait_for(_read_until(client, second["eventsUrl"]), 10)
         assert events[-1].event == "error" and events[-1].data["code"] == "stream_too_large"
+        assert "event memory full" in caplog.text  # the operator is told
         assert (await client.delete(f"/v1/streams/{first['streamId']}")).status_code == 204
         events = await asyncio.wait_for(_read_until(client, first["eventsUrl"]), 10)
         assert events[-1].event == "error" and events[-1].data["code"] == "aborted"

@@ -14,12 +14,15 @@ long answer, with nothing finished left to evict) is stored as a short `error`
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 
 from ..errors import Overloaded, StreamTooLarge
 from ..settings import Settings
 from .event_log import StreamLog
+
+logger = logging.getLogger("flowise_sse")
 
 TERMINAL_RESERVE = 1024
 """Bytes of the total cap each running stream keeps for its terminal event (an `error` frame
@@ -33,6 +36,7 @@ class MemoryStore:
         self.finished: OrderedDict[str, StreamLog] = OrderedDict()  # finish order = expiry order
         self.total_bytes = 0  # frames stored
         self.reserved = 0  # TERMINAL_RESERVE per running stream
+        self._warned_full = 0.0
 
     @property
     def used(self) -> int:
@@ -43,6 +47,7 @@ class MemoryStore:
         if len(self.logs) >= settings.max_streams and not self._evict(0, need_slot=True):
             raise Overloaded(f"the gateway holds its maximum of {settings.max_streams} streams")
         if not self._evict(TERMINAL_RESERVE):
+            self._warn_full()
             raise Overloaded(
                 f"the gateway's event memory is full ({settings.max_total_bytes} bytes, "
                 "FLOWISE_SSE_MAX_TOTAL_BYTES) with running streams"
@@ -78,6 +83,7 @@ class MemoryStore:
                 f"the stream passed its cap of {settings.max_stream_bytes} bytes (FLOWISE_SSE_MAX_STREAM_BYTES)"
             )
         if not self._evict(size):
+            self._warn_full()
             raise StreamTooLarge(
                 f"the gateway's event memory is full ({settings.max_total_bytes} bytes, FLOWISE_SSE_MAX_TOTAL_BYTES)"
             )
@@ -96,6 +102,16 @@ class MemoryStore:
         events.finished_at = time.monotonic()
         self.finished[events.stream_id] = events
         return True
+
+    def _warn_full(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_full >= 10:  # at most one line per 10 s
+            self._warned_full = now
+            logger.warning(
+                "flowise-sse: event memory full (FLOWISE_SSE_MAX_TOTAL_BYTES=%d) with %d running streams: "
+                "streams that grow end with stream_too_large, new ones get 503",
+                self.settings.max_total_bytes, len(self.logs) - len(self.finished),
+            )
 
     def evict_expired(self) -> None:
         now = time.monotonic()
