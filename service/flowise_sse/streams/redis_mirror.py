@@ -30,6 +30,7 @@ import redis.asyncio as redis
 from ..errors import StoreUnavailable, UpstreamUnavailable
 from ..events import ERROR, Event
 from ..settings import Settings
+from .event_log import READ_BATCH_BYTES
 from .sse_encoder import encode
 
 logger = logging.getLogger("flowise_sse")
@@ -319,7 +320,7 @@ class RedisMirror:
         failing_since = 0.0
         while not should_stop():
             try:
-                answer = await self.redis.xread({key: f"{last}-0"}, block=1000, count=1000)
+                answer = await self.redis.xread({key: f"{last}-0"}, block=1000, count=200)
                 if not answer and not await self._owner_alive(stream_id):
                     await self._close_orphan(stream_id, last)  # read back on the next turn
             except redis.RedisError as exc:
@@ -337,7 +338,16 @@ class RedisMirror:
                 continue
             entries = answer[0][1]
             last = int(entries[-1][0].split(b"-")[0])
-            yield b"".join(fields[b"f"] for _, fields in entries)
+            batch: list[bytes] = []
+            size = 0
+            for _, fields in entries:  # writes of at most READ_BATCH_BYTES, as from memory
+                frame = fields[b"f"]
+                if batch and size + len(frame) > READ_BATCH_BYTES:
+                    yield b"".join(batch)
+                    batch, size = [], 0
+                batch.append(frame)
+                size += len(frame)
+            yield b"".join(batch) if len(batch) > 1 else batch[0]
             if entries[-1][1].get(b"t") == b"1":
                 return
 
