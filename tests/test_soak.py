@@ -60,10 +60,10 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     await asyncio.to_thread(full.call, lambda: _async(_fill, full.app.state.manager, 10_000))
     assert await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.manager.store.logs)) == 10_000
 
-    # Alternated, best of two each: the machine is shared, its load shifts between rounds.
+    # Alternated (ABBAAB), best of three each: the machine is shared, its load shifts between rounds.
     rounds = {"fresh": [], "full": []}
-    for name, gateway in [("fresh", fresh), ("full", full), ("fresh", fresh), ("full", full)]:
-        rounds[name].append(await _measure(gateway.url, 8))
+    for name in ["fresh", "full", "full", "fresh", "fresh", "full"]:
+        rounds[name].append(await _measure((fresh if name == "fresh" else full).url, 6))
     for rate, _, tally in rounds["fresh"] + rounds["full"]:
         assert tally.completed == tally.exact and not tally.failures, (tally.failures, tally.inexact)
     fresh_rate, full_rate = (max(r[0] for r in rounds[name]) for name in ("fresh", "full"))
@@ -73,7 +73,8 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     held = await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.manager.store.logs))
     assert held == 10_000  # every new stream evicted the oldest finished one
     # Before: ~5 ms of copying per stream at 10,000 held, 3x the CPU of a stream, first token 4 s.
-    assert full_rate >= 0.75 * fresh_rate
+    # Old code: about a third of the fresh rate. The margin is for the shared machine's noise.
+    assert full_rate >= 0.7 * fresh_rate
     assert full_ft <= 1.5 * fresh_ft + 0.02
 
 
