@@ -7,8 +7,8 @@ alive; a stream whose owner died before its last event is closed with an `error`
 reader to notice. `DELETE` reaches the owner over pub/sub.
 
 Writes never drop an event. `append` only queues a frame in its stream's buffer; one writer task
-sends everything queued since its last round trip as one pipeline (a batch per stream per loop
-tick, one round trip per batch), in order, one pipeline at a time, and on failure puts the batch
+sends everything queued since its last round trip as one pipeline (every stream's frames of the
+last few ms, one round trip per batch, no task per token), in order, one pipeline at a time, and on failure puts the batch
 back and retries. Entry ids make a retry idempotent (an id already taken is an entry already
 written). A stream whose frames wait longer than `redis_timeout`, or more than
 `redis_buffer_bytes` of them, is ended with `error` `store_unavailable` by the manager; that
@@ -38,6 +38,10 @@ logger = logging.getLogger("flowise_sse")
 ABORT_CHANNEL = "fss:abort"
 _ALIVE_TTL = 6  # seconds; refreshed every 2
 WRITE_BATCH_BYTES = 1024 * 1024  # per pipeline; what is left goes in the next round trip
+# Woken by a first frame, the writer lets the loop run this long before taking the batch: a round
+# trip costs ~85 µs of client CPU plus ~17 µs per entry, so gathering a few ms of tokens from every
+# stream into one pipeline cuts the cost per token severalfold; readers elsewhere see it 5 ms later.
+WRITE_LINGER = 0.005
 
 # One round trip, atomic: the chatId lock and the stream's owner, with their expiries.
 _CLAIM = """
@@ -214,6 +218,7 @@ class RedisMirror:
             if not self._dirty:
                 self._wake.clear()
                 await self._wake.wait()
+                await asyncio.sleep(WRITE_LINGER)
                 continue
             batch = self._take()
             self._in_flight = True
