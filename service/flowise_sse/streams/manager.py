@@ -185,9 +185,11 @@ class StreamManager:
             if self.mirror:
                 self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
         # No await from here on: a DELETE landing now must not cut the stream's last word.
-        if failure is None or run.events.finished:
+        if failure is None:
             return
         if run.started.done():
+            if run.events.finished:  # its own terminal event is in: nothing more to say
+                return
             try:  # always fits (memory_store.TERMINAL_RESERVE); a bug here must not orphan readers
                 self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
             except Exception:
