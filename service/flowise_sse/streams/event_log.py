@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from ..errors import StreamTooLarge
 from ..events import ERROR, Event
-from .sse_encoder import encode
+from .sse_encoder import decode, encode
 
 if TYPE_CHECKING:
     from .memory_store import MemoryStore
@@ -76,22 +76,33 @@ class StreamLog:
         """Everything after `seq`, then each new event as it comes, until the terminal event.
 
         Frames that pile up while the reader is busy go out joined, in writes of at most
-        `READ_BATCH_BYTES`."""
+        `READ_BATCH_BYTES` (a larger frame alone, as the log's own object)."""
+        async for batch in self._batches_after(seq, should_stop):
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
+
+    async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[Event]]:
+        """The same, decoded back into normalized events, for readers that speak another wire
+        format (the OpenAI route); a batch of events that piled up comes as one list, so that the
+        reader can write it at once too. The frames are the one copy kept; decoding one is two
+        `find`s and an `orjson.loads` of its data line."""
+        async for batch in self._batches_after(seq, should_stop):
+            yield [decode(frame) for frame in batch]
+
+    async def _batches_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[bytes]]:
+        """The log's own frames after `seq`, in batches of at most `READ_BATCH_BYTES` (or one
+        larger frame), then live until the terminal event."""
         while True:
             frames = self.frames
             count = len(frames)
             if seq < count:
-                chunk = frames[seq]
+                batch = [frames[seq]]
+                size = len(batch[0])
                 seq += 1
-                size = len(chunk)
-                if seq < count and size + len(frames[seq]) <= READ_BATCH_BYTES:
-                    parts = [chunk]
-                    while seq < count and size + len(frames[seq]) <= READ_BATCH_BYTES:
-                        parts.append(frames[seq])
-                        size += len(frames[seq])
-                        seq += 1
-                    chunk = b"".join(parts)
-                yield chunk
+                while seq < count and size + len(frames[seq]) <= READ_BATCH_BYTES:
+                    batch.append(frames[seq])
+                    size += len(frames[seq])
+                    seq += 1
+                yield batch
                 continue
             if self.finished or self.evicted or should_stop():
                 return
