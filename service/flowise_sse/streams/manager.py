@@ -20,6 +20,7 @@ from ..errors import (
     ChatBusy,
     GatewayError,
     ShuttingDown,
+    StoreUnavailable,
     StreamAborted,
     StreamNotFound,
     UpstreamError,
@@ -53,6 +54,7 @@ class StreamRun:
         self.transport = "unknown"
         self.tokens = 0
         self.first_token_at: float | None = None
+        self.failure: GatewayError | None = None  # why it was stopped, when not by a client
         # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
         # clients that cannot resume (the OpenAI route).
         self.abort_unread = False
@@ -72,7 +74,7 @@ class StreamManager:
         if settings.redis_url:
             from .redis_mirror import RedisMirror
 
-            self.mirror = RedisMirror(settings, self._abort_requested)
+            self.mirror = RedisMirror(settings, self._abort_requested, self._mirror_failed)
         self.runs: dict[str, StreamRun] = {}
         self._chats: dict[str, str] = {}  # chatId -> streamId of the run using it
         self.draining = False
@@ -169,10 +171,11 @@ class StreamManager:
         finally:
             self._chats.pop(chat_id, None)
 
-    def abort(self, run: StreamRun, reason: str) -> bool:
+    def abort(self, run: StreamRun, reason: str, failure: GatewayError | None = None) -> bool:
         if run.done:
             return False
         run.abort_reason = run.abort_reason or reason
+        run.failure = run.failure or failure
         run.task.cancel()  # type: ignore[union-attr]
         return True
 
@@ -198,7 +201,7 @@ class StreamManager:
                         self._started(run, event)
         except asyncio.CancelledError:
             if not run.events.finished:  # stopped after its terminal event: nothing was lost
-                failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+                failure = run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
@@ -210,13 +213,21 @@ class StreamManager:
         finally:
             self._chats.pop(run.prediction.chat_id, None)
             self.runs.pop(run.id, None)
-        if self.mirror:
-            await self.mirror.release_chat(run.prediction.chat_id, run.id)
+            if self.mirror:
+                self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
+        # No await from here on: a DELETE landing now must not cut the stream's last word.
         if failure is None:
             self._ended(run, error_code)
             return
         if run.started.done():
-            self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
+            if run.events.finished:  # its own terminal event is in: nothing more to say
+                self._ended(run, error_code)
+                return
+            try:  # always fits (memory_store.TERMINAL_RESERVE); a bug here must not orphan readers
+                self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
+            except Exception:
+                logger.exception("stream %s: its final error could not be stored", run.id)
+                self.store.drop(run.id)  # readers stop; a resume gets 404 rather than waiting
             self._ended(run, failure.code)
         else:
             run.started.set_exception(failure)
@@ -258,6 +269,12 @@ class StreamManager:
         run = self.runs.get(stream_id)
         if run:
             self.abort(run, "stopped by DELETE")
+
+    def _mirror_failed(self, stream_id: str, why: str) -> None:
+        """Redis cannot take this stream's events: end it clearly rather than leave a hole."""
+        run = self.runs.get(stream_id)
+        if run:
+            self.abort(run, why, StoreUnavailable(f"the stream was stopped: {why}"))
 
     async def stop(self, stream_id: str) -> bool:
         """`DELETE`: stop the stream wherever it runs. False when it is unknown or expired."""
