@@ -5,6 +5,7 @@ State lives on `app.state` (set by the lifespan in `app.py`); routes never reach
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -13,8 +14,10 @@ from ..errors import BadRequest
 from ..settings import Settings
 from ..streams import StreamManager
 from ..streams.sse_encoder import parse_event_id
+from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access
+from .schemas import LAST_EVENT_ID_PATTERN
 
 
 # Dependencies are async: FastAPI runs plain functions in its threadpool, a hop per request.
@@ -34,10 +37,22 @@ async def _flowise(request: Request) -> FlowiseClient:
     return request.app.state.upstream.flowise
 
 
+async def _upstream(request: Request) -> Upstream:
+    return request.app.state.upstream
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 AccessDep = Annotated[Access, Depends(_access)]
 Manager = Annotated[StreamManager, Depends(_manager)]
 Flowise = Annotated[FlowiseClient, Depends(_flowise)]
+UpstreamDep = Annotated[Upstream, Depends(_upstream)]
+
+
+async def _client_key(request: Request, access: AccessDep) -> str:
+    return access.client_key(request)
+
+
+ClientKey = Annotated[str, Depends(_client_key)]
 
 
 async def require_key(request: Request, access: AccessDep) -> None:
@@ -46,9 +61,16 @@ async def require_key(request: Request, access: AccessDep) -> None:
     access.require_key(request)
 
 
+_LAST_EVENT_ID = re.compile(LAST_EVENT_ID_PATTERN)
+_FORMAT = {"pattern": LAST_EVENT_ID_PATTERN}
+
+
 async def _last_event_id(
-    last_event_id: Annotated[str | None, Header(description="`<streamId>:<seq>` of the last event received")] = None,
-    lastEventId: Annotated[str | None, Query(description="The same, for clients that cannot set headers")] = None,
+    last_event_id: Annotated[str | None, Header(
+        description="`<streamId>:<seq>` of the last event received (on /v1/streams/{id}/events a bare "
+        "`<seq>` too); anything else is a 400", json_schema_extra=_FORMAT)] = None,
+    lastEventId: Annotated[str | None, Query(
+        description="The same, for clients that cannot set headers", json_schema_extra=_FORMAT)] = None,
 ) -> str | None:
     return last_event_id or lastEventId
 
@@ -61,6 +83,10 @@ def resume_position(last_event_id: str | None, stream_id: str | None = None) -> 
     names its stream, a bare seq is enough and an id of another stream is refused."""
     if not last_event_id:
         return None
+    # ASCII digits only, at most 18: `isdigit()` takes `²`, and int() refuses 4,300+ digits.
+    if not _LAST_EVENT_ID.match(last_event_id.strip()):
+        raise BadRequest(f"Last-Event-ID must look like <streamId>:<seq>, got {last_event_id[:100]!r}")
+    last_event_id = last_event_id.strip()
     if stream_id is not None and last_event_id.isdigit():
         return stream_id, int(last_event_id)
     found, seq = parse_event_id(last_event_id)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
-from ..dependencies import AccessDep, LastEventId, Manager, SettingsDep, require_key, resume_position
+from ..dependencies import AccessDep, ClientKey, LastEventId, Manager, SettingsDep, require_key, resume_position
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
 
@@ -18,9 +18,11 @@ StreamId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(require_key)])
-async def create_stream(request: Request, body: CreateStream, manager: Manager, access: AccessDep) -> dict[str, str]:
+async def create_stream(
+    request: Request, body: CreateStream, manager: Manager, access: AccessDep, owner: ClientKey
+) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
-    run = await manager.start(str(body.chatflowId), body.prediction())
+    run = await manager.start(str(body.chatflowId), body.prediction(), owner)
     url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=access.token_for(run.id))
     return {"streamId": run.id, "chatId": run.prediction.chat_id, "eventsUrl": str(url)}
 
