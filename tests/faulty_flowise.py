@@ -93,7 +93,11 @@ class FaultyFlowise:
             await _chunk(send, b'{"text":"')
             await _until_gone(receive, send, b"y" * 65536)
             return
-        if fault == "hang":
+        if fault == "hang":  # not even the response headers
+            return await _hold(receive)
+        if fault == "stall":  # the event stream opens, then nothing comes
+            await _start(send, b"text/event-stream")
+            await _chunk(send, b"")
             return await _hold(receive)
         if fault == "half-frame":  # half a frame, then the connection ends cleanly
             await _start(send, b"text/event-stream")
