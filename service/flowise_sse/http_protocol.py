@@ -63,8 +63,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             super().connection_lost(exc)
 
         def _await_head(self) -> None:
-            self._head_bytes = 0
             if self._head_timer is None:
+                self._head_bytes = 0
                 self._head_timer = self.loop.call_later(settings.header_timeout, self._head_timeout)
                 pending[self] = None
                 while len(pending) > settings.max_pending_connections:
@@ -110,11 +110,14 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._await_head()
+            self._head_bytes = max(self._head_bytes, 1)  # its first bytes came in this very chunk
 
         def on_headers_complete(self) -> None:
-            if len(self.headers) > settings.max_headers:
+            # Headers that came whole in one read are measured here, exactly.
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if len(self.headers) > settings.max_headers or size > settings.max_header_bytes:
                 self._refused = True
-                raise ValueError("too many headers")  # the parser stops; send_400_response runs
+                raise ValueError("headers over the limits")  # the parser stops; send_400_response runs
             self._head_done()
             super().on_headers_complete()
             if self.scope.get("http_version") == "1.0" and self.cycle is not None:
