@@ -73,7 +73,7 @@ async def test_input_whenNotSendableJson_then422AndNothingReachesFlowise(faulty,
 async def test_historyQuery_whenDeeplyNested_then400NotRecursionError(faulty, gateways):
     gateway = gateways(faulty.url)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
-        for history in ("[" * 1000, "[" * 8_000 + "]" * 8_000):
+        for history in ("[" * 1000, "[" * 2_000 + "]" * 2_000):
             r = await client.get(STREAM, params={"question": "hi", "history": history})
             assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text
 

@@ -17,7 +17,7 @@ from ..streams.sse_encoder import parse_event_id
 from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access
-from .schemas import LAST_EVENT_ID_PATTERN
+from .schemas import LAST_EVENT_ID_PATTERN, SEQ_OR_LAST_EVENT_ID_PATTERN
 
 
 # Dependencies are async: FastAPI runs plain functions in its threadpool, a hop per request.
@@ -61,21 +61,35 @@ async def require_key(request: Request, access: AccessDep) -> None:
     access.require_key(request)
 
 
-_LAST_EVENT_ID = re.compile(LAST_EVENT_ID_PATTERN)
-_FORMAT = {"pattern": LAST_EVENT_ID_PATTERN}
+_LAST_EVENT_ID = re.compile(SEQ_OR_LAST_EVENT_ID_PATTERN)
 
 
+# Plain `str` with a None default (not `str | None`): the document then says "a string" rather
+# than "a string or null", and a generated client never sends the text "null".
 async def _last_event_id(
-    last_event_id: Annotated[str | None, Header(
-        description="`<streamId>:<seq>` of the last event received (on /v1/streams/{id}/events a bare "
-        "`<seq>` too); anything else is a 400", json_schema_extra=_FORMAT)] = None,
-    lastEventId: Annotated[str | None, Query(
-        description="The same, for clients that cannot set headers", json_schema_extra=_FORMAT)] = None,
+    last_event_id: Annotated[str, Header(
+        description="`<streamId>:<seq>` of the last event received; anything else is a 400",
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+    lastEventId: Annotated[str, Query(
+        description="The same, for clients that cannot set headers",
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+) -> str | None:
+    return last_event_id or lastEventId
+
+
+async def _seq_or_last_event_id(
+    last_event_id: Annotated[str, Header(
+        description="`<streamId>:<seq>` of the last event received, or the bare `<seq>`; anything else is a 400",
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+    lastEventId: Annotated[str, Query(
+        description="The same, for clients that cannot set headers",
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
 ) -> str | None:
     return last_event_id or lastEventId
 
 
 LastEventId = Annotated[str | None, Depends(_last_event_id)]
+SeqOrLastEventId = Annotated[str | None, Depends(_seq_or_last_event_id)]
 
 
 def resume_position(last_event_id: str | None, stream_id: str | None = None) -> tuple[str, int] | None:

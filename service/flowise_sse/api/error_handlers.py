@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GatewayError
@@ -32,7 +32,9 @@ def _allowed_methods(request: Request) -> str:
     methods = {"OPTIONS"}
     for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
         scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+        # Not the mounts: the chat page's at "/" takes any path and says nothing of methods.
+        if any(not isinstance(route, Mount) and route.matches(scope)[0] == Match.FULL
+               for route in request.app.router.routes):
             methods.add(method)
     return ", ".join(sorted(methods))
 

@@ -13,8 +13,9 @@ from ..upstream.prediction import Prediction
 
 # It ends up in an upstream URL (abort): no leading dot, so never `.` or `..` (a path segment).
 CHAT_ID_PATTERN = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$"
-# `<streamId>:<seq>`, or a bare seq on a route that names its stream; seq in ASCII digits.
-LAST_EVENT_ID_PATTERN = r"^([0-9a-f]{32}:)?[0-9]{1,18}$"
+# `<streamId>:<seq>`, seq in ASCII digits; a bare seq too on the route that names its stream.
+LAST_EVENT_ID_PATTERN = r"^[0-9a-f]{32}:[0-9]{1,18}$"
+SEQ_OR_LAST_EVENT_ID_PATTERN = r"^([0-9a-f]{32}:)?[0-9]{1,18}$"
 # Deeper than any real overrideConfig, and far from the recursion limits of the JSON codecs.
 MAX_JSON_DEPTH = 64
 

@@ -74,11 +74,11 @@ async def stream_get(
     last_event_id: LastEventId,
     owner: ClientKey,
     question: Annotated[str, Query(min_length=1)],
-    history: Annotated[str | None, Query(
+    history: Annotated[str, Query(
         description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
         examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
-    )] = None,
-    chatId: Annotated[str | None, Query(pattern=CHAT_ID_PATTERN)] = None,
+    )] = None,  # type: ignore[assignment]
+    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
 ) -> EventSourceResponse:
     """The same for `EventSource`, which can only GET. Its reconnects resume the stream."""
     try:
@@ -102,6 +102,7 @@ async def prediction(
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
     pred = body.prediction()
+    await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
     async with manager.prediction_slot(pred.chat_id, owner):
         answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
