@@ -39,8 +39,8 @@ class PayloadTooLarge(GatewayError):
 
 
 class TooManyStreams(GatewayError):
-    """One gateway key (or, on an open gateway, one client address) has `max_streams_per_key`
-    streams running; `retry_after` goes out as the `Retry-After` header."""
+    """One gateway key has `max_streams_per_key` predictions running; `retry_after` goes out as
+    the `Retry-After` header."""
 
     code, status, retryable = "too_many_streams", 429, True
     retry_after = 1

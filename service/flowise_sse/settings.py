@@ -86,8 +86,8 @@ class Settings(BaseSettings):
     """Connections still sending their headers held at once; past it the oldest of them is closed,
     so half-open connections cannot use up the process's file descriptors."""
     max_streams_per_key: int = 100
-    """Streams running at once per gateway API key (per client address on an open gateway);
-    beyond it 429 `too_many_streams` with `Retry-After`."""
+    """Predictions (streams and `/prediction`) running at once per gateway API key; beyond it
+    429 `too_many_streams` with `Retry-After`. An open gateway has no keys: `max_streams` only."""
     max_upstream_frame_bytes: int = 4 * 1024 * 1024
     """Largest single event frame read from Flowise's event stream; a bigger one ends the
     stream with `upstream_too_large` (the frame is never buffered past this)."""

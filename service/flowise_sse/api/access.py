@@ -42,13 +42,14 @@ class Access:
             matched |= hmac.compare_digest(key, given.strip().encode())
         return matched
 
-    def client_key(self, request: Request) -> str:
+    def client_key(self, request: Request) -> str | None:
         """Whose predictions these are, for `max_streams_per_key`: the gateway key given (hashed:
-        never kept as is), or the client's address on an open gateway."""
-        if self.keys:
-            given = request.headers.get("authorization", "").partition(" ")[2].strip()
-            return "key:" + hashlib.sha256(given.encode()).hexdigest()[:32]
-        return "addr:" + (request.client.host if request.client else "?")
+        never kept as is). None on an open gateway: a client address would be the proxy's for
+        every client behind one, and `max_streams` bounds the whole anyway."""
+        if not self.keys:
+            return None
+        given = request.headers.get("authorization", "").partition(" ")[2].strip()
+        return "key:" + hashlib.sha256(given.encode()).hexdigest()[:32]
 
     def require_key(self, request: Request) -> None:
         if not self.has_key(request):

@@ -48,11 +48,11 @@ Flowise = Annotated[FlowiseClient, Depends(_flowise)]
 UpstreamDep = Annotated[Upstream, Depends(_upstream)]
 
 
-async def _client_key(request: Request, access: AccessDep) -> str:
+async def _client_key(request: Request, access: AccessDep) -> str | None:
     return access.client_key(request)
 
 
-ClientKey = Annotated[str, Depends(_client_key)]
+ClientKey = Annotated[str | None, Depends(_client_key)]
 
 
 async def require_key(request: Request, access: AccessDep) -> None:

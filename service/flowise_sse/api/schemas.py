@@ -204,7 +204,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "The chatId has a prediction running",
         413: "The request body is over FLOWISE_SSE_MAX_BODY_BYTES",
         422: "Malformed request (including NaN, Infinity, lone surrogates, nesting deeper than 64)",
-        429: "This key (or client address) has FLOWISE_SSE_MAX_STREAMS_PER_KEY predictions running; "
+        429: "This gateway key has FLOWISE_SSE_MAX_STREAMS_PER_KEY predictions running; "
              "see `Retry-After`",
         502: "Flowise is down, failed, answered what it should not (`upstream_error`), too much "
              "(`upstream_too_large`), or refused the gateway's credentials",

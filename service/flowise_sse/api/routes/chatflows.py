@@ -128,7 +128,7 @@ async def _client_left(request: Request) -> None:
 
 async def _ask_or_resume(
     manager: Manager, settings: SettingsDep, chatflow_id: UUID, body: StreamRequest, last_event_id: str | None,
-    owner: str,
+    owner: str | None,
 ) -> EventSourceResponse:
     resume = resume_position(last_event_id)
     if resume:
