@@ -221,10 +221,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_flowiseUrlPassword_neverInReadyzErrorsOrLogs(gateways, caplog):
+@pytest.mark.parametrize("transport", ["auto", "socketio"])
+async def test_flowiseUrlPassword_neverInReadyzErrorsOrLogs(gateways, caplog, transport):
     caplog.set_level(logging.DEBUG)
     port = closed_port()
-    gateway = gateways(f"http://admin:hunter2secret@127.0.0.1:{port}", api_keys="k1")
+    gateway = gateways(f"http://admin:hunter2secret@127.0.0.1:{port}", api_keys="k1", flowise_transport=transport)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         anonymous = await client.get("/readyz")
         keyed = await client.get("/readyz", headers={"Authorization": "Bearer k1"})
@@ -232,11 +233,21 @@ async def test_flowiseUrlPassword_neverInReadyzErrorsOrLogs(gateways, caplog):
         prediction = await client.post(PREDICTION, json={"question": "hi"}, headers={"Authorization": "Bearer k1"})
     assert anonymous.status_code == keyed.status_code == 503
     assert stream.status_code == prediction.status_code == 502
+    assert "***" in stream.json()["error"]["message"]  # it said where, masked
     for r in (anonymous, keyed, stream, prediction):
         assert "hunter2secret" not in r.text
     assert str(port) not in anonymous.text and "127.0.0.1" not in anonymous.text  # no internal address
     assert "admin:***@127.0.0.1" in keyed.text  # a keyed caller sees where, without the password
     assert "hunter2secret" not in caplog.text
+
+
+async def test_flowiseUrlPassword_whenSocketIoRefuses_thenMaskedInTheError(faulty, gateways, caplog):
+    caplog.set_level(logging.DEBUG)
+    gateway = gateways(faulty.url.replace("http://", "http://admin:hunter2secret@"), flowise_transport="socketio")
+    r, events = await post_stream(gateway, {"question": "ok"})
+    text = r.text + "".join(str(e.data) for e in events)
+    assert "socket.io" in text and "admin:***@" in text
+    assert "hunter2secret" not in text and "hunter2secret" not in caplog.text
 
 
 def test_accessLog_whenQueryCarriesTokenOrQuestion_thenQueryRedacted():
@@ -460,3 +471,13 @@ def test_openapi_documentsEveryStatusAndTheFormats():
     assert "JSON array" in {p["name"]: p for p in stream["get"]["parameters"]}["history"]["description"]
     assert {"499", "507"} <= set(doc["paths"]["/v1/chatflows/{chatflow_id}/prediction"]["post"]["responses"])
     assert "401" in doc["paths"]["/v1/streams/{stream_id}/events"]["get"]["responses"]
+
+
+def test_readmeInstall_thenRedisComesWithIt_soRedisUrlWorks():
+    """`pip install .` (the README's command) must bring what FLOWISE_SSE_REDIS_URL needs."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(dep.split(">")[0].split("=")[0].strip() == "redis" for dep in project["dependencies"])
+    assert "pip install . " in (Path(__file__).resolve().parents[1] / "README.md").read_text()
