@@ -17,7 +17,7 @@ async def event_payloads(chunks: AsyncIterable[bytes], max_frame_bytes: int = 4 
     """The `data` of each event of an event stream, per the SSE rules that Flowise's framing needs:
     any line ending, events ended by a blank line, several `data:` lines joined by a newline, one
     space after the colon dropped, comments and other fields (`message:`) ignored, an event
-    without a `data` field not dispatched.
+    without a `data` field not dispatched (one with an empty `data:` is: its data is b"").
 
     Each byte is looked at a bounded number of times (line endings rewritten once per chunk, the
     search for a boundary resumed where it stopped): an endless frame costs linear time, and past
@@ -25,7 +25,16 @@ async def event_payloads(chunks: AsyncIterable[bytes], max_frame_bytes: int = 4 
     buffer = bytearray()
     held_cr = False  # a chunk ended in CR: maybe the first half of a CRLF
     for_boundary = 0  # where the search for the next blank line resumes
-    async for chunk in chunks:
+    source = aiter(chunks)
+    ended = False
+    while not ended:
+        try:
+            chunk = await anext(source)
+        except StopAsyncIteration:
+            if not held_cr:
+                return
+            # The CR held back as maybe half a CRLF was a whole line end: the stream is over.
+            chunk, ended = b"\n", True
         if held_cr:
             chunk = b"\r" + chunk
         held_cr = chunk.endswith(b"\r")
@@ -50,12 +59,11 @@ async def event_payloads(chunks: AsyncIterable[bytes], max_frame_bytes: int = 4 
             else:
                 data = b"\n"  # anything else takes the general path below
             if b"\n" not in data:
-                if data:
-                    yield data[1:] if data[:1] == b" " else data
+                yield data[1:] if data[:1] == b" " else data
                 continue
-            data = _joined(block)
-            if data or b"data:" in block:
-                yield data
+            joined = _joined(block)
+            if joined is not None:
+                yield joined
         if start:
             del buffer[:start]
         for_boundary = max(0, len(buffer) - 1)
@@ -66,8 +74,11 @@ async def event_payloads(chunks: AsyncIterable[bytes], max_frame_bytes: int = 4 
             )
 
 
-def _joined(block: bytes) -> bytes:
-    return b"\n".join(
+def _joined(block: bytes) -> bytes | None:
+    """The block's data lines joined, or None when it has none (a `data` line without a colon is
+    one, with an empty value)."""
+    values = [
         line[6:] if line[5:6] == b" " else line[5:]
-        for line in block.split(b"\n") if line.startswith(b"data:")
-    )
+        for line in block.split(b"\n") if line.startswith(b"data:") or line == b"data"
+    ]
+    return b"\n".join(values) if values else None
