@@ -388,7 +388,7 @@ async def test_unknownChatflow_thenNoAbortSentToFlowise(emulators, gateways):
         r = await client.post("/v1/chatflows/00000000-0000-4000-8000-000000000000/stream", json={"question": "q"})
     assert r.status_code == 404
     assert gateway.call(_no_pending_aborts)
-    assert flowise.app.aborts == []
+    assert list(flowise.app.aborts) == []
 
 
 async def _no_pending_aborts():
