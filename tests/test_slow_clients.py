@@ -65,7 +65,7 @@ def test_halfOpenConnection_whenHeadersNeverComplete_thenClosedAfterHeaderTimeou
 
 
 def test_keepAliveConnection_whenNextRequestStallsMidHeaders_thenClosedAfterHeaderTimeout(emulators, gateways):
-    gateway = gateways(emulators("3.1.4").url, header_timeout=0.5, keepalive_timeout=30)
+    gateway = gateways(emulators("3.1.4").url, header_timeout=0.5, idle_connection_timeout=30)
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         sock.settimeout(5)

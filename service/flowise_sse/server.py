@@ -44,7 +44,7 @@ def gateway_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
         app, proxy_headers=True,
         timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
         http=gateway_protocol(settings),
-        timeout_keep_alive=max(1, round(settings.keepalive_timeout)),
+        timeout_keep_alive=max(1, round(settings.idle_connection_timeout)),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         **options,
     )

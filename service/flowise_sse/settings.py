@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     its opening); then it is closed (slow or half-open clients hold no socket longer)."""
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive in full; then 408 `request_timeout`."""
-    keepalive_timeout: float = 5.0
+    idle_connection_timeout: float = 5.0
     """Seconds an idle keep-alive connection is held between two requests."""
     max_pending_connections: int = 200
     """Connections still sending their headers held at once; past it the oldest of them is closed,
