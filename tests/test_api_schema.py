@@ -14,7 +14,7 @@ from .servers import GatewayProcess
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_schemathesis_allOperationsAndLinks_thenNoServerErrorsNorMismatches(emulators):
+def test_schemathesis_allOperationsAndLinks_thenNoServerErrorsNorMismatches(emulators, tmp_path):
     # The emulated Flowise's keyed chatflow answers too: the gateway holds its key.
     flowise = emulators("3.1.4", api_key="schema-key")
     with GatewayProcess({"FLOWISE_URL": flowise.url, "FLOWISE_API_KEY": "schema-key"}) as gateway:
@@ -24,7 +24,7 @@ def test_schemathesis_allOperationsAndLinks_thenNoServerErrorsNorMismatches(emul
              str(ROOT / "openapi" / "openapi.json"), "--url", gateway.url,
              "--checks", "all", "--max-examples", "10", "--seed", "11", "--no-shrink",
              "--request-timeout", "10"],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache stays out of the tree
         )
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-2000:]
     assert "Tested: 10" in run.stdout  # every operation
