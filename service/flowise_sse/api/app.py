@@ -26,7 +26,7 @@ from .error_handlers import install_error_handlers
 from .guards import Guard
 from .openapi import openapi_document
 from .redaction import install_log_redaction
-from .routes import chatflows, detached_streams, health
+from .routes import chatflows, detached_streams, health, openai_compat
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -70,12 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id"],
+            expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params"],
         )
     # Outermost: nothing runs for a request with a wrong Host, a body too big or too slow.
     app.add_middleware(Guard, settings=settings)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router):
+    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)

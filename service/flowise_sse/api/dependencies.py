@@ -74,7 +74,7 @@ async def _last_event_id(
         description="The same, for clients that cannot set headers",
         json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
 ) -> str | None:
-    return last_event_id or lastEventId
+    return last_event_id if last_event_id is not None else lastEventId  # "" is a 400, not absent
 
 
 async def _seq_or_last_event_id(
@@ -85,7 +85,7 @@ async def _seq_or_last_event_id(
         description="The same, for clients that cannot set headers",
         json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
 ) -> str | None:
-    return last_event_id or lastEventId
+    return last_event_id if last_event_id is not None else lastEventId
 
 
 LastEventId = Annotated[str | None, Depends(_last_event_id)]
@@ -95,7 +95,7 @@ SeqOrLastEventId = Annotated[str | None, Depends(_seq_or_last_event_id)]
 def resume_position(last_event_id: str | None, stream_id: str | None = None) -> tuple[str, int] | None:
     """Where a reader resumes: (streamId, seq), or None to start a new stream. On a route that
     names its stream, a bare seq is enough and an id of another stream is refused."""
-    if not last_event_id:
+    if last_event_id is None:
         return None
     # The documented form (a stream id of ours, at most 18 ASCII digits), before any parsing.
     if not _LAST_EVENT_ID.match(last_event_id.strip()):

@@ -26,17 +26,31 @@ def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) 
         name = name.replace("\r", " ").replace("\n", " ")
     head = b"retry: %d\n" % retry_ms if retry_ms else b""
     return b"%sid: %s:%d\nevent: %s\ndata: %s\n\n" % (
-        head, stream_id.encode(), seq, name.encode("utf-8", "replace"), _json(event.data)
+        head, stream_id.encode(), seq, name.encode("utf-8", "replace"), json_bytes(event.data)
     )
 
 
-def _json(data: object) -> bytes:
+def json_bytes(data: object) -> bytes:
+    """Compact JSON of `data`, as on the wire."""
     try:
         return orjson.dumps(data)
     except TypeError:
         # A lone surrogate (a 1.x Flowise's socket.io JSON can carry one: JavaScript strings are
         # UTF-16) is not UTF-8; as a `\udXXX` escape it is valid JSON, and ASCII.
         return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode(frame: bytes) -> Event:
+    """The inverse of `encode`, for the gateway's own frames only (one `event:` line, then one
+    compact JSON `data:` line)."""
+    name_at = frame.index(b"\nevent: ") + 8
+    data_at = frame.index(b"\ndata: ", name_at)
+    data = frame[data_at + 7 : -2]
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = json.loads(data)  # a lone surrogate's escape (see `json_bytes`), which orjson refuses
+    return Event(frame[name_at:data_at].decode(), value)
 
 
 def parse_seq(text: str) -> int | None:
