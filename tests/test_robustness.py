@@ -481,3 +481,23 @@ def test_readmeInstall_thenRedisComesWithIt_soRedisUrlWorks():
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert any(dep.split(">")[0].split("=")[0].strip() == "redis" for dep in project["dependencies"])
     assert "pip install . " in (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "%s", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+    b'{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "overrideConfig": {"t": NaN}}',
+])
+async def test_openaiRoute_whenNotSendableJson_then400InOpenAiShape(emulators, gateways, body):
+    from flowise_sse.emulator import DEMO_CHATFLOW_ID
+
+    flowise = emulators("3.1.4")
+    gateway = gateways(flowise.url)
+    before = flowise.app.requests_seen
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        r = await client.post("/v1/chat/completions", content=body % DEMO_CHATFLOW_ID.encode(),
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+        r = await client.post("/v1/chat/completions", content=b"\xff\xfe not text",
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+    assert flowise.app.requests_seen == before
