@@ -148,10 +148,14 @@ class FlowiseClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(settings.connect_timeout, read=None),
             # A full pool makes the next request wait (up to connect_timeout, then 504), so the
-            # gateway never opens more upstream connections than this.
+            # gateway never opens more upstream connections than this. Idle connections are dropped
+            # after 2 s, before Flowise's (Node's and uvicorn's 5 s keep-alive timeout) side closes
+            # them: with httpx's default of 5 s, a connection reused just as the server closes it
+            # fails with "Server disconnected without sending a response" -> 502 (issue 16).
             limits=httpx.Limits(
                 max_connections=settings.upstream_max_connections,
                 max_keepalive_connections=min(256, settings.upstream_max_connections),
+                keepalive_expiry=2.0,
             ),
             follow_redirects=False,
         )
