@@ -55,8 +55,9 @@ def compose_env(flowise_url: str, redis_url: str) -> dict[str, str]:
     given = {"FLOWISE_SSE_TOKEN_SECRET": "a-long-random-shared-secret", "FLOWISE_SSE_API_KEYS": "compose-key-1"}
     env = {}
     for name, value in COMPOSE["services"]["gateway-1"]["environment"].items():
-        match = re.fullmatch(r"\$\{(\w+)(?::[-?].*)?\}", str(value))
-        env[name] = given.get(match[1], "") if match else str(value)
+        match = re.fullmatch(r"\$\{(\w+)(?::([-?])(.*))?\}", str(value))
+        default = match[3] if match and match[2] == "-" else ""
+        env[name] = given.get(match[1], default) if match else str(value)
     assert env["FLOWISE_URL"] == "http://flowise:3000" and env["FLOWISE_SSE_REDIS_URL"] == "redis://redis:6379/0"
     return {**env, "FLOWISE_URL": flowise_url, "FLOWISE_SSE_REDIS_URL": redis_url}
 

@@ -21,8 +21,11 @@ from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
 from .access import Access
 from .chat_page import mount_chat_page
+from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
+from .guards import Guard
 from .openapi import openapi_document
+from .redaction import install_log_redaction
 from .request_context import RequestContext
 from .routes import chatflows, detached_streams, health, openai_compat, prometheus
 from .schemas import ERROR_RESPONSES
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
         app.state.upstream, app.state.manager = upstream, manager
+        install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
         if access.open:
             logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
@@ -56,7 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # docs_page.py: Swagger UI from installed files, not a CDN
+        redoc_url=None,
     )
+    install_log_redaction()
     app.state.settings = settings
     app.state.access = access
     if settings.cors_origins:
@@ -67,12 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id", "X-Request-ID"],
             expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params", "X-Request-ID"],
         )
-    app.add_middleware(RequestContext)  # outermost: every answer, CORS ones too, gets its id
+    # Nothing runs for a request with a wrong Host, a body too big or too slow.
+    app.add_middleware(Guard, settings=settings)
+    app.add_middleware(RequestContext)  # outermost: every answer, the guard's too, gets its id
     metrics.set_build_info(__version__)
     install_error_handlers(app)
     for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
                    prometheus.router):
         app.include_router(router)
+    mount_docs(app)
     mount_chat_page(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -81,7 +81,9 @@ class SocketPool:
             await sock.close()
             metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
                                   UpstreamUnavailable.code)
-            raise UpstreamUnavailable(f"Flowise's socket.io at {url}{path} refused: {exc}") from None
+            raise UpstreamUnavailable(
+                self.flowise.redact(f"Flowise's socket.io at {url}{path} refused: {exc}")
+            ) from None
         except BaseException:
             await sock.close()
             raise
