@@ -206,3 +206,32 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
                               json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
     assert r.text.count(": keep-alive\n\n") >= 2
     assert [e.event for e in parse_sse(r)][-1] == "end"
+
+
+@pytest.mark.parametrize("version", ["2.2.8", "3.1.4"])
+async def test_stream_whenFlowiseStreamsNoTokenButStoredAnAnswer_thenStoredAnswerIsTheToken(
+        emulators, gateways, version):
+    # Flowise #4926 & co: `metadata` and `end` arrive, no token; the answer is in its database.
+    flowise = emulators(version, username="admin", password="s3cret-pass", api_key="key-x")
+    credentials = ({"flowise_api_key": "key-x"} if version.startswith("3")
+                   else {"flowise_username": "admin", "flowise_password": "s3cret-pass"})
+    gateway = gateways(flowise.url, **credentials)
+    overrides = {"emulator": {"dropTokens": True}}
+    _, events = await stream(gateway, "lost tokens", overrideConfig=overrides)
+    names = [e.event for e in events]
+    assert names == ["start", "token", "metadata", "end"], names
+    assert events[1].data["text"] == events[-1].data["text"] == REPLY + "lost tokens"
+
+    # Without the management credentials the answer cannot be read: the stream ends as Flowise
+    # sent it (and the gateway logs why), rather than failing.
+    _, events = await stream(gateways(flowise.url), "lost tokens", overrideConfig=overrides)
+    assert [e.event for e in events] == ["start", "metadata", "end"]
+    assert events[-1].data["text"] == ""
+
+
+async def test_stream_whenAnswerIsReallyEmpty_thenEmptyEndAndNoInventedToken(emulators, gateways):
+    flowise = emulators("3.1.4", api_key="key-x")
+    _, events = await stream(gateways(flowise.url, flowise_api_key="key-x"), "nothing",
+                             overrideConfig={"emulator": {"tokens": []}})
+    assert [e.event for e in events] == ["start", "metadata", "end"]
+    assert events[-1].data["text"] == ""

@@ -155,6 +155,7 @@ class _Plan:
     error: str | None  # the failure at `cut`; None there means a stall forever
     boundary: bool  # OpenAI-style empty role and finish chunks around the tokens
     events: list[dict[str, Any]]
+    drop_tokens: bool = False  # SSE: no start/token events, the answer only stored (Flowise #4926)
 
     @property
     def text(self) -> str:
@@ -200,6 +201,7 @@ class Emulator:
         self.config = config
         self.requests: list[dict[str, Any]] = []
         self.aborts: list[tuple[str, str]] = []
+        self.messages: dict[str, dict[str, Any]] = {}  # stored answers by chatMessageId
         self.active_predictions = 0
         self.client_disconnects = 0
         self.connected_sockets = 0
@@ -230,6 +232,7 @@ class Emulator:
             Route("/api/v1/chatflows/{id}", self._get_chatflow),
             Route("/api/v1/chatflows-streaming/{id}", self._streaming_check),
             Route("/api/v1/prediction/{id}", self._predict, methods=["POST"]),
+            Route("/api/v1/chatmessage/{id}", self._chat_messages),
             Route("/__emulator/state", self._state, methods=["GET", "DELETE"]),
         ]
         if v >= _PING:
@@ -290,6 +293,13 @@ class Emulator:
             return self._error(404, f"Chatflow {flow_id} not found")
         message = f"Error: chatflowsService.checkIfChatflowIsValidForStreaming - Chatflow {flow_id} not found"
         return self._error(500, message)
+
+    async def _chat_messages(self, request: Request) -> Response:
+        """The stored answers of a chatflow, filtered by `chatId` and `messageId` like Flowise's."""
+        query = request.query_params
+        found = [m for m in self.messages.values() if m["chatflowid"] == request.path_params["id"]
+                 and query.get("chatId", m["chatId"]) == m["chatId"] and query.get("messageId", m["id"]) == m["id"]]
+        return _json(found)
 
     async def _abort(self, request: Request) -> Response:
         # Like real Flowise, this does not stop a chain's stream: it only aborts agent flows.
@@ -413,7 +423,8 @@ class Emulator:
         token) and `[[http400]]` (the LLM fails with "400 mock error 400"). `overrideConfig.emulator`
         overrides them: `tokens` (list[str]), `delay` (s), `events` ([{event, data}] sent after the
         tokens), `error` (str) with `errorAfter` (tokens first, default 0) and `hangAfter` (the LLM
-        stalls after that many tokens; SSE headers are out by then). `hang: true` is handled before
+        stalls after that many tokens; SSE headers are out by then), `dropTokens` (SSE: the answer is
+        stored but not streamed, Flowise's no-token bug). `hang: true` is handled before
         the plan: the server never answers at all, not even headers.
         """
         delay_trigger = _DELAY_TRIGGER.search(question)
@@ -424,7 +435,8 @@ class Emulator:
         if tokens is None:
             tokens = _WORDS.findall(self.config.reply_prefix + _TRIGGER.sub("", question).strip())
         return _Plan(tokens=list(tokens), delay=float(delay), cut=None if cut is None else int(cut), error=error,
-                     boundary=not self.config.first_token_in_start, events=list(controls.get("events", [])))
+                     boundary=not self.config.first_token_in_start, events=list(controls.get("events", [])),
+                     drop_tokens=bool(controls.get("dropTokens")))
 
     def _replayed_history(self, history: Any) -> list[dict[str, Any]]:
         """The request-history messages this version's memory hands the LLM (see the module table)."""
@@ -501,7 +513,12 @@ class Emulator:
                 if not turn.authorized:
                     raise _FlowError("Unauthorized")
                 async for event, data in self._handler_events(turn.plan):
-                    await write(_frame(event, data))
+                    if not (turn.plan.drop_tokens and event in ("start", "token")):
+                        await write(_frame(event, data))
+                self.messages[turn.message_id] = {
+                    "id": turn.message_id, "role": "apiMessage", "chatflowid": turn.flow.id,
+                    "chatId": turn.chat_id, "content": turn.plan.text,
+                }
                 await write(_frame("metadata", {
                     "chatId": turn.chat_id, "chatMessageId": turn.message_id, "question": turn.question,
                     "sessionId": turn.session_id, "memoryType": "Buffer Memory",
