@@ -109,17 +109,18 @@ def real_flowise(request: pytest.FixtureRequest, mock_llm: MockLLM,
 
 @pytest.fixture(scope="session")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
-    """`gateways(flowise, api_key=True, basic_auth=True, on_disconnect=None)` -> a running gateway.
+    """`gateways(flowise, api_key=True, basic_auth=True, on_disconnect=None, via=None)` -> a running gateway.
 
     api_key: FLOWISE_API_KEY (the key the keyed chatflow is bound to; on 2.x and 3.x it also opens
     the management routes). basic_auth: FLOWISE_USERNAME/PASSWORD, 1.x and 2.x (3.x has none).
-    on_disconnect: FLOWISE_SSE_ON_CLIENT_DISCONNECT. Gateways are shared per configuration.
+    on_disconnect: FLOWISE_SSE_ON_CLIENT_DISCONNECT. via: a URL in front of Flowise (a proxy) to
+    use as FLOWISE_URL. Gateways are shared per configuration.
     """
-    running: dict[tuple[str, bool, bool, str | None], Gateway] = {}
+    running: dict[tuple[str, bool, bool, str | None, str | None], Gateway] = {}
 
     def start(flowise: FlowiseDeployment, *, api_key: bool = True, basic_auth: bool = True,
-              on_disconnect: str | None = None) -> Gateway:
-        key = (flowise.url, api_key, basic_auth, on_disconnect)
+              on_disconnect: str | None = None, via: str | None = None) -> Gateway:
+        key = (flowise.url, api_key, basic_auth, on_disconnect, via)
         if key in running:
             return running[key]
         # The releases run one after the other: gateways in front of a finished one go.
@@ -129,7 +130,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactor
         # The gateway reads its settings from the environment: start from a clean slate so a
         # developer's own FLOWISE_* variables cannot leak into the test.
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWISE")}
-        env |= {"FLOWISE_URL": flowise.url, "FLOWISE_TRANSPORT": "auto", "PYTHONUNBUFFERED": "1"}
+        env |= {"FLOWISE_URL": via or flowise.url, "FLOWISE_TRANSPORT": "auto", "PYTHONUNBUFFERED": "1"}
         if api_key:
             env["FLOWISE_API_KEY"] = flowise.api_key
         if basic_auth and flowise.basic_auth:

@@ -21,6 +21,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from .flowise_harness import FlowiseDeployment, Gateway, GatewayFactory
+from .token_dropping_proxy import TokenDroppingProxy
 from .mock_llm import TOOL_EXPRESSION, TOOL_MARKER, MockLLM, reply_for, reply_tokens, tool_reply_for
 
 pytestmark = pytest.mark.e2e
@@ -451,3 +452,28 @@ def test_agentflow_relays_its_events_and_exact_text(real_flowise: FlowiseDeploym
     assert "usageMetadata" in names
     assert names.index("calledTools") < names.index("usedTools") < names.index("end")
     assert [m["content"] for m in mock_llm.requests_for(question)[-1].messages if m["role"] == "tool"] == ["42"]
+
+
+@pytest.mark.releases("2.2.8", "3.1.4")
+def test_stream_without_tokens_ends_with_the_stored_answer(real_flowise: FlowiseDeployment,
+                                                           gateways: GatewayFactory) -> None:
+    # Flowise's no-token bug (#4926 & co), forced: a proxy removes every `token` event, so the
+    # gateway sees `metadata` and `end` only, while Flowise stored the answer. The gateway reads it
+    # back (GET /api/v1/chatmessage/...) with each kind of credentials the line takes.
+    proxy = TokenDroppingProxy(real_flowise.url).start()
+    try:
+        for credentials in CREDENTIAL_KINDS[real_flowise.release.auth]:
+            gateway = gateways(real_flowise, via=proxy.url, **credentials)
+            question = f"Lost tokens {marker()}"
+            dropped = proxy.dropped
+
+            result = open_stream(gateway, real_flowise.chatflows.open, question)
+
+            assert proxy.dropped - dropped == len(reply_tokens(question)), "Flowise streamed no tokens to drop"
+            assert_well_formed(result, real_flowise.chatflows.open)
+            assert result.events[-1].event == "end", result.error()
+            assert result.tokens == [reply_for(question)], (credentials, result.names)
+            assert result.events[-1].data["text"] == reply_for(question)
+            assert result.names.index("token") < result.names.index("metadata")
+    finally:
+        proxy.stop()
