@@ -110,6 +110,16 @@ async def test_stream_whenFlowiseSendsOtherEvents_thenRelayedUnderTheirNames(gat
     assert [e.event for e in events].count("sourceDocuments") == 1
 
 
+async def test_stream_whenReasoningComesAsStartThenAgentReasoning_thenRelayedOnce(gateway, flowise, version):
+    # Sequential agents (real 3.1.4) send their reasoning as `start` and again as `agentReasoning`.
+    reasoning = [{"agentName": "Calculator", "messages": ["42"], "nodeName": "seqAgent"}]
+    other = [{"agentName": "Checker", "messages": ["ok"], "nodeName": "seqAgent"}]
+    extra = [{"event": "start", "data": reasoning}, {"event": "agentReasoning", "data": reasoning},
+             {"event": "agentReasoning", "data": other}]
+    _, events = await stream(gateway, "reasoning", overrideConfig={"emulator": {"events": extra}})
+    assert [e.data for e in events if e.event == "agentReasoning"] == [reasoning, other]
+
+
 async def test_stream_whenChatflowCannotStream_thenOneTokenThenEnd(gateway, flowise, version):
     _, events = await stream(gateway, "plain please", flow=NONSTREAMING_CHATFLOW_ID)
     names = [e.event for e in events]

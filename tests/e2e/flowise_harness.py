@@ -42,6 +42,7 @@ class Release:
     # Flows beyond the conversation chain built on this release (see _create_agent_flows).
     tool_agent: str | None = None  # the tool agent node
     agentflow: bool = False  # an Agentflow V2 (3.x)
+    sequential_agent: bool = False  # an Agentflow V1 sequential agent (2.x, 3.x: agentReasoning)
 
     @property
     def line(self) -> str:
@@ -54,7 +55,8 @@ RELEASES = {release.version: release for release in (
     Release("1.8.4", "v18", "socketio", "basic"),
     Release("2.0.7", "v20", "socketio", "basic-or-key"),
     Release("2.2.8", "v22", "sse", "basic-or-key"),
-    Release("3.1.4", "v3", "sse", "key", node24=True, tool_agent="toolAgent", agentflow=True),
+    Release("3.1.4", "v3", "sse", "key", node24=True, tool_agent="toolAgent", agentflow=True,
+            sequential_agent=True),
 )}
 
 
@@ -284,6 +286,7 @@ class Chatflows:
     unstreamable: str  # answers, but GET chatflows-streaming says isStreaming false
     tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
     agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
+    sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
 
 
 @dataclass
@@ -371,8 +374,10 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
     if release.agentflow:
         flows.agentflow = _create_agentflow(admin, release, llm_base_url, credential_id)
+    if release.sequential_agent:
+        flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
-    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow) if flow}
+    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent) if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
@@ -432,6 +437,24 @@ def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, 
     )
     flow.follow(start, agent)
     return _save_chatflow(admin, release, "e2e-agentflow", flow, kind="AGENTFLOW")
+
+
+def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V1 (sequential agents): ChatOpenAI -> Start -> Agent (calculator) -> End."""
+    names = ("chatOpenAI", "calculator", "seqStart", "seqAgent", "seqEnd")
+    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+    flow = FlowBuilder()
+    llm = flow.add(definitions["chatOpenAI"], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
+                   basepath=llm_base_url)
+    tool = flow.add(definitions["calculator"])
+    start = flow.add(definitions["seqStart"])
+    agent = flow.add(definitions["seqAgent"], agentName="Calculator", systemMessagePrompt=AGENT_SYSTEM_PROMPT)
+    end = flow.add(definitions["seqEnd"])
+    flow.connect(llm, start, "model")
+    flow.connect(start, agent, "sequentialNode")
+    flow.connect(tool, agent, "tools")
+    flow.connect(agent, end, "sequentialNode")
+    return _save_chatflow(admin, release, "e2e-sequential-agent", flow, kind="MULTIAGENT")
 
 
 def _create_credential(admin: httpx.Client) -> str:

@@ -477,3 +477,26 @@ def test_stream_without_tokens_ends_with_the_stored_answer(real_flowise: Flowise
             assert result.names.index("token") < result.names.index("metadata")
     finally:
         proxy.stop()
+
+
+@pytest.mark.releases("3.1.4")
+def test_sequential_agent_relays_its_reasoning_once(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                                    mock_llm: MockLLM) -> None:
+    flow = real_flowise.chatflows.sequential_agent
+    assert flow is not None
+    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
+
+    result = open_stream(gateways(real_flowise), flow, question)
+
+    assert_well_formed(result, flow)
+    assert result.events[-1].event == "end", result.error()
+    assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
+    # Flowise sends the agents' reasoning twice (as `start`, then as `agentReasoning`): once here.
+    [reasoning] = [e.data for e in result.events if e.event == "agentReasoning"]
+    [step] = reasoning
+    assert step["agentName"] == "Calculator" and step["nodeName"] == "seqAgent"
+    assert step["messages"] == [tool_reply_for(question)]
+    assert step["usedTools"][0]["toolOutput"] == "42"
+    [used] = tool_used(result.events)
+    assert used["tool"] == "calculator" and used["toolOutput"] == "42"
+    assert [m["content"] for m in mock_llm.requests_for(question)[-1].messages if m["role"] == "tool"] == ["42"]
