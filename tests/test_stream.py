@@ -11,7 +11,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
-from .conftest import TRANSPORT
+from .conftest import SSE_VERSIONS, TRANSPORT
 from .servers import aread_sse, joined, parse_sse
 
 REPLY = "This is a deterministic mock reply. You said: "
@@ -110,8 +110,11 @@ async def test_stream_whenFlowiseSendsOtherEvents_thenRelayedUnderTheirNames(gat
     assert [e.event for e in events].count("sourceDocuments") == 1
 
 
-async def test_stream_whenReasoningComesAsStartThenAgentReasoning_thenRelayedOnce(gateway, flowise, version):
+@pytest.mark.parametrize("version", SSE_VERSIONS)
+async def test_stream_whenReasoningComesAsStartThenAgentReasoning_thenRelayedOnce(emulators, gateways, version):
     # Sequential agents (real 3.1.4) send their reasoning as `start` and again as `agentReasoning`.
+    # (SSE lines only: over socket.io, events sent after the tokens race the HTTP answer.)
+    gateway = gateways(emulators(version).url)
     reasoning = [{"agentName": "Calculator", "messages": ["42"], "nodeName": "seqAgent"}]
     other = [{"agentName": "Checker", "messages": ["ok"], "nodeName": "seqAgent"}]
     extra = [{"event": "start", "data": reasoning}, {"event": "agentReasoning", "data": reasoning},
