@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, from scratch: Debian packages (curl, redis-server,
-# chromium), the Python environment (.venv), and real Flowise servers from npm (cached between runs).
+# chromium), the Python environment (.venv), the openai npm SDK for the interop tests, and real
+# Flowise servers from npm (cached between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,13 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+
+# The openai npm SDK for tests/test_openai_node.py: installed from its lockfile once, again only when
+# the lockfile changes; --prefer-offline takes it from npm's cache when it is there.
+node_sdk=tests/openai_node
+if ! cmp -s "$node_sdk/package-lock.json" "$node_sdk/node_modules/.installed-lock.json"; then
+  (cd "$node_sdk" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error \
+    && cp package-lock.json node_modules/.installed-lock.json)
+fi
 
 bash tests/e2e/install_flowise.sh

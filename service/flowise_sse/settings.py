@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     max_stream_bytes: int = 8 * 1024 * 1024
     """Cap on one stream's stored events; a stream over it fails with `stream_too_large`."""
     max_total_bytes: int = 256 * 1024 * 1024
-    """Cap on all streams' stored events in memory; finished streams are evicted first."""
+    """Cap on all streams' stored events in memory; finished streams are evicted first (a stream's
+    final event always fits)."""
     max_streams: int = 10000
     """Cap on streams held at once (running or retained); new ones get 503 beyond it."""
     redis_url: str | None = None
@@ -75,6 +76,14 @@ class Settings(BaseSettings):
     """After the HTTP answer, how long to wait for socket frames still in flight."""
     chatflow_cache_ttl: float = 30.0
     """How long a chatflow's existence/streaming check is remembered."""
+
+    # --- OpenAI-compatible API ---------------------------------------------------------------
+    openai_pass_params: bool = False
+    """On `/v1/chat/completions`: send OpenAI sampling parameters (temperature, top_p, max_tokens,
+    presence/frequency_penalty, stop) and system messages to Flowise in `overrideConfig`, under
+    the input names of its chat model and prompt nodes. Off: they are ignored (the chatflow owns
+    its model and prompt) and listed in `X-Flowise-Ignored-Params`. Flowise 3.x applies an
+    override only where the chatflow's "Override Configuration" allows it."""
 
     # --- Access -----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = []

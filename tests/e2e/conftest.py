@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..helpers import free_port
 from .flowise_harness import (
     RELEASES,
     FlowiseDeployment,
     Gateway,
     GatewayFactory,
     ensure_installed,
-    free_port,
     selected_releases,
     spawn,
     start_release,

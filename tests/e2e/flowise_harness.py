@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+
+from ..helpers import free_port
 
 E2E_DIR = Path(__file__).resolve().parent
 INSTALL_SCRIPT = E2E_DIR / "install_flowise.sh"
@@ -80,12 +81,6 @@ def ensure_installed(versions: list[str]) -> None:
     """Run the installer for these releases: a no-op within a second once installed; cold, the
     five install side by side (see README.md for the measured times)."""
     subprocess.run(["bash", str(INSTALL_SCRIPT), *versions], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
