@@ -17,7 +17,7 @@ import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamUnauthorized
 from ..events import END, ERROR, METADATA, TOKEN, Event, token
-from .flowise_client import FlowiseClient
+from .flowise_client import FlowiseClient, prediction_answer, read_limited
 from .flowise_frames import event_payloads
 from .normalizer import Normalizer, closing_events, end_event
 from .prediction import Prediction
@@ -30,8 +30,13 @@ async def stream_sse(
 ) -> AsyncIterator[Event]:
     normalizer = Normalizer(chatflow_id, prediction, "sse")
     async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            answer = orjson.loads(await response.aread())
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            if not content_type.startswith("application/json"):
+                raise UpstreamError(f"Flowise answered the prediction with {content_type[:100] or 'no content type'}, "
+                                    "neither an event stream nor JSON")
+            answer = prediction_answer(await read_limited(
+                response, flowise.settings.max_upstream_answer_bytes, "the prediction"))
             yield normalizer.start()
             text = answer.get("text") if isinstance(answer, dict) else None
             if isinstance(text, str) and text:
@@ -45,15 +50,17 @@ async def stream_sse(
 
 
 async def _events(flowise: FlowiseClient, response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
-    payloads = event_payloads(response.aiter_bytes())
+    payloads = event_payloads(response.aiter_bytes(), flowise.settings.max_upstream_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
             continue
         try:
             message = orjson.loads(payload)
             name, data = message["event"], message.get("data")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}") from None
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise UpstreamError(f"Flowise sent an event whose name is not a name: {payload[:200]!r}")
         if name == ERROR:
             message_text = str(data)
             if message_text.endswith("Unauthorized"):
