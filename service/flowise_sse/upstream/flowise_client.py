@@ -418,7 +418,7 @@ class FlowiseClient:
         management route): read when a stream brought no token (Flowise #4926, #5253, #5193,
         #5592). Unbounded here: the stream's idle timeout applies."""
         answer = await self.request(
-            "GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored answer",
+            "GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored answer", operation="stored_answer",
             params={"chatId": chat_id, "messageId": message_id}, timeout=None,
         )
         messages = answer.get("data") if isinstance(answer, dict) else answer
