@@ -101,16 +101,21 @@ def joined(events: list[Sse]) -> str:
 class GatewayProcess:
     """The gateway as users run it: `python -m flowise_sse serve` in a process of its own."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, log_level: str = "warning", stderr: Any = None) -> None:
+        """`stderr`: a path to write the process's log to (default: inherited)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.argv = [sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--log-level", "warning"]
+                     "--port", str(self.port), "--log-level", log_level]
+        self.stderr_path = stderr
+        self._stderr: Any = None
         self.proc: Any = None
 
     def __enter__(self) -> GatewayProcess:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        if self.stderr_path is not None:
+            self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stderr=self._stderr)
 
         def up_or_dead() -> bool:
             if self.proc.poll() is not None:
@@ -133,6 +138,8 @@ class GatewayProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self._stderr:
+            self._stderr.close()
 
 
 class RedisServer:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, from scratch: Debian packages (curl, redis-server,
-# chromium), the Python environment (.venv), the openai npm SDK for the interop tests, and real
-# Flowise servers from npm (cached between runs).
+# chromium, nginx, docker-compose), the Python environment (.venv), the openai npm SDK for the interop
+# tests, and real Flowise servers from npm (cached between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,9 @@ command -v ss >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v g++ >/dev/null || need+=(g++ make)
 command -v npm >/dev/null || need+=(nodejs npm)
+# tests/test_deploy.py: the shipped nginx.conf runs for real; compose is validated by docker-compose.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -94,5 +94,6 @@ async def test_allowedHosts_whenConfigured_thenThatNameWorksAndStarAllowsAny(emu
 
 def test_compose_shipsNoDefaultTokenSecret():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    secret = compose["services"]["gateway"]["environment"]["FLOWISE_SSE_TOKEN_SECRET"]
-    assert re.fullmatch(r"\$\{FLOWISE_SSE_TOKEN_SECRET:\?[^}]+\}", secret), secret
+    for replica in ("gateway-1", "gateway-2"):
+        secret = compose["services"][replica]["environment"]["FLOWISE_SSE_TOKEN_SECRET"]
+        assert re.fullmatch(r"\$\{FLOWISE_SSE_TOKEN_SECRET:\?[^}]+\}", secret), secret

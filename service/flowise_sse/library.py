@@ -108,6 +108,19 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(step(), self.loop).result()
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
+        """Close the loop the way `asyncio.run` does: what is still pending (socket.io's reader
+        and writer tasks end a moment after their socket) is cancelled and awaited first, so
+        nothing prints "Task was destroyed but it is pending" or "Event loop is closed"."""
+        async def finish() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.loop.shutdown_asyncgens()
+
+        try:
+            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()

@@ -17,8 +17,10 @@ import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
+from . import __version__
 from .api import create_app
 from .http_protocol import gateway_protocol
+from .logging_setup import configure, quiet
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")
@@ -56,30 +58,56 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-async def serve(settings: Settings, host: str, port: int, demo: bool = False, log_level: str = "info") -> None:
+async def serve(settings: Settings, host: str, port: int, demo: bool = False, log_level: str = "info",
+                flowise_version: str = "3.1.4") -> None:
+    if not logging.getLogger().handlers:  # called from code rather than the CLI: log as it would
+        configure(settings.log_format, log_level)
     emulator_server: uvicorn.Server | None = None
     emulator_task: asyncio.Task[None] | None = None
+    demo_line = ""
     if demo:
         from .emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 
         emulator_port = free_port()
         # The demo runs as long as the gateway: few records (a long chat's request keeps ~120 KB).
-        emulator = create_emulator_app(EmulatorConfig(token_delay=0.05, max_recorded_requests=100))
+        emulator = create_emulator_app(EmulatorConfig(version=flowise_version, token_delay=0.05,
+                                                      max_recorded_requests=100))
         emulator_server = uvicorn.Server(
-            uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_level="warning", lifespan="off",
+            uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_config=None, lifespan="off",
                            timeout_graceful_shutdown=2)
         )
-        emulator_task = asyncio.create_task(emulator_server.serve())
+        with quiet():  # its tasks inherit the quiet: no startup or access lines of its own
+            emulator_task = asyncio.create_task(emulator_server.serve())
+        while not emulator_server.started:
+            if emulator_task.done():
+                await emulator_task  # it failed to start: say why
+                raise RuntimeError("the demo's emulated Flowise did not start")
+            await asyncio.sleep(0.01)
         settings = settings.model_copy(update={"flowise_url": f"http://127.0.0.1:{emulator_port}"})
-        log.warning(
-            "DEMO MODE: an emulated Flowise %s (not a real one) answers at %s; try chatflow %s",
-            emulator.config.version, settings.flowise_url, DEMO_CHATFLOW_ID,
+        demo_line = (
+            f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} (not a real one, "
+            f"no LLM); try chatflow {DEMO_CHATFLOW_ID}"
         )
     app = create_app(settings)
-    config = gateway_config(app, settings, host=host, port=port, log_level=log_level)
+    config = gateway_config(app, settings, host=host, port=port, log_level=log_level, log_config=None)
+    server = GatewayServer(config, app)
+    banner = asyncio.create_task(_banner(server, host, port, demo_line))
     try:
-        await GatewayServer(config, app).serve()
+        await server.serve()
     finally:
+        banner.cancel()
         if emulator_server and emulator_task:
             emulator_server.should_exit = True
             await emulator_task
+
+
+async def _banner(server: uvicorn.Server, host: str, port: int, demo_line: str) -> None:
+    """One clear line once the gateway listens (and the demo's warning, loud, beside it)."""
+    while not server.started:
+        await asyncio.sleep(0.02)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{shown}:{port}"
+    log.info("flowise-sse %s ready on %s: chat page %s/, API docs %s/docs, metrics %s/metrics",
+             __version__, base, base, base, base)
+    if demo_line:
+        log.warning(demo_line)

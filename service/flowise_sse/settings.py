@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     `Host` gets 400 (DNS rebinding: a page of evil.example resolved to this gateway), except
     /healthz and /readyz (probes use the pod's IP)."""
 
+    metrics_token: SecretStr | None = None
+    """Bearer token for `GET /metrics` (what Prometheus sends). Unset: a gateway API key is
+    needed there, as on every other route (none when the gateway is open)."""
+
+    # --- Operations -------------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text or as one JSON object per line (for a log pipeline)."""
+
     @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from .. import __version__
+from .. import __version__, metrics
 from ..errors import GatewayError
 from ..settings import Settings
 from ..streams import MemoryStore, StreamManager
@@ -26,7 +26,8 @@ from .error_handlers import install_error_handlers
 from .guards import Guard
 from .openapi import openapi_document
 from .redaction import install_log_redaction
-from .routes import chatflows, detached_streams, health, openai_compat
+from .request_context import RequestContext
+from .routes import chatflows, detached_streams, health, openai_compat, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -70,13 +71,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id"],
-            expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id", "X-Request-ID"],
+            expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params", "X-Request-ID"],
         )
-    # Outermost: nothing runs for a request with a wrong Host, a body too big or too slow.
+    # Nothing runs for a request with a wrong Host, a body too big or too slow.
     app.add_middleware(Guard, settings=settings)
+    app.add_middleware(RequestContext)  # outermost: every answer, the guard's too, gets its id
+    metrics.set_build_info(__version__)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router):
+    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
+                   prometheus.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import metrics
 from ..errors import GatewayError
 
 
@@ -23,6 +24,7 @@ def error_headers(exc: GatewayError) -> dict[str, str] | None:
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+    metrics.request_refused(exc.status, exc.code)
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=error_headers(exc))
 
 
@@ -50,6 +52,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         413: "payload_too_large",
     }.get(exc.status_code, "bad_request")
     body = {"error": {"code": code, "message": str(exc.detail), "retryable": False}}
+    metrics.request_refused(exc.status_code, code)
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 401:
         headers.update(CHALLENGE)

@@ -15,6 +15,7 @@ import uuid
 from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
+from .. import metrics
 from ..errors import (
     ChatBusy,
     GatewayError,
@@ -25,7 +26,8 @@ from ..errors import (
     TooManyStreams,
     UpstreamError,
 )
-from ..events import ERROR, START, TERMINAL, Event
+from ..events import ERROR, START, TERMINAL, TOKEN, Event
+from ..logging_setup import fields
 from ..settings import Settings
 from ..upstream import Upstream
 from ..upstream.prediction import Prediction
@@ -48,6 +50,11 @@ class StreamRun:
         self.task: asyncio.Task[None] | None = None
         self.readers = 0
         self.abort_reason: str | None = None
+        # For the metrics and the log lines; counted here, reported once at the end.
+        self.requested_at = time.monotonic()
+        self.transport = "unknown"
+        self.tokens = 0
+        self.first_token_at: float | None = None
         self.owner: str | None = None  # whose slot it holds (max_streams_per_key)
         self.failure: GatewayError | None = None  # why it was stopped, when not by a client
         # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
@@ -64,6 +71,7 @@ class StreamManager:
         self.settings = settings
         self.upstream = upstream
         self.store = store
+        metrics.watch_store(store)
         self.mirror: RedisMirror | None = None
         if settings.redis_url:
             from .redis_mirror import RedisMirror
@@ -120,12 +128,19 @@ class StreamManager:
         `owner`: whose `max_streams_per_key` slot it takes (None: nobody's).
         `abort_unread`: abort the run when its last reader leaves (see `hold`)."""
         if self.draining:
+            metrics.stream_rejected(ShuttingDown.code)
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
         stream_id = uuid.uuid4().hex
-        self._claim_chat(prediction.chat_id, f"stream {stream_id}")
+        try:
+            self._claim_chat(prediction.chat_id, f"stream {stream_id}")
+        except ChatBusy as exc:
+            metrics.stream_rejected(exc.code)
+            raise
         try:
             self._take_slot(owner)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                metrics.stream_rejected(exc.code)
             self._chats.pop(prediction.chat_id, None)
             raise
         claimed = False
@@ -137,7 +152,9 @@ class StreamManager:
             run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
             run.owner = owner
             run.abort_unread = abort_unread
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, GatewayError):
+                metrics.stream_rejected(exc.code)
             self._chats.pop(prediction.chat_id, None)
             self._give_slot(owner)
             if claimed:
@@ -220,14 +237,24 @@ class StreamManager:
 
     async def _drive(self, run: StreamRun) -> None:
         failure: GatewayError | None = None
+        error_code: str | None = None  # an `error` event the upstream yielded itself
         try:
             async with aclosing(self.upstream.stream(run.chatflow_id, run.prediction)) as events:
                 async for event in events:
-                    if event.event == START:
+                    name = event.event
+                    if name == TOKEN:  # the per-token cost of the metrics: this
+                        run.tokens += 1
+                        if run.first_token_at is None:
+                            run.first_token_at = time.monotonic()
+                        self._append(run, event, terminal=False)
+                        continue
+                    if name == START:
                         event.data = {"streamId": run.id, **event.data}
-                    self._append(run, event, terminal=event.event in TERMINAL)
-                    if event.event == START:
-                        run.started.set_result(None)
+                    elif name == ERROR:
+                        error_code = str(event.data.get("code", "internal_error"))
+                    self._append(run, event, terminal=name in TERMINAL)
+                    if name == START:
+                        self._started(run, event)
         except asyncio.CancelledError:
             if not run.events.finished:  # stopped after its terminal event: nothing was lost
                 failure = run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
@@ -248,19 +275,48 @@ class StreamManager:
                 self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
         # No await from here on: a DELETE landing now must not cut the stream's last word.
         if failure is None:
+            self._ended(run, error_code)
             return
         if run.started.done():
             if run.events.finished:  # its own terminal event is in: nothing more to say
+                self._ended(run, error_code)
                 return
             try:  # always fits (memory_store.TERMINAL_RESERVE); a bug here must not orphan readers
                 self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
             except Exception:
                 logger.exception("stream %s: its final error could not be stored", run.id)
                 self.store.drop(run.id)  # readers stop; a resume gets 404 rather than waiting
+            self._ended(run, failure.code)
         else:
             run.started.set_exception(failure)
             run.started.exception()  # retrieved: the requester may already be gone
             self.store.drop(run.id)
+            metrics.stream_rejected(failure.code)
+            logger.info("stream refused before start", extra=fields(
+                stream_id=run.id, chatflow_id=run.chatflow_id, chat_id=run.prediction.chat_id, code=failure.code,
+            ))
+
+    def _started(self, run: StreamRun, start: Event) -> None:
+        run.transport = str(start.data.get("transport") or "unknown")
+        metrics.stream_started(run.transport)
+        logger.info("stream started", extra=fields(
+            stream_id=run.id, chat_id=run.prediction.chat_id, chatflow_id=run.chatflow_id, transport=run.transport,
+            start_ms=round((time.monotonic() - run.requested_at) * 1000, 1),
+        ))
+        run.started.set_result(None)
+
+    def _ended(self, run: StreamRun, code: str | None) -> None:
+        """The stream's one `stream ended` line and its metrics, at its terminal event."""
+        now = time.monotonic()
+        first = None if run.first_token_at is None else run.first_token_at - run.requested_at
+        metrics.stream_ended(run.transport, code, run.tokens, run.events.size, first, now - run.requested_at)
+        logger.info("stream ended", extra=fields(
+            stream_id=run.id, chat_id=run.prediction.chat_id, chatflow_id=run.chatflow_id,
+            transport=run.transport, outcome=metrics.outcome(code),
+            code=code, tokens=run.tokens, bytes=run.events.size,
+            first_token_ms=None if first is None else round(first * 1000, 1),
+            duration_ms=round((now - run.requested_at) * 1000, 1),
+        ))
 
     def _append(self, run: StreamRun, event: Event, terminal: bool) -> None:
         seq = run.events.append(event, terminal)
@@ -297,19 +353,29 @@ class StreamManager:
         """The stream's frames after seq `after`, live until its end: from memory on the replica
         running it, from Redis on the others. Checked before any byte is sent, so an unknown
         stream is a 404 rather than an empty event stream."""
+        after = max(0, after)
         events = self.store.get(stream_id)
         if events is not None:
-            return self._follow(events, self.runs.get(stream_id), max(0, after))
+            if after:
+                logger.info("stream resumed", extra=fields(stream_id=stream_id, after=after, source="memory"))
+            return self._follow(events, self.runs.get(stream_id), after)
         if self.mirror and await self.mirror.exists(stream_id):
-            return self.mirror.follow(stream_id, max(0, after), self._should_stop)
+            # Another replica's stream: worth a line, so one stream can be followed across replicas.
+            logger.info("stream resumed" if after else "stream read", extra=fields(
+                stream_id=stream_id, after=after, source="redis"))
+            return self._follow_redis(stream_id, after)
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
 
     async def _follow(self, events: StreamLog, run: StreamRun | None, after: int) -> AsyncIterator[bytes]:
         release = self.hold(run) if run else None
+        metrics.reader_joined("memory", after > 0)
+        sent = 0
         try:
             async for chunk in events.frames_after(after, self._should_stop):
+                sent += len(chunk)
                 yield chunk
         finally:
+            metrics.reader_left("memory", sent)
             if release:
                 release()
 
@@ -341,6 +407,17 @@ class StreamManager:
         that cannot resume elsewhere: it is not let go early on drain (the run's own end, or its
         abort after `shutdown_grace`, ends it)."""
         return run.events.events_after(0, lambda: False)
+
+    async def _follow_redis(self, stream_id: str, after: int) -> AsyncIterator[bytes]:
+        metrics.reader_joined("redis", after > 0)
+        sent = 0
+        try:
+            async with aclosing(self.mirror.follow(stream_id, after, self._should_stop)) as chunks:  # type: ignore[union-attr]
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    yield chunk
+        finally:
+            metrics.reader_left("redis", sent)
 
     def _should_stop(self) -> bool:
         """While draining, readers are let go at once when Redis holds the events (clients resume

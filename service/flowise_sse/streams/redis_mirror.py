@@ -27,6 +27,7 @@ from typing import AsyncIterator, Callable
 
 import redis.asyncio as redis
 
+from .. import metrics
 from ..errors import StoreUnavailable, UpstreamUnavailable
 from ..events import ERROR, Event
 from ..settings import Settings
@@ -142,6 +143,7 @@ class RedisMirror:
             try:
                 await self.writer.set(f"fss:replica:{self.replica}", 1, ex=_ALIVE_TTL)
             except redis.RedisError as exc:
+                metrics.redis_error("keep_alive")
                 logger.warning("flowise-sse: Redis keep-alive failed: %s", exc)
 
     async def _listen_aborts(self) -> None:
@@ -153,6 +155,7 @@ class RedisMirror:
                     if message.get("type") == "message":
                         self._on_abort(message["data"].decode())
             except redis.RedisError as exc:
+                metrics.redis_error("abort_channel")
                 logger.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(1)
             finally:
@@ -168,6 +171,7 @@ class RedisMirror:
             return bool(await self._claim(keys=[f"fss:chat:{chat_id}", _meta_key(stream_id)],
                                           args=[stream_id, lock_ttl, self.replica, meta_ttl]))
         except redis.RedisError as exc:
+            metrics.redis_error("claim_chat")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def release_chat(self, chat_id: str, stream_id: str) -> None:
@@ -180,6 +184,7 @@ class RedisMirror:
                 await self._release(keys=[f"fss:chat:{chat_id}"], args=[stream_id])
                 return
             except redis.RedisError as exc:
+                metrics.redis_error("release_chat")
                 if time.monotonic() >= deadline:
                     logger.warning("flowise-sse: releasing a chatId lock in Redis failed (%s)", exc)
                     return
@@ -225,6 +230,7 @@ class RedisMirror:
             try:
                 results = await self._write(batch)
             except (redis.RedisError, OSError) as exc:
+                metrics.redis_error("mirror")
                 self._put_back(batch)
                 self._check_deadlines(exc)
                 await asyncio.sleep(backoff)
@@ -301,6 +307,7 @@ class RedisMirror:
             if items[-1][2]:
                 del self._pending[stream_id]
         if refused is not None:
+            metrics.redis_error("mirror")
             self._check_deadlines(refused)
         return refused is None
 
@@ -308,6 +315,7 @@ class RedisMirror:
         try:
             await self.redis.publish(ABORT_CHANNEL, stream_id)
         except redis.RedisError as exc:
+            metrics.redis_error("publish_abort")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     # --- any replica's side ---------------------------------------------------------------
@@ -315,6 +323,7 @@ class RedisMirror:
         try:
             return bool(await self.redis.exists(_meta_key(stream_id), _events_key(stream_id)))
         except redis.RedisError as exc:
+            metrics.redis_error("exists")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
     async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
@@ -329,6 +338,7 @@ class RedisMirror:
                 if not answer and not await self._owner_alive(stream_id):
                     await self._close_orphan(stream_id, last)  # read back on the next turn
             except redis.RedisError as exc:
+                metrics.redis_error("read")
                 now = time.monotonic()
                 failing_since = failing_since or now
                 if now - failing_since < self.settings.redis_timeout:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
+from .. import metrics
 from ..errors import (
     ChatflowNotFound,
     GatewayError,
@@ -245,13 +246,16 @@ class FlowiseClient:
         path: str,
         what: str,
         *,
+        operation: str,
         management: bool = True,
         timeout: float | None = 30.0,
         **kwargs: Any,
     ) -> Any:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
-        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
-        content = await self.request_bytes(method, path, what, management=management, timeout=timeout, **kwargs)
+        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies);
+        `operation` names the call in the metrics."""
+        content = await self.request_bytes(method, path, what, operation=operation, management=management,
+                                           timeout=timeout, **kwargs)
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:  # not JSON, or nested past orjson's 1,024 levels
@@ -263,6 +267,7 @@ class FlowiseClient:
         path: str,
         what: str,
         *,
+        operation: str,
         management: bool = True,
         timeout: float | None = 30.0,
         **kwargs: Any,
@@ -274,15 +279,22 @@ class FlowiseClient:
             method, path, headers=headers, timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
             **kwargs,
         )
-        async with self._mapped_errors(what):
-            response = await self.http.send(request, stream=True)
-            try:
-                if response.status_code >= 400:
-                    body = await _error_body(response)
-                    raise error_from_response(response.status_code, body, what)
-                return await read_limited(response, self.settings.max_upstream_answer_bytes, what)
-            finally:
-                await response.aclose()
+        started = time.monotonic()
+        try:
+            async with self._mapped_errors(what):
+                response = await self.http.send(request, stream=True)
+                try:
+                    if response.status_code >= 400:
+                        body = await _error_body(response)
+                        raise error_from_response(response.status_code, body, what)
+                    content = await read_limited(response, self.settings.max_upstream_answer_bytes, what)
+                finally:
+                    await response.aclose()
+        except GatewayError as exc:
+            metrics.upstream_call(operation, time.monotonic() - started, exc.code)
+            raise
+        metrics.upstream_call(operation, time.monotonic() - started)
+        return content
 
     @asynccontextmanager
     async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
@@ -295,16 +307,24 @@ class FlowiseClient:
             "POST", self.prediction_path(chatflow_id), content=json_body(body),
             headers={**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"},
         )
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
                 response = await self.http.send(request, stream=True)
         except TimeoutError:
+            metrics.upstream_call("prediction_stream", time.monotonic() - started, UpstreamTimeout.code)
             raise UpstreamTimeout("Flowise did not open the stream in time") from None
+        except GatewayError as exc:
+            metrics.upstream_call("prediction_stream", time.monotonic() - started, exc.code)
+            raise
         try:
             if response.status_code != 200:
                 async with self._mapped_errors(what):
                     content = await _error_body(response)
-                raise error_from_response(response.status_code, content, what)
+                failure = error_from_response(response.status_code, content, what)
+                metrics.upstream_call("prediction_stream", time.monotonic() - started, failure.code)
+                raise failure
+            metrics.upstream_call("prediction_stream", time.monotonic() - started)
             try:
                 yield response
             except httpx.HTTPError as exc:
@@ -322,7 +342,7 @@ class FlowiseClient:
             if self._version and time.monotonic() < self._version_expires:
                 return self._version
             try:
-                answer = await self.request("GET", "/api/v1/version", "the version check")
+                answer = await self.request("GET", "/api/v1/version", "the version check", operation="version")
                 text = str(answer.get("version", "")) if isinstance(answer, dict) else ""
             except ChatflowNotFound:
                 text = ""  # releases before the route existed are all socket.io ones
@@ -339,7 +359,7 @@ class FlowiseClient:
         """`GET /api/v1/chatflows-streaming/{id}`: whitelisted everywhere, 404s unknown chatflows."""
         answer = await self.request(
             "GET", f"/api/v1/chatflows-streaming/{chatflow_id}", f"chatflow {chatflow_id}",
-            management=False,
+            operation="chatflow_check", management=False,
         )
         return bool(answer.get("isStreaming")) if isinstance(answer, dict) else False
 
@@ -365,7 +385,7 @@ class FlowiseClient:
         lookups on every OpenAI request must not cost a listing each)."""
         if cached and self._listing and time.monotonic() < self._listing[1]:
             return self._listing[0]
-        answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing")
+        answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing", operation="chatflows")
         if isinstance(answer, dict) and isinstance(answer.get("data"), list):
             answer = answer["data"]  # 3.x paginated form
         if not isinstance(answer, list):
@@ -384,21 +404,21 @@ class FlowiseClient:
         them on as they are: no second encoding, whatever their depth)."""
         content = await self.request_bytes(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
+            operation="prediction", management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
         )
         prediction_answer(content)
         return content
 
     async def ping(self) -> None:
         """`GET /api/v1/ping` answers `pong` (text, not JSON): any success means reachable."""
-        await self.request_bytes("GET", "/api/v1/ping", "the ping", management=False, timeout=10.0)
+        await self.request_bytes("GET", "/api/v1/ping", "the ping", operation="ping", management=False, timeout=10.0)
 
     async def stored_answer(self, chatflow_id: str, chat_id: str, message_id: str) -> str:
         """The text Flowise stored for one answer (`GET /api/v1/chatmessage/{chatflowid}`, a
         management route): read when a stream brought no token (Flowise #4926, #5253, #5193,
         #5592). Unbounded here: the stream's idle timeout applies."""
         answer = await self.request(
-            "GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored answer",
+            "GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored answer", operation="stored_answer",
             params={"chatId": chat_id, "messageId": message_id}, timeout=None,
         )
         messages = answer.get("data") if isinstance(answer, dict) else answer
@@ -416,7 +436,7 @@ class FlowiseClient:
         try:
             await self.request(
                 "PUT", f"/api/v1/chatmessage/abort/{quote(chatflow_id, safe='')}/{quote(chat_id, safe='')}",
-                "the abort",
+                "the abort", operation="abort",
                 timeout=5.0,
             )
         except GatewayError:

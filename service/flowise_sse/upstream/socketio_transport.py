@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 
 import socketio
 
+from .. import metrics
 from ..errors import GatewayError, UpstreamUnavailable
 from ..events import END, TOKEN, Event, token
 from .flowise_client import FlowiseClient
@@ -61,12 +62,14 @@ class SocketPool:
         self._ready: list[_Socket] = []
         self._connecting = 0
         self._resting = 0
+        self._resting_socks: set[_Socket] = set()  # closed by `close` even if their task never ran
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
     async def _connect(self) -> _Socket:
         url, path = self.flowise.socketio_url_and_path
         sock = _Socket()
+        started = asyncio.get_running_loop().time()
         try:
             await sock.client.connect(
                 url,
@@ -76,12 +79,15 @@ class SocketPool:
             )
         except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
             await sock.close()
+            metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
+                                  UpstreamUnavailable.code)
             raise UpstreamUnavailable(
                 self.flowise.redact(f"Flowise's socket.io at {url}{path} refused: {exc}")
             ) from None
         except BaseException:
             await sock.close()
             raise
+        metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started)
         return sock
 
     def _refill(self) -> None:
@@ -122,6 +128,7 @@ class SocketPool:
         the prediction, not during it (they would take the CPU it needs)."""
         if clean and not self._closed:
             self._resting += 1
+            self._resting_socks.add(sock)
             self._spawn(self._rest(sock))
         else:
             await sock.close()
@@ -129,12 +136,10 @@ class SocketPool:
 
     async def _rest(self, sock: _Socket) -> None:
         try:
-            await asyncio.sleep(self.REST)
-        except asyncio.CancelledError:  # the pool is closing
-            await sock.close()
-            raise
+            await asyncio.sleep(self.REST)  # cancelled: the pool is closing, and closes it
         finally:
             self._resting -= 1
+        self._resting_socks.discard(sock)
         if sock.client.connected and sock.queue.empty() and len(self._ready) < self.size and not self._closed:
             self._ready.append(sock)
         else:
@@ -147,7 +152,8 @@ class SocketPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         ready, self._ready = self._ready, []
-        await asyncio.gather(*(sock.close() for sock in ready))
+        resting, self._resting_socks = self._resting_socks, set()
+        await asyncio.gather(*(sock.close() for sock in (*ready, *resting)))
 
 
 async def stream_socketio(

@@ -24,6 +24,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from ... import metrics
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
 from ...events import END, ERROR, TERMINAL
 from ...streams import StreamManager, StreamRun
@@ -56,6 +57,7 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except GatewayError as exc:
+                metrics.request_refused(exc.status, exc.code)
                 param = getattr(exc, "param", None) or ("model" if isinstance(exc, ChatflowNotFound) else None)
                 return _error_response(exc.status, error_body(exc, param), exc.retryable)
             except RequestValidationError as exc:

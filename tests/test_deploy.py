@@ -1,0 +1,342 @@
+"""The deployment files, checked for real where this machine allows it.
+
+- `deploy/nginx.conf` as shipped (only the replicas' and its own addresses made loopback ones) runs
+  in front of two gateway processes started with the compose file's environment, sharing a real
+  redis-server: one stream is read through nginx across both replicas, unbuffered.
+- `docker-compose.yml` is validated by Debian's `docker-compose config` (no Docker engine here).
+- `deploy/kubernetes.yaml`: every field checked against the official Kubernetes client's models,
+  and the probes, ports and grace period against the gateway's own settings.
+- `deploy/grafana-dashboard.json`: every metric a panel queries is one the gateway exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import time
+
+import httpx
+import kubernetes.client
+import pytest
+import yaml
+from httpx_sse import EventSource
+from prometheus_client import REGISTRY
+
+from flowise_sse import metrics  # noqa: F401  (registers the gateway's metrics)
+from flowise_sse.emulator import DEMO_CHATFLOW_ID
+from flowise_sse.settings import Settings
+
+from .helpers import REPLY, wait_until
+from .servers import GatewayProcess, RedisServer, free_port
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()
+QUESTION = "alpha beta gamma delta epsilon zeta eta theta iota kappa"
+UPSTREAM_ONLY = {"FLOWISE_URL", "FLOWISE_API_KEY", "FLOWISE_USERNAME", "FLOWISE_PASSWORD", "FLOWISE_TRANSPORT",
+                 "FORWARDED_ALLOW_IPS"}  # the last one is uvicorn's own
+
+
+def binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if found is None:
+        pytest.fail(f"{name} is not installed (tests/setup.sh installs it)")
+    return found
+
+
+# --- nginx + two replicas + Redis, on loopback ------------------------------------------------------
+def compose_env(flowise_url: str, redis_url: str) -> dict[str, str]:
+    """The gateway's environment from docker-compose.yml, with its ${...} filled in as a user's .env
+    would, and the compose network's hosts made loopback ones."""
+    given = {"FLOWISE_SSE_TOKEN_SECRET": "a-long-random-shared-secret", "FLOWISE_SSE_API_KEYS": "compose-key-1"}
+    env = {}
+    for name, value in COMPOSE["services"]["gateway-1"]["environment"].items():
+        match = re.fullmatch(r"\$\{(\w+)(?::([-?])(.*))?\}", str(value))
+        default = match[3] if match and match[2] == "-" else ""
+        env[name] = given.get(match[1], default) if match else str(value)
+    assert env["FLOWISE_URL"] == "http://flowise:3000" and env["FLOWISE_SSE_REDIS_URL"] == "redis://redis:6379/0"
+    return {**env, "FLOWISE_URL": flowise_url, "FLOWISE_SSE_REDIS_URL": redis_url}
+
+
+@pytest.fixture
+def redis_server():
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def nginx_front(tmp_path):
+    """Start nginx with the shipped config in front of the given replica ports."""
+    procs = []
+
+    def start(replica_ports: list[int]) -> str:
+        port = free_port()
+        conf = NGINX_CONF
+        for i, replica in enumerate(replica_ports, 1):
+            assert f"server gateway-{i}:8080;" in conf
+            conf = conf.replace(f"server gateway-{i}:8080;", f"server 127.0.0.1:{replica};")
+        assert "listen 8080;" in conf
+        conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+        path = tmp_path / "nginx.conf"
+        path.write_text(conf)
+        exe = binary("nginx")
+        check = subprocess.run([exe, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
+                                "-g", f"pid {tmp_path}/nginx.pid;"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        log = open(tmp_path / "nginx-access.log", "wb")
+        procs.append((subprocess.Popen(
+            [exe, "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
+             "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], stdout=log), log))
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout=10, interval=0.05, what="nginx passes /healthz to a replica")
+        return url
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedAndLoggedByItsId(
+        emulators, redis_server, nginx_front, tmp_path):
+    flowise = emulators("3.1.4")
+    env = compose_env(flowise.url, redis_server)
+    logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
+    with GatewayProcess(env, log_level="info", stderr=logs[0]) as one, \
+            GatewayProcess(env, log_level="info", stderr=logs[1]) as two:
+        front = nginx_front([one.port, two.port])
+        key = {"Authorization": "Bearer compose-key-1"}
+        slow = {"emulator": {"delay": 0.1}}  # about 1.7 s of tokens: buffering would show
+        created = httpx.post(front + "/v1/streams", headers={**key, "X-Request-ID": "create-1"},
+                             json={"chatflowId": DEMO_CHATFLOW_ID, "question": QUESTION, "overrideConfig": slow})
+        assert created.status_code == 201, created.text
+        assert created.headers["x-request-id"] == "create-1"
+        stream_id, events_url = created.json()["streamId"], created.json()["eventsUrl"]
+        assert events_url.startswith(front + f"/v1/streams/{stream_id}/events?token=")
+
+        events, readers, last_id = [], 0, None
+        began = time.monotonic()
+        first_at = None
+        while not events or events[-1].event not in ("end", "error"):
+            readers += 1
+            assert readers < 40, "the stream did not end"
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            # eventsUrl carries its token: no key needed, from either replica.
+            with httpx.stream("GET", events_url, headers={**headers, "X-Request-ID": f"read-{readers}"},
+                              timeout=10) as response:
+                assert response.status_code == 200
+                taken = 0
+                for sse in EventSource(response).iter_sse():
+                    if not sse.data:
+                        continue
+                    first_at = first_at or time.monotonic()
+                    events.append(sse)
+                    last_id, taken = sse.id, taken + 1
+                    if sse.event in ("end", "error") or taken == 3:
+                        break  # and reconnect: nginx's round robin takes the next replica
+        finished = time.monotonic()
+    seqs = [int(e.id.rsplit(":", 1)[1]) for e in events]
+    assert seqs == list(range(1, len(events) + 1)), "a gap or a duplicate"
+    assert events[-1].event == "end"
+    assert "".join(json.loads(e.data)["text"] for e in events if e.event == "token") == REPLY + QUESTION
+    assert first_at - began < (finished - began) / 2, "events arrived late: something buffered them"
+
+    access = (tmp_path / "nginx-access.log").read_text()
+    served_by = set(re.findall(r"upstream=127\.0\.0\.1:(\d+)", access))
+    assert served_by == {str(one.port), str(two.port)}, access
+    assert "token=" not in access and "compose-key-1" not in access
+
+    # JSON logs: the stream followed across both replicas by its id.
+    lines = {}
+    for name, path in zip(("one", "two"), logs):
+        text = path.read_text()
+        assert "compose-key-1" not in text and "a-long-random" not in text and "alpha beta" not in text
+        assert "token=" not in text
+        lines[name] = [json.loads(line) for line in text.splitlines()]
+    mine = {name: [l for l in entries if l.get("stream_id") == stream_id] for name, entries in lines.items()}
+    owner = "one" if any(l["msg"] == "stream started" for l in mine["one"]) else "two"
+    other = "two" if owner == "one" else "one"
+    ended = next(l for l in mine[owner] if l["msg"] == "stream ended")
+    assert ended["outcome"] == "completed" and ended["tokens"] == len([e for e in events if e.event == "token"])
+    assert ended["transport"] == "sse" and ended["chatflow_id"] == DEMO_CHATFLOW_ID
+    assert ended["first_token_ms"] > 0 and ended["duration_ms"] >= ended["first_token_ms"]
+    assert ended["request_id"] == "create-1"  # the request that started it
+    assert any(l["msg"] in ("stream read", "stream resumed") and l["source"] == "redis" for l in mine[other])
+    access_lines = [l for entries in lines.values() for l in entries if l["msg"] == "request"]
+    assert {l["request_id"] for l in access_lines} >= {"create-1", "read-1", "read-2"}
+    assert all("?" not in l["path"] for l in access_lines)
+
+
+# --- docker-compose.yml -------------------------------------------------------------------------------
+def test_compose_validatedByDockerCompose_andTwoReplicasBehindNginx(tmp_path):
+    exe = binary("docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWISE")}
+    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")  # no stray .env beside it
+    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+    (tmp_path / "Dockerfile").symlink_to(ROOT / "Dockerfile")
+    ok = subprocess.run([exe, "--profile", "monitoring", "config"], cwd=tmp_path, capture_output=True, text=True,
+                        env={**env, "FLOWISE_SSE_TOKEN_SECRET": "s"})
+    assert ok.returncode == 0, ok.stderr
+    resolved = yaml.safe_load(ok.stdout)["services"]
+    missing = subprocess.run([exe, "config", "-q"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert missing.returncode != 0 and "FLOWISE_SSE_TOKEN_SECRET" in missing.stderr
+
+    assert set(resolved) == {"flowise", "redis", "gateway-1", "gateway-2", "nginx", "prometheus", "grafana"}
+    one, two = resolved["gateway-1"], resolved["gateway-2"]
+    assert one["environment"] == two["environment"] and one["build"] == two["build"]
+    assert set(one["environment"]) <= {f"FLOWISE_SSE_{n.upper()}" for n in Settings.model_fields} | UPSTREAM_ONLY
+    # Stopping a replica waits for its shutdown grace (plus uvicorn's 5 s) before it is killed.
+    grace = float(one["environment"]["FLOWISE_SSE_SHUTDOWN_GRACE"])
+    assert _seconds(one["stop_grace_period"]) >= grace + 5
+    assert "ports" not in one and resolved["nginx"]["ports"][0]["target"] == 8080
+    mounts = dict(reversed(v.split(":")[:2]) if isinstance(v, str) else (v["target"], v["source"])
+                  for v in resolved["nginx"]["volumes"])  # docker-compose 1.x prints them short
+    assert mounts["/etc/nginx/nginx.conf"].endswith("deploy/nginx.conf")
+    for name in ("gateway-1", "gateway-2"):  # nginx's upstream names are the compose services
+        assert f"server {name}:8080;" in NGINX_CONF
+    for directive in ("proxy_buffering off;", "proxy_http_version 1.1;", 'proxy_set_header Connection "";',
+                      "proxy_read_timeout 1h;"):
+        assert directive in NGINX_CONF
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway-1:8080", "gateway-2:8080"]
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value)
+    return float(text[:-1]) * {"s": 1, "m": 60}[text[-1]] if text[-1] in "sm" else float(text) / 1e9
+
+
+# --- deploy/kubernetes.yaml ----------------------------------------------------------------------------
+MODELS = {"ConfigMap": "V1ConfigMap", "Deployment": "V1Deployment", "Service": "V1Service",
+          "PodDisruptionBudget": "V1PodDisruptionBudget"}
+PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float)}
+
+
+def check_model(value: object, kind: str, where: str) -> None:
+    """`value` against the Kubernetes client's model `kind`: every key must be a field of it."""
+    if kind in PRIMITIVES:
+        assert isinstance(value, PRIMITIVES[kind]), f"{where}: {value!r} is not a {kind}"
+    elif kind == "object":  # IntOrString, free-form
+        return
+    elif kind.lower().startswith("list["):  # "List[V1Container]" (older clients: "list[...]")
+        assert isinstance(value, list), f"{where}: not a list"
+        for i, item in enumerate(value):
+            check_model(item, kind[5:-1], f"{where}[{i}]")
+    elif kind.lower().startswith(("dict(", "dict[")):  # "Dict[str, str]"
+        assert isinstance(value, dict), f"{where}: not a map"
+        inner = kind[5:-1].split(", ", 1)[1]
+        for key, item in value.items():
+            check_model(item, inner, f"{where}.{key}")
+    else:
+        model = getattr(kubernetes.client, kind)
+        assert isinstance(value, dict), f"{where}: not an object"
+        fields = {json_name: attr for attr, json_name in model.attribute_map.items()}
+        for key, item in value.items():
+            assert key in fields, f"{where}: {key!r} is not a field of {kind}"
+            check_model(item, model.openapi_types[fields[key]], f"{where}.{key}")
+
+
+def test_kubernetesManifest_everyFieldKnownToKubernetes_andProbesPortsGraceMatchTheGateway():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()))
+    for doc in docs:
+        check_model(doc, MODELS[doc["kind"]], f"{doc['kind']}/{doc['metadata']['name']}")
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    config = by[("ConfigMap", "flowise-sse")]["data"]
+    assert set(config) <= {f"FLOWISE_SSE_{n.upper()}" for n in Settings.model_fields} | UPSTREAM_ONLY
+    deployment = by[("Deployment", "flowise-sse")]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["args"][-1] == str(ports["http"])
+    # The grace period covers the preStop pause, the gateway's shutdown grace and uvicorn's 5 s.
+    pause = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    grace = float(config["FLOWISE_SSE_SHUTDOWN_GRACE"])
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= pause + grace + 5
+    service = by[("Service", "flowise-sse")]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["spec"]["ports"][0]["targetPort"] in ports
+    pdb = by[("PodDisruptionBudget", "flowise-sse")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    redis_service = by[("Service", "flowise-sse-redis")]
+    assert config["FLOWISE_SSE_REDIS_URL"].startswith(f"redis://{redis_service['metadata']['name']}:6379")
+
+
+def test_kubernetesCheck_whenAFieldIsMisspelled_thenItFails():
+    bad = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+           "spec": {"template": {"spec": {"containers": [{"name": "x", "readinesProbe": {}}]}}}}
+    with pytest.raises(AssertionError, match="readinesProbe"):
+        check_model(bad, "V1Deployment", "Deployment/x")
+
+
+# --- deploy/grafana-dashboard.json -------------------------------------------------------------------------
+def test_grafanaDashboard_everyQueryUsesAMetricTheGatewayExports():
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exported = {sample_name for family in REGISTRY.collect() if family.name.startswith("flowise_sse_")
+                for sample_name in _sample_names(family)}
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            queried |= set(re.findall(r"flowise_sse_\w+", target["expr"]))
+    assert queried and queried <= exported, queried - exported
+    families = {re.sub(r"_(bucket|total)$", "", name) for name in queried}
+    for needed in ("flowise_sse_streams_live", "flowise_sse_first_token_seconds", "flowise_sse_stream_duration_seconds",
+                   "flowise_sse_tokens", "flowise_sse_upstream_errors", "flowise_sse_limits_hit",
+                   "flowise_sse_redis_errors", "flowise_sse_resumes"):
+        assert needed in families, needed
+
+
+def _sample_names(family) -> set[str]:
+    if family.type == "histogram":
+        return {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    if family.type == "counter":
+        return {family.name + "_total"}
+    return {family.name}
+
+
+def test_cliAsk_throughNginx_whenTheReplicaRunningItStops_thenTheAnswerCompletesFromTheOther(
+        emulators, redis_server, nginx_front, tmp_path):
+    import signal
+    import sys
+
+    flowise = emulators("3.1.4")
+    env = compose_env(flowise.url, redis_server)
+    logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
+    with GatewayProcess(env, log_level="info", stderr=logs[0]) as one, \
+            GatewayProcess(env, log_level="info", stderr=logs[1]) as two:
+        front = nginx_front([one.port, two.port])
+        ask = subprocess.Popen(
+            [sys.executable, "-m", "flowise_sse", "ask", "--gateway", front, "--api-key", "compose-key-1",
+             DEMO_CHATFLOW_ID, f"[[delay=150]] {QUESTION}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        def running_on() -> GatewayProcess | None:
+            assert ask.poll() is None, "ask ended before its stream started"
+            return next((gateway for gateway, log in ((one, logs[0]), (two, logs[1]))
+                         if log.exists() and "stream started" in log.read_text()), None)
+
+        wait_until(running_on, timeout=20, interval=0.05, what="the stream starts on a replica")
+        owner = running_on()
+        owner.proc.send_signal(signal.SIGTERM)  # as an orchestrator stops a replica
+        out, err = ask.communicate(timeout=60)
+    assert ask.returncode == 0 and err == "", err
+    assert out == REPLY + QUESTION + "\n"
+    other_log = logs[1] if owner is one else logs[0]
+    assert '"source":"redis"' in other_log.read_text().replace(" ", "")  # finished from the other replica
