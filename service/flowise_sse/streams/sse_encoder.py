@@ -1,31 +1,65 @@
 """The SSE encoder: one normalized event, one wire frame, encoded once and replayed as bytes.
 
     retry: 2000            (first event only)
-    id: <streamId>:<seq>
     event: token
     data: {"text":"Hel"}
+    id: <streamId>:<seq>
+    <blank line>
 
-The id names the stream as well as the position, so a reconnecting `EventSource` (which only
-resends `Last-Event-ID`) can be resumed on any endpoint. `data` is compact JSON: it never holds
-a raw CR or LF, so any token (newlines, `data:`, 100 KB) travels as one data line, losslessly.
+The layout is chosen for the clients as they are (README, "The wire format"):
+
+- `id:` comes last, right before the blank line. Some clients (fetch-event-source, npm
+  `eventsource` 2.x) take an `id:` as the last event id as soon as they read its line, before the
+  event is dispatched; with `id:` first, a connection cut inside the frame made them resume *after*
+  an event they never received. Last, a cut anywhere before the id line's end changes nothing.
+- `data` is one line of compact JSON: it never holds a raw CR or LF, and the three characters that
+  `str.splitlines()`-style readers also split on (U+2028, U+2029, U+0085: valid raw in JSON) are
+  escaped as `\\u2028`, `\\u2029`, `\\u0085`. Any token (newlines, `data:`, NUL, 200 KB) travels
+  as one data line, losslessly.
+- The id names the stream as well as the position, so a reconnecting `EventSource` (which only
+  resends `Last-Event-ID`) can be resumed on any endpoint.
+
+The keep-alive is `KEEPALIVE`: a comment line with no blank line of its own (see there).
 """
 
 from __future__ import annotations
+
+import re
 
 import orjson
 
 from ..errors import BadRequest
 from ..events import Event
 
+# A comment line alone. A blank line after it would end an (empty) event: spec clients ignore
+# that, but httpx-sse dispatches an event with empty data once it has seen an id, and
+# fetch-event-source dispatches one on every blank line. Without it, every client skips the line,
+# and the next frame starts on a fresh line as before (frames and keep-alives are whole writes).
+KEEPALIVE = b": keep-alive\n"
+
+# Line breaks for `str.splitlines()` that JSON leaves raw (CR, LF and the C0/C1 controls that
+# splitlines also knows are escaped by orjson already, except NEL, which is a C1 control).
+_LINE_BREAKS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+# An event name is one token: a CR or LF in it would end the field line.
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:\-]")
+
 
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:
-    name = event.event
-    if "\n" in name or "\r" in name:
-        name = name.replace("\r", " ").replace("\n", " ")
+    # The normalizer names events (upstream/normalizer.py); this only guards the field line.
+    name = _UNSAFE_NAME.sub("_", event.event) or "message"
     head = b"retry: %d\n" % retry_ms if retry_ms else b""
-    return b"%sid: %s:%d\nevent: %s\ndata: %s\n\n" % (
-        head, stream_id.encode(), seq, name.encode(), orjson.dumps(event.data)
+    return b"%sevent: %s\ndata: %s\nid: %s:%d\n\n" % (
+        head, name.encode(), json_line(event.data), stream_id.encode(), seq
     )
+
+
+def json_line(data: object) -> bytes:
+    """Compact JSON that no line reader splits: no raw CR, LF, U+2028, U+2029 or U+0085."""
+    out = orjson.dumps(data)
+    if b"\xe2\x80" in out or b"\xc2\x85" in out:
+        for raw, escaped in _LINE_BREAKS:
+            out = out.replace(raw, escaped)
+    return out
 
 
 def parse_event_id(value: str) -> tuple[str, int]:
@@ -34,5 +68,3 @@ def parse_event_id(value: str) -> tuple[str, int]:
     if not sep or not stream_id or not seq.isdigit():
         raise BadRequest(f"Last-Event-ID must look like <streamId>:<seq>, got {value[:100]!r}")
     return stream_id, int(seq)
-
-

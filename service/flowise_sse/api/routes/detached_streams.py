@@ -34,7 +34,7 @@ async def stream_events(
     access: AccessDep,
     last_event_id: LastEventId,
     token: str | None = None,
-) -> EventSourceResponse:
+) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)
     access.require_key_or_token(request, stream_id)
