@@ -142,6 +142,8 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
         assert await _wait(lambda: len(run.events.frames) >= 41)  # start and the 40 tokens
         assert await _wait(lambda: run.readers == 0), "the stalled reader was never let go"
         assert not run.done  # the stream itself goes on, resumable
+        # Dropped at once, write buffer and all: no waiting for a peer that does not read.
+        assert await _wait(lambda: len(gateway.server.server_state.connections) == 0)
         sock.settimeout(10)
         received = 0
         try:
@@ -156,3 +158,46 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
         async def stop() -> None:
             manager.abort(run, "test over")
         gateway.call(stop)
+
+
+async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClosesTheReader() -> None:
+    # An idle stream whose reader stopped reading: the only write is a keep-alive, and it blocks.
+    from sse_starlette.sse import SendTimeoutError
+
+    from flowise_sse.api.event_stream import event_stream
+    from flowise_sse.settings import Settings
+
+    closed = asyncio.Event()
+
+    async def frames():
+        try:
+            yield b"event: start\ndata: {}\nid: s:1\n\n"
+            await asyncio.Event().wait()  # Flowise thinks, for a long time
+        finally:
+            closed.set()
+
+    class Manager:
+        async def follow(self, stream_id: str, after: int):
+            return frames()
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and sent and sent[-1]["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the peer's window is shut: this write never completes
+        sent.append(message)
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()
+        return {}
+
+    response = await event_stream(Manager(), Settings(keepalive_interval=0.1, send_timeout=0.2), "s", 0)
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(5):
+            await response({"type": "http", "method": "GET"}, receive, send)
+    except SendTimeoutError:
+        pass  # no uvicorn connection to drop here: the error goes to the server
+    assert time.monotonic() - started < 2
+    assert closed.is_set()  # the reader's generator was closed: its position and frames freed
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
