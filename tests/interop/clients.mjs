@@ -58,16 +58,26 @@ class Retriable extends Error {}
 class Fatal extends Error {}
 
 // @microsoft/fetch-event-source, with its README's onopen/onclose/onerror pattern: retry when the
-// connection ends early, stop on a refused response.
+// connection ends early, stop on a refused response. It takes an `id:` line as the last event id
+// as soon as it reads it, before the event is dispatched; the gateway's README gives the
+// workaround used here (unless job.plain): resend the id of the last event actually received.
 function viaFetchEventSource(job) {
   return withDeadline((out, finish, onCleanup) => {
     const ctrl = new AbortController();
     onCleanup(() => ctrl.abort());
     let ended = false;
+    let lastReceived = null;
+    const workaround = (input, init) => {
+      const headers = { ...init.headers };
+      delete headers["last-event-id"];
+      if (lastReceived) headers["last-event-id"] = lastReceived;
+      return fetch(input, { ...init, headers });
+    };
     fetchEventSource(job.url, {
       signal: ctrl.signal,
       headers: job.headers || {},
       openWhenHidden: true,
+      fetch: job.plain ? fetch : workaround,
       async onopen(response) {
         out.connects += 1;
         out.status = response.status;
@@ -76,6 +86,7 @@ function viaFetchEventSource(job) {
         throw new Fatal(`status ${response.status}`);
       },
       onmessage(msg) {
+        if (msg.id) lastReceived = msg.id;
         out.events.push({ event: msg.event || "message", data: msg.data, id: msg.id });
         if (terminal(msg)) { ended = true; ctrl.abort(); finish(); }
       },

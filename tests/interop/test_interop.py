@@ -37,6 +37,8 @@ from flowise_sse.settings import Settings
 from ..servers import ServerThread
 from .py_clients import CLIENTS as PY_CLIENTS
 
+pytestmark = pytest.mark.interop
+
 HERE = Path(__file__).parent
 REPLY = "This is a deterministic mock reply. You said: "
 KEY = "interop-key"
@@ -81,6 +83,14 @@ def _after_nth(marker: bytes, n: int, extra: int) -> Callable[[bytes], int | Non
     return rule
 
 
+def _after_id_line(seen: bytes) -> int | None:
+    """Right after the 5th frame's `id:` line, before the blank line that dispatches it."""
+    found = [m.start() for m in re.finditer(rb"\nid: ", seen)]
+    if len(found) >= 5 and (end := seen.find(b"\n", found[4] + 1)) >= 0:
+        return end + 1
+    return None
+
+
 def _inside_large(seen: bytes) -> int | None:
     start = seen.find(b'data: {"text":"abcdefghij')
     return start + 100_000 if start >= 0 and len(seen) >= start + 100_000 else None
@@ -93,6 +103,8 @@ SCENARIOS = [
              cut=_after_nth(b"\nid: ", 5, 10), expect_tokens=CUT_TOKENS),
     Scenario("cut-mid-data-line", emulator={"tokens": CUT_TOKENS, "delay": 0.05},
              cut=_after_nth(b"\ndata: ", 5, 6), expect_tokens=CUT_TOKENS),
+    Scenario("cut-between-id-and-blank-line", emulator={"tokens": CUT_TOKENS, "delay": 0.05},
+             cut=_after_id_line, expect_tokens=CUT_TOKENS),
     Scenario("cut-inside-large-token", emulator={"tokens": ["before ", LARGE, " after"]},
              cut=_inside_large, expect_tokens=["before ", LARGE, " after"]),
     Scenario("keepalives-slow-answer", emulator={"tokens": ["slow", " and", " steady"], "delay": 1.3},
@@ -214,6 +226,7 @@ class Cell:
     headers: dict[str, str] | None
     proxy: CutProxy | None
     result: dict[str, Any] | None = None
+    plain: bool = False  # fetch-event-source without the README's workaround
 
 
 def _prepare(scenario: Scenario, stack: dict[str, ServerThread]) -> Cell:
@@ -238,7 +251,7 @@ def _prepare(scenario: Scenario, stack: dict[str, ServerThread]) -> Cell:
 
 def _run_node(cells: dict[tuple[str, str], Cell], node_modules: Path) -> None:
     jobs = [{"key": f"{client}|{scenario}", "client": client, "url": cell.url, "headers": cell.headers,
-             "names": EVENT_NAMES}
+             "names": EVENT_NAMES, "plain": cell.plain}
             for (client, scenario), cell in cells.items() if client in NODE_CLIENTS]
     if not jobs:
         return
@@ -401,3 +414,19 @@ def test_keepalives_whenSlowAnswer_thenOnTheWireAsCommentLinesOnly(stacks) -> No
 
 def test_curlBinary_isThere() -> None:
     assert shutil.which("curl") and shutil.which("node")
+
+
+def test_fetchEventSource_withoutTheWorkaround_whenCutAfterTheIdLine_thenLosesThatEvent(stacks, node_modules) -> None:
+    """The client bug the README's workaround is for, shown as it is: fetch-event-source resumes
+    after an event it never dispatched when the cut falls between its `id:` line and the blank line
+    (one byte position per frame; no frame layout can close it)."""
+    scenario = next(s for s in SCENARIOS if s.name == "cut-between-id-and-blank-line")
+    cell = _prepare(scenario, stacks["sse-3.1.4"])
+    cell.plain = True
+    cells = {("fetch-event-source", scenario.name): cell}
+    _run_node(cells, node_modules)
+    cell.proxy.close()
+    tokens = _tokens(cell.result["events"])
+    assert cell.proxy.cut_done.is_set() and cell.result["connects"] >= 2
+    # The 5th frame is the 4th token: lost; everything else arrives once.
+    assert tokens == CUT_TOKENS[:3] + CUT_TOKENS[4:], tokens
