@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -410,10 +409,6 @@ def test_keepalives_whenSlowAnswer_thenOnTheWireAsCommentLinesOnly(stacks) -> No
     raw = httpx.get(created["eventsUrl"], timeout=20).text
     assert raw.count("\n: keep-alive\n") >= 2
     assert ": keep-alive\n\n" not in raw  # never a blank line of its own: that is an (empty) event
-
-
-def test_curlBinary_isThere() -> None:
-    assert shutil.which("curl") and shutil.which("node")
 
 
 def test_fetchEventSource_withoutTheWorkaround_whenCutAfterTheIdLine_thenLosesThatEvent(stacks, node_modules) -> None:

@@ -46,7 +46,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:\-]")
 
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:
     # The normalizer names events (upstream/normalizer.py); this only guards the field line.
-    name = _UNSAFE_NAME.sub("_", event.event) or "message"
+    name = _UNSAFE_NAME.sub("_", event.event) or "flowise.message"
     head = b"retry: %d\n" % retry_ms if retry_ms else b""
     return b"%sevent: %s\ndata: %s\nid: %s:%d\n\n" % (
         head, name.encode(), json_line(event.data), stream_id.encode(), seq
