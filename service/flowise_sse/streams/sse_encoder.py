@@ -25,6 +25,7 @@ The keep-alive is `KEEPALIVE`: a comment line with no blank line of its own (see
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import orjson
 
@@ -45,12 +46,16 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:\-]")
 
 
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:
-    # The normalizer names events (upstream/normalizer.py); this only guards the field line.
-    name = _UNSAFE_NAME.sub("_", event.event) or "flowise.message"
     head = b"retry: %d\n" % retry_ms if retry_ms else b""
     return b"%sevent: %s\ndata: %s\nid: %s:%d\n\n" % (
-        head, name.encode(), json_line(event.data), stream_id.encode(), seq
+        head, _field_name(event.event), json_line(event.data), stream_id.encode(), seq
     )
+
+
+@lru_cache(maxsize=1024)  # a stream uses a handful of names; this runs once per token otherwise
+def _field_name(name: str) -> bytes:
+    # The normalizer names events (upstream/normalizer.py); this only guards the field line.
+    return (_UNSAFE_NAME.sub("_", name) or "flowise.message").encode()
 
 
 def json_line(data: object) -> bytes:
