@@ -169,7 +169,7 @@ class Profile:
         return hit / self.samples if self.samples else 0.0
 
 
-def _has(frames: list[Frame], func: str, path: str = "") -> bool:
+def _has(frames: list[Frame], func: str, path: str | tuple[str, ...] = "") -> bool:
     return any(f.func == func and f.path.endswith(path) for f in frames)
 
 
@@ -178,16 +178,25 @@ def _sniffio_import(frames: list[Frame]) -> bool:
         any(f.func.startswith("_find_and_load") for f in frames)
 
 
+# Gateway code the named spots look for: its paths and names since the package layout of issue 9, then
+# before it (so that the stacks of an older run still render the same with --render-only).
+_SSE_TRANSPORT = ("upstream/sse_transport.py", "transports/sse.py")
+_SSE_FRAMING = ("upstream/flowise_frames.py", "transports/sse.py")
+_FRAMING_FUNCS = ("event_payloads", "_payloads", "_joined")
+_TIMEOUTS = ("bounded", "_bounded")
+_WATCHDOG = ("Watchdog.", "_Watchdog.")
+
+
 def _bounded_own(frames: list[Frame]) -> bool:
-    """Time `_bounded` spends itself: a stack whose deepest gateway frame is `_bounded` or its
-    watchdog, and which is not inside the stream it wraps (`anext`)."""
+    """Time `bounded` (upstream/timeouts.py) spends itself: a stack whose deepest gateway frame is
+    `bounded` or its watchdog, and which is not inside the stream it wraps (`anext`)."""
     own = [f for f in frames if _own(f.path)]
     if not own:
         return False
     last = own[-1]
-    if last.func.startswith("_Watchdog"):
+    if last.func.startswith(_WATCHDOG):
         return True
-    if last.func != "_bounded":
+    if last.func not in _TIMEOUTS:
         return False
     rest = frames[frames.index(last) + 1:]
     return not rest or rest[0].func not in ("anext", "Upstream._open", "stream_sse", "stream_socketio")
@@ -200,16 +209,16 @@ def _threadpool(frames: list[Frame]) -> bool:
 # Named spots of the gateway's data path: (label, predicate on a stack). Shares are inclusive and
 # overlap (a nested spot is also inside its parent).
 COMPONENTS: list[tuple[str, object]] = [
-    ("upstream SSE read and framing: `_events` in transports/sse.py (socket read, HTTP/1.1 parsing, SSE framing, "
-     "JSON decoding)", lambda fr: _has(fr, "_events", "transports/sse.py")),
+    ("upstream SSE read and framing: `_events` in upstream/sse_transport.py (socket read, HTTP/1.1 parsing, SSE "
+     "framing, JSON decoding)", lambda fr: _has(fr, "_events", _SSE_TRANSPORT)),
     ("  of which httpcore `AnyIOStream.read` (an anyio `fail_after` cancel scope per socket read)",
-     lambda fr: _has(fr, "_events", "transports/sse.py") and _has(fr, "AnyIOStream.read")),
+     lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and _has(fr, "AnyIOStream.read")),
     ("  of which h11 parsing (pure Python HTTP/1.1)",
-     lambda fr: _has(fr, "_events", "transports/sse.py") and any("/h11/" in f.path for f in fr)),
+     lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and any("/h11/" in f.path for f in fr)),
     ("  of which httpx_sse line splitting and SSE decoding (its own frames)",
-     lambda fr: _has(fr, "_events", "transports/sse.py") and "httpx_sse" in fr[-1].path),
-    ("  of which the gateway's own frame splitting (`_payloads`, its own frames)",
-     lambda fr: fr[-1].func in ("_payloads", "_joined") and fr[-1].path.endswith("transports/sse.py")),
+     lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and "httpx_sse" in fr[-1].path),
+    ("  of which the gateway's own frame splitting (`event_payloads` in upstream/flowise_frames.py, its own "
+     "frames)", lambda fr: fr[-1].func in _FRAMING_FUNCS and fr[-1].path.endswith(_SSE_FRAMING)),
     ("socket.io upstream: python-socketio / engineio / aiohttp client receiving frames",
      lambda fr: any(("/socketio/" in f.path or "/engineio/" in f.path or "/aiohttp/" in f.path) for f in fr)
      and not _has(fr, "SocketPool._connect") and not _has(fr, "_Socket.close")),
@@ -218,12 +227,12 @@ COMPONENTS: list[tuple[str, object]] = [
     ("socket.io: closing the used socket after each prediction (`_Socket.close`)",
      lambda fr: _has(fr, "_Socket.close")),
     ("upstream request per prediction: `FlowiseClient.http.send/post` (connect, headers, pool)",
-     lambda fr: _has(fr, "AsyncClient.send") and not _has(fr, "_events", "transports/sse.py")),
+     lambda fr: _has(fr, "AsyncClient.send") and not _has(fr, "_events", _SSE_TRANSPORT)),
     ("  of which a new TCP connection (`connect_tcp`)", lambda fr: _has(fr, "connect_tcp")),
     ("httpcore's `import sniffio` on every `current_async_library()` (when sniffio is not installed)",
      _sniffio_import),
-    ("`_bounded` timeouts: its own frames and what they call outside the wrapped stream (`asyncio.timeout_at`, "
-     "`_Watchdog`)", _bounded_own),
+    ("`bounded` timeouts (upstream/timeouts.py): its own frames and what they call outside the wrapped stream "
+     "(`Watchdog`)", _bounded_own),
     ("store: `StreamLog.append` (encode, reserve, wake)", lambda fr: _has(fr, "StreamLog.append")),
     ("  of which `StreamLog.wake` (a new asyncio.Event per wake)", lambda fr: _has(fr, "StreamLog.wake")),
     ("readers: `StreamLog.frames_after` / `_follow` (waiting, batching)", lambda fr: _has(fr, "StreamLog.frames_after")),

@@ -54,7 +54,7 @@ def run_ceiling(port: int) -> None:
     from starlette.routing import Route
 
     from flowise_sse.events import END, START, Event, token
-    from flowise_sse.sse import encode
+    from flowise_sse.streams.sse_encoder import encode
 
     cache: dict[int, list[bytes]] = {}
 

@@ -1,0 +1,406 @@
+"""The run's outputs from its Results: RESULTS.md (summary against the targets, then each section),
+latency.png (the distributions), and RESULTS.md again from a saved results.json (--render-only)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from common import percentile
+from concurrency import steady_text
+from hotspots import Profile
+from latency import LATENCY_TOKENS
+from profiles import with_markdown
+from results import ConcurrencyLevel, FailedLevel, LatencyPair, Results, load
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def ms(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.2f}"
+
+
+def setup_rate(results: Results) -> str:
+    cpu = results.latency.sse.gateway_cpu_ms_per_request if results.latency else None
+    return f" (section 1: {cpu:.1f} ms of CPU per request, so at most ~{1000 / cpu:.0f} streams/s on one core)" if cpu else ""
+
+
+def level_notes(r: ConcurrencyLevel) -> list[str]:
+    notes = []
+    if not r.reached:
+        notes.append(f"**stream starts queued**: at most {r.peak_flowing:,} of {r.streams:,} streams flowed at "
+                     f"once (first token p99 {r.first_token_p99_ms / 1000:.1f} s)")
+    if r.gateway_cpu >= 0.9:
+        notes.append("gateway CPU-bound (one core)")
+    if r.upstream_cpu >= 0.9:
+        notes.append("upstream emulator saturated: the row measures it as much as the gateway")
+    if r.client_cpu / r.workers >= 0.9:
+        notes.append("client saturated")
+    if r.load.foreign_cores >= 0.3:
+        notes.append(f"{r.load.foreign_cores:.2f} cores of other CPU work on the machine")
+    return notes
+
+
+def level_figures(r: ConcurrencyLevel) -> str:
+    """A summary row's result cell."""
+    return (f"exact **{100 * r.exact_share:.1f}%**; added delay p50 {r.added_p50_ms:.1f} / p99 "
+            f"**{r.added_p99_ms:.1f} ms**; **{r.kb_per_stream:.0f} KB/stream**; answers of "
+            f"{r.span_nominal_s:.2f} s took p50 {r.span_p50_s:.2f} / p99 {r.span_p99_s:.2f} s; first "
+            f"token p50 {r.first_token_p50_ms / 1000:.2f} / p99 {r.first_token_p99_ms / 1000:.2f} s; "
+            f"**{r.peak_flowing:,} flowing at once**; gateway CPU {r.gateway_cpu:.0%}")
+
+
+def ratio_figures(r: LatencyPair) -> str:
+    g, d = r.gateway, r.direct
+    return (f"p50 {ms(g.p50 * 1e3)} / {ms(d.p50 * 1e3)} ms = **{r.ratio_p50:.2f}x**; p99 {ms(g.p99 * 1e3)} / "
+            f"{ms(d.p99 * 1e3)} ms = **{r.ratio_p99:.2f}x**")
+
+
+def render(results: Results) -> str:
+    cfg, m, bg = results.config, results.machine, results.background
+    lines = [
+        "# flowise-sse benchmark results",
+        "",
+        f"- date: {results.date} (the run took {results.duration_s:.0f} s)",
+        f"- command: `{results.command}`" + (" (**quick smoke run: small counts, not the real figures**)"
+                                             if cfg.quick else ""),
+        f"- machine: {m.nproc} cores ({m.cpu_model}), {m.mem_gb} GB RAM, Linux {m.kernel}, "
+        f"{m.implementation} {m.python}, `ulimit -n` {m.nofile}",
+        f"- code: flowise-sse {m.libs['flowise-sse']} at {m.commit}",
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in m.libs.items() if k != "flowise-sse"),
+        f"- placement: {results.placement}",
+        "- the gateway as shipped: `python -m flowise_sse serve --host 127.0.0.1 --port N --log-level warning` with "
+        f"`FLOWISE_URL` set, default settings otherwise; its event loop (seen with `py-spy dump`): "
+        f"**{results.gateway_loop}**." + (
+            " \"What-if\" rows run the same CLI with uvloop installed as the asyncio policy first "
+            "(`bench/servers.py gateway-uvloop`), to size that difference; they are not the shipped gateway."
+            if results.has_whatif else ""),
+        "- upstreams: sections 1 and 2 use the package's emulator (`flowise_sse.emulator`, token delay 0) in its own "
+        "uvicorn process (uvloop, httptools); the SSE concurrency runs use `bench/servers.py lite`, a lean Flowise "
+        "3.1.4 emulation on a raw asyncio protocol with tokens on loop timers, because the package emulator costs "
+        f"{results.emulator_cost or '?'}; the socket.io concurrency runs use the package emulator 1.6.2 (there "
+        "is no lean socket.io one).",
+        f"- machine load: {bg.busy_cores:.2f} of {m.nproc} cores busy just before the run "
+        f"(steal {bg.steal_cores:.2f}). Each section gives the CPU that processes other than "
+        "the benchmark's took during it (\"foreign\": other processes, and kernel work charged to no process, such "
+        "as softirq threads handling loopback traffic under heavy load); figures taken under foreign load are "
+        "pessimistic.",
+        "",
+    ]
+    if results.warnings:
+        lines += ["**Warnings:**", ""] + [f"- {w}" for w in results.warnings] + [""]
+
+    lat, t = results.latency, results.throughput
+    tp = t.contenders if t else {}
+    levels = results.concurrency or []
+    conc = [r for r in levels if isinstance(r, ConcurrencyLevel)]
+    ceiling = t.ceiling if t else None
+
+    # summary
+    lines += ["## Summary against the targets (the gateway as shipped)", "",
+              "| # | measure | result | target | verdict |", "|---|---|---|---|---|"]
+    if lat:
+        for r, row, label, target in (
+                (lat.socketio, "1a", "first token: gateway (socket.io upstream) / direct socket.io client "
+                                     "connecting per request", 1.0),
+                (lat.sse, "1b", "first token: gateway (SSE upstream) / direct httpx SSE client", 1.10)):
+            lines.append(f"| {row} | {label} | {ratio_figures(r)} (n={r.gateway.n}) | <= {target:.2f}x | "
+                         f"p50 {verdict(r.ratio_p50 <= target)}, p99 {verdict(r.ratio_p99 <= target)} |")
+    for k, v in (t.gateways if t else []):
+        lines.append(f"| 2 | relay throughput, {k} (medians of {t.reps} runs) | "
+                     f"{v.median:,.0f} tok/s = **{100 * v.of_ceiling:.0f}%** of the ceiling's "
+                     f"{ceiling.median:,.0f} tok/s (best against best: {100 * v.best_of_ceiling_best:.0f}%) | "
+                     f">= 70% | {verdict(v.of_ceiling >= 0.7)} |")
+    for r in levels:
+        if r.whatif:
+            continue
+        if isinstance(r, FailedLevel):
+            lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams | failed: {r.failed} | | FAIL |")
+            continue
+        at_target = r.streams == 1000
+        p99_ok = r.added_p99_ms <= 50 and r.reached
+        verdicts = (f"exact {verdict(r.exact_share == 1.0)}, p99 {verdict(p99_ok)}"
+                    f"{'' if r.reached else ' (level not reached)'}, memory {verdict(r.kb_per_stream <= 200)}"
+                    ) if at_target else "-"
+        lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams x 20 tok/s | {level_figures(r)} | "
+                     f"{'100%, p99 <= 50 ms, <= 200 KB' if at_target else '(1,000 is the target level)'} | {verdicts} |")
+    whatif_lat = lat.sse_uvloop if lat else None
+    whatif_tp = t.whatif if t else None
+    whatif_conc = [r for r in conc if r.whatif]
+    if whatif_lat or whatif_tp or whatif_conc:
+        lines += ["", "What-if, not the shipped gateway: the same gateway on uvloop (see above):", "",
+                  "| # | measure | result |", "|---|---|---|"]
+        if whatif_lat:
+            lines.append(f"| 1b | first token, gateway on uvloop / direct httpx SSE | {ratio_figures(whatif_lat)} |")
+        if whatif_tp:
+            lines.append(f"| 2 | relay throughput, gateway on uvloop, SSE upstream | {whatif_tp.median:,.0f} tok/s = "
+                         f"**{100 * whatif_tp.of_ceiling:.0f}%** of the ceiling |")
+        for r in whatif_conc:
+            lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams, gateway on uvloop | "
+                         f"{level_figures(r)} |")
+    lines += ["", "![latency distributions](latency.png)", ""]
+
+    # 1. latency
+    if lat:
+        lines += ["## 1. First-token latency", "",
+                  f"Sequential requests, the two contenders interleaved (gateway, direct, gateway, direct, ...) after "
+                  f"{cfg.latency_warmup} warm-up pairs; each answer is {len(LATENCY_TOKENS)} tokens with no delay. Time "
+                  "from sending the request to the first non-empty `token` event at the client. The gateway and the "
+                  "direct SSE client are each one persistent keep-alive `httpx.AsyncClient`; the direct socket.io "
+                  "client connects per request (python-socketio `AsyncClient`, websocket transport) as an application "
+                  "talking to Flowise <= 2.0 would, while the gateway keeps `FLOWISE_SSE_SOCKETIO_POOL_SIZE` (4) "
+                  "sockets connected. Gateway CPU: the gateway process's CPU time per request (whole stream).", "",
+                  "| upstream | contender | n | p50 ms | p90 ms | p99 ms | mean ms | min ms | max ms | gateway CPU ms/request |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        pairs = [(name, label, r) for name, label, r in (
+            ("socketio", "socket.io (1.6.2)", lat.socketio), ("sse", "SSE (3.1.4)", lat.sse),
+            ("sse_uvloop", "SSE (3.1.4), what-if: gateway on uvloop", lat.sse_uvloop)) if r]
+        for _, label, r in pairs:
+            for who, s in (("gateway", r.gateway), ("direct", r.direct)):
+                cpu = ms(r.gateway_cpu_ms_per_request) if who == "gateway" else ""
+                lines.append(f"| {label} | {who} | {s.n} | {ms(s.p50 * 1e3)} | {ms(s.p90 * 1e3)} | "
+                             f"{ms(s.p99 * 1e3)} | {ms(s.mean * 1e3)} | {ms(s.min * 1e3)} | "
+                             f"{ms(s.max * 1e3)} | {cpu} |")
+        fails = ", ".join(f"{name} {r.failures}" for name, _, r in pairs)
+        lines += ["", f"Failed or inexact answers: {fails}. Foreign load during the section: "
+                      f"{lat.load.foreign_cores:.2f} cores.", ""]
+
+    # 2. throughput
+    if tp:
+        lines += ["## 2. Relay throughput", "",
+                  f"One client, one stream of {t.tokens:,} small tokens (`t0 `, `t1 `, ...) with no delay, read with "
+                  "the lean client of `bench/common.py`; tokens per second from sending the request to the `end` "
+                  f"event. {t.reps} runs each after a warm-up, contenders interleaved. The ceiling is a bare "
+                  "sse-starlette endpoint (Starlette, the gateway's `EventSourceResponse` settings) in its own uvicorn "
+                  "process (uvloop, httptools), yielding the same frames, encoded by "
+                  "`flowise_sse.streams.sse_encoder.encode`, from "
+                  "memory. CPU columns are per token (medians), from /proc/<pid>/stat. The ceiling writes one frame "
+                  "per send and is sensitive to how fast the client drains it (its CPU per token moves between runs "
+                  "with that); the gateway joins the frames that pile up into one write.", "",
+                  "| contender | median tok/s | best | worst | of ceiling (medians) | of ceiling (bests) | server µs/token |"
+                  " upstream µs/token | client µs/token | exact |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for k, v in tp.items():
+            up = v.upstream_us_per_token
+            lines.append(f"| {k} | {v.median:,.0f} | {v.best:,.0f} | {v.worst:,.0f} | "
+                         f"{100 * v.of_ceiling:.0f}% | {100 * v.best_of_ceiling_best:.0f}% | "
+                         f"{v.sut_us_per_token:.1f} | {'-' if math.isnan(up) else f'{up:.1f}'} | "
+                         f"{v.client_us_per_token:.1f} | {'yes' if v.all_ok else 'NO'} |")
+        sd = t.socketio_direct
+        if sd:
+            lines += ["", "The socket.io emulator read directly by a python-socketio client (no gateway): " +
+                      (f"{sd.rate:,.0f} tok/s ({sd.tokens:,} tokens in {sd.seconds:.2f} s). The socket.io "
+                       "upstream (python-socketio server and client) is the limit of the socket.io row, not the "
+                       "ceiling." if sd.rate is not None else f"failed: {sd.error}")]
+        gs = t.socketio_gateway
+        if gs and gs.min_tokens < t.tokens:
+            lines += ["", f"Over socket.io the gateway delivered as few as {gs.min_tokens:,} `token` events for "
+                          f"{t.tokens:,} tokens: the socket frames fell behind Flowise's HTTP answer by more than "
+                          "the late-frame grace (`FLOWISE_SSE_SOCKETIO_LATE_FRAMES`, 50 ms), so the rest of the "
+                          "answer was sent as one reconciling token. The text stayed exact; the rate counts all "
+                          "tokens."]
+        lines += ["", f"Foreign load during the section: {t.load.foreign_cores:.2f} cores.", ""]
+
+    # 3. concurrency
+    if conc:
+        lines += ["## 3. Concurrency", "",
+                  f"N streams at once on one gateway process (restarted for each row), each {cfg.conc_tokens} tokens "
+                  f"paced {cfg.conc_delay * 1000:.0f} ms apart by the upstream ({cfg.conc_tokens * cfg.conc_delay:g} s), "
+                  f"opened evenly at {cfg.ramp_rate:g} streams/s (at least over 1 s) by `bench/loadgen.py` worker "
+                  f"processes of up to {cfg.streams_per_worker} streams each, using the lean client. That opening "
+                  f"rate is below what the gateway can set up on an otherwise idle core{setup_rate(results)}, so the "
+                  "rows mostly measure relaying N streams rather than a queue of stream starts; the answers are long "
+                  "enough for all N to be open together for a while (`peak open`, `steady`). **Exact**: the "
+                  "joined tokens equal the expected text and the stream ended with `end`. **Added delay**: every "
+                  "inter-token gap at the client minus the 50 ms pacing, over the whole run (ramp included); flowise-"
+                  "lite keeps an absolute schedule, so a late token shows as one long gap then a short one (hence "
+                  "negative values). **Steady**: the same over the window when every stream was open and none was "
+                  "being set up (from the last stream's first token to the first stream's end; none when the "
+                  "gateway fell so far behind that the last streams started after the first ones ended). **Late**: "
+                  "each token's arrival against the upstream's schedule (token k due at start + k x 50 ms, the start "
+                  "being the one that puts the stream's most punctual token exactly on time): this one accumulates, "
+                  "so a gateway that falls behind shows here while its gaps can look fine. "
+                  f"**Answer**: first to last token of each stream, nominally {(cfg.conc_tokens - 1) * cfg.conc_delay:.2f}"
+                  " s. **Peak open / flowing**: most streams at once between request and end / between first token "
+                  "and end; when flowing stays well under N, the gateway queued the stream starts (see `first "
+                  "token`) and the delay columns describe fewer streams than N. **Memory**: gateway "
+                  "VmRSS peak minus its idle value after warm-up, divided by N (finished streams stay in memory for "
+                  "resume, `FLOWISE_SSE_STREAM_RETENTION`). **CPU**: cores used over the run window (1.0 = one core); "
+                  "µs/token is the gateway's CPU over the run divided by the tokens relayed (stream set-up included).",
+                  "",
+                  "| upstream | gateway | streams | peak open / flowing | exact | added p50 / p99 / max ms | steady p50 / p99 ms "
+                  "(window) | late p50 / p99 / max ms | answer p50 / p99 s | first token p50 / p99 ms | RSS idle -> "
+                  "peak MB | KB/stream | gateway CPU (µs/token) | upstream CPU | client CPU (workers) | notes |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in conc:
+            lines.append(
+                f"| {r.transport} | {r.variant} | {r.streams:,} | {r.peak_concurrent:,} / {r.peak_flowing:,} | "
+                f"{100 * r.exact_share:.1f}% | {r.added_p50_ms:.1f} / {r.added_p99_ms:.1f} / "
+                f"{r.added_max_ms:.0f} | {steady_text(r)} | {r.late_p50_ms:.0f} / {r.late_p99_ms:.0f} / "
+                f"{r.late_max_ms:.0f} | {r.span_p50_s:.2f} / {r.span_p99_s:.2f} "
+                f"| {r.first_token_p50_ms:.0f} / {r.first_token_p99_ms:.0f} | {r.rss_base_mb:.0f} -> "
+                f"{r.rss_peak_mb:.0f} | {r.kb_per_stream:.0f} | {r.gateway_cpu:.0%} "
+                f"({r.gateway_us_per_token:.0f}) | {r.upstream_cpu:.0%} | {r.client_cpu:.0%} "
+                f"({r.workers}) | {'; '.join(level_notes(r))} |")
+        for f in levels:
+            if isinstance(f, FailedLevel):
+                lines.append(f"| {f.transport} | {f.variant} | {f.streams:,} | failed: {f.failed} |")
+        if any(r.transport == "socketio" for r in conc):
+            lines += ["", "The socket.io rows use the package emulator, which sleeps 50 ms between tokens rather than "
+                          "keeping an absolute schedule: its own overhead makes its answers slip (a few ms per token "
+                          "when idle, more when loaded), and that slip counts in `late` and `answer` there."]
+        errs = [(r, e) for r in conc for e in r.errors.items()]
+        if errs:
+            lines += ["", "Streams that were not exact (first kinds):", ""]
+            lines += [f"- {r.transport} {r.streams} ({r.variant}): {n} x `{e}`" for r, (e, n) in errs]
+        lines.append("")
+
+    # 4. profiles
+    if results.profiles:
+        lines += ["## 4. Where the gateway's CPU goes (py-spy)", "",
+                  f"`py-spy record --full-filenames --rate {cfg.profile_rate}` ({cfg.conc_profile_rate} Hz for the "
+                  "concurrency runs) attached to the gateway process as shipped, on the gateway's core, during "
+                  "separate runs: the figures above were taken without it. py-spy pauses the process for each sample; "
+                  "under concurrency that costs more (it stops every thread, and the gateway grows a threadpool), so "
+                  "the profiled concurrency runs are somewhat slower than the measured ones (their figures are given). "
+                  "Shares are of the busy samples: py-spy's idle ones and samples waiting in epoll or on a threadpool "
+                  "queue are left out. µs per token (or request) is a share times the gateway's CPU per token in "
+                  "that run (from /proc). Native code (orjson, httptools) is charged to the Python line that called "
+                  "it; h11 and the stdlib event loop are pure Python and show as themselves. Raw stacks: "
+                  "`profiles/*.txt.gz` (collapsed format, gzipped: `zcat x.txt.gz | flamegraph.pl`).", ""]
+        for p in results.profiles:
+            if p.level:
+                r = p.level
+                sampler = f", py-spy itself {r.sampler_cpu:.0%} of a core" if r.sampler_cpu is not None else ""
+                lines += [f"(Profiled run, py-spy at {cfg.conc_profile_rate} Hz: exact {100 * r.exact_share:.1f}%, "
+                          f"added delay p99 {r.added_p99_ms:.1f} ms, gateway CPU {r.gateway_cpu:.0%}{sampler}.)",
+                          ""]
+            lines += [p.markdown, ""]
+    lines += ["## Files", "", "- `results.json`: every figure above and the raw runs",
+              "- `latency.png`: the distributions", "- `profiles/*.txt.gz`: py-spy stacks", ""]
+    return "\n".join(lines)
+
+
+def rerender(out: Path) -> int:
+    """RESULTS.md again from a finished run (results.json, profiles/*.txt.gz): for a report change
+    without measuring again. The plot is not redrawn (results.json keeps only part of the samples)."""
+    results = load(out / "results.json")
+    for p in results.profiles or []:
+        packed = out / "profiles" / (p.file + ".gz")
+        with_markdown(p, Profile.load(packed) if packed.exists() else None)
+    results.warnings.append(
+        "this report was re-rendered after the run from its results.json (`bench/run.py --render-only`), whose "
+        "figures are rounded to a few significant digits: a last digit can differ from the run's own printout")
+    (out / "RESULTS.md").write_text(render(results))
+    print(f"rewrote {out / 'RESULTS.md'} from {out / 'results.json'}")
+    return 0
+
+
+# --- latency.png --------------------------------------------------------------------------------
+
+def cdf(ax: Any, values: list[float], label: str, **kw: Any) -> None:
+    xs = sorted(values)
+    if xs:
+        ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=label, **kw)
+
+
+def plot(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(21, 10.5))
+    lat = results.latency
+    for ax, r, title, direct_label in (
+            (axes[0][0], lat.socketio if lat else None, "1a. First token, socket.io upstream (Flowise 1.6.2 emulation)",
+             "direct socket.io client (connects per request)"),
+            (axes[0][1], lat.sse if lat else None, "1b. First token, SSE upstream (Flowise 3.1.4 emulation)",
+             "direct httpx SSE client")):
+        if not r:
+            ax.set_visible(False)
+            continue
+        for values, label, kw in ((r.gateway_ms, "gateway", {"color": "C0"}),
+                                  (r.direct_ms, direct_label, {"color": "C1"})):
+            cdf(ax, values, f"{label}: p50 {percentile(values, 50):.2f} ms, p99 {percentile(values, 99):.2f} ms", **kw)
+        w = lat.sse_uvloop if r is lat.sse else None
+        if w:
+            cdf(ax, w.gateway_ms, f"what-if, gateway on uvloop: p50 {percentile(w.gateway_ms, 50):.2f} ms, "
+                                  f"p99 {percentile(w.gateway_ms, 99):.2f} ms", color="C0", linestyle="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("request sent -> first token event (ms, log scale)")
+        ax.set_ylabel("share of requests (CDF)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+
+    ax = axes[0][2]
+    tp = results.throughput.contenders if results.throughput else {}
+    if tp:
+        names = list(tp)
+        med = [tp[k].median for k in names]
+        lo = [tp[k].median - tp[k].worst for k in names]
+        hi = [tp[k].best - tp[k].median for k in names]
+        ax.barh(range(len(names)), med, xerr=[lo, hi], color=[f"C{i}" for i in range(len(names))])
+        ax.set_yticks(range(len(names)), [n.replace(", ", ",\n", 1) for n in names], fontsize=8)
+        for i, k in enumerate(names):
+            ax.text(tp[k].best, i, f"  {tp[k].median:,.0f}", va="center", fontsize=8)
+        ax.set_xlabel(f"tokens/s to one client, {results.throughput.tokens:,} tokens (median; bars: min-max)")
+        ax.set_title("2. Relay throughput", fontsize=10)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(tp[k].best for k in names) * 1.18)
+    else:
+        ax.set_visible(False)
+
+    levels = [r for r in results.concurrency or [] if isinstance(r, ConcurrencyLevel) and r.added_ms_sample]
+    for ax, samples, xlabel, title, target in (
+            (axes[1][0], lambda r: r.added_ms_sample,
+             "inter-token gap at the client minus the 50 ms pacing (ms, symlog scale)",
+             "3. Added inter-token delay, streams at 20 tokens/s each", True),
+            (axes[1][1], lambda r: r.late_ms_sample,
+             "token arrival minus its scheduled time, schedule anchored on the stream's most punctual token (ms, "
+             "symlog)", "3. Lateness against the upstream's schedule", False)):
+        for r in levels:
+            values = samples(r)
+            p99 = percentile(values, 99)
+            cdf(ax, values, f"{r.transport} {r.streams:,} streams{' (what-if: uvloop)' if r.whatif else ''}: "
+                            f"p99 {p99:.1f} ms", linestyle="--" if r.whatif else "-")
+        if target:
+            ax.axvline(50, color="red", linestyle=":", linewidth=1, label="target: p99 <= 50 ms at 1,000 streams")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("share of tokens (CDF)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        if not levels:
+            ax.set_visible(False)
+
+    ax = axes[1][2]
+    if levels:
+        labels = [f"{r.transport} {r.streams:,}{' uvloop' if r.whatif else ''}" for r in levels]
+        xs = range(len(levels))
+        ax.bar([x - 0.2 for x in xs], [r.kb_per_stream for r in levels], width=0.4, color="C0",
+               label="gateway memory, KB per stream (target <= 200 at 1,000)")
+        ax.axhline(200, color="C0", linestyle=":", linewidth=1)
+        ax2 = ax.twinx()
+        ax2.bar([x + 0.2 for x in xs], [100 * r.gateway_cpu for r in levels], width=0.4, color="C3",
+                label="gateway CPU, % of one core")
+        ax2.set_ylim(0, 130)
+        ax.set_ylim(0, max(220.0, 1.3 * max(r.kb_per_stream for r in levels)))
+        ax2.set_ylabel("gateway CPU (% of one core)")
+        ax.set_xticks(list(xs), labels, fontsize=8, rotation=20)
+        ax.set_ylabel("KB per stream (RSS peak - idle) / streams")
+        ax.set_title("3. Gateway memory and CPU per concurrency level", fontsize=10)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    else:
+        ax.set_visible(False)
+    m = results.machine
+    fig.suptitle(f"flowise-sse benchmark, {results.date}, {m.nproc} cores ({m.cpu_model}), "
+                 f"Python {m.python}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
