@@ -292,7 +292,8 @@ class StreamManager:
                 yield chunk
             # Resumed here after the last write went out: this reader has the whole stream, so
             # the same GET again is a new question.
-            if key is not None and events.finished and (entry := self._requests.get(key)):
+            entry = self._requests.get(key) if key is not None else None
+            if entry is not None and entry.run.id == events.stream_id and events.finished:
                 entry.delivered = True
         finally:
             if run:
