@@ -1,16 +1,24 @@
-"""Real servers for the tests: uvicorn on loopback in a thread of its own, and SSE reading."""
+"""Real servers for the tests: uvicorn in a thread of its own, the gateway in a process, redis-server;
+all on loopback. And SSE reading."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 import httpx
 import orjson
+import redis
 import uvicorn
 from httpx_sse import EventSource
+
+from .helpers import free_port, wait_until
 
 T = TypeVar("T")
 
@@ -40,10 +48,8 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        for _ in range(1000):
-            if self.server.started or not self.thread.is_alive():
-                break
-            threading.Event().wait(0.01)
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), timeout=10, interval=0.01,
+                   what="uvicorn starts")
         if not self.server.started:
             raise RuntimeError("server did not start")
         return self
@@ -92,21 +98,10 @@ def joined(events: list[Sse]) -> str:
     return "".join(e.data["text"] for e in events if e.event == "token")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class GatewayProcess:
     """The gateway as users run it: `python -m flowise_sse serve` in a process of its own."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        import os
-        import sys
-
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -115,22 +110,68 @@ class GatewayProcess:
         self.proc: Any = None
 
     def __enter__(self) -> GatewayProcess:
-        import subprocess
-        import time
-
         self.proc = subprocess.Popen(self.argv, env=self.env)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
+
+        def up_or_dead() -> bool:
             if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError("the gateway process did not start")
+                return True
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_until(up_or_dead, timeout=20, interval=0.05, what="the gateway process answers /healthz")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the gateway process exited with {self.proc.returncode}")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class RedisServer:
+    """A redis-server on 127.0.0.1 (a free port), without persistence; ready once it answers PING."""
+
+    def __init__(self) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed (tests/setup.sh installs it)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+
+    def __enter__(self) -> RedisServer:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return self.proc.poll() is not None  # dead: stop waiting, fail below
+
+        try:
+            wait_until(answers, timeout=10, what="redis-server answers PING")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        except BaseException:
+            self.__exit__()
+            raise
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        """Shut it down, as a crash or an operator would, while the test goes on."""
+        self.proc.terminate()
+        self.proc.wait(10)
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc and self.proc.poll() is None:

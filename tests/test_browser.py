@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -26,6 +26,7 @@ from flowise_sse.api import create_app
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 
+from .helpers import REPLY, wait_until
 from .servers import ServerThread, parse_sse
 
 pytestmark = pytest.mark.browser
@@ -36,7 +37,6 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
-REPLY = "This is a deterministic mock reply. You said: "
 DESKTOP = {"width": 1100, "height": 760}
 PHONE = {"width": 375, "height": 740}
 
@@ -44,15 +44,6 @@ PHONE = {"width": 375, "height": 740}
 def reply_to(question: str) -> str:
     """The emulated LLM's answer: the prefix, then the question without its [[triggers]]."""
     return REPLY + re.sub(r"\[\[.*?\]\]", "", question).strip()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
 
 
 # --- servers and the browser -------------------------------------------------------------------
@@ -221,14 +212,14 @@ def test_stop_midStream_thenStoppedAndNoFurtherTokens(page: Page, gateway: Serve
     wait_state(page, "stopped")
     expect(page.get_by_test_id("turn-note")).to_have_text("Stopped.")
     stopped = answer_text(page)
-    time.sleep(1.0)  # five more token periods
+    time.sleep(1.0)  # a quiet window of five token periods: no token may come (nothing to wait for)
     assert answer_text(page) == stopped
     assert stopped and reply_to(question).startswith(stopped) and stopped != reply_to(question)
 
     stream_id = deleted.value.url.rsplit("/", 1)[1]
     chat_id = flowise.app.requests[-1]["body"]["chatId"]
-    assert eventually(lambda: (DEMO_CHATFLOW_ID, chat_id) in flowise.app.aborts)  # the gateway called Flowise's abort
-    assert eventually(lambda: flowise.app.active_predictions == 0)  # and closed the upstream
+    wait_until(lambda: (DEMO_CHATFLOW_ID, chat_id) in flowise.app.aborts, what="the gateway called Flowise's abort")
+    wait_until(lambda: flowise.app.active_predictions == 0, what="and closed the upstream")
     with httpx.stream("GET", f"{gateway.url}/v1/streams/{stream_id}/events", timeout=10) as r:
         events = parse_sse(r)  # the stream, as the gateway kept it: tokens, then `aborted`
     assert events[-1].event == "error" and events[-1].data["code"] == "aborted"
@@ -441,8 +432,8 @@ def test_foreignOrigin_refusedUnlessAllowlisted(browser: Browser, flowise: Serve
             assert "failed" in refused["list"] and "failed" in refused["create"], refused  # TypeError: Failed to fetch
             assert refused["simple"] == {"type": "opaque"}
             assert ("POST", closed.url + "/v1/streams", 403) in answered  # the browser sent it; the gateway said no
-            time.sleep(0.2)
-            assert flowise.app.requests == []  # nothing reached Flowise
+            time.sleep(0.2)  # a quiet window: no request may reach Flowise (nothing to wait for)
+            assert list(flowise.app.requests) == []  # nothing reached Flowise
             # What the gateway answers to that Origin (the browser hides it from the page):
             for method, path, body in (("GET", "/v1/chatflows", None),
                                        ("POST", "/v1/streams", {"chatflowId": DEMO_CHATFLOW_ID, "question": "hi"})):

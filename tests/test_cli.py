@@ -12,7 +12,8 @@ import httpx
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .servers import free_port, parse_sse
+from .helpers import REPLY, free_port, wait_until
+from .servers import parse_sse
 
 
 def test_serveDemo_thenTokensStreamWithNoFlowiseAround():
@@ -22,12 +23,14 @@ def test_serveDemo_thenTokensStreamWithNoFlowiseAround():
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
+
+        def ready() -> bool:
             try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
+                return httpx.get(url + "/readyz").status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.05)
+                return False
+
+        wait_until(ready, timeout=10, interval=0.05, what="serve --demo is ready")
         flows = httpx.get(url + "/v1/chatflows").json()
         assert any(f["id"] == DEMO_CHATFLOW_ID and "emulated" in f["name"].lower() for f in flows)
         started = time.monotonic()
@@ -49,7 +52,7 @@ def test_ask_thenAnswerPrintedAsItStreams(emulators):
     env = {**os.environ, "FLOWISE_URL": flowise.url}
     out = subprocess.run([sys.executable, "-m", "flowise_sse", "ask", DEMO_CHATFLOW_ID, "from the shell"],
                          env=env, capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0 and out.stdout.strip() == "This is a deterministic mock reply. You said: from the shell"
+    assert out.returncode == 0 and out.stdout.strip() == REPLY + "from the shell"
     events = subprocess.run([sys.executable, "-m", "flowise_sse", "ask", "--events", DEMO_CHATFLOW_ID, "x"],
                             env=env, capture_output=True, text=True, timeout=30)
     names = [json.loads(line)["event"] for line in events.stdout.splitlines()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -22,8 +22,11 @@ from flowise_sse.emulator import (
     EmulatorConfig,
     create_emulator_app,
 )
+from flowise_sse.emulator.mock_llm import llm_messages
+from flowise_sse.emulator.quirks import quirks_for
 
-REPLY = "This is a deterministic mock reply. You said: "
+from .helpers import REPLY, until
+
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 HTML = "text/html; charset=utf-8"
@@ -97,9 +100,8 @@ async def running(**options: Any) -> AsyncIterator[tuple[Emulator, httpx.AsyncCl
         emulator, host="127.0.0.1", port=0, log_level="warning", lifespan="off", timeout_graceful_shutdown=1,
     ))
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.005)
+    await until(lambda: server.started or task.done(), interval=0.005, what="uvicorn starts")
+    assert server.started, "uvicorn did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
@@ -154,13 +156,6 @@ def token_frames(tokens: list[str]) -> bytes:
     return b"".join(b"message:\ndata:" + orjson.dumps({"event": e, "data": d}) + b"\n\n" for e, d in frames)
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 1.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_sse314_whenStreaming_thenHeadersAndBytesMatchTheCapture() -> None:
     async with running(version="3.1.4") as (emulator, client):
         response, chunks = await predict_raw(client, question="Hello server sent events", streaming=True)
@@ -192,8 +187,8 @@ async def test_socketio162_whenStreaming_thenCapturedEventsThenJsonAnswer() -> N
         async with socket_client(client) as (sid, seen):
             assert (emulator.connected_sockets, emulator.socket_connects) == (1, 1)
             r = await predict(client, question="Hello socket io streaming", socketIOClientId=sid)
-            await eventually(lambda: ("end", ()) in seen)
-        await eventually(lambda: emulator.connected_sockets == 0)
+            await until(lambda: ("end", ()) in seen, timeout=1.0)
+        await until(lambda: emulator.connected_sockets == 0, timeout=1.0)
     assert seen == CAPTURE_V1_EVENTS
     assert r.status_code == 200 and r.headers["content-type"] == JSON
     answer = r.json()
@@ -206,7 +201,7 @@ async def test_socketio162_whenStreaming_thenCapturedEventsThenJsonAnswer() -> N
 async def test_socketio162_whenFirstTokenInStart_thenStartCarriesItAndNoEmptyTokens() -> None:
     async with running(version="1.6.2", first_token_in_start=True) as (_, client), socket_client(client) as (sid, seen):
         await predict(client, question="x", socketIOClientId=sid)
-        await eventually(lambda: ("end", ()) in seen)
+        await until(lambda: ("end", ()) in seen, timeout=1.0)
     assert seen[:3] == [("start", ("This",)), ("token", ("This",)), ("token", (" is",))]
     assert ("token", ("",)) not in seen
 
@@ -214,7 +209,7 @@ async def test_socketio162_whenFirstTokenInStart_thenStartCarriesItAndNoEmptyTok
 async def test_socketio162_whenLlmFails_thenHtml500AndNoSocketEvents() -> None:
     async with running(version="1.6.2") as (_, client), socket_client(client) as (sid, seen):
         r = await predict(client, question="Please fail [[http400]]", socketIOClientId=sid)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a quiet window: no socket event comes (nothing to wait for)
     assert (r.status_code, r.headers["content-type"], r.text) == (500, HTML, "400 mock error 400")
     assert seen == []
 
@@ -301,7 +296,7 @@ async def test_unknownChatflow_whenStreaming_thenHangsWithoutHeaders_elseErrorPe
         with pytest.raises(httpx.ReadTimeout):
             await client.post(f"/api/v1/prediction/{UNKNOWN_ID}", json={"question": "q", "streaming": True},
                               timeout=0.3)
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         missing = await predict(client, UNKNOWN_ID, question="q", streaming="false")
         invalid = await predict(client, "not-a-uuid", question="q")
         check = await client.get(f"/api/v1/chatflows-streaming/{UNKNOWN_ID}")
@@ -339,7 +334,7 @@ async def test_sseClient_whenItLeaves_thenPredictionStopsWithinASecond() -> None
             async for _ in r.aiter_raw():
                 assert emulator.active_predictions == 1
                 break
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         state = (await client.get("/__emulator/state")).json()
     assert state["client_disconnects"] == 1 and state["active_predictions"] == 0
 
@@ -347,11 +342,11 @@ async def test_sseClient_whenItLeaves_thenPredictionStopsWithinASecond() -> None
 async def test_socketioHttpRequest_whenItLeaves_thenEmitsStop() -> None:
     async with running(version="1.6.2", token_delay=0.05) as (emulator, client), socket_client(client) as (sid, seen):
         post = asyncio.create_task(predict(client, question="q", socketIOClientId=sid))
-        await eventually(lambda: len(seen) >= 3)
+        await until(lambda: len(seen) >= 3, timeout=1.0)
         post.cancel()
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 1, timeout=1.0)
         count = len(seen)
-        await asyncio.sleep(0.12)
+        await asyncio.sleep(0.12)  # a quiet window: no further event comes (nothing to wait for)
         assert len(seen) == count and ("end", ()) not in seen
 
 
@@ -368,7 +363,7 @@ async def test_hang_whenAsked_thenNoHeadersEver_andHangAfterStallsAfterTheTokens
             async with client.stream("POST", url, json=stall, timeout=0.3) as r:
                 async for chunk in r.aiter_raw():
                     received += chunk
-        await eventually(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 2)
+        await until(lambda: emulator.active_predictions == 0 and emulator.client_disconnects == 2, timeout=1.0)
     assert received == token_frames(["This", " is"])
 
 
@@ -399,7 +394,7 @@ async def test_extraEvents_whenGiven_thenAfterTokensOnSse_andInTheSocketioJsonAn
         "start", "token", "sourceDocuments", "metadata", "end"]
     async with running(version="1.6.2") as (_, client), socket_client(client) as (sid, seen):
         r = await predict(client, question="q", socketIOClientId=sid, overrideConfig=controls)
-        await eventually(lambda: ("end", ()) in seen)
+        await until(lambda: ("end", ()) in seen, timeout=1.0)
     assert seen[-2:] == [("sourceDocuments", (docs,)), ("end", ())]
     assert list(r.json())[:2] == ["text", "sourceDocuments"] and r.json()["sourceDocuments"] == docs
 
@@ -438,7 +433,7 @@ async def test_apiKey_whenManagementRoutes_thenBearerRequired_andWhitelistOpen()
     assert flow["type"] == "CHATFLOW" and flow["workspaceId"] and flow["id"] == DEMO_CHATFLOW_ID
     assert version.json() == {"version": "3.1.4"} and ping.text == "pong"
     assert abort.json() == {"status": 200, "message": "Chat message aborted"}
-    assert emulator.aborts == [(DEMO_CHATFLOW_ID, "chat-1")]
+    assert list(emulator.aborts) == [(DEMO_CHATFLOW_ID, "chat-1")]
     async with running(version="2.0.7", api_key="ws-key") as (_, client):
         refused = await client.get("/api/v1/version")
         allowed = await client.get("/api/v1/version", headers={"Authorization": "Bearer ws-key"})
@@ -462,6 +457,48 @@ async def test_stateRoutes_whenDeleted_thenRecordsClearedButLiveCountersKept() -
     assert state["aborts"] == [[DEMO_CHATFLOW_ID, "c1"]]
     assert [(r["chatflowId"], r["transport"], r["body"]["chatId"]) for r in state["requests"]] == [
         (DEMO_CHATFLOW_ID, "json", "c1")]
-    assert cleared == {"requests": [], "aborts": [], "active_predictions": 0, "client_disconnects": 0,
-                       "connected_sockets": 0, "socket_connects": 0}
-    assert emulator.requests == []
+    assert state["requests_seen"] == 1
+    assert cleared == {"requests": [], "requests_seen": 0, "aborts": [], "active_predictions": 0,
+                       "client_disconnects": 0, "connected_sockets": 0, "socket_connects": 0}
+    assert list(emulator.requests) == []
+
+
+async def test_records_whenMoreThanTheBound_thenNewestKeptAndEveryRequestCounted() -> None:
+    async with running(version="3.1.4", max_recorded_requests=3) as (emulator, client):
+        for i in range(5):
+            await predict(client, question=f"q{i}")
+            await client.put(f"/api/v1/chatmessage/abort/{DEMO_CHATFLOW_ID}/c{i}")
+        state = (await client.get("/__emulator/state")).json()
+    assert [r["body"]["question"] for r in emulator.requests] == ["q2", "q3", "q4"]
+    assert [chat for _, chat in emulator.aborts] == ["c2", "c3", "c4"]
+    assert emulator.requests_seen == state["requests_seen"] == 5
+    assert [r["body"]["question"] for r in state["requests"]] == ["q2", "q3", "q4"] and len(state["aborts"]) == 3
+
+
+def test_records_whenDefault_thenBoundedAtOneThousand() -> None:
+    emulator = create_emulator_app()
+    assert emulator.requests.maxlen == emulator.aborts.maxlen == EmulatorConfig().max_recorded_requests == 1000
+
+
+# The columns of the history table in quirks.py, at the first version of each.
+HISTORY_TABLE = {
+    "1.6.4": {"type_message": ADA, "role_content": [], "openai_role": []},
+    "1.6.5": {"type_message": [], "role_content": [], "openai_role": []},
+    "1.8.0": {"type_message": [], "role_content": ADA, "openai_role": []},
+    "2.0.2": {"type_message": EMPTY_AI, "role_content": ADA, "openai_role": []},
+    "3.0.0": {"type_message": [{"role": "user", "content": ""}, *EMPTY_AI], "role_content": ADA, "openai_role": []},
+}
+
+
+@pytest.mark.parametrize("version", list(HISTORY_TABLE))
+def test_quirks_whenFirstVersionOfEachHistoryColumn_thenTheLlmIsHandedThatColumn(version: str) -> None:
+    quirks = quirks_for(version)
+    for form, expected in HISTORY_TABLE[version].items():
+        messages = llm_messages("q", HISTORY_FORMS[form], quirks)
+        assert messages[1:-1] == expected, form
+
+
+@pytest.mark.parametrize("text", ["", "3", "v3.x", "latest"])
+def test_quirks_whenNotAVersion_thenValueError(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Flowise version"):
+        create_emulator_app(EmulatorConfig(version=text))

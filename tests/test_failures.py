@@ -12,15 +12,10 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
+from .helpers import REPLY, free_port, until
 from .servers import aread_sse, joined
 
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -44,7 +39,7 @@ async def post_stream(gateway, body, timeout=20.0):
 
 @pytest.mark.parametrize("transport", ["auto", "socketio", "sse"])
 async def test_flowiseDown_then502BeforeTheStream(gateways, transport):
-    gateway = gateways(f"http://127.0.0.1:{closed_port()}", flowise_transport=transport)
+    gateway = gateways(f"http://127.0.0.1:{free_port()}", flowise_transport=transport)
     r, _ = await post_stream(gateway, {"question": "anyone?"})
     assert r.status_code == 502
     assert r.json()["error"] == {"code": "upstream_unavailable", "message": r.json()["error"]["message"], "retryable": True}
@@ -96,15 +91,6 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def wait_until(predicate, timeout=2.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 async def leave_midway(gateway, chat_id: str) -> None:
     slow = {"question": "slow one", "chatId": chat_id, "overrideConfig": {"emulator": {"delay": 0.3}}}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
@@ -119,25 +105,33 @@ async def test_clientLeaves_whenPolicyAbort_thenUpstreamClosedWithinASecondAndNo
     gateway = gateways(flowise.url, on_client_disconnect="abort")
     pool = gateway.app.state.settings.socketio_pool_size if version in ("1.6.2", "2.0.7") else 0
 
+    upstream = gateway.app.state.upstream
+
     def upstream_closed() -> bool:
         return flowise.app.active_predictions == 0 and flowise.app.connected_sockets <= pool
 
+    def settled() -> bool:
+        """Nothing of the last round still going: its abort call answered, the pool refilled."""
+        return (upstream_closed() and flowise.app.connected_sockets == pool and not upstream._aborts
+                and upstream.sockets._connecting == 0
+                and (version == "1.6.2" or ("warm-up" in [chat for _, chat in flowise.app.aborts])))
+
     # One round first: pools, caches and keep-alive connections reach their steady state.
     await leave_midway(gateway, "warm-up")
-    await wait_until(upstream_closed)
-    await asyncio.sleep(0.3)
+    await until(upstream_closed, timeout=2.0)
+    await until(settled, timeout=2.0, what="the warm-up round settled")
     flowise.app.aborts.clear()
     fds, tasks = open_fds(), await gateway_tasks(gateway)
     for round in range(3):
         await leave_midway(gateway, f"leaving-{round}")
-        assert await wait_until(upstream_closed) < 1.0
+        assert await until(upstream_closed, timeout=2.0) < 1.0
     if version != "1.6.2":  # the abort route exists from 1.8.0 on
-        await wait_until(lambda: len(flowise.app.aborts) == 3)
+        await until(lambda: len(flowise.app.aborts) == 3, timeout=2.0)
         assert sorted(chat for _, chat in flowise.app.aborts) == ["leaving-0", "leaving-1", "leaving-2"]
     else:
-        assert flowise.app.aborts == []
-    await wait_until(lambda: open_fds() <= fds)
-    await wait_until(lambda: gateway.call(_count) <= tasks)
+        assert list(flowise.app.aborts) == []
+    await until(lambda: open_fds() <= fds, timeout=2.0)
+    await until(lambda: gateway.call(_count) <= tasks, timeout=2.0)
 
 
 async def _count() -> int:
@@ -158,8 +152,8 @@ async def test_clientLeaves_whenPolicyContinue_thenStreamFinishesForLaterReaders
         stream_id = first[0].data["streamId"]
         async with client.stream("GET", f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": first[-1].id}) as r:
             rest = await aread_sse(r)
-    assert joined(first + rest) == "This is a deterministic mock reply. You said: keep going"
-    assert flowise.app.aborts == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)
+    assert joined(first + rest) == REPLY + "keep going"
+    assert list(flowise.app.aborts) == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)
 
 
 async def test_gatewayStops_thenEverySocketIoSocketClosed_includingRestingOnes(emulators, gateways):
@@ -170,4 +164,4 @@ async def test_gatewayStops_thenEverySocketIoSocketClosed_includingRestingOnes(e
     assert events[-1].event == "end"
     assert flowise.app.connected_sockets > before  # the pool, and the socket resting after use
     gateway.__exit__(None, None, None)
-    await wait_until(lambda: flowise.app.connected_sockets == before)
+    await until(lambda: flowise.app.connected_sockets == before, timeout=2.0)

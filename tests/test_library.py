@@ -9,7 +9,7 @@ import pytest
 from flowise_sse import GatewayError, Settings, astream_prediction, stream_prediction
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-REPLY = "This is a deterministic mock reply. You said: "
+from .helpers import REPLY, wait_until
 
 
 def summary(events) -> tuple[list[str], str]:
@@ -36,13 +36,8 @@ def test_syncTwin_whenClosedEarly_thenUpstreamClosedAndNoThreadLeft(emulators):
     assert next(events).event == "start"
     assert next(events).text == "This"
     events.close()
-    deadline = threading.Event()
-    for _ in range(50):
-        if flowise.app.active_predictions == 0 and threading.active_count() == threads:
-            break
-        deadline.wait(0.02)
-    assert flowise.app.active_predictions == 0
-    assert threading.active_count() == threads
+    wait_until(lambda: flowise.app.active_predictions == 0, timeout=1.0, what="the upstream closed")
+    wait_until(lambda: threading.active_count() == threads, timeout=1.0, what="the library's thread gone")
 
 
 def test_syncTwin_whenFlowiseFails_thenRaisesTheGatewayError(emulators):
@@ -55,7 +50,7 @@ def test_syncTwin_whenFlowiseFails_thenRaisesTheGatewayError(emulators):
 
 def test_library_whenChatflowIdNotUuid_thenBadRequestBeforeAnyRequest(emulators):
     flowise = emulators("3.1.4")
-    before = len(flowise.app.requests)
+    before = flowise.app.requests_seen
     with pytest.raises(GatewayError) as caught:
         list(stream_prediction("../../api/v1/chatflows", "x", settings=Settings(flowise_url=flowise.url)))
-    assert caught.value.code == "bad_request" and len(flowise.app.requests) == before
+    assert caught.value.code == "bad_request" and flowise.app.requests_seen == before

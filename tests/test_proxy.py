@@ -7,6 +7,7 @@ import httpx
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
 from .conftest import TRANSPORT
+from .helpers import REPLY
 
 LISTED = {"id", "name", "deployed", "isPublic", "category", "type", "updatedDate"}
 
@@ -60,7 +61,7 @@ async def test_prediction_thenFlowiseJsonAnswer(gateway, flowise, version):
         failed = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/prediction",
                                    json={"question": "x", "overrideConfig": {"emulator": {"error": "LLM down"}}})
     assert r.status_code == 200
-    assert r.json()["text"] == "This is a deterministic mock reply. You said: plain answer" and r.json()["chatId"]
+    assert r.json()["text"] == REPLY + "plain answer" and r.json()["chatId"]
     assert flowise.app.requests[-2]["llm_messages"][1] == {"role": "user", "content": "I am Ada"}
     assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_error"
 

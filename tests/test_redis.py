@@ -5,41 +5,28 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
+import redis
 from httpx_sse import EventSource
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .servers import GatewayProcess, Sse, free_port, joined
+from .helpers import REPLY, wait_until
+from .servers import GatewayProcess, RedisServer, Sse, joined
 
 pytestmark = pytest.mark.redis
-REPLY = "This is a deterministic mock reply. You said: "
 QUESTION = "one two three four five six seven eight nine ten"
 
 
 @pytest.fixture(scope="module")
 def redis_url():
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (tests/setup.sh installs it)")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            import redis
-
-            redis.Redis(port=port).ping()
-            break
-        except Exception:
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -108,7 +95,7 @@ def test_eventsUrlFromA_readOnB_andDeleteOnB_stopsTheRunOnA(replicas):
     assert 1 <= len([e for e in events if e.event == "token"]) < 10
 
 
-def test_sameChatIdOnTwoReplicas_then409(replicas):
+def test_sameChatIdOnTwoReplicas_then409(replicas, redis_url):
     a, b, _ = replicas
     body = slow(chatId="shared-chat", delay=0.1)
     with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20) as r:
@@ -116,7 +103,8 @@ def test_sameChatIdOnTwoReplicas_then409(replicas):
         second = httpx.post(f"{b.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20)
         assert second.status_code == 409 and second.json()["error"]["code"] == "chat_busy"
         read(r, [])
-    time.sleep(0.2)
+    with redis.Redis.from_url(redis_url) as store:  # A lets go of the chatId once its stream is over
+        wait_until(lambda: not store.exists("fss:chat:shared-chat"), what="the chat lock released in Redis")
     assert "event: end" in httpx.post(f"{b.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body, timeout=20).text
 
 
@@ -140,10 +128,11 @@ def test_sigtermOnA_midStream_thenClientFinishesOnBWithNothingLostOrDoubled(repl
     assert a.proc.wait(15) in (0, -signal.SIGTERM)
 
 
-def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas):
+def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas, redis_url):
     a, b, _ = replicas
     created = httpx.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.5)}).json()
-    time.sleep(0.3)
+    with redis.Redis.from_url(redis_url) as store:  # killed once its stream is in Redis
+        wait_until(lambda: store.xlen(f"fss:{created['streamId']}:events") >= 1, what="the start event mirrored")
     a.proc.kill()
     events: list[Sse] = []
     started = time.monotonic()
@@ -154,20 +143,13 @@ def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas):
 
 
 def test_redisDown_thenNewStreamsGet503NotA500(emulators):
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    time.sleep(0.3)
-    env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
-    try:
+    with RedisServer() as store:
+        env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": store.url}
         with GatewayProcess(env) as gateway:
             assert "event: end" in httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
                                               json={"question": "up"}, timeout=20).text
-            proc.terminate()
-            proc.wait(10)
+            store.stop()
             r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "down"}, timeout=20)
             assert r.status_code == 503 and r.json()["error"] == {
                 "code": "store_unavailable", "message": r.json()["error"]["message"], "retryable": True}
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
-    finally:
-        proc.kill()

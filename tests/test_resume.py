@@ -12,9 +12,9 @@ from httpx_sse import EventSource
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .servers import Sse, aread_sse, joined
+from .helpers import REPLY, until
+from .servers import Sse, aread_sse, joined, parse_sse
 
-REPLY = "This is a deterministic mock reply. You said: "
 SLOW = {"emulator": {"delay": 0.05}}
 
 
@@ -86,9 +86,8 @@ async def test_delete_whileRunning_thenReadersGetAbortedAndFlowiseAbortCalled(em
         assert (await client.delete("/v1/streams/" + "0" * 32)).status_code == 404
     assert events[-1].event == "error" and events[-1].data["code"] == "aborted"
     assert "end" not in [e.event for e in events]
-    await asyncio.sleep(0.2)
-    assert (DEMO_CHATFLOW_ID, "delete-me") in flowise.app.aborts
-    assert flowise.app.active_predictions == 0
+    await until(lambda: (DEMO_CHATFLOW_ID, "delete-me") in flowise.app.aborts, timeout=2.0)
+    await until(lambda: flowise.app.active_predictions == 0, timeout=2.0)
 
 
 async def test_streamOverItsCap_thenFailsClearlyNotTruncatedSilently(emulators, gateways):
@@ -122,7 +121,7 @@ async def test_retention_whenExpired_thenStreamGone(emulators, gateways):
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "brief"})
         stream_id = r.text.split("id: ")[1].split(":")[0]
         assert (await client.get(f"/v1/streams/{stream_id}/events")).status_code == 200
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the scenario: time passes beyond the retention
         gone = await client.get(f"/v1/streams/{stream_id}/events")
     assert gone.status_code == 404
     assert stream_id not in gateway.app.state.manager.store.logs
@@ -144,3 +143,24 @@ async def test_resume_unknownStream_then404(gateway):
         r = await client.get(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params={"question": "x"},
                              headers={"Last-Event-ID": "f" * 32 + ":3"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found"
+
+
+async def test_globalMemoryCap_whenRunningStreamsFillIt_thenTheStreamOverItEndsWithStreamTooLarge(emulators, gateways):
+    # The stream that passes the total cap must still get its `error` event in (it used to be
+    # refused too, leaving the stream without an end and its readers waiting forever).
+    gateway = gateways(emulators("3.1.4").url, max_total_bytes=3000)
+    url = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
+    # Tokens smaller than the error event: when one no longer fits, the error would not either.
+    tokens = ["x" * 40] * 40
+    holder = {"question": "hold", "overrideConfig": {"emulator": {"tokens": tokens, "hangAfter": 20}}}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        async with client.stream("POST", url, json=holder) as held:
+            first = await aread_sse(held, limit=21)  # start and 20 tokens: ~2 KB held by a running stream
+            r = await client.post(url, json={"question": "big", "overrideConfig": {"emulator": {"tokens": tokens}}})
+            stream_id = first[0].data["streamId"]
+            assert (await client.delete(f"/v1/streams/{stream_id}")).status_code == 204
+        replay = await client.get(f"/v1/streams/{stream_id}/events")
+    events = parse_sse(r)
+    assert events[-1].event == "error" and events[-1].data["code"] == "stream_too_large"
+    assert parse_sse(replay)[-1].data["code"] == "aborted"
+    assert gateway.app.state.manager.runs == {}

@@ -12,9 +12,8 @@ import pytest
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
 from .conftest import TRANSPORT
+from .helpers import REPLY
 from .servers import aread_sse, joined, parse_sse
-
-REPLY = "This is a deterministic mock reply. You said: "
 
 
 async def stream(gateway, question="Hello there", flow=DEMO_CHATFLOW_ID, **body):
@@ -187,17 +186,23 @@ async def test_stream_whenSameChatIdRunning_then409ForTheSecond(gateway, flowise
         ("POST", "/v1/chatflows/not-a-uuid/prediction", {"json": {"question": "q"}}, 422),
         ("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
          {"params": {"question": "q"}, "headers": {"Last-Event-ID": "garbage"}}, 400),
+        # Digits to `str.isdigit` that `int` refuses: a superscript two, and more than int's 4300.
+        ("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+         {"params": {"question": "q"}, "headers": {"Last-Event-ID": b"abc:\xb2"}}, 400),
+        ("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+         {"params": {"question": "q"}, "headers": {"Last-Event-ID": "abc:" + "9" * 5000}}, 400),
+        ("GET", "/v1/streams/" + "a" * 32 + "/events", {"params": {"lastEventId": "\u00b2"}}, 400),
     ],
 )
 async def test_badInput_thenClearJson4xxAndNothingReachesFlowise(emulators, gateways, method, path, kwargs, status):
     flowise = emulators("3.1.4")
-    before = len(flowise.app.requests)
+    before = flowise.app.requests_seen
     async with httpx.AsyncClient(base_url=gateways(flowise.url).url, timeout=10) as client:
         r = await client.request(method, path, **kwargs)
     assert r.status_code in (status if isinstance(status, tuple) else (status,)), r.text
     error = r.json()["error"]
     assert error["code"] in ("invalid_request", "bad_request", "not_found", "method_not_allowed") and error["message"]
-    assert len(flowise.app.requests) == before
+    assert flowise.app.requests_seen == before
 
 
 async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gateways):

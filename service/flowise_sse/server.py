@@ -50,7 +50,8 @@ async def serve(settings: Settings, host: str, port: int, demo: bool = False, lo
         from .emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 
         emulator_port = free_port()
-        emulator = create_emulator_app(EmulatorConfig(token_delay=0.05))
+        # The demo runs as long as the gateway: few records (a long chat's request keeps ~120 KB).
+        emulator = create_emulator_app(EmulatorConfig(token_delay=0.05, max_recorded_requests=100))
         emulator_server = uvicorn.Server(
             uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_level="warning", lifespan="off",
                            timeout_graceful_shutdown=2)

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     max_stream_bytes: int = 8 * 1024 * 1024
     """Cap on one stream's stored events; a stream over it fails with `stream_too_large`."""
     max_total_bytes: int = 256 * 1024 * 1024
-    """Cap on all streams' stored events in memory; finished streams are evicted first."""
+    """Cap on all streams' stored events in memory; finished streams are evicted first (a stream's
+    final event always fits)."""
     max_streams: int = 10000
     """Cap on streams held at once (running or retained); new ones get 503 beyond it."""
     redis_url: str | None = None

@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ..helpers import free_port
 from .flowise_harness import (
     FlowiseDeployment,
     Gateway,
     GatewayFactory,
     Major,
     ensure_installed,
-    free_port,
     spawn,
     start_v1,
     start_v3,

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+
+from ..helpers import free_port
 
 E2E_DIR = Path(__file__).resolve().parent
 INSTALL_SCRIPT = E2E_DIR / "install_flowise.sh"
@@ -39,12 +40,6 @@ def e2e_home() -> Path:
 def ensure_installed() -> None:
     """Run the installer: a no-op within a second once installed, about 4-5 min on a cold machine."""
     subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 
@@ -50,16 +51,17 @@ class Access:
             raise NotAuthenticated("a valid gateway API key is required: Authorization: Bearer <key>")
 
     def token_for(self, stream_id: str) -> str:
-        expires = int(time.time() + self._ttl)
+        # Rounded up: the token lives at least its TTL (rounded down, a 1 s TTL could be ~0 s).
+        expires = math.ceil(time.time() + self._ttl)
         return f"{expires}.{self._sign(stream_id, expires)}"
 
     def require_key_or_token(self, request: Request, stream_id: str) -> None:
         if self.has_key(request):
             return
-        expires, _, signature = request.query_params.get("token", "").partition(".")
-        if expires.isdigit() and int(expires) >= time.time() and hmac.compare_digest(
-            signature, self._sign(stream_id, int(expires))
-        ):
+        given, _, signature = request.query_params.get("token", "").partition(".")
+        # ASCII digits, and few: `isdigit` also takes "²", which `int` refuses, as it does 4300+ digits.
+        expires = int(given) if given.isascii() and given.isdigit() and len(given) <= 18 else 0
+        if expires >= time.time() and hmac.compare_digest(signature, self._sign(stream_id, expires)):
             return
         raise NotAuthenticated("a gateway API key or this stream's unexpired eventsUrl token is required")
 

@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Query, Request
 from ..errors import BadRequest
 from ..settings import Settings
 from ..streams import StreamManager
-from ..streams.sse_encoder import parse_event_id
+from ..streams.sse_encoder import parse_event_id, parse_seq
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access
 
@@ -61,8 +61,8 @@ def resume_position(last_event_id: str | None, stream_id: str | None = None) -> 
     names its stream, a bare seq is enough and an id of another stream is refused."""
     if not last_event_id:
         return None
-    if stream_id is not None and last_event_id.isdigit():
-        return stream_id, int(last_event_id)
+    if stream_id is not None and (seq := parse_seq(last_event_id)) is not None:
+        return stream_id, seq
     found, seq = parse_event_id(last_event_id)
     if stream_id is not None and found != stream_id:
         raise BadRequest("Last-Event-ID belongs to another stream")

@@ -40,8 +40,9 @@ class MemoryStore:
 
     def reserve(self, events: StreamLog, size: int, terminal: bool = False) -> None:
         """Count `size` more bytes for `events`; over a cap, `StreamTooLarge`. A terminal event is
-        exempt from the per-stream cap (the stream must be able to say why it stopped) and makes
-        room for itself by evicting finished streams first."""
+        exempt from both caps: the stream must be able to say why it stopped, or its readers would
+        wait forever. It makes room for itself by evicting finished streams first, and past that
+        overshoots the total by its one frame."""
         settings = self.settings
         if terminal:
             self._evict_finished(size)
@@ -49,7 +50,7 @@ class MemoryStore:
             raise StreamTooLarge(
                 f"the stream passed its cap of {settings.max_stream_bytes} bytes (FLOWISE_SSE_MAX_STREAM_BYTES)"
             )
-        if self.total_bytes + size > settings.max_total_bytes and not self._evict_finished(size):
+        elif self.total_bytes + size > settings.max_total_bytes and not self._evict_finished(size):
             raise StreamTooLarge(
                 f"the gateway's event memory is full ({settings.max_total_bytes} bytes, FLOWISE_SSE_MAX_TOTAL_BYTES)"
             )

@@ -24,6 +24,7 @@ The keep-alive is `KEEPALIVE`: a comment line with no blank line of its own (see
 
 from __future__ import annotations
 
+import json
 import re
 from functools import lru_cache
 
@@ -60,16 +61,29 @@ def _field_name(name: str) -> bytes:
 
 def json_line(data: object) -> bytes:
     """Compact JSON that no line reader splits: no raw CR, LF, U+2028, U+2029 or U+0085."""
-    out = orjson.dumps(data)
+    try:
+        out = orjson.dumps(data)
+    except TypeError:
+        # A lone surrogate (a 1.x Flowise's socket.io JSON can carry one: JavaScript strings are
+        # UTF-16) is not UTF-8; as a `\udXXX` escape it is valid JSON, and ASCII (so are the
+        # line separators then).
+        return json.dumps(data, separators=(",", ":")).encode()
     if b"\xe2\x80" in out or b"\xc2\x85" in out:
         for raw, escaped in _LINE_BREAKS:
             out = out.replace(raw, escaped)
     return out
 
 
+def parse_seq(text: str) -> int | None:
+    """A position: ASCII digits only (`isdigit` also takes "²", which `int` refuses), and few of
+    them (`int` refuses more than 4300)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def parse_event_id(value: str) -> tuple[str, int]:
     """`<streamId>:<seq>` -> (streamId, seq)."""
-    stream_id, sep, seq = value.strip().rpartition(":")
-    if not sep or not stream_id or not seq.isdigit():
+    stream_id, sep, seq_text = value.strip().rpartition(":")
+    seq = parse_seq(seq_text)
+    if not sep or not stream_id or seq is None:
         raise BadRequest(f"Last-Event-ID must look like <streamId>:<seq>, got {value[:100]!r}")
-    return stream_id, int(seq)
+    return stream_id, seq

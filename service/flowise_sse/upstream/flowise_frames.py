@@ -15,9 +15,17 @@ async def event_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     """The `data` of each event of an event stream, per the SSE rules that Flowise's framing needs:
     any line ending, events ended by a blank line, several `data:` lines joined by a newline, one
     space after the colon dropped, comments and other fields (`message:`) ignored, an event
-    without a `data` field not dispatched."""
+    without a `data` field not dispatched (one with an empty `data:` is: its data is b"")."""
     buffer = b""
-    async for chunk in chunks:
+    source = aiter(chunks)
+    while True:
+        try:
+            chunk = await anext(source)
+        except StopAsyncIteration:
+            if not buffer.endswith(b"\r"):
+                return
+            # The CR held back as maybe half a CRLF was a whole line end: the stream is over.
+            chunk = b"\n"
         if b"\r" in chunk or buffer.endswith(b"\r"):
             buffer += chunk
             held = buffer.endswith(b"\r")  # maybe the first half of a CRLF
@@ -38,16 +46,18 @@ async def event_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             else:
                 data = b"\n"  # anything else takes the general path below
             if b"\n" not in data:
-                if data:
-                    yield data[1:] if data[:1] == b" " else data
+                yield data[1:] if data[:1] == b" " else data
                 continue
-            data = _joined(block)
-            if data or b"data:" in block:
-                yield data
+            joined = _joined(block)
+            if joined is not None:
+                yield joined
 
 
-def _joined(block: bytes) -> bytes:
-    return b"\n".join(
+def _joined(block: bytes) -> bytes | None:
+    """The block's data lines joined, or None when it has none (a `data` line without a colon is
+    one, with an empty value)."""
+    values = [
         line[6:] if line[5:6] == b" " else line[5:]
-        for line in block.split(b"\n") if line.startswith(b"data:")
-    )
+        for line in block.split(b"\n") if line.startswith(b"data:") or line == b"data"
+    ]
+    return b"\n".join(values) if values else None

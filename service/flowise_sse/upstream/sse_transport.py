@@ -42,6 +42,8 @@ async def stream_sse(
 async def _events(response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
     payloads = event_payloads(response.aiter_bytes())
     async for payload in payloads:
+        if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
+            continue
         try:
             message = orjson.loads(payload)
             name, data = message["event"], message.get("data")
