@@ -371,6 +371,7 @@ def test_client_whenScenario_thenExactlyTheContract(matrix, stacks, upstream: st
         assert result["connects"] <= 1, summary  # refused: no reconnect loop
         return
 
+    assert events and result["status"] in (200, None), f"{summary} body={result.get('body')}"
     # Every event is one the contract names, with JSON data: no empty event from a keep-alive.
     assert all(e["data"] != "" for e in events), summary
     assert all(e["event"] != "message" for e in events), summary
