@@ -1,6 +1,6 @@
 // The Node SSE clients of the interoperability suite, each used the way its README shows.
 // stdin: [{key, client, url, headers?}]; stdout: {key: result}, result = {status, events, error, connects}.
-// A client reads until the gateway's `end` or `error` event, a refused connection, or 20 s.
+// A client reads until the gateway's `end` or `error` event, a refused connection, or 40 s.
 import { EventSource } from "eventsource";
 import { createParser } from "eventsource-parser";
 
@@ -10,7 +10,7 @@ globalThis.window = globalThis;
 globalThis.document = { hidden: false, addEventListener() {}, removeEventListener() {} };
 const { fetchEventSource } = await import("@microsoft/fetch-event-source");
 
-const DEADLINE_MS = 20000;
+const DEADLINE_MS = 40000;
 const terminal = (e) => (e.event === "end" || e.event === "error") && e.data !== "";
 
 function withDeadline(run) {

@@ -18,7 +18,7 @@ import requests
 import sseclient
 from httpx_sse import connect_sse
 
-DEADLINE = 20.0
+DEADLINE = 40.0
 ATTEMPTS = 6
 
 

@@ -206,8 +206,9 @@ def stacks(page_server: ServerThread) -> Iterator[dict[str, dict[str, ServerThre
         # tokens travel apart from Flowise's HTTP answer; the gateway waits this long for the ones
         # still in flight (an upstream error always costs the whole wait). Under this load 1 s
         # was seen to miss a token; that race is the socket.io transport's, not the wire's.
+        # connect_timeout: the ~220 streams start within a second or two on one emulator thread.
         base = {"flowise_url": flowise.url, "keepalive_interval": 1.0, "retry_ms": 200,
-                "cors_origins": [page_server.url], "socketio_late_frames": 3.0}
+                "cors_origins": [page_server.url], "socketio_late_frames": 3.0, "connect_timeout": 30.0}
         open_gw = ServerThread(create_app(Settings(**base))).__enter__()
         keyed_gw = ServerThread(create_app(Settings(**base, api_keys=[KEY]))).__enter__()
         started += [flowise, open_gw, keyed_gw]
@@ -269,7 +270,7 @@ def _run_node(cells: dict[tuple[str, str], Cell], node_modules: Path) -> None:
     if not jobs:
         return
     done = subprocess.run(["node", str(HERE / "clients.mjs")], input=json.dumps(jobs).encode(),
-                          capture_output=True, timeout=60, cwd=HERE)
+                          capture_output=True, timeout=90, cwd=HERE)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     for key, result in json.loads(done.stdout).items():
         cells[tuple(key.split("|"))].result = result
@@ -288,7 +289,7 @@ CHROMIUM_SCRIPT = """async ({jobs, names}) => {
     const out = {status: null, events: [], error: null, connects: 0};
     const es = new EventSource(job.url);
     const finish = () => { es.close(); clearTimeout(timer); resolve(out); };
-    const timer = setTimeout(() => { out.error = 'timeout'; finish(); }, 20000);
+    const timer = setTimeout(() => { out.error = 'timeout'; finish(); }, 40000);
     es.onopen = () => { out.connects += 1; };
     for (const name of names) es.addEventListener(name, (e) => {
       if (e.data === undefined) return;  // EventSource's own `error` (the connection), not the gateway's
