@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, from scratch: Debian packages (curl, redis-server,
-# chromium), the Python environment (.venv), and real Flowise servers from npm (cached between runs).
+# chromium), the Python environment (.venv), the openai npm SDK for the interop tests, and real
+# Flowise servers from npm (cached between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,16 @@ fi
 # (eventsource 5 asks for Node >= 22.12 in its engines; it runs on Debian's Node 20: tested here.)
 stamp=tests/interop/node_modules/.installed-from
 if [ "$(sha256sum tests/interop/package-lock.json)" != "$(cat "$stamp" 2>/dev/null)" ]; then
-  (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+  (cd tests/interop && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
   sha256sum tests/interop/package-lock.json > "$stamp"
+fi
+
+# The openai npm SDK for tests/test_openai_node.py: installed from its lockfile once, again only when
+# the lockfile changes; --prefer-offline takes it from npm's cache when it is there.
+node_sdk=tests/openai_node
+if ! cmp -s "$node_sdk/package-lock.json" "$node_sdk/node_modules/.installed-lock.json"; then
+  (cd "$node_sdk" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error \
+    && cp package-lock.json node_modules/.installed-lock.json)
 fi
 
 bash tests/e2e/install_flowise.sh

@@ -153,3 +153,27 @@ def test_redisDown_thenNewStreamsGet503NotA500(emulators):
             assert r.status_code == 503 and r.json()["error"] == {
                 "code": "store_unavailable", "message": r.json()["error"]["message"], "retryable": True}
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+
+
+def test_openAICompletionOnA_thenChatGuardedOnBAndItsStreamReadableOnB(replicas):
+    import openai
+
+    a, b, _ = replicas
+    headers = {"X-Flowise-Chat-Id": "openai-shared-chat"}
+    on_a = openai.OpenAI(base_url=a.url + "/v1", api_key="k", max_retries=0, default_headers=headers)
+    on_b = openai.OpenAI(base_url=b.url + "/v1", api_key="k", max_retries=0, default_headers=headers)
+    messages = [{"role": "user", "content": QUESTION}]
+    with on_a.chat.completions.with_streaming_response.create(
+            model=DEMO_CHATFLOW_ID, messages=messages, stream=True,
+            extra_body={"overrideConfig": {"emulator": {"delay": 0.1}}}) as response:
+        stream_id = response.headers["x-flowise-stream-id"]
+        chunks = response.parse()
+        first = next(iter(chunks))
+        assert first.choices[0].delta.role == "assistant"
+        with pytest.raises(openai.ConflictError):
+            on_b.chat.completions.create(model=DEMO_CHATFLOW_ID, messages=messages)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == REPLY + QUESTION
+    # The run was mirrored: replica B replays it from Redis.
+    with httpx.stream("GET", f"{b.url}/v1/streams/{stream_id}/events", timeout=20) as r:
+        assert joined(read(r, [])) == REPLY + QUESTION

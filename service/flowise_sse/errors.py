@@ -90,3 +90,16 @@ class StreamAborted(GatewayError):
 
 class StreamTooLarge(GatewayError):
     code, status = "stream_too_large", 507
+
+
+def error_from_event(data: Any) -> GatewayError:
+    """An SSE `error` event's `{code, message, retryable}` back as its error type."""
+    data = data if isinstance(data, dict) else {}
+    code, message = data.get("code"), str(data.get("message") or "the stream failed")
+    pending = list(GatewayError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls(message)
+        pending.extend(cls.__subclasses__())
+    return UpstreamError(message)

@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     chatflow_cache_ttl: float = 30.0
     """How long a chatflow's existence/streaming check is remembered."""
 
+    # --- OpenAI-compatible API ---------------------------------------------------------------
+    openai_pass_params: bool = False
+    """On `/v1/chat/completions`: send OpenAI sampling parameters (temperature, top_p, max_tokens,
+    presence/frequency_penalty, stop) and system messages to Flowise in `overrideConfig`, under
+    the input names of its chat model and prompt nodes. Off: they are ignored (the chatflow owns
+    its model and prompt) and listed in `X-Flowise-Ignored-Params`. Flowise 3.x applies an
+    override only where the chatflow's "Override Configuration" allows it."""
+
     # --- Access -----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Gateway API keys (comma-separated). Empty: the gateway is open, and says so at start-up."""

@@ -23,7 +23,7 @@ from .access import Access
 from .chat_page import mount_chat_page
 from .error_handlers import install_error_handlers
 from .openapi import openapi_document
-from .routes import chatflows, detached_streams, health
+from .routes import chatflows, detached_streams, health, openai_compat
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -63,10 +63,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id"],
+            expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params"],
         )
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router):
+    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router):
         app.include_router(router)
     mount_chat_page(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""The OpenAPI document: FastAPI's, plus the SSE event models, which no route returns as JSON."""
+"""The OpenAPI document: FastAPI's, plus the SSE event models and the OpenAI completion bodies,
+which no route declares as its response model (they are streamed, or chosen by `stream`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
+from .openai_schemas import ChatCompletion, ChatCompletionChunk
 from .schemas import StreamEvent
 
 
@@ -19,5 +21,13 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(events.pop("$defs", {}))
     components["StreamEvent"] = events
+    for model in (ChatCompletion, ChatCompletionChunk):
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(found.pop("$defs", {}))
+        components[model.__name__] = found
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "openai" in operation.get("tags", ()):
+                operation["responses"].pop("422", None)  # malformed input is a 400 there, as on OpenAI
     app.openapi_schema = schema
     return schema

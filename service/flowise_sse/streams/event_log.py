@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from ..events import Event
-from .sse_encoder import encode
+from .sse_encoder import decode, encode
 
 if TYPE_CHECKING:
     from .memory_store import MemoryStore
@@ -57,11 +57,23 @@ class StreamLog:
 
         Frames that pile up while the reader is busy go out joined, as one write.
         """
+        async for batch in self._batches_after(seq, should_stop):
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
+
+    async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[Event]]:
+        """The same, decoded back into normalized events, for readers that speak another wire
+        format (the OpenAI route); a batch of events that piled up comes as one list, so that the
+        reader can write it at once too. The frames are the one copy kept; decoding one is two
+        `find`s and an `orjson.loads` of its data line."""
+        async for batch in self._batches_after(seq, should_stop):
+            yield [decode(frame) for frame in batch]
+
+    async def _batches_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[bytes]]:
         while True:
             if seq < len(self.frames):
                 batch = self.frames[seq:]
                 seq += len(batch)
-                yield batch[0] if len(batch) == 1 else b"".join(batch)
+                yield batch
                 continue
             if self.finished or should_stop():
                 return

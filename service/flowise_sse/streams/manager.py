@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from contextlib import aclosing, contextmanager
-from typing import TYPE_CHECKING, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from ..errors import (
     ChatBusy,
@@ -46,6 +46,9 @@ class StreamRun:
         self.task: asyncio.Task[None] | None = None
         self.readers = 0
         self.abort_reason: str | None = None
+        # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
+        # clients that cannot resume (the OpenAI route).
+        self.abort_unread = False
 
     @property
     def done(self) -> bool:
@@ -119,8 +122,11 @@ class StreamManager:
             await self.mirror.close()
 
     # --- runs -----------------------------------------------------------------------------
-    async def start(self, chatflow_id: str, prediction: Prediction, request_key: str | None = None) -> StreamRun:
+    async def start(
+        self, chatflow_id: str, prediction: Prediction, request_key: str | None = None, *, abort_unread: bool = False
+    ) -> StreamRun:
         """Start a run and wait for its `start`; a failure before it is raised here.
+        `abort_unread`: abort the run when its last reader leaves (see `hold`).
 
         With a `request_key` (a GET stream's request, hashed), the same request joins the run it
         started while that run goes on, and for `get_rejoin_window` after it ended unless a reader
@@ -142,6 +148,7 @@ class StreamManager:
                 if not claimed:
                     raise ChatBusy(f"chatId {prediction.chat_id!r} already has a prediction running on another replica")
             run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
+            run.abort_unread = abort_unread
         except BaseException:
             self._chats.pop(prediction.chat_id, None)
             if claimed:
@@ -219,7 +226,8 @@ class StreamManager:
                     if event.event == START:
                         run.started.set_result(None)
         except asyncio.CancelledError:
-            failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+            if not run.events.finished:  # stopped after its terminal event: nothing was lost
+                failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
@@ -284,8 +292,7 @@ class StreamManager:
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
 
     async def _follow(self, events: StreamLog, run: StreamRun | None, after: int) -> AsyncIterator[bytes]:
-        if run:
-            run.readers += 1
+        release = self.hold(run) if run else None
         key = self._key_of.get(events.stream_id)
         try:
             async for chunk in events.frames_after(after, self._should_stop):
@@ -296,10 +303,37 @@ class StreamManager:
             if entry is not None and entry.run.id == events.stream_id and events.finished:
                 entry.delivered = True
         finally:
-            if run:
-                run.readers -= 1
-                if run.readers == 0 and self.settings.on_client_disconnect == "abort":
-                    self.abort(run, "its last reader disconnected")
+            if release:
+                release()
+
+    def hold(self, run: StreamRun) -> Callable[[], None]:
+        """Count one more reader of `run`, at once; the returned callable lets go (once). When the
+        last reader lets go of an unfinished run, it is aborted if `on_client_disconnect=abort`
+        or the run was started with `abort_unread`."""
+        run.readers += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if not held:
+                return
+            held = False
+            run.readers -= 1
+            # A finished log needs no abort: the run task is only tidying up (and must not be
+            # cancelled into writing an `error` after its `end`).
+            if run.readers == 0 and not run.events.finished and (
+                run.abort_unread or self.settings.on_client_disconnect == "abort"
+            ):
+                self.abort(run, "its last reader disconnected")
+
+        return release
+
+    def events(self, run: StreamRun) -> AsyncIterator[list[Event]]:
+        """`run`'s normalized events from its first, live to its end, in batches (what piled up
+        while the reader was busy), for a reader on this replica
+        that cannot resume elsewhere: it is not let go early on drain (the run's own end, or its
+        abort after `shutdown_grace`, ends it)."""
+        return run.events.events_after(0, lambda: False)
 
     def _should_stop(self) -> bool:
         """While draining, readers are let go at once when Redis holds the events (clients resume

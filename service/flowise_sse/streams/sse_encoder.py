@@ -49,7 +49,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:\-]")
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:
     head = b"retry: %d\n" % retry_ms if retry_ms else b""
     return b"%sevent: %s\ndata: %s\nid: %s:%d\n\n" % (
-        head, _field_name(event.event), json_line(event.data), stream_id.encode(), seq
+        head, _field_name(event.event), json_bytes(event.data), stream_id.encode(), seq
     )
 
 
@@ -59,8 +59,9 @@ def _field_name(name: str) -> bytes:
     return (_UNSAFE_NAME.sub("_", name) or "flowise.message").encode()
 
 
-def json_line(data: object) -> bytes:
-    """Compact JSON that no line reader splits: no raw CR, LF, U+2028, U+2029 or U+0085."""
+def json_bytes(data: object) -> bytes:
+    """Compact JSON of `data`, as on the wire: no line reader splits it (no raw CR, LF, U+2028,
+    U+2029 or U+0085)."""
     try:
         out = orjson.dumps(data)
     except TypeError:
@@ -72,6 +73,20 @@ def json_line(data: object) -> bytes:
         for raw, escaped in _LINE_BREAKS:
             out = out.replace(raw, escaped)
     return out
+
+
+def decode(frame: bytes) -> Event:
+    """The inverse of `encode`, for the gateway's own frames only ([`retry:`], `event:`, one
+    compact JSON `data:` line, `id:`)."""
+    name_at = frame.index(b"event: ") + 7  # a `retry:` line before it holds digits only
+    name_end = frame.index(b"\n", name_at)
+    data_at = name_end + 7  # past "\ndata: "
+    data = frame[data_at : frame.index(b"\nid: ", data_at)]
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = json.loads(data)  # a lone surrogate's escape (see `json_bytes`), which orjson refuses
+    return Event(frame[name_at:name_end].decode(), value)
 
 
 def parse_seq(text: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import time
 from contextlib import asynccontextmanager
@@ -33,8 +34,10 @@ Transport = Literal["socketio", "sse"]
 
 # The first release that streams natively over SSE (Flowise PR #3125); older ones use socket.io.
 SSE_SINCE = (2, 1, 0)
-# `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on.
+# `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on; from the same release, a request's
+# `history` is prepended to the memory Flowise stores under the chatId (PR #2410).
 ABORT_SINCE = (1, 8, 0)
+STORED_MEMORY_SINCE = (1, 8, 0)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -50,6 +53,29 @@ class FlowiseVersion:
     @property
     def has_abort(self) -> bool:
         return self.version is None or parse_version(self.version) >= ABORT_SINCE
+
+    @property
+    def prepends_history(self) -> bool:
+        """Whether a request's `history` comes on top of what Flowise stored for its chatId
+        (>= 1.8.0). Older releases use the request's history as the memory, or ignore it. An
+        unknown version on socket.io (1.x before the version route, or a forced transport) is
+        taken as old; forced SSE means >= 2.1."""
+        if self.version is None:
+            return self.transport == "sse"
+        return parse_version(self.version) >= STORED_MEMORY_SINCE
+
+
+JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+def json_body(body: Any) -> bytes:
+    """A request body as JSON. A lone surrogate (a caller's `\\udXXX` escape) is not UTF-8, so
+    httpx's own `json=` and orjson both fail on it; escaped, Node's JSON.parse reads it back as
+    the same UTF-16 string."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
@@ -94,6 +120,7 @@ class FlowiseClient:
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+        self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -148,6 +175,7 @@ class FlowiseClient:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
         `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
         headers = self.management_headers if management else self.prediction_headers
+        headers = {**headers, **kwargs.pop("headers", {})}
         async with self._mapped_errors(what):
             response = await self.http.request(
                 method,
@@ -171,8 +199,8 @@ class FlowiseClient:
         `connect_timeout`; a failure status is raised here, before any event."""
         what = f"the prediction on {chatflow_id}"
         request = self.http.build_request(
-            "POST", self.prediction_path(chatflow_id), json=body,
-            headers={**self.prediction_headers, "Accept": "text/event-stream"},
+            "POST", self.prediction_path(chatflow_id), content=json_body(body),
+            headers={**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"},
         )
         try:
             async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
@@ -239,20 +267,26 @@ class FlowiseClient:
         )
         return streaming
 
-    async def list_chatflows(self) -> list[dict[str, Any]]:
+    async def list_chatflows(self, *, cached: bool = False) -> list[dict[str, Any]]:
+        """Flowise's chatflows. `cached`: a listing up to `chatflow_cache_ttl` old will do (name
+        lookups on every OpenAI request must not cost a listing each)."""
+        if cached and self._listing and time.monotonic() < self._listing[1]:
+            return self._listing[0]
         answer = await self.request("GET", "/api/v1/chatflows", "the chatflow listing")
         if isinstance(answer, dict) and isinstance(answer.get("data"), list):
             answer = answer["data"]  # 3.x paginated form
         if not isinstance(answer, list):
             raise UpstreamError("Flowise's chatflow listing is not a list")
-        return answer
+        flows = [flow for flow in answer if isinstance(flow, dict)]
+        self._listing = (flows, time.monotonic() + self.settings.chatflow_cache_ttl)
+        return flows
 
     async def predict(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> dict[str, Any]:
         """The prediction POST without `streaming`: Flowise's JSON answer (a socket.io prediction
         streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
         answer = await self.request(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            management=False, timeout=timeout, json=body,
+            management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
         )
         if not isinstance(answer, dict):
             raise UpstreamError("Flowise's prediction answer is not a JSON object")

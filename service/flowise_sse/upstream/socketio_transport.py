@@ -222,4 +222,6 @@ async def _post(flowise: FlowiseClient, chatflow_id: str, body: dict, queue: asy
         outcome = await flowise.predict(chatflow_id, body, timeout=None)
     except GatewayError as exc:
         outcome = exc
+    except Exception as exc:  # a bug of ours must still end the stream, not leave it to a timeout
+        outcome = GatewayError(f"the prediction request failed: {type(exc).__name__}")
     queue.put_nowait((_ANSWER, outcome))
