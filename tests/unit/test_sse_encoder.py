@@ -60,8 +60,9 @@ def test_encode_anyEvent_thenBothReferenceParsersReadBackTheSameEvent(stream_id,
     lines = frame.decode().splitlines()
     assert lines[-1] == "" and lines[-2] == f"id: {stream_id}:{seq}"  # id last
     assert len(lines) == (5 if retry else 4)
-    # A name is one token on the wire (anything else becomes `_`), never empty (`message`).
-    expected_name = re.sub(r"[^A-Za-z0-9_.:\-]", "_", name) or "flowise.message"
+    # A name holds no line break of any kind (each becomes `_`) and is never empty (`message`).
+    expected_name = re.sub("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", "_", name) or "flowise.message"
+    expected_name = expected_name.encode("utf-8", "replace").decode()
     (ours,) = httpx_sse_events(frame)
     assert ours.event == expected_name and ours.id == f"{stream_id}:{seq}" and ours.retry == retry
     assert same_json(json.loads(ours.data), data)

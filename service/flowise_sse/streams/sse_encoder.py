@@ -42,8 +42,9 @@ KEEPALIVE = b": keep-alive\n"
 # Line breaks for `str.splitlines()` that JSON leaves raw (CR, LF and the C0/C1 controls that
 # splitlines also knows are escaped by orjson already, except NEL, which is a C1 control).
 _LINE_BREAKS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
-# An event name is one token: a CR or LF in it would end the field line.
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.:\-]")
+# What ends a line for some reader (str.splitlines()'s set): inside an event name it would cut the
+# field line. Names are chosen by the normalizer (upstream/normalizer.py); this is the last guard.
+_LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) -> bytes:
@@ -55,8 +56,7 @@ def encode(stream_id: str, seq: int, event: Event, retry_ms: int | None = None) 
 
 @lru_cache(maxsize=1024)  # a stream uses a handful of names; this runs once per token otherwise
 def _field_name(name: str) -> bytes:
-    # The normalizer names events (upstream/normalizer.py); this only guards the field line.
-    return (_UNSAFE_NAME.sub("_", name) or "flowise.message").encode()
+    return (_LINE_BREAK.sub("_", name) or "flowise.message").encode("utf-8", "replace")
 
 
 def json_bytes(data: object) -> bytes:
