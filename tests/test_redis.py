@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -153,6 +154,78 @@ def test_redisDown_thenNewStreamsGet503NotA500(emulators):
             assert r.status_code == 503 and r.json()["error"] == {
                 "code": "store_unavailable", "message": r.json()["error"]["message"], "retryable": True}
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+
+
+def _tokens(count: int, delay: float) -> dict:
+    return {"question": "q", "overrideConfig": {"emulator": {"tokens": [f"t{i} " for i in range(count)], "delay": delay}}}
+
+
+@pytest.mark.parametrize("outage", ["paused", "out_of_memory"])
+async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailable_andRedisGetsItWholeAfter(
+    redis_url, emulators, gateways, outage
+):
+    import redis as sync_redis
+
+    flowise = emulators("3.1.4")
+    gateway = gateways(flowise.url, redis_url=redis_url, redis_timeout=1.0, stream_retention=300)
+    client = sync_redis.Redis.from_url(redis_url)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        created = (await http.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **_tokens(200, 0.05)})).json()
+        key = f"fss:{created['streamId']}:events"
+        events: list[Sse] = []
+        async with http.stream("GET", created["eventsUrl"]) as r:
+            async for sse in EventSource(r).aiter_sse():
+                if sse.data:
+                    events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
+                if len(events) == 5:
+                    assert client.ttl(key) > 0  # the expiry comes with the first write
+                    if outage == "paused":
+                        client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")  # no write for 3 s
+                    else:  # every write refused with OOM until the stream has ended
+                        client.config_set("maxmemory-policy", "noeviction")
+                        client.config_set("maxmemory", 1)
+        client.config_set("maxmemory", 0)
+    assert events[-1].event == "error" and events[-1].data["code"] == "store_unavailable", events[-1]
+    assert "FLOWISE_SSE_REDIS_TIMEOUT" in events[-1].data["message"]
+    assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+    # Once Redis takes writes again, the mirror writes what waited: every entry, in order, the
+    # terminal one last, and the key expires.
+    deadline = time.monotonic() + 15
+    while client.xlen(key) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    entries = client.xrange(key)
+    assert [entry_id for entry_id, _ in entries] == [f"{i}-0".encode() for i in range(1, len(events) + 1)]
+    assert entries[-1][1][b"t"] == b"1" and b"store_unavailable" in entries[-1][1][b"f"]
+    assert 0 < client.ttl(key) <= 300 and 0 < client.ttl(f"fss:{created['streamId']}:meta") <= 300
+    lock = f"fss:chat:{created['chatId']}"  # other tests here leave a killed replica's locks
+    while client.exists(lock) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not client.exists(lock)
+
+
+async def test_moreRemoteReadersThanRedisConnections_thenTheyWaitForOne_andEveryOneReadsItAll(redis_url, emulators):
+    flowise = emulators("3.1.4")
+    env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret"}
+    # B: 3 connections, one of them the abort subscription: 2 for 12 readers.
+    with GatewayProcess(env) as a, GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"}) as b:
+        async with httpx.AsyncClient(timeout=30) as client:
+            created = (await client.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID,
+                                                                      **_tokens(40, 0.05)})).json()
+
+            async def read_on_b() -> list[Sse]:
+                events: list[Sse] = []
+                async with client.stream("GET", created["eventsUrl"].replace(a.url, b.url)) as r:
+                    assert r.status_code == 200
+                    async for sse in EventSource(r).aiter_sse():
+                        if sse.data:
+                            events.append(Sse(sse.event, sse.id, json.loads(sse.data)))
+                return events
+
+            results = await asyncio.gather(*(read_on_b() for _ in range(12)))
+    for events in results:
+        assert events[-1].event == "end", events[-1]
+        assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+        assert joined(events) == events[-1].data["text"] == "".join(f"t{i} " for i in range(40))
 
 
 def test_openAICompletionOnA_thenChatGuardedOnBAndItsStreamReadableOnB(replicas):

@@ -11,6 +11,7 @@ import pytest
 from httpx_sse import EventSource
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
+from flowise_sse.streams.memory_store import TERMINAL_RESERVE
 
 from .helpers import REPLY, until
 from .servers import Sse, aread_sse, joined, parse_sse
@@ -148,7 +149,8 @@ async def test_resume_unknownStream_then404(gateway):
 async def test_globalMemoryCap_whenRunningStreamsFillIt_thenTheStreamOverItEndsWithStreamTooLarge(emulators, gateways):
     # The stream that passes the total cap must still get its `error` event in (it used to be
     # refused too, leaving the stream without an end and its readers waiting forever).
-    gateway = gateways(emulators("3.1.4").url, max_total_bytes=3000)
+    # 3000 bytes of frames, plus the terminal reserve each of the two running streams holds.
+    gateway = gateways(emulators("3.1.4").url, max_total_bytes=3000 + 2 * TERMINAL_RESERVE)
     url = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
     # Tokens smaller than the error event: when one no longer fits, the error would not either.
     tokens = ["x" * 40] * 40

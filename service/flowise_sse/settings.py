@@ -73,6 +73,18 @@ class Settings(BaseSettings):
     """Cap on streams held at once (running or retained); new ones get 503 beyond it."""
     redis_url: str | None = None
     """With Redis, events are mirrored to Redis Streams so any replica can resume a stream."""
+    redis_max_connections: int = 256
+    """Redis connections per replica for readers on other replicas (one each while it waits for
+    events), chat locks and aborts. A blocking pool: past it a caller waits (up to
+    `redis_timeout`) for a free connection instead of failing. Mirror writes and the replica's
+    heartbeat use 2 connections of their own, outside this count."""
+    redis_timeout: float = 10.0
+    """How long Redis may stay unreachable: a running stream whose events could not be written
+    for this long ends with `error` `store_unavailable` (written to Redis once it is back, never
+    leaving a hole); a reader on another replica gets the same error; a pool wait gives up."""
+    redis_buffer_bytes: int = 1024 * 1024
+    """Per stream, the most frames waiting to be written to Redis; a stream that passes it
+    (Redis too slow or away) ends with `error` `store_unavailable` rather than dropping any."""
     shutdown_grace: float = 30.0
     """On SIGTERM, how long running upstreams may go on before they are aborted."""
 

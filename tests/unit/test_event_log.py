@@ -13,9 +13,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from flowise_sse.errors import Overloaded, StreamTooLarge
 from flowise_sse.events import Event, token
 from flowise_sse.settings import Settings
-from flowise_sse.streams import event_log, memory_store
+from flowise_sse.streams import memory_store
 from flowise_sse.streams.event_log import StreamLog
-from flowise_sse.streams.memory_store import MemoryStore
+from flowise_sse.streams.memory_store import TERMINAL_RESERVE, MemoryStore
 from flowise_sse.streams.sse_encoder import encode
 
 from ..helpers import until
@@ -38,7 +38,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
     fake_time = SimpleNamespace(monotonic=clock.monotonic)
     monkeypatch.setattr(memory_store, "time", fake_time)
-    monkeypatch.setattr(event_log, "time", fake_time)
     return clock
 
 
@@ -60,6 +59,9 @@ def finished(memory: MemoryStore, stream_id: str) -> StreamLog:
 
 def check_accounting(memory: MemoryStore) -> None:
     assert memory.total_bytes == sum(log.size for log in memory.logs.values())
+    assert memory.reserved == TERMINAL_RESERVE * sum(not log.finished for log in memory.logs.values())
+    assert list(memory.finished) == [k for k in memory.finished if memory.logs[k].finished]
+    assert memory.used <= memory.settings.max_total_bytes
     for log in memory.logs.values():
         assert log.size == sum(len(frame) for frame in log.frames)
 
@@ -114,7 +116,7 @@ def test_oneStreamOverItsCap_thenOtherStreamsUnaffected():
 
 def test_totalCap_whenOnlyRunningStreams_thenRefusedAndNothingEvicted():
     one = size("a", 1, token("x" * 100), 2000)
-    memory = store(max_total_bytes=2 * one)
+    memory = store(max_total_bytes=2 * one + 3 * TERMINAL_RESERVE)  # 3 streams' terminal reserves
     a, b = memory.create("a"), memory.create("b")
     a.append(token("x" * 100))
     b.append(token("x" * 100))
@@ -134,39 +136,40 @@ def test_totalCap_thenFinishedStreamsEvictedOldestFirst_onlyAsManyAsNeeded_runni
             finished(memory, stream_id)
     newcomer = memory.create("new")
     # Room for one more frame once the oldest finished stream is gone: only that one goes.
-    memory.settings.max_total_bytes = memory.total_bytes - memory.logs["old"].size + size("new", 1, token("z"), 2000)
+    memory.settings.max_total_bytes = memory.used - memory.logs["old"].size + size("new", 1, token("z"), 2000)
     newcomer.append(token("z"))
     assert list(memory.logs) == ["running", "middle", "young", "youngest", "new"]
     # Full again; a frame as large as the next two finished streams: both go, oldest first.
-    memory.settings.max_total_bytes = memory.total_bytes
+    memory.settings.max_total_bytes = memory.used
     wanted = memory.logs["middle"].size + memory.logs["young"].size
     text = "w" * (wanted - size("new", 2, token("")))
     assert size("new", 2, token(text)) == wanted
     newcomer.append(token(text))
     assert list(memory.logs) == ["running", "youngest", "new"]
-    assert memory.total_bytes == memory.settings.max_total_bytes
+    assert memory.used == memory.settings.max_total_bytes
     check_accounting(memory)
 
 
-def test_eviction_isByCreationOrder_notByWhenTheStreamFinished():
+def test_eviction_isByFinishOrder_whichIsExpiryOrder_notByCreation():
     memory = store()
     early = memory.create("created-first")
     finished(memory, "created-second")  # finishes first
     early.append(END, terminal=True)  # finishes last
-    memory.settings.max_total_bytes = memory.total_bytes
+    memory.settings.max_total_bytes = memory.used + TERMINAL_RESERVE  # room for one more reserve
     memory.create("new").append(token("x"))
-    assert list(memory.logs) == ["created-second", "new"]
+    assert list(memory.logs) == ["created-first", "new"]
 
 
 def test_terminalEvent_whenTheTotalIsFull_thenEvictsAFinishedStreamToFit():
     memory = store()
-    finished(memory, "done")
+    done = memory.create("done")
+    done.append(token("d" * 3000))
+    done.append(END, terminal=True)
     log = memory.create("running")
     log.append(token("a"))
-    memory.settings.max_total_bytes = memory.total_bytes
-    log.append(END, terminal=True)
-    assert list(memory.logs) == ["running"] and log.finished
-    assert memory.total_bytes <= memory.settings.max_total_bytes
+    memory.settings.max_total_bytes = memory.used
+    log.append(Event("end", {"text": "e" * 1500}), terminal=True)  # more than its reserve
+    assert list(memory.logs) == ["running"] and log.finished and b"eeee" in log.frames[-1]
     check_accounting(memory)
 
 
@@ -177,15 +180,17 @@ def test_terminalEvent_whenTheTotalIsFullOfRunningStreams_thenItStillFits_andThe
     a, b = memory.create("a"), memory.create("b")
     a.append(token("x" * 100))
     b.append(token("x" * 100))
-    memory.settings.max_total_bytes = memory.total_bytes
+    memory.settings.max_total_bytes = memory.used
     with pytest.raises(StreamTooLarge):
         a.append(token("one more"))
-    a.append(Event("error", StreamTooLarge("full").to_dict()), terminal=True)
-    assert a.finished and memory.total_bytes > memory.settings.max_total_bytes
-    check_accounting(memory)
-    # The overshoot lasts until the next append: "a" is finished now, so it makes room.
-    b.append(token("y"))
-    assert list(memory.logs) == ["b"] and memory.total_bytes <= memory.settings.max_total_bytes
+    a.append(Event("error", StreamTooLarge("full").to_dict()), terminal=True)  # in a's reserve
+    assert a.finished and b"stream_too_large" in a.frames[-1]
+    check_accounting(memory)  # the total is never passed
+    # An `end` too large for b's reserve, with nothing evictable: a short error takes its place.
+    memory.settings.max_total_bytes = memory.used
+    memory.drop("a")
+    b.append(Event("end", {"text": "z" * 5000}), terminal=True)
+    assert b.finished and b"stream_too_large" in b.frames[-1]
     check_accounting(memory)
 
 
@@ -252,7 +257,8 @@ def test_drop_thenBytesReturned_andUnknownIdIgnored():
 
 class StoreMachine(RuleBasedStateMachine):
     """Random creates, appends, terminal events, drops and clock moves: the accounting stays exact,
-    running streams are never evicted, and only terminal frames may pass a cap."""
+    running streams are never evicted, the total is never passed, and only terminal frames may pass
+    the per-stream cap."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -260,8 +266,8 @@ class StoreMachine(RuleBasedStateMachine):
         self._patches = pytest.MonkeyPatch()
         fake_time = SimpleNamespace(monotonic=self.clock.monotonic)
         self._patches.setattr(memory_store, "time", fake_time)
-        self._patches.setattr(event_log, "time", fake_time)
-        self.memory = store(max_stream_bytes=600, max_total_bytes=1000, max_streams=5, stream_retention=30)
+        self.memory = store(max_stream_bytes=600, max_total_bytes=1000 + 3 * TERMINAL_RESERVE, max_streams=5,
+                            stream_retention=30)
         self.running: set[str] = set()
         self.dropped: set[str] = set()
         self.count = 0
@@ -275,8 +281,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.count += 1
         try:
             self.memory.create(stream_id)
-        except Overloaded:
-            assert len(self.memory.logs) == 5 and all(not log.finished for log in self.memory.logs.values())
+        except Overloaded:  # nothing finished to evict, and no slot or no room for a terminal reserve
+            assert all(not log.finished for log in self.memory.logs.values())
+            assert len(self.memory.logs) == 5 or self.memory.used + TERMINAL_RESERVE > self.memory.settings.max_total_bytes
             return
         self.running.add(stream_id)
 
@@ -317,9 +324,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.running <= set(self.memory.logs)
 
     @invariant()
-    def caps_hold_but_for_terminal_frames(self) -> None:
-        terminal_bytes = sum(len(log.frames[-1]) for log in self.memory.logs.values() if log.finished)
-        assert self.memory.total_bytes - terminal_bytes <= 1000
+    def caps_hold_the_total_always_the_stream_cap_but_for_terminal_frames(self) -> None:
+        assert self.memory.used <= self.memory.settings.max_total_bytes
         assert len(self.memory.logs) <= 5
         for log in self.memory.logs.values():
             assert log.size - (len(log.frames[-1]) if log.finished else 0) <= 600

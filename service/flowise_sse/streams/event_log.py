@@ -1,30 +1,41 @@
 """One stream's event log: its encoded SSE frames, in order, and the readers waiting for more.
 
 Frame N has seq N+1. Readers replay what follows their position and then wait for more, so a
-stream outlives any one connection. Memory is counted by the store (`memory_store.py`).
+stream outlives any one connection. Memory is counted by the store (`memory_store.py`); readers
+share the log's frame objects and copy at most `READ_BATCH_BYTES` each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
-from ..events import Event
+from ..errors import StreamTooLarge
+from ..events import ERROR, Event
 from .sse_encoder import decode, encode
 
 if TYPE_CHECKING:
     from .memory_store import MemoryStore
 
+READ_BATCH_BYTES = 64 * 1024
+"""Frames that piled up while a reader was busy go out joined into writes of at most this many
+bytes (a frame larger than that goes out alone, as the log's own bytes object): a reader that
+does not read pins at most one such batch, never a copy of the stream."""
+
+MEMORY_FULL = StreamTooLarge(
+    "the gateway's event memory was full (FLOWISE_SSE_MAX_TOTAL_BYTES): the stream's last event could not be kept"
+)
+
 
 class StreamLog:
-    __slots__ = ("stream_id", "frames", "size", "finished_at", "_store", "_wake", "_waiting", "_retry_ms")
+    __slots__ = ("stream_id", "frames", "size", "finished_at", "evicted", "_store", "_wake", "_waiting", "_retry_ms")
 
     def __init__(self, stream_id: str, store: MemoryStore, retry_ms: int) -> None:
         self.stream_id = stream_id
         self.frames: list[bytes] = []
         self.size = 0
         self.finished_at: float | None = None
+        self.evicted = False
         self._store = store
         self._wake = asyncio.Event()
         self._waiting = 0  # readers parked on `_wake`; with none, an append wakes nobody
@@ -35,13 +46,16 @@ class StreamLog:
         return self.finished_at is not None
 
     def append(self, event: Event, terminal: bool = False) -> int:
-        """Store one event; over a cap it raises `StreamTooLarge` (a terminal event always fits,
-        so the stream can say why it stopped)."""
+        """Store one event. Over a cap a non-terminal event raises `StreamTooLarge`; a terminal
+        event always goes in (as a short `stream_too_large` error if it does not fit)."""
         seq = len(self.frames) + 1
-        frame = encode(self.stream_id, seq, event, self._retry_ms if seq == 1 else None)
-        self._store.reserve(self, len(frame), terminal)
-        if terminal:
-            self.finished_at = time.monotonic()
+        retry = self._retry_ms if seq == 1 else None
+        frame = encode(self.stream_id, seq, event, retry)
+        if not terminal:
+            self._store.reserve(self, len(frame))
+        elif not self._store.finish(self, len(frame)):
+            frame = encode(self.stream_id, seq, Event(ERROR, MEMORY_FULL.to_dict()), retry)
+            self._store.finish(self, len(frame), force=True)
         self.frames.append(frame)
         self.size += len(frame)
         self.wake()
@@ -52,11 +66,17 @@ class StreamLog:
             self._wake.set()
             self._wake = asyncio.Event()
 
+    def evict(self) -> None:
+        """The store let go of this log: its frames are freed and its readers stop."""
+        self.evicted = True
+        self.frames = []
+        self.wake()
+
     async def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         """Everything after `seq`, then each new event as it comes, until the terminal event.
 
-        Frames that pile up while the reader is busy go out joined, as one write.
-        """
+        Frames that pile up while the reader is busy go out joined, in writes of at most
+        `READ_BATCH_BYTES` (a larger frame alone, as the log's own object)."""
         async for batch in self._batches_after(seq, should_stop):
             yield batch[0] if len(batch) == 1 else b"".join(batch)
 
@@ -69,13 +89,22 @@ class StreamLog:
             yield [decode(frame) for frame in batch]
 
     async def _batches_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[bytes]]:
+        """The log's own frames after `seq`, in batches of at most `READ_BATCH_BYTES` (or one
+        larger frame), then live until the terminal event."""
         while True:
-            if seq < len(self.frames):
-                batch = self.frames[seq:]
-                seq += len(batch)
+            frames = self.frames
+            count = len(frames)
+            if seq < count:
+                batch = [frames[seq]]
+                size = len(batch[0])
+                seq += 1
+                while seq < count and size + len(frames[seq]) <= READ_BATCH_BYTES:
+                    batch.append(frames[seq])
+                    size += len(frames[seq])
+                    seq += 1
                 yield batch
                 continue
-            if self.finished or should_stop():
+            if self.finished or self.evicted or should_stop():
                 return
             self._waiting += 1
             try:

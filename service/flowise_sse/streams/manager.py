@@ -19,6 +19,7 @@ from ..errors import (
     ChatBusy,
     GatewayError,
     ShuttingDown,
+    StoreUnavailable,
     StreamAborted,
     StreamNotFound,
     UpstreamError,
@@ -46,6 +47,7 @@ class StreamRun:
         self.task: asyncio.Task[None] | None = None
         self.readers = 0
         self.abort_reason: str | None = None
+        self.failure: GatewayError | None = None  # why it was stopped, when not by a client
         # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
         # clients that cannot resume (the OpenAI route).
         self.abort_unread = False
@@ -75,7 +77,7 @@ class StreamManager:
         if settings.redis_url:
             from .redis_mirror import RedisMirror
 
-            self.mirror = RedisMirror(settings, self._abort_requested)
+            self.mirror = RedisMirror(settings, self._abort_requested, self._mirror_failed)
         self.runs: dict[str, StreamRun] = {}
         self._chats: dict[str, str] = {}  # chatId -> streamId of the run using it
         self._requests: dict[str, _Rejoin] = {}  # GET request key -> its stream (see `start`)
@@ -208,10 +210,11 @@ class StreamManager:
         finally:
             self._chats.pop(chat_id, None)
 
-    def abort(self, run: StreamRun, reason: str) -> bool:
+    def abort(self, run: StreamRun, reason: str, failure: GatewayError | None = None) -> bool:
         if run.done:
             return False
         run.abort_reason = run.abort_reason or reason
+        run.failure = run.failure or failure
         run.task.cancel()  # type: ignore[union-attr]
         return True
 
@@ -227,7 +230,7 @@ class StreamManager:
                         run.started.set_result(None)
         except asyncio.CancelledError:
             if not run.events.finished:  # stopped after its terminal event: nothing was lost
-                failure = StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
+                failure = run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
             failure = exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
@@ -239,12 +242,19 @@ class StreamManager:
         finally:
             self._chats.pop(run.prediction.chat_id, None)
             self.runs.pop(run.id, None)
-        if self.mirror:
-            await self.mirror.release_chat(run.prediction.chat_id, run.id)
+            if self.mirror:
+                self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
+        # No await from here on: a DELETE landing now must not cut the stream's last word.
         if failure is None:
             return
         if run.started.done():
-            self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
+            if run.events.finished:  # its own terminal event is in: nothing more to say
+                return
+            try:  # always fits (memory_store.TERMINAL_RESERVE); a bug here must not orphan readers
+                self._append(run, Event(ERROR, failure.to_dict()), terminal=True)
+            except Exception:
+                logger.exception("stream %s: its final error could not be stored", run.id)
+                self.store.drop(run.id)  # readers stop; a resume gets 404 rather than waiting
         else:
             run.started.set_exception(failure)
             run.started.exception()  # retrieved: the requester may already be gone
@@ -259,6 +269,12 @@ class StreamManager:
         run = self.runs.get(stream_id)
         if run:
             self.abort(run, "stopped by DELETE")
+
+    def _mirror_failed(self, stream_id: str, why: str) -> None:
+        """Redis cannot take this stream's events: end it clearly rather than leave a hole."""
+        run = self.runs.get(stream_id)
+        if run:
+            self.abort(run, why, StoreUnavailable(f"the stream was stopped: {why}"))
 
     async def stop(self, stream_id: str) -> bool:
         """`DELETE`: stop the stream wherever it runs. False when it is unknown or expired."""

@@ -113,7 +113,11 @@ class FlowiseClient:
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(settings.connect_timeout, read=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            # Idle connections are dropped after 2 s, before Flowise's (Node's and uvicorn's 5 s
+            # keep-alive timeout) side closes them: with httpx's default of 5 s, a connection
+            # reused just as the server closes it fails with "Server disconnected without sending
+            # a response" -> 502 "Flowise is unreachable" (issue 16).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0),
             follow_redirects=False,
         )
         self._version: FlowiseVersion | None = None
