@@ -5,6 +5,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from flowise_sse.api import create_app
+from flowise_sse.server import gateway_config
 from flowise_sse.emulator import EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 
@@ -53,7 +54,11 @@ def gateways() -> Iterator[Callable[..., ServerThread]]:
 
     def start(flowise_url: str, **overrides: Any) -> ServerThread:
         settings = Settings(flowise_url=flowise_url, **{"keepalive_interval": 15.0, **overrides})
-        server = ServerThread(create_app(settings)).__enter__()
+        app = create_app(settings)
+        # uvicorn as `flowise-sse serve` sets it up (its connection limits), on a free port.
+        config = gateway_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
+        config.timeout_graceful_shutdown = 3
+        server = ServerThread(app, config=config).__enter__()
         started.append(server)
         return server
 

@@ -26,9 +26,9 @@ T = TypeVar("T")
 class ServerThread:
     """A uvicorn server on 127.0.0.1 (a free port), with its own event loop in its own thread."""
 
-    def __init__(self, app: Any, *, lifespan: str = "on") -> None:
+    def __init__(self, app: Any, *, lifespan: str = "on", config: uvicorn.Config | None = None) -> None:
         self.app = app
-        config = uvicorn.Config(
+        config = config or uvicorn.Config(
             app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan,
             timeout_graceful_shutdown=3,
         )

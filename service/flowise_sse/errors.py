@@ -32,6 +32,20 @@ class NotAuthenticated(GatewayError):
     code, status = "not_authenticated", 401
 
 
+class PayloadTooLarge(GatewayError):
+    """The request body is over `max_body_bytes`."""
+
+    code, status = "payload_too_large", 413
+
+
+class TooManyStreams(GatewayError):
+    """One gateway key has `max_streams_per_key` predictions running; `retry_after` goes out as
+    the `Retry-After` header."""
+
+    code, status, retryable = "too_many_streams", 429, True
+    retry_after = 1
+
+
 class Forbidden(GatewayError):
     code, status = "forbidden", 403
 
@@ -78,10 +92,23 @@ class UpstreamError(GatewayError):
     code, status = "upstream_error", 502
 
 
+class UpstreamTooLarge(GatewayError):
+    """Flowise sent a frame over `max_upstream_frame_bytes` or an answer over
+    `max_upstream_answer_bytes`: read no further, hold no more."""
+
+    code, status = "upstream_too_large", 502
+
+
 class UpstreamUnauthorized(GatewayError):
     """Flowise refused the gateway's upstream credentials (or their absence)."""
 
     code, status = "unauthorized", 502
+
+
+class ClientLeft(GatewayError):
+    """The client closed its connection before the answer (nginx's 499: nobody reads it)."""
+
+    code, status = "client_closed_request", 499
 
 
 class StreamAborted(GatewayError):

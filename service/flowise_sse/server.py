@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
 from .api import create_app
+from .http_protocol import gateway_protocol
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")
@@ -35,6 +36,18 @@ class GatewayServer(uvicorn.Server):
         if manager is not None:
             manager.begin_drain()
         super().handle_exit(sig, frame)
+
+
+def gateway_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn as the gateway runs it: its connection limits (http_protocol.py) and timeouts."""
+    return uvicorn.Config(
+        app, proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
+        http=gateway_protocol(settings),
+        timeout_keep_alive=max(1, round(settings.idle_connection_timeout)),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        **options,
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,10 +76,7 @@ async def serve(settings: Settings, host: str, port: int, demo: bool = False, lo
             emulator.config.version, settings.flowise_url, DEMO_CHATFLOW_ID,
         )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 5,
-    )
+    config = gateway_config(app, settings, host=host, port=port, log_level=log_level)
     try:
         await GatewayServer(config, app).serve()
     finally:

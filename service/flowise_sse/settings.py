@@ -88,6 +88,36 @@ class Settings(BaseSettings):
     shutdown_grace: float = 30.0
     """On SIGTERM, how long running upstreams may go on before they are aborted."""
 
+    # --- Limits: what one client, one connection or Flowise can make the gateway hold --------
+    max_body_bytes: int = 1024 * 1024
+    """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread."""
+    max_header_bytes: int = 16 * 1024
+    """Largest request line and headers together; over it the connection gets 431 and is closed."""
+    max_headers: int = 100
+    """Most request header lines; over it, 431 and the connection is closed."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (from its first byte, or from
+    its opening); then it is closed (slow or half-open clients hold no socket longer)."""
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive in full; then 408 `request_timeout`."""
+    idle_connection_timeout: float = 5.0
+    """Seconds an idle keep-alive connection is held between two requests."""
+    max_pending_connections: int = 200
+    """Connections still sending their headers held at once; past it the oldest of them is closed,
+    so half-open connections cannot use up the process's file descriptors."""
+    max_streams_per_key: int = 100
+    """Predictions (streams and `/prediction`) running at once per gateway API key; beyond it
+    429 `too_many_streams` with `Retry-After`. An open gateway has no keys: `max_streams` only."""
+    max_upstream_frame_bytes: int = 4 * 1024 * 1024
+    """Largest single event frame read from Flowise's event stream; a bigger one ends the
+    stream with `upstream_too_large` (the frame is never buffered past this)."""
+    max_upstream_answer_bytes: int = 16 * 1024 * 1024
+    """Largest JSON answer read from Flowise (a prediction, a listing); bigger: 502 or `error`
+    `upstream_too_large`."""
+    upstream_max_connections: int = 1024
+    """Upstream HTTP connections open at once; a request beyond it waits for one to free up
+    (up to connect_timeout, then 504)."""
+
     # --- socket.io upstream ----------------------------------------------------------------
     socketio_pool_size: int = 4
     """Pre-connected sockets kept ready, one leased per socket.io prediction."""
@@ -115,8 +145,12 @@ class Settings(BaseSettings):
     token_ttl: float | None = None
     """Lifetime of an `eventsUrl` capability token. Unset: as long as its stream can be read
     (`total_timeout + stream_retention`)."""
+    allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "::1"]
+    """Host names the gateway answers to (comma-separated; `*`: any). A request for another
+    `Host` gets 400 (DNS rebinding: a page of evil.example resolved to this gateway), except
+    /healthz and /readyz (probes use the pod's IP)."""
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

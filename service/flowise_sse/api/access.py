@@ -46,6 +46,15 @@ class Access:
             matched |= hmac.compare_digest(key, given.strip().encode())
         return matched
 
+    def client_key(self, request: Request) -> str | None:
+        """Whose predictions these are, for `max_streams_per_key`: the gateway key given (hashed:
+        never kept as is). None on an open gateway: a client address would be the proxy's for
+        every client behind one, and `max_streams` bounds the whole anyway."""
+        if not self.keys:
+            return None
+        given = request.headers.get("authorization", "").partition(" ")[2].strip()
+        return "key:" + hashlib.sha256(given.encode()).hexdigest()[:32]
+
     def require_key(self, request: Request) -> None:
         if not self.has_key(request):
             raise NotAuthenticated("a valid gateway API key is required: Authorization: Bearer <key>")

@@ -21,8 +21,11 @@ from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
 from .access import Access
 from .chat_page import mount_chat_page
+from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
+from .guards import Guard
 from .openapi import openapi_document
+from .redaction import install_log_redaction
 from .routes import chatflows, detached_streams, health, openai_compat
 from .schemas import ERROR_RESPONSES
 
@@ -38,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
         app.state.upstream, app.state.manager = upstream, manager
+        install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
         if access.open:
             logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
@@ -55,7 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # docs_page.py: Swagger UI from installed files, not a CDN
+        redoc_url=None,
     )
+    install_log_redaction()
     app.state.settings = settings
     app.state.access = access
     if settings.cors_origins:
@@ -66,9 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id"],
             expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params"],
         )
+    # Outermost: nothing runs for a request with a wrong Host, a body too big or too slow.
+    app.add_middleware(Guard, settings=settings)
     install_error_handlers(app)
     for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router):
         app.include_router(router)
+    mount_docs(app)
     mount_chat_page(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -5,6 +5,7 @@ State lives on `app.state` (set by the lifespan in `app.py`); routes never reach
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -13,8 +14,10 @@ from ..errors import BadRequest
 from ..settings import Settings
 from ..streams import StreamManager
 from ..streams.sse_encoder import parse_event_id, parse_seq
+from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access
+from .schemas import LAST_EVENT_ID_PATTERN, SEQ_OR_LAST_EVENT_ID_PATTERN
 
 
 # Dependencies are async: FastAPI runs plain functions in its threadpool, a hop per request.
@@ -34,10 +37,22 @@ async def _flowise(request: Request) -> FlowiseClient:
     return request.app.state.upstream.flowise
 
 
+async def _upstream(request: Request) -> Upstream:
+    return request.app.state.upstream
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 AccessDep = Annotated[Access, Depends(_access)]
 Manager = Annotated[StreamManager, Depends(_manager)]
 Flowise = Annotated[FlowiseClient, Depends(_flowise)]
+UpstreamDep = Annotated[Upstream, Depends(_upstream)]
+
+
+async def _client_key(request: Request, access: AccessDep) -> str | None:
+    return access.client_key(request)
+
+
+ClientKey = Annotated[str | None, Depends(_client_key)]
 
 
 async def require_key(request: Request, access: AccessDep) -> None:
@@ -46,21 +61,45 @@ async def require_key(request: Request, access: AccessDep) -> None:
     access.require_key(request)
 
 
+_LAST_EVENT_ID = re.compile(SEQ_OR_LAST_EVENT_ID_PATTERN)
+
+
+# Plain `str` with a None default (not `str | None`): the document then says "a string" rather
+# than "a string or null", and a generated client never sends the text "null".
 async def _last_event_id(
-    last_event_id: Annotated[str | None, Header(description="`<streamId>:<seq>` of the last event received")] = None,
-    lastEventId: Annotated[str | None, Query(description="The same, for clients that cannot set headers")] = None,
+    last_event_id: Annotated[str, Header(
+        description="`<streamId>:<seq>` of the last event received; anything else is a 400",
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+    lastEventId: Annotated[str, Query(
+        description="The same, for clients that cannot set headers",
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
 ) -> str | None:
-    return last_event_id or lastEventId
+    return last_event_id if last_event_id is not None else lastEventId  # "" is a 400, not absent
+
+
+async def _seq_or_last_event_id(
+    last_event_id: Annotated[str, Header(
+        description="`<streamId>:<seq>` of the last event received, or the bare `<seq>`; anything else is a 400",
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+    lastEventId: Annotated[str, Query(
+        description="The same, for clients that cannot set headers",
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+) -> str | None:
+    return last_event_id if last_event_id is not None else lastEventId
 
 
 LastEventId = Annotated[str | None, Depends(_last_event_id)]
+SeqOrLastEventId = Annotated[str | None, Depends(_seq_or_last_event_id)]
 
 
 def resume_position(last_event_id: str | None, stream_id: str | None = None) -> tuple[str, int] | None:
     """Where a reader resumes: (streamId, seq), or None to start a new stream. On a route that
     names its stream, a bare seq is enough and an id of another stream is refused."""
-    if not last_event_id:
+    if last_event_id is None:
         return None
+    # The documented form (a stream id of ours, at most 18 ASCII digits), before any parsing.
+    if not _LAST_EVENT_ID.match(last_event_id.strip()):
+        raise BadRequest(f"Last-Event-ID must look like <streamId>:<seq>, got {last_event_id[:100]!r}")
     if stream_id is not None and (seq := parse_seq(last_event_id)) is not None:
         return stream_id, seq
     found, seq = parse_event_id(last_event_id)

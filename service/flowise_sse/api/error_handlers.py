@@ -4,20 +4,56 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GatewayError
 
 
+# RFC 9110: a 401 names the scheme that would work.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}
+
+
+def error_headers(exc: GatewayError) -> dict[str, str] | None:
+    if exc.status == 401:
+        return CHALLENGE
+    retry_after = getattr(exc, "retry_after", None)
+    return {"Retry-After": str(retry_after)} if retry_after else None
+
+
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status)
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=error_headers(exc))
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path (the router's 405 names only the first route
+    it tried: `POST` alone on the stream path, which takes GET too)."""
+    methods = {"OPTIONS"}
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        # Not the mounts: the chat page's at "/" takes any path and says nothing of methods.
+        if any(not isinstance(route, Mount) and route.matches(scope)[0] == Match.FULL
+               for route in request.app.router.routes):
+            methods.add(method)
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code == 405:
+        allow = _allowed_methods(request)
+        if request.method == "OPTIONS":  # not a CORS preflight (CORSMiddleware answers those)
+            return Response(status_code=204, headers={"Allow": allow})
+        exc.headers = {**(exc.headers or {}), "Allow": allow}
+    code = {
+        401: "not_authenticated", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+        413: "payload_too_large",
+    }.get(exc.status_code, "bad_request")
     body = {"error": {"code": code, "message": str(exc.detail), "retryable": False}}
-    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 401:
+        headers.update(CHALLENGE)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers or None)
 
 
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

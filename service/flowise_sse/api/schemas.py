@@ -5,11 +5,44 @@ from __future__ import annotations
 from typing import Any, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..upstream.prediction import Prediction
 
-CHAT_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"  # it ends up in an upstream URL (abort)
+# It ends up in an upstream URL (abort): no leading dot, so never `.` or `..` (a path segment).
+CHAT_ID_PATTERN = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$"
+# `<streamId>:<seq>`, seq in ASCII digits; a bare seq too on the route that names its stream.
+LAST_EVENT_ID_PATTERN = r"^[0-9a-f]{32}:[0-9]{1,18}$"
+SEQ_OR_LAST_EVENT_ID_PATTERN = r"^([0-9a-f]{32}:)?[0-9]{1,18}$"
+# Deeper than any real overrideConfig, and far from the recursion limits of the JSON codecs.
+MAX_JSON_DEPTH = 64
+
+
+def json_problem(value: Any, where: str) -> str | None:
+    """Why `value` cannot travel to Flowise as JSON, or None: a NaN or an infinity (not JSON),
+    a lone surrogate (not UTF-8), nesting deeper than MAX_JSON_DEPTH. Iterative: a deep value
+    must not exhaust the stack of the check itself."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"{where}: nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{path}: {item} is not a JSON number"
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{path}: contains a lone surrogate (not valid UTF-8)"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, path, depth + 1))
+                stack.append((child, f"{path}.{key}" if isinstance(key, str) else path, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return None
 
 
 class HistoryItem(BaseModel):
@@ -28,7 +61,19 @@ class StreamRequest(BaseModel):
         None, pattern=CHAT_ID_PATTERN,
         description="Flowise chat (memory session) id; a fresh one per request when absent.",
     )
-    overrideConfig: dict[str, Any] | None = Field(None, description="Passed to Flowise as is.")
+    overrideConfig: dict[str, Any] | None = Field(
+        None, description=f"Passed to Flowise as is: finite numbers, valid UTF-8, at most {MAX_JSON_DEPTH} levels deep."
+    )
+
+    @model_validator(mode="after")
+    def _sendable(self) -> "StreamRequest":
+        # What JSON parsing lets through but cannot be sent on (a 500 at encoding otherwise).
+        problem = json_problem(self.question, "question") or json_problem(
+            [item.content for item in self.history], "history"
+        ) or json_problem(self.overrideConfig, "overrideConfig")
+        if problem:
+            raise ValueError(problem)
+        return self
 
     def prediction(self) -> Prediction:
         return Prediction.build(
@@ -159,9 +204,20 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
-        400: "Bad input", 401: "Missing or wrong gateway API key", 404: "Unknown chatflow or stream",
-        409: "The chatId has a prediction running", 422: "Malformed request",
-        502: "Flowise is down, failed, or refused the gateway's credentials", 503: "Shutting down or full",
+        400: "Bad input: a malformed Last-Event-ID or `history`, a Host not in FLOWISE_SSE_ALLOWED_HOSTS",
+        401: "Missing or wrong gateway API key (with `WWW-Authenticate: Bearer`)",
+        403: "A browser origin that is not allowed, or a cross-site request without CORS",
+        404: "Unknown chatflow or stream",
+        408: "The request body did not arrive within FLOWISE_SSE_BODY_TIMEOUT",
+        409: "The chatId has a prediction running",
+        413: "The request body is over FLOWISE_SSE_MAX_BODY_BYTES",
+        422: "Malformed request (including NaN, Infinity, lone surrogates, nesting deeper than 64)",
+        429: "This gateway key has FLOWISE_SSE_MAX_STREAMS_PER_KEY predictions running; "
+             "see `Retry-After`",
+        502: "Flowise is down, failed, answered what it should not (`upstream_error`), too much "
+             "(`upstream_too_large`), or refused the gateway's credentials",
+        503: "Shutting down, full, or Redis unreachable",
         504: "Flowise did not answer in time",
+        507: "The gateway's memory for streams is full (FLOWISE_SSE_MAX_TOTAL_BYTES)",
     }.items()
 }

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator
 
 from ..errors import (
@@ -22,6 +22,7 @@ from ..errors import (
     StoreUnavailable,
     StreamAborted,
     StreamNotFound,
+    TooManyStreams,
     UpstreamError,
 )
 from ..events import ERROR, START, TERMINAL, Event
@@ -47,6 +48,7 @@ class StreamRun:
         self.task: asyncio.Task[None] | None = None
         self.readers = 0
         self.abort_reason: str | None = None
+        self.owner: str | None = None  # whose slot it holds (max_streams_per_key)
         self.failure: GatewayError | None = None  # why it was stopped, when not by a client
         # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
         # clients that cannot resume (the OpenAI route).
@@ -82,6 +84,7 @@ class StreamManager:
         self._chats: dict[str, str] = {}  # chatId -> streamId of the run using it
         self._requests: dict[str, _Rejoin] = {}  # GET request key -> its stream (see `start`)
         self._key_of: dict[str, str] = {}  # and back: streamId -> request key
+        self._per_owner: dict[str, int] = {}  # gateway key (or client address) -> predictions running
         self.draining = False
         self._drain_started = 0.0
         self._sweeper: asyncio.Task[None] | None = None
@@ -125,9 +128,11 @@ class StreamManager:
 
     # --- runs -----------------------------------------------------------------------------
     async def start(
-        self, chatflow_id: str, prediction: Prediction, request_key: str | None = None, *, abort_unread: bool = False
+        self, chatflow_id: str, prediction: Prediction, owner: str | None = None, *,
+        abort_unread: bool = False, request_key: str | None = None,
     ) -> StreamRun:
         """Start a run and wait for its `start`; a failure before it is raised here.
+        `owner`: whose `max_streams_per_key` slot it takes (None: nobody's).
         `abort_unread`: abort the run when its last reader leaves (see `hold`).
 
         With a `request_key` (a GET stream's request, hashed), the same request joins the run it
@@ -143,6 +148,11 @@ class StreamManager:
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
         stream_id = uuid.uuid4().hex
         self._claim_chat(prediction.chat_id, f"stream {stream_id}")
+        try:
+            self._take_slot(owner)
+        except BaseException:
+            self._chats.pop(prediction.chat_id, None)
+            raise
         claimed = False
         try:
             if self.mirror:
@@ -150,9 +160,11 @@ class StreamManager:
                 if not claimed:
                     raise ChatBusy(f"chatId {prediction.chat_id!r} already has a prediction running on another replica")
             run = StreamRun(stream_id, chatflow_id, prediction, self.store.create(stream_id))
+            run.owner = owner
             run.abort_unread = abort_unread
         except BaseException:
             self._chats.pop(prediction.chat_id, None)
+            self._give_slot(owner)
             if claimed:
                 await self.mirror.release_chat(prediction.chat_id, stream_id)  # type: ignore[union-attr]
             raise
@@ -202,6 +214,26 @@ class StreamManager:
             )
         self._chats[chat_id] = owner
 
+    def _take_slot(self, owner: str | None) -> None:
+        if owner is None:
+            return
+        running = self._per_owner.get(owner, 0)
+        if running >= self.settings.max_streams_per_key:
+            raise TooManyStreams(
+                f"{running} predictions are running for this client, its maximum "
+                "(FLOWISE_SSE_MAX_STREAMS_PER_KEY); retry when one ends"
+            )
+        self._per_owner[owner] = running + 1
+
+    def _give_slot(self, owner: str | None) -> None:
+        if owner is None:
+            return
+        running = self._per_owner.get(owner, 0) - 1
+        if running > 0:
+            self._per_owner[owner] = running
+        else:
+            self._per_owner.pop(owner, None)
+
     @contextmanager
     def chat_in_use(self, chat_id: str, owner: str) -> Iterator[None]:
         self._claim_chat(chat_id, owner)
@@ -209,6 +241,27 @@ class StreamManager:
             yield
         finally:
             self._chats.pop(chat_id, None)
+
+    @asynccontextmanager
+    async def prediction_slot(self, chat_id: str, owner: str | None) -> AsyncIterator[None]:
+        """A non-streaming prediction holds what a stream holds: its chatId (on every replica,
+        through the Redis claim when there is one) and a slot of its owner's."""
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another replica")
+        claim_id = f"p{uuid.uuid4().hex}"  # never a stream id (those are 32 hex digits)
+        with self.chat_in_use(chat_id, "a non-streaming prediction"):
+            self._take_slot(owner)
+            claimed = False
+            try:
+                if self.mirror:
+                    claimed = await self.mirror.claim_chat(chat_id, claim_id)
+                    if not claimed:
+                        raise ChatBusy(f"chatId {chat_id!r} already has a prediction running on another replica")
+                yield
+            finally:
+                self._give_slot(owner)
+                if claimed:  # in a tracked task: the client leaving cancels this one
+                    self.mirror.release_chat_soon(chat_id, claim_id)  # type: ignore[union-attr]
 
     def abort(self, run: StreamRun, reason: str, failure: GatewayError | None = None) -> bool:
         if run.done:
@@ -232,7 +285,8 @@ class StreamManager:
             if not run.events.finished:  # stopped after its terminal event: nothing was lost
                 failure = run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
         except GatewayError as exc:  # StreamTooLarge too: closing `events` aborted the upstream
-            failure = exc
+            # A stop that landed in the same tick as a timeout: the DELETE was answered, it wins.
+            failure = (run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason}")) if run.abort_reason else exc
         except Exception as exc:  # a bug of ours must still end the stream clearly
             logger.exception("stream %s failed", run.id)
             failure = GatewayError(f"the gateway failed: {type(exc).__name__}")
@@ -242,6 +296,7 @@ class StreamManager:
         finally:
             self._chats.pop(run.prediction.chat_id, None)
             self.runs.pop(run.id, None)
+            self._give_slot(run.owner)
             if self.mirror:
                 self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
         # No await from here on: a DELETE landing now must not cut the stream's last word.

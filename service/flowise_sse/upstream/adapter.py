@@ -42,13 +42,14 @@ class Upstream:
         Closing the generator early closes the upstream connection and asks Flowise to abort.
         """
         finished = False
+        sent = [False]  # the prediction reached Flowise: only then is there anything to abort
         try:
-            async with aclosing(self._open(chatflow_id, prediction)) as events:
+            async with aclosing(self._open(chatflow_id, prediction, sent)) as events:
                 async for event in bounded(events, self.settings):
                     finished = event.event in TERMINAL
                     yield event
         finally:
-            if not finished:
+            if not finished and sent[0]:
                 self.abort_upstream(chatflow_id, prediction.chat_id)
 
     def abort_upstream(self, chatflow_id: str, chat_id: str) -> None:
@@ -56,9 +57,10 @@ class Upstream:
         self._aborts.add(task)
         task.add_done_callback(self._aborts.discard)
 
-    async def _open(self, chatflow_id: str, prediction: Prediction) -> AsyncIterator[Event]:
+    async def _open(self, chatflow_id: str, prediction: Prediction, sent: list[bool]) -> AsyncIterator[Event]:
         version = await self.flowise.version()
         streams = await self.flowise.check_chatflow(chatflow_id)
+        sent[0] = True
         if version.transport == "sse":
             events = stream_sse(self.flowise, chatflow_id, prediction)
         else:

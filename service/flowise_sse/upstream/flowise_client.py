@@ -15,7 +15,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import orjson
@@ -25,6 +25,7 @@ from ..errors import (
     GatewayError,
     UpstreamError,
     UpstreamTimeout,
+    UpstreamTooLarge,
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
@@ -106,18 +107,56 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
     return UpstreamError(f"Flowise failed {what} (HTTP {status}): {message or 'no message'}")
 
 
+# An error answer's body is only ever quoted (2,000 characters at most): read no more of it.
+ERROR_BODY_BYTES = 64 * 1024
+
+
+def redacted_url(url: str) -> str:
+    """`url` without the password of its userinfo: safe for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+async def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The response body, refused past `limit` bytes (as decoded: a small gzip of a huge answer
+    counts as huge) without holding more than the limit."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+        raise UpstreamTooLarge(f"Flowise's answer to {what} is {declared} bytes, over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamTooLarge(
+                f"Flowise's answer to {what} is over the limit of {limit} bytes (FLOWISE_SSE_MAX_UPSTREAM_ANSWER_BYTES)"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class FlowiseClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.base_url = settings.flowise_url.rstrip("/")
+        self.public_url = redacted_url(self.base_url)  # for messages: never the URL's password
+        self._password = urlsplit(self.base_url).password
         self.http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(settings.connect_timeout, read=None),
-            # Idle connections are dropped after 2 s, before Flowise's (Node's and uvicorn's 5 s
-            # keep-alive timeout) side closes them: with httpx's default of 5 s, a connection
-            # reused just as the server closes it fails with "Server disconnected without sending
-            # a response" -> 502 "Flowise is unreachable" (issue 16).
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0),
+            # A full pool makes the next request wait (up to connect_timeout, then 504), so the
+            # gateway never opens more upstream connections than this. Idle connections are dropped
+            # after 2 s, before Flowise's (Node's and uvicorn's 5 s keep-alive timeout) side closes
+            # them: with httpx's default of 5 s, a connection reused just as the server closes it
+            # fails with "Server disconnected without sending a response" -> 502 (issue 16).
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=min(256, settings.upstream_max_connections),
+                keepalive_expiry=2.0,
+            ),
             follow_redirects=False,
         )
         self._version: FlowiseVersion | None = None
@@ -164,7 +203,13 @@ class FlowiseClient:
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"Flowise is unreachable at {self.base_url}: {exc!r}") from None
+            raise UpstreamUnavailable(self.redact(f"Flowise is unreachable at {self.public_url}: {exc!r}")) from None
+
+    def redact(self, text: str) -> str:
+        """`text` with FLOWISE_URL's password masked, wherever an error quoted it."""
+        if self._password:
+            text = text.replace(self.base_url, self.public_url).replace(self._password, "***")
+        return text
 
     async def request(
         self,
@@ -178,22 +223,38 @@ class FlowiseClient:
     ) -> Any:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
         `timeout` bounds the wait for the answer (None: no bound, the caller's own applies)."""
+        content = await self.request_bytes(method, path, what, management=management, timeout=timeout, **kwargs)
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:  # not JSON, or nested past orjson's 1,024 levels
+            raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+
+    async def request_bytes(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        management: bool = True,
+        timeout: float | None = 30.0,
+        **kwargs: Any,
+    ) -> bytes:
+        """One request's successful answer as bytes, read up to `max_upstream_answer_bytes`."""
         headers = self.management_headers if management else self.prediction_headers
         headers = {**headers, **kwargs.pop("headers", {})}
+        request = self.http.build_request(
+            method, path, headers=headers, timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
+            **kwargs,
+        )
         async with self._mapped_errors(what):
-            response = await self.http.request(
-                method,
-                path,
-                headers=headers,
-                timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
-                **kwargs,
-            )
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, response.content, what)
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+            response = await self.http.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    body = await _error_body(response)
+                    raise error_from_response(response.status_code, body, what)
+                return await read_limited(response, self.settings.max_upstream_answer_bytes, what)
+            finally:
+                await response.aclose()
 
     @asynccontextmanager
     async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
@@ -214,7 +275,7 @@ class FlowiseClient:
         try:
             if response.status_code != 200:
                 async with self._mapped_errors(what):
-                    content = await response.aread()
+                    content = await _error_body(response)
                 raise error_from_response(response.status_code, content, what)
             try:
                 yield response
@@ -288,13 +349,21 @@ class FlowiseClient:
     async def predict(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> dict[str, Any]:
         """The prediction POST without `streaming`: Flowise's JSON answer (a socket.io prediction
         streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
-        answer = await self.request(
+        return prediction_answer(await self.predict_bytes(chatflow_id, body, timeout=timeout))
+
+    async def predict_bytes(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> bytes:
+        """The same answer as Flowise's bytes, checked to be a JSON object (`/prediction` passes
+        them on as they are: no second encoding, whatever their depth)."""
+        content = await self.request_bytes(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
             management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
         )
-        if not isinstance(answer, dict):
-            raise UpstreamError("Flowise's prediction answer is not a JSON object")
-        return answer
+        prediction_answer(content)
+        return content
+
+    async def ping(self) -> None:
+        """`GET /api/v1/ping` answers `pong` (text, not JSON): any success means reachable."""
+        await self.request_bytes("GET", "/api/v1/ping", "the ping", management=False, timeout=10.0)
 
     async def abort(self, chatflow_id: str, chat_id: str) -> None:
         """Best effort: Flowise's own stop (agentflows honour it; classic chains run on)."""
@@ -303,8 +372,31 @@ class FlowiseClient:
             return
         try:
             await self.request(
-                "PUT", f"/api/v1/chatmessage/abort/{chatflow_id}/{chat_id}", "the abort",
+                "PUT", f"/api/v1/chatmessage/abort/{quote(chatflow_id, safe='')}/{quote(chat_id, safe='')}",
+                "the abort",
                 timeout=5.0,
             )
         except GatewayError:
             pass
+
+
+def prediction_answer(content: bytes) -> dict[str, Any]:
+    try:
+        answer = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("Flowise answered the prediction with something that is not JSON") from None
+    if not isinstance(answer, dict):
+        raise UpstreamError("Flowise's prediction answer is not a JSON object")
+    return answer
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The start of an error answer: enough to quote, never the whole of a huge one."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= ERROR_BODY_BYTES:
+            break
+    return b"".join(chunks)[:ERROR_BODY_BYTES]

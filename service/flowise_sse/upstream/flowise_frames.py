@@ -10,34 +10,47 @@ from __future__ import annotations
 
 from typing import AsyncIterable, AsyncIterator
 
+from ..errors import UpstreamTooLarge
 
-async def event_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+
+async def event_payloads(chunks: AsyncIterable[bytes], max_frame_bytes: int = 4 * 1024 * 1024) -> AsyncIterator[bytes]:
     """The `data` of each event of an event stream, per the SSE rules that Flowise's framing needs:
     any line ending, events ended by a blank line, several `data:` lines joined by a newline, one
     space after the colon dropped, comments and other fields (`message:`) ignored, an event
-    without a `data` field not dispatched (one with an empty `data:` is: its data is b"")."""
-    buffer = b""
+    without a `data` field not dispatched (one with an empty `data:` is: its data is b"").
+
+    Each byte is looked at a bounded number of times (line endings rewritten once per chunk, the
+    search for a boundary resumed where it stopped): an endless frame costs linear time, and past
+    `max_frame_bytes` it is refused with `UpstreamTooLarge` rather than held."""
+    buffer = bytearray()
+    held_cr = False  # a chunk ended in CR: maybe the first half of a CRLF
+    for_boundary = 0  # where the search for the next blank line resumes
     source = aiter(chunks)
-    while True:
+    ended = False
+    while not ended:
         try:
             chunk = await anext(source)
         except StopAsyncIteration:
-            if not buffer.endswith(b"\r"):
+            if not held_cr:
                 return
             # The CR held back as maybe half a CRLF was a whole line end: the stream is over.
-            chunk = b"\n"
-        if b"\r" in chunk or buffer.endswith(b"\r"):
-            buffer += chunk
-            held = buffer.endswith(b"\r")  # maybe the first half of a CRLF
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if held:
-                buffer = buffer[:-1] + b"\r"
-        else:
-            buffer += chunk
-            if b"\n" not in chunk:  # no new event boundary: don't rescan a growing buffer
-                continue
-        *blocks, buffer = buffer.split(b"\n\n")
-        for block in blocks:
+            chunk, ended = b"\n", True
+        if held_cr:
+            chunk = b"\r" + chunk
+        held_cr = chunk.endswith(b"\r")
+        if held_cr:
+            chunk = chunk[:-1]
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer += chunk
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", max(start, for_boundary - 1))
+            if end < 0:
+                break
+            block = bytes(buffer[start:end])
+            start = end + 2
+            for_boundary = start
             # Flowise's own frames have one data line: take it without splitting the block.
             if block.startswith(b"data:"):
                 data = block[5:]
@@ -51,6 +64,14 @@ async def event_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             joined = _joined(block)
             if joined is not None:
                 yield joined
+        if start:
+            del buffer[:start]
+        for_boundary = max(0, len(buffer) - 1)
+        if len(buffer) > max_frame_bytes:
+            raise UpstreamTooLarge(
+                f"Flowise sent an event frame over the limit of {max_frame_bytes} bytes "
+                "(FLOWISE_SSE_MAX_UPSTREAM_FRAME_BYTES)"
+            )
 
 
 def _joined(block: bytes) -> bytes | None:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import orjson
 
+from ..errors import UpstreamError
 from ..events import END, METADATA, START, TOKEN, Event, token
 from .prediction import Prediction
 
@@ -59,7 +60,7 @@ class Normalizer:
         if name == TOKEN:
             if not data:
                 return None
-            text = data if isinstance(data, str) else orjson.dumps(data).decode()
+            text = data if isinstance(data, str) else _encoded(name, data).decode()
             self.parts.append(text)
             return token(text)
         if name == START:
@@ -96,12 +97,23 @@ def relayed_name(name: object) -> str:
     return name
 
 
+def _encoded(name: str, data: Any) -> bytes:
+    """`data` as JSON, or an `UpstreamError` when it cannot be (nested past orjson's 255 levels,
+    which its parser's 1,024 let in): Flowise's fault, never the gateway's 500."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError as exc:
+        raise UpstreamError(f"Flowise sent a {name[:100]} payload the gateway cannot pass on: {exc}") from None
+
+
 def relayed(name: str, data: Any) -> Event:
     """A Flowise event passed on under its own name, its payload decoded where Flowise encoded it."""
     if name == METADATA and isinstance(data, dict) and "followUpPrompts" in data:
         data = {**data, "followUpPrompts": _decoded(data["followUpPrompts"])}
     elif name == "agentReasoning":
         data = _decoded(data)
+    if not isinstance(data, str):
+        _encoded(name, data)  # checked now, so that storing it cannot fail later
     return Event(relayed_name(name), data)
 
 
@@ -110,7 +122,7 @@ def answer_text(answer: Mapping[str, Any]) -> str:
     if isinstance(text, str):
         return text
     if "json" in answer:
-        return orjson.dumps(answer["json"]).decode()
+        return _encoded(END, answer["json"]).decode()
     return ""
 
 
@@ -134,10 +146,12 @@ def closing_events(
 
 def end_event(text: str, metadata: Mapping[str, Any] | None, answer: Mapping[str, Any] | None = None) -> Event:
     data: dict[str, Any] = {"text": text}
+    _encoded(END, metadata)
     if metadata:
         data.update((k, v) for k, v in metadata.items() if k not in ("text",))
         if "followUpPrompts" in data:
             data["followUpPrompts"] = _decoded(data["followUpPrompts"])
     if answer and "json" in answer:
         data["json"] = answer["json"]
+        _encoded(END, answer["json"])
     return Event(END, data)

@@ -76,7 +76,9 @@ class SocketPool:
             )
         except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
             await sock.close()
-            raise UpstreamUnavailable(f"Flowise's socket.io at {url}{path} refused: {exc}") from None
+            raise UpstreamUnavailable(
+                self.flowise.redact(f"Flowise's socket.io at {url}{path} refused: {exc}")
+            ) from None
         except BaseException:
             await sock.close()
             raise

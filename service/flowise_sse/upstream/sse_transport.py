@@ -14,7 +14,7 @@ import orjson
 
 from ..errors import UpstreamError, UpstreamUnauthorized
 from ..events import END, ERROR, Event, token
-from .flowise_client import FlowiseClient
+from .flowise_client import FlowiseClient, prediction_answer, read_limited
 from .flowise_frames import event_payloads
 from .normalizer import Normalizer, closing_events, end_event
 from .prediction import Prediction
@@ -25,8 +25,13 @@ async def stream_sse(
 ) -> AsyncIterator[Event]:
     normalizer = Normalizer(chatflow_id, prediction, "sse")
     async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            answer = orjson.loads(await response.aread())
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream"):
+            if not content_type.startswith("application/json"):
+                raise UpstreamError(f"Flowise answered the prediction with {content_type[:100] or 'no content type'}, "
+                                    "neither an event stream nor JSON")
+            answer = prediction_answer(await read_limited(
+                response, flowise.settings.max_upstream_answer_bytes, "the prediction"))
             yield normalizer.start()
             text = answer.get("text") if isinstance(answer, dict) else None
             if isinstance(text, str) and text:
@@ -35,20 +40,22 @@ async def stream_sse(
                 yield event
             return
         yield normalizer.start()
-        async for event in _events(response, normalizer):
+        async for event in _events(response, normalizer, flowise.settings.max_upstream_frame_bytes):
             yield event
 
 
-async def _events(response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
-    payloads = event_payloads(response.aiter_bytes())
+async def _events(response: httpx.Response, normalizer: Normalizer, max_frame_bytes: int) -> AsyncIterator[Event]:
+    payloads = event_payloads(response.aiter_bytes(), max_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
             continue
         try:
             message = orjson.loads(payload)
             name, data = message["event"], message.get("data")
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}") from None
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise UpstreamError(f"Flowise sent an event whose name is not a name: {payload[:200]!r}")
         if name == ERROR:
             message_text = str(data)
             if message_text.endswith("Unauthorized"):

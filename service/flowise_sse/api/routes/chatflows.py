@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 
-from ...errors import BadRequest
-from ..dependencies import Flowise, LastEventId, Manager, SettingsDep, require_key, resume_position
+from ...errors import BadRequest, ClientLeft, UpstreamError
+from ..dependencies import (
+    ClientKey,
+    Flowise,
+    LastEventId,
+    Manager,
+    SettingsDep,
+    UpstreamDep,
+    require_key,
+    resume_position,
+)
 from ..event_stream import event_stream
 from ..schemas import (
     CHAT_ID_PATTERN,
     SSE_RESPONSE,
     ChatflowSummary,
+    ErrorBody,
     HistoryItem,
     StreamingCheck,
     StreamRequest,
@@ -33,7 +45,11 @@ async def list_chatflows(flowise: Flowise, full: bool = False) -> list[dict[str,
     """Flowise's chatflows; `flowData` only with `?full=true`."""
     flows = await flowise.list_chatflows()
     fields = LISTED_FIELDS + (("flowData",) if full else ())
-    return [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
+    listed = [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
+    try:  # checked here: a listing that is not what it claims is Flowise's fault (502), not a 500
+        return _LISTING.dump_python(_LISTING.validate_python(listed), exclude_unset=True)
+    except (ValidationError, ValueError) as exc:
+        raise UpstreamError(f"Flowise's chatflow listing is not in its usual shape: {str(exc)[:300]}") from None
 
 
 @router.get("/{chatflow_id}/streaming", response_model=StreamingCheck, tags=["chatflows"])
@@ -44,10 +60,11 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise) -> dict[str, bool
 
 @router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream_post(
-    chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId
+    chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
+    owner: ClientKey,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
-    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id)
+    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner)
 
 
 @router.get("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
@@ -57,38 +74,73 @@ async def stream_get(
     manager: Manager,
     settings: SettingsDep,
     last_event_id: LastEventId,
+    owner: ClientKey,
     question: Annotated[str, Query(min_length=1)],
-    history: Annotated[str | None, Query(description="JSON array of {role, content}")] = None,
-    chatId: Annotated[str | None, Query(pattern=CHAT_ID_PATTERN)] = None,
+    history: Annotated[str, Query(
+        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
+        examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
+    )] = None,  # type: ignore[assignment]
+    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
     requestId: Annotated[str | None, Query(
         max_length=200, description="Makes this ask distinct from an identical one (a \"regenerate\"): "
         "the same GET joins the same stream (see the README)")] = None,
 ) -> Response:
     """The same for `EventSource`, which can only GET. Its reconnects resume the stream, and a
     reconnect that has no Last-Event-ID yet (dropped before the first event) joins it again."""
-    body = StreamRequest(question=question, history=_history_param(history), chatId=chatId)
+    try:
+        body = StreamRequest(question=question, history=_history_param(history), chatId=chatId)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
     key = _request_key(request, chatflow_id, question, history, chatId, requestId)
-    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, key)
+    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner, key)
 
 
-@router.post("/{chatflow_id}/prediction", tags=["prediction"])
+@router.post(
+    "/{chatflow_id}/prediction", tags=["prediction"], response_class=Response,
+    responses={
+        200: {"description": "Flowise's JSON answer, as Flowise sent it",
+              "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}},
+        499: {"model": ErrorBody, "description": "The client left: the upstream request was cancelled"},
+    },
+)
 async def prediction(
-    chatflow_id: UUID, body: StreamRequest, flowise: Flowise, manager: Manager, settings: SettingsDep
-) -> dict[str, Any]:
-    """The whole answer at once, as Flowise's JSON."""
+    request: Request, chatflow_id: UUID, body: StreamRequest, flowise: Flowise, manager: Manager,
+    upstream: UpstreamDep, settings: SettingsDep, owner: ClientKey,
+) -> Response:
+    """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
     pred = body.prediction()
-    with manager.chat_in_use(pred.chat_id, "a non-streaming prediction"):
-        return await flowise.predict(str(chatflow_id), pred.body(), timeout=settings.total_timeout)
+    await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
+    async with manager.prediction_slot(pred.chat_id, owner):
+        answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
+        left = asyncio.ensure_future(_client_left(request))
+        try:
+            await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            left.cancel()
+            if not answer.done():  # the client left: close the upstream connection, ask Flowise to stop
+                answer.cancel()
+                upstream.abort_upstream(str(chatflow_id), pred.chat_id)
+            await asyncio.gather(answer, left, return_exceptions=True)
+        if answer.cancelled():
+            raise ClientLeft("the client left before the answer came; the upstream request was cancelled")
+        content = answer.result()
+    return Response(content, media_type="application/json")
+
+
+async def _client_left(request: Request) -> None:
+    """Returns when the client closes its connection (the body is read: only a disconnect comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _ask_or_resume(
     manager: Manager, settings: SettingsDep, chatflow_id: UUID, body: StreamRequest, last_event_id: str | None,
-    request_key: str | None = None,
+    owner: str | None, request_key: str | None = None,
 ) -> Response:
     resume = resume_position(last_event_id)
     if resume:
         return await event_stream(manager, settings, *resume)
-    run = await manager.start(str(chatflow_id), body.prediction(), request_key)
+    run = await manager.start(str(chatflow_id), body.prediction(), owner, request_key=request_key)
     return await event_stream(manager, settings, run.id, 0)
 
 
@@ -105,6 +157,7 @@ def _request_key(
 
 
 _HISTORY = TypeAdapter(list[HistoryItem])
+_LISTING = TypeAdapter(list[ChatflowSummary])
 
 
 def _history_param(raw: str | None) -> list[HistoryItem]:
@@ -112,5 +165,7 @@ def _history_param(raw: str | None) -> list[HistoryItem]:
         return []
     try:
         return _HISTORY.validate_python(json.loads(raw))
+    except RecursionError:  # `[[[[...`: json.loads recurses per level
+        raise BadRequest("history must be a JSON array of {role, content}: nested too deeply") from None
     except (ValueError, ValidationError) as exc:
         raise BadRequest(f"history must be a JSON array of {{role, content}}: {str(exc)[:300]}") from None

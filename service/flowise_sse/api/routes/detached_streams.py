@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
-from ..dependencies import AccessDep, LastEventId, Manager, SettingsDep, require_key, resume_position
+from ..dependencies import AccessDep, ClientKey, Manager, SeqOrLastEventId, SettingsDep, require_key, resume_position
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
 
@@ -17,10 +17,24 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 StreamId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
-@router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(require_key)])
-async def create_stream(request: Request, body: CreateStream, manager: Manager, access: AccessDep) -> dict[str, str]:
+# OpenAPI links: what a client (and schemathesis's stateful phase) does with a new stream's id.
+_CREATED_LINKS = {
+    201: {"links": {
+        "ReadEvents": {"operationId": "stream_events_v1_streams__stream_id__events_get",
+                       "parameters": {"stream_id": "$response.body#/streamId"}},
+        "Stop": {"operationId": "delete_stream_v1_streams__stream_id__delete",
+                 "parameters": {"stream_id": "$response.body#/streamId"}},
+    }},
+}
+
+
+@router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(require_key)],
+             responses=_CREATED_LINKS)
+async def create_stream(
+    request: Request, body: CreateStream, manager: Manager, access: AccessDep, owner: ClientKey
+) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
-    run = await manager.start(str(body.chatflowId), body.prediction())
+    run = await manager.start(str(body.chatflowId), body.prediction(), owner)
     url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=access.token_for(run.id))
     return {"streamId": run.id, "chatId": run.prediction.chat_id, "eventsUrl": str(url)}
 
@@ -32,8 +46,8 @@ async def stream_events(
     manager: Manager,
     settings: SettingsDep,
     access: AccessDep,
-    last_event_id: LastEventId,
-    token: str | None = None,
+    last_event_id: SeqOrLastEventId,
+    token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = None,  # type: ignore[assignment]
 ) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ...errors import GatewayError
-from ..dependencies import Flowise, Manager
+from ..dependencies import AccessDep, Flowise, Manager
 from ..schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
+
+_PUBLIC_REASON = {
+    "upstream_unavailable": "Flowise is not reachable",
+    "upstream_timeout": "Flowise did not answer in time",
+    "unauthorized": "Flowise refused the gateway's credentials",
+}
 
 
 @router.get("/healthz", response_model=Health)
@@ -22,16 +28,18 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             response_model_exclude_none=True)
-async def readyz(flowise: Flowise, manager: Manager) -> Any:
-    """Flowise is reachable; its version and the transport in use."""
+async def readyz(request: Request, flowise: Flowise, manager: Manager, access: AccessDep) -> Any:
+    """Flowise is reachable; its version and the transport in use. Why it is not, in detail, only
+    to a caller with a gateway key (the detail names Flowise's internal address)."""
     try:
         version = await flowise.version()
         if version.version is None:
-            await flowise.request("GET", "/api/v1/ping", "the ping", management=False)
+            await flowise.ping()
     except GatewayError as exc:
-        return JSONResponse({"status": "unavailable", "error": exc.to_dict()}, status_code=503)
-    except Exception:
-        pass  # /api/v1/ping answers text, not JSON: reachable is all that matters here
+        error = exc.to_dict()
+        if access.open or not access.has_key(request):
+            error["message"] = _PUBLIC_REASON.get(exc.code, "Flowise is not usable")
+        return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
     if manager.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
     return {"status": "ready", "flowiseVersion": version.version, "transport": version.transport}

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import StringConstraints, TypeAdapter
 from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
@@ -29,7 +30,7 @@ from ...streams import StreamManager, StreamRun
 from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
-from ..dependencies import Flowise, Manager, SettingsDep, require_key
+from ..dependencies import ClientKey, Flowise, Manager, SettingsDep, require_key
 from ..event_stream import KEEPALIVE
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
@@ -40,7 +41,7 @@ from ..openai_schemas import (
     Model,
     ModelList,
 )
-from ..schemas import CHAT_ID_PATTERN
+from ..schemas import CHAT_ID_PATTERN, json_problem
 
 
 class OpenAIRoute(APIRoute):
@@ -66,6 +67,11 @@ class OpenAIRoute(APIRoute):
                 )
                 body = openai_error(400, "invalid_request", message[:2000], False, ".".join(loc) or None)
                 return _error_response(400, body, False)
+            except StarletteHTTPException as exc:  # a body that is not text, too big (413), too slow (408)
+                code = {408: "request_timeout", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
+                response = _error_response(exc.status_code, openai_error(exc.status_code, code, str(exc.detail), False, None), False)
+                response.headers.update(exc.headers or {})
+                return response
 
         return route
 
@@ -159,6 +165,7 @@ async def chat_completions(
     manager: Manager,
     flowise: Flowise,
     settings: SettingsDep,
+    owner: ClientKey,
     x_flowise_chat_id: Annotated[str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
 ) -> Response:
@@ -172,8 +179,13 @@ async def chat_completions(
     override, ignored = _overrides(body, system, settings.openai_pass_params)
     if chat_id and (await flowise.version()).prepends_history:
         history = []  # Flowise keeps this chat's turns itself; sent again they would count twice
+    # What JSON parsing lets through but cannot be sent on (issue 11): a 400, never a 500.
+    problem = json_problem(question, "messages") or json_problem(
+        [item.get("content") for item in history], "messages") or json_problem(override, "overrideConfig")
+    if problem:
+        raise BadRequest(problem)
     prediction = Prediction.build(question, history, chat_id, override)
-    run = await manager.start(chatflow_id, prediction, abort_unread=True)
+    run = await manager.start(chatflow_id, prediction, owner, abort_unread=True)
     release = manager.hold(run)
     completion_id, created = f"chatcmpl-{run.id}", int(time.time())
     headers = {"X-Flowise-Stream-Id": run.id, "X-Flowise-Chat-Id": prediction.chat_id}

@@ -1,0 +1,147 @@
+"""uvicorn's httptools protocol with what it lacks in front of the internet.
+
+uvicorn bounds an idle keep-alive connection (`timeout_keep_alive`) but not one that is still
+sending its request line and headers: a client that sends half a header and waits holds a socket
+(and a file descriptor) forever, and its headers may grow without limit. This subclass adds:
+
+- `header_timeout`: a connection gets that long from its opening (or a keep-alive request from
+  its first byte) to complete its headers, then it is closed;
+- `max_header_bytes` / `max_headers`: past either, 431 and the connection is closed;
+- `max_pending_connections`: connections still sending headers held at once; past it the oldest
+  is closed, so half-open connections cannot use up the file descriptors (`/healthz` stays up);
+- HTTP/1.0: a body of unknown length goes out until the connection closes (HTTP/1.0 has no
+  chunked encoding; httptools' protocol chunks regardless of the request's version).
+
+The body's own size and pace are bounded in `api/guards.py` (an ASGI middleware).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from .settings import Settings
+
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+)
+_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+
+
+def _error(template: bytes, code: str, message: str) -> bytes:
+    body = b'{"error":{"code":"%s","message":"%s","retryable":false}}' % (code.encode(), message.encode())
+    return template % (len(body), body)
+
+
+def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
+    """The protocol class for uvicorn's `http=`; plain "h11" where httptools is not installed
+    (then only uvicorn's h11_max_incomplete_event_size bounds the headers)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
+        return "h11"
+
+    # Connections still sending headers, oldest first (a dict keeps insertion order).
+    pending: dict[Any, None] = {}
+    too_big = _error(_431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
+                     "or FLOWISE_SSE_MAX_HEADERS")
+    too_slow = _error(_408, "request_timeout", "the request headers did not arrive within "
+                      "FLOWISE_SSE_HEADER_TIMEOUT")
+
+    class GatewayHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        _head_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _refused = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_done()
+            super().connection_lost(exc)
+
+        def _await_head(self) -> None:
+            if self._head_timer is None:
+                self._head_bytes = 0
+                self._head_timer = self.loop.call_later(settings.header_timeout, self._head_timeout)
+                pending[self] = None
+                while len(pending) > settings.max_pending_connections:
+                    oldest = next(iter(pending))
+                    oldest._head_done()
+                    oldest.transport.close()
+
+        def _head_done(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            pending.pop(self, None)
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            pending.pop(self, None)
+            if not self.transport.is_closing():
+                if self._head_bytes:  # something was sent: say why it ends
+                    self.transport.write(too_slow)
+                self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self._head_timer is not None
+            if waiting:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            # Still no end of headers after this many bytes: refuse before buffering more.
+            if self._head_timer is not None and self._head_bytes > settings.max_header_bytes:
+                self._refuse()
+
+        def _refuse(self) -> None:
+            self._head_done()
+            if not self.transport.is_closing():
+                self.transport.write(too_big)
+                self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            if self._refused:  # raised from on_headers_complete below: it is a 431
+                self._refuse()
+            else:
+                super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._await_head()
+            self._head_bytes = max(self._head_bytes, 1)  # its first bytes came in this very chunk
+
+        def on_headers_complete(self) -> None:
+            # Headers that came whole in one read are measured here, exactly.
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if len(self.headers) > settings.max_headers or size > settings.max_header_bytes:
+                self._refused = True
+                raise ValueError("headers over the limits")  # the parser stops; send_400_response runs
+            self._head_done()
+            super().on_headers_complete()
+            if self.scope.get("http_version") == "1.0" and self.cycle is not None:
+                _close_delimited(self.cycle)
+
+    return GatewayHttpProtocol
+
+
+def _close_delimited(cycle: Any) -> None:
+    """An HTTP/1.0 response without Content-Length: no chunked encoding (HTTP/1.0 does not have
+    it); the body runs until the connection closes, which ends it."""
+    send: Callable[[dict], Any] = cycle.send
+
+    async def send_unchunked(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            names = {name.lower() for name, _ in message.get("headers", ())}
+            if b"content-length" not in names and b"transfer-encoding" not in names:
+                cycle.chunked_encoding = False
+                cycle.keep_alive = False
+                cycle.expected_content_length = 1 << 62
+                cycle.unbounded = True
+        elif getattr(cycle, "unbounded", False) and not message.get("more_body", False):
+            # The last piece: what is left to send is exactly this (uvicorn checks the count).
+            cycle.expected_content_length = len(message.get("body", b""))
+        await send(message)
+
+    cycle.send = send_unchunked
