@@ -112,7 +112,7 @@ def _stalled_reader(port: int, path: str) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
     return sock
 
 
@@ -129,7 +129,8 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
     # The stream fills the socket's buffers with big tokens, then Flowise stalls: the write that
     # blocks times out (sse-starlette >= 3.7 bounds its keep-alive writes the same way), the
     # reader is let go and the stream goes on for others.
-    gateway = gateways(emulators("3.1.4").url, send_timeout=0.5, keepalive_interval=0.2, idle_timeout=60.0)
+    gateway = gateways(emulators("3.1.4").url, send_timeout=0.5, keepalive_interval=0.2, idle_timeout=60.0,
+                       max_body_bytes=16 * 1024 * 1024)  # the 8 MB plan travels in the request
     big = ["x" * 200_000] * 40
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "stall",
