@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
@@ -71,3 +72,43 @@ async def test_health_andReadiness_thenVersionAndTransport(gateway, flowise, ver
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = (await client.get("/readyz")).json()
     assert ready == {"status": "ready", "flowiseVersion": version, "transport": TRANSPORT[version]}
+
+
+@pytest.mark.parametrize("version", ["2.0.7", "2.2.8"])
+async def test_listChatflows_with2xBasicAuthOrKey_thenEachWorksAndNothingElse(emulators, gateways, version):
+    # 2.0.6+ reads basic auth only beside `x-request-from: internal`, otherwise wants a Bearer key;
+    # 2.0.7's version route is guarded too, so the version check needs the same credentials.
+    flowise = emulators(version, username="admin", password="s3cret-pass", api_key="key-2x")
+    basic = gateways(flowise.url, flowise_username="admin", flowise_password="s3cret-pass")
+    keyed = gateways(flowise.url, flowise_api_key="key-2x")
+    wrong = gateways(flowise.url, flowise_username="admin", flowise_password="wrong")
+    async with httpx.AsyncClient() as client:
+        for gateway in (basic, keyed):
+            r = await client.get(gateway.url + "/v1/chatflows")
+            assert r.status_code == 200, r.text
+            ready = (await client.get(gateway.url + "/readyz")).json()
+            assert ready["flowiseVersion"] == version
+        r = await client.get(wrong.url + "/v1/chatflows")
+        assert r.status_code == 502 and r.json()["error"]["code"] == "unauthorized"
+        assert "s3cret" not in r.text
+
+
+async def test_listChatflows_with2xAndNoCredentials_thenUiMarkerOpensAnUnguardedFlowise(emulators, gateways):
+    # A 2.x without FLOWISE_USERNAME lets its UI in with `x-request-from: internal` alone; the
+    # gateway does the same, and a 2.x with basic auth still refuses it.
+    open_flowise = emulators("2.2.8", api_key="key-2x")
+    guarded = emulators("2.2.8", username="admin", password="s3cret-pass", api_key="key-2x")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(gateways(open_flowise.url).url + "/v1/chatflows")).status_code == 200
+        refused = await client.get(gateways(guarded.url).url + "/v1/chatflows")
+        assert refused.status_code == 502 and refused.json()["error"]["code"] == "unauthorized"
+
+
+async def test_listChatflows_with3xBasicAndKey_thenOnlyTheKeyIsSent(emulators, gateways):
+    flowise = emulators("3.1.4", username="admin", password="s3cret-pass", api_key="ws-key-9")
+    both = gateways(flowise.url, flowise_api_key="ws-key-9", flowise_username="admin", flowise_password="s3cret-pass")
+    only_basic = gateways(flowise.url, flowise_username="admin", flowise_password="s3cret-pass")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(both.url + "/v1/chatflows")).status_code == 200
+        refused = await client.get(only_basic.url + "/v1/chatflows")
+        assert refused.status_code == 502 and refused.json()["error"]["code"] == "unauthorized"

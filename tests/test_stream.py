@@ -11,7 +11,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
-from .conftest import TRANSPORT
+from .conftest import SSE_VERSIONS, TRANSPORT
 from .helpers import REPLY
 from .servers import aread_sse, joined, parse_sse
 
@@ -108,6 +108,19 @@ async def test_stream_whenFlowiseSendsOtherEvents_thenRelayedUnderTheirNames(gat
     by_name = {e.event: e.data for e in events}
     assert by_name["sourceDocuments"] == docs and by_name["usedTools"] == tools
     assert [e.event for e in events].count("sourceDocuments") == 1
+
+
+@pytest.mark.parametrize("version", SSE_VERSIONS)
+async def test_stream_whenReasoningComesAsStartThenAgentReasoning_thenRelayedOnce(emulators, gateways, version):
+    # Sequential agents (real 3.1.4) send their reasoning as `start` and again as `agentReasoning`.
+    # (SSE lines only: over socket.io, events sent after the tokens race the HTTP answer.)
+    gateway = gateways(emulators(version).url)
+    reasoning = [{"agentName": "Calculator", "messages": ["42"], "nodeName": "seqAgent"}]
+    other = [{"agentName": "Checker", "messages": ["ok"], "nodeName": "seqAgent"}]
+    extra = [{"event": "start", "data": reasoning}, {"event": "agentReasoning", "data": reasoning},
+             {"event": "agentReasoning", "data": other}]
+    _, events = await stream(gateway, "reasoning", overrideConfig={"emulator": {"events": extra}})
+    assert [e.data for e in events if e.event == "agentReasoning"] == [reasoning, other]
 
 
 async def test_stream_whenChatflowCannotStream_thenOneTokenThenEnd(gateway, flowise, version):
@@ -213,3 +226,32 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
     # A comment line alone, never followed by a blank line of its own: no client makes it an event.
     assert r.text.count("\n: keep-alive\n") >= 2 and ": keep-alive\n\n" not in r.text
     assert [e.event for e in parse_sse(r)][-1] == "end"
+
+
+@pytest.mark.parametrize("version", ["2.2.8", "3.1.4"])
+async def test_stream_whenFlowiseStreamsNoTokenButStoredAnAnswer_thenStoredAnswerIsTheToken(
+        emulators, gateways, version):
+    # Flowise #4926 & co: `metadata` and `end` arrive, no token; the answer is in its database.
+    flowise = emulators(version, username="admin", password="s3cret-pass", api_key="key-x")
+    credentials = ({"flowise_api_key": "key-x"} if version.startswith("3")
+                   else {"flowise_username": "admin", "flowise_password": "s3cret-pass"})
+    gateway = gateways(flowise.url, **credentials)
+    overrides = {"emulator": {"dropTokens": True}}
+    _, events = await stream(gateway, "lost tokens", overrideConfig=overrides)
+    names = [e.event for e in events]
+    assert names == ["start", "token", "metadata", "end"], names
+    assert events[1].data["text"] == events[-1].data["text"] == REPLY + "lost tokens"
+
+    # Without the management credentials the answer cannot be read: the stream ends as Flowise
+    # sent it (and the gateway logs why), rather than failing.
+    _, events = await stream(gateways(flowise.url), "lost tokens", overrideConfig=overrides)
+    assert [e.event for e in events] == ["start", "metadata", "end"]
+    assert events[-1].data["text"] == ""
+
+
+async def test_stream_whenAnswerIsReallyEmpty_thenEmptyEndAndNoInventedToken(emulators, gateways):
+    flowise = emulators("3.1.4", api_key="key-x")
+    _, events = await stream(gateways(flowise.url, flowise_api_key="key-x"), "nothing",
+                             overrideConfig={"emulator": {"tokens": []}})
+    assert [e.event for e in events] == ["start", "metadata", "end"]
+    assert events[-1].data["text"] == ""

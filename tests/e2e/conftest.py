@@ -1,5 +1,6 @@
-"""Session fixtures for the real-Flowise e2e tests: the mock LLM, Flowise 1.6.2 and 3.1.4 set up
-with chatflows and keys, and gateways started as subprocesses in front of them.
+"""Session fixtures for the real-Flowise e2e tests: the mock LLM, the five Flowise releases
+(1.6.2, 1.8.4, 2.0.7, 2.2.8, 3.1.4) set up with chatflows and keys, one at a time, and gateways
+started as subprocesses in front of them.
 
 Everything listens on 127.0.0.1 and lives in pytest's tmp folders; every process started here is
 stopped at teardown, and dies with pytest if pytest itself is killed (see flowise_harness.spawn).
@@ -18,14 +19,14 @@ import pytest
 
 from ..helpers import free_port
 from .flowise_harness import (
+    RELEASES,
     FlowiseDeployment,
     Gateway,
     GatewayFactory,
-    Major,
     ensure_installed,
+    selected_releases,
     spawn,
-    start_v1,
-    start_v3,
+    start_release,
     stop,
     wait_until,
 )
@@ -55,7 +56,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     capture = session.config.pluginmanager.getplugin("capturemanager")
     started = time.monotonic()
     with capture.global_and_fixture_disabled():
-        ensure_installed()
+        ensure_installed(selected_releases())
     _timings["install_flowise.sh"] = time.monotonic() - started
 
 
@@ -66,10 +67,34 @@ def mock_llm() -> Iterator[MockLLM]:
     llm.stop()
 
 
-def _deploy(major: Major, starter: Callable[[Path, str], FlowiseDeployment], mock_llm: MockLLM,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowiseDeployment]:
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that uses `real_flowise` runs once per release, or on those its
+    `@pytest.mark.releases("1.6.2", ...)` names (a flow kind only some releases have)."""
+    if "real_flowise" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("releases")
+    wanted = list(marker.args) if marker else list(RELEASES)
+    versions = [v for v in selected_releases() if v in wanted]
+    metafunc.parametrize("real_flowise", versions, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test whose releases are all left out by FLOWISE_E2E_VERSIONS is deselected, not skipped."""
+    unrun = [item for item in items if "real_flowise" in getattr(item, "fixturenames", ())
+             and getattr(getattr(item, "callspec", None), "params", {}).get("real_flowise") not in RELEASES]
+    if unrun:
+        config.hook.pytest_deselected(items=unrun)
+        items[:] = [item for item in items if item not in unrun]
+
+
+@pytest.fixture(scope="session")
+def real_flowise(request: pytest.FixtureRequest, mock_llm: MockLLM,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowiseDeployment]:
+    """One Flowise release, started on first use and stopped before the next release starts
+    (pytest groups the tests by release), so one server runs at a time."""
+    release = RELEASES[request.param]
     started = time.monotonic()
-    deployment = starter(tmp_path_factory.mktemp(f"flowise-{major}"), mock_llm.base_url)
+    deployment = start_release(tmp_path_factory.mktemp(f"flowise-{release.version}"), mock_llm.base_url, release)
     try:
         _timings[f"flowise {deployment.version}: start until HTTP"] = deployment.start_seconds
         # The first prediction pays for parsing the tokenizer ranks (about 1.5 s on 3.x): pay it here.
@@ -79,49 +104,33 @@ def _deploy(major: Major, starter: Callable[[Path, str], FlowiseDeployment], moc
         yield deployment
     finally:
         deployment.close()
-
-
-@pytest.fixture(scope="session")
-def flowise_v1(mock_llm: MockLLM,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowiseDeployment]:
-    """Flowise 1.6.2 (socket.io streaming), basic auth on, an API key from its api.json store."""
-    yield from _deploy("v1", start_v1, mock_llm, tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def flowise_v3(mock_llm: MockLLM,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowiseDeployment]:
-    """Flowise 3.1.4 (SSE streaming) on Node 24, with a user account and a workspace API key."""
-    yield from _deploy("v3", start_v3, mock_llm, tmp_path_factory)
-
-
-@pytest.fixture(scope="session", params=["v1", "v3"])
-def real_flowise(request: pytest.FixtureRequest) -> FlowiseDeployment:
-    """Each test that uses this runs against both versions (a server starts on first use)."""
-    deployment: FlowiseDeployment = request.getfixturevalue(f"flowise_{request.param}")
-    return deployment
+        _timings[f"flowise {deployment.version}: whole session"] = time.monotonic() - started
 
 
 @pytest.fixture(scope="session")
 def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
-    """`gateways(flowise, api_key=True, basic_auth=True, on_disconnect=None)` -> a running gateway.
+    """`gateways(flowise, api_key=True, basic_auth=True, on_disconnect=None, via=None)` -> a running gateway.
 
-    api_key: FLOWISE_API_KEY (the key the keyed chatflow is bound to; on 3.x also the key for the
-    management routes). basic_auth: FLOWISE_USERNAME/PASSWORD, 1.x only (3.x has none).
-    on_disconnect: FLOWISE_SSE_ON_CLIENT_DISCONNECT. Gateways are shared per configuration.
+    api_key: FLOWISE_API_KEY (the key the keyed chatflow is bound to; on 2.x and 3.x it also opens
+    the management routes). basic_auth: FLOWISE_USERNAME/PASSWORD, 1.x and 2.x (3.x has none).
+    on_disconnect: FLOWISE_SSE_ON_CLIENT_DISCONNECT. via: a URL in front of Flowise (a proxy) to
+    use as FLOWISE_URL. Gateways are shared per configuration.
     """
-    running: dict[tuple[str, bool, bool, str | None], Gateway] = {}
+    running: dict[tuple[str, bool, bool, str | None, str | None], Gateway] = {}
 
     def start(flowise: FlowiseDeployment, *, api_key: bool = True, basic_auth: bool = True,
-              on_disconnect: str | None = None) -> Gateway:
-        key = (flowise.url, api_key, basic_auth, on_disconnect)
+              on_disconnect: str | None = None, via: str | None = None) -> Gateway:
+        key = (flowise.url, api_key, basic_auth, on_disconnect, via)
         if key in running:
             return running[key]
+        # The releases run one after the other: gateways in front of a finished one go.
+        for other in [k for k in running if k[0] != flowise.url]:
+            stop(running.pop(other).process)
         port = free_port()
         # The gateway reads its settings from the environment: start from a clean slate so a
         # developer's own FLOWISE_* variables cannot leak into the test.
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWISE")}
-        env |= {"FLOWISE_URL": flowise.url, "FLOWISE_TRANSPORT": "auto", "PYTHONUNBUFFERED": "1"}
+        env |= {"FLOWISE_URL": via or flowise.url, "FLOWISE_TRANSPORT": "auto", "PYTHONUNBUFFERED": "1"}
         if api_key:
             env["FLOWISE_API_KEY"] = flowise.api_key
         if basic_auth and flowise.basic_auth:

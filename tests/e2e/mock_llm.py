@@ -10,6 +10,10 @@ Markers in the user message change the behaviour and are removed from the echoed
     [[delay=300]]  wait 300 ms before each token (slow streams for disconnect tests)
     [[http400]]    answer HTTP 400 at once; [[http401]] likewise with 401. LangChain retries 429 and
                    5xx with a long backoff, so only 4xx errors make fast error tests.
+    [[tool]]       when the request offers tools (`tools`, or 1.x's legacy `functions`), call the
+                   calculator with `6 * 7` first (a streamed tool call, arguments in pieces); once
+                   the tool's answer follows the last user message, reply with the usual text plus
+                   " The calculator tool returned: <answer>." (see `tool_reply_for`).
 
 Run in-process with `MockLLM().start()` (a uvicorn thread), or standalone:
     python tests/e2e/mock_llm.py --port 8199 [--token-delay-ms 20]
@@ -38,7 +42,9 @@ from starlette.routing import Route
 REPLY_PREFIX = "This is a deterministic mock reply. You said: "
 MODEL_ID = "gpt-4o-mini"
 
-_MARKER = re.compile(r"\[\[(delay=(\d+)|http(4\d\d))\]\]")
+_MARKER = re.compile(r"\[\[(delay=(\d+)|http(4\d\d)|tool)\]\]")
+TOOL_MARKER = "[[tool]]"
+TOOL_EXPRESSION = "6 * 7"
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,39 @@ def reply_for(question: str) -> str:
     return REPLY_PREFIX + " ".join(_MARKER.sub("", question).split())
 
 
+def tool_reply_for(question: str, tool_output: str = "42") -> str:
+    """The final answer after the calculator ran (it computes TOOL_EXPRESSION: 42)."""
+    return f"{reply_for(question)} The calculator tool returned: {tool_output}."
+
+
 def reply_tokens(question: str) -> list[str]:
-    words = reply_for(question).split(" ")
+    return _words(reply_for(question))
+
+
+def _words(text: str) -> list[str]:
+    words = text.split(" ")
     return [words[0]] + [" " + word for word in words[1:]]
+
+
+def _tool_result_after_user(messages: list[dict[str, Any]]) -> str | None:
+    """The tool's (or legacy function's) answer, if one follows the last user message."""
+    result = None
+    for message in messages:
+        if message.get("role") == "user":
+            result = None
+        elif message.get("role") in ("tool", "function"):
+            result = _content_text(message.get("content"))
+    return result
+
+
+def _offered_tool(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(style, name) of the calculator the request offers: "tools" or legacy "functions"."""
+    for style, items in (("tools", body.get("tools")), ("functions", body.get("functions"))):
+        for item in items or ():
+            name = (item.get("function") or {}).get("name") if style == "tools" else item.get("name")
+            if isinstance(name, str) and "calculator" in name.lower():
+                return style, name
+    return None
 
 
 def _count_words(messages: list[dict[str, Any]]) -> int:
@@ -166,10 +202,17 @@ class MockLLM:
                                "param": None, "code": None}},
                     status_code=status,
                 )
-            delay = int(match.group(2)) / 1000
+            if match.group(2):
+                delay = int(match.group(2)) / 1000
         tokens = reply_tokens(question)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = body.get("model") or MODEL_ID
+        offered = _offered_tool(body) if TOOL_MARKER in question else None
+        if offered is not None:
+            tool_output = _tool_result_after_user(messages)
+            if tool_output is None:
+                return self._tool_call(body, completion_id, model, *offered)
+            tokens = _words(tool_reply_for(question, tool_output))
         usage = {
             "prompt_tokens": _count_words(messages),
             "completion_tokens": len(tokens),
@@ -198,6 +241,44 @@ class MockLLM:
             self._stream(completion_id, model, tokens, delay, usage if include_usage else None),
             media_type="text/event-stream",
         )
+
+    def _tool_call(self, body: dict[str, Any], completion_id: str, model: str, style: str, name: str) -> Response:
+        """The first turn of a tool agent: call the calculator, streamed like OpenAI does (the name
+        first, the arguments in pieces, finish_reason `tool_calls`), or in one message."""
+        call_id = f"call_mock_{uuid.uuid4().hex[:16]}"
+        arguments = json.dumps({"input": TOOL_EXPRESSION})
+        finish = "tool_calls" if style == "tools" else "function_call"
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None}
+            if style == "tools":
+                message["tool_calls"] = [{"id": call_id, "type": "function",
+                                          "function": {"name": name, "arguments": arguments}}]
+            else:
+                message["function_call"] = {"name": name, "arguments": arguments}
+            return JSONResponse({
+                "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            })
+        pieces = [arguments[:7], arguments[7:15], arguments[15:]]
+        if style == "tools":
+            deltas = [{"role": "assistant", "content": None, "tool_calls": [
+                {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}]
+            deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]} for piece in pieces]
+        else:
+            deltas = [{"role": "assistant", "content": None, "function_call": {"name": name, "arguments": ""}}]
+            deltas += [{"function_call": {"arguments": piece}} for piece in pieces]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            created = int(time.time())
+            for index, delta in enumerate([*deltas, {}]):
+                payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                           "model": model, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                        "finish_reason": finish if index == len(deltas) else None}]}
+                yield b"data: " + json.dumps(payload).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
 
     async def _stream(
         self, completion_id: str, model: str, tokens: list[str], delay: float, usage: dict[str, int] | None

@@ -1,4 +1,6 @@
-"""The gateway against real Flowise servers: 1.6.2 (socket.io) and 3.1.4 (SSE), installed from npm.
+"""The gateway against real Flowise servers installed from npm, one per release line: 1.6.2, 1.8.4,
+2.0.7 (socket.io) and 2.2.8, 3.1.4 (SSE). The same cases run on each; tool agents (1.6.2, 3.1.4)
+and an Agentflow V2 (3.1.4) on the releases named by their `releases` mark.
 
 Every assertion is made through the gateway's HTTP API, as a client sees it; Flowise itself is
 called directly only to get its own answer to compare with, and the mock LLM tells what Flowise
@@ -19,7 +21,8 @@ import pytest
 from httpx_sse import connect_sse
 
 from .flowise_harness import FlowiseDeployment, Gateway, GatewayFactory
-from .mock_llm import MockLLM, reply_for, reply_tokens
+from .token_dropping_proxy import TokenDroppingProxy
+from .mock_llm import TOOL_EXPRESSION, TOOL_MARKER, MockLLM, reply_for, reply_tokens, tool_reply_for
 
 pytestmark = pytest.mark.e2e
 
@@ -113,10 +116,7 @@ def test_stream_equals_flowise_answer(real_flowise: FlowiseDeployment, gateways:
     result = open_stream(gateways(real_flowise), real_flowise.chatflows.open, question)
 
     start = assert_well_formed(result, real_flowise.chatflows.open)
-    if real_flowise.major == "v1":
-        assert start["transport"] == "socketio"
-    else:
-        assert start["transport"] == "sse"
+    assert start["transport"] == real_flowise.release.transport
     assert "".join(result.tokens) == direct.json()["text"] == reply_for(question)
     # In order, each exactly once: Flowise's `start` must not be doubled into a first token.
     assert result.tokens == reply_tokens(question)
@@ -168,20 +168,29 @@ def test_history_reaches_the_llm(real_flowise: FlowiseDeployment, gateways: Gate
     ]
 
 
+# The credential kinds each line's management routes take (README, "Flowise credentials").
+CREDENTIAL_KINDS = {"basic": [{"api_key": False}], "key": [{"basic_auth": False}],
+                    "basic-or-key": [{"api_key": False}, {"basic_auth": False}]}
+
+
 def test_listing_uses_the_upstream_credentials(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
-    # Each version with only what its listing needs: 1.x basic auth (FLOWISE_USERNAME/PASSWORD),
-    # 3.x the workspace API key (FLOWISE_API_KEY).
-    gateway = gateways(real_flowise, api_key=real_flowise.major == "v3")
+    # Each version with only what its listing needs, each kind it takes on its own: 1.x basic auth
+    # (FLOWISE_USERNAME/PASSWORD), 2.x basic auth or an API key, 3.x a workspace API key.
+    for credentials in CREDENTIAL_KINDS[real_flowise.release.auth]:
+        gateway = gateways(real_flowise, **credentials)
 
-    listed = httpx.get(f"{gateway.url}/v1/chatflows", timeout=TIMEOUT)
+        listed = httpx.get(f"{gateway.url}/v1/chatflows", timeout=TIMEOUT)
 
-    assert listed.status_code == 200, listed.text
-    flows = {flow["id"]: flow for flow in listed.json()}
-    assert set(vars(real_flowise.chatflows).values()) <= set(flows)
-    summary = flows[real_flowise.chatflows.open]
-    assert {"id", "name", "deployed", "isPublic", "category", "type", "updatedDate"} <= set(summary)
-    assert summary["name"] == "e2e-stream"
-    assert "flowData" not in summary
+        assert listed.status_code == 200, (credentials, listed.text)
+        flows = {flow["id"]: flow for flow in listed.json()}
+        assert {flow for flow in vars(real_flowise.chatflows).values() if flow} <= set(flows)
+        summary = flows[real_flowise.chatflows.open]
+        assert {"id", "name", "deployed", "isPublic", "category", "type", "updatedDate"} <= set(summary)
+        assert summary["name"] == "e2e-stream"
+        assert "flowData" not in summary
+        # The version check took the same credentials (2.0.7 guards that route too).
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=TIMEOUT)
+        assert ready.status_code == 200 and ready.json()["flowiseVersion"] == real_flowise.version, ready.text
 
     anonymous = gateways(real_flowise, api_key=False, basic_auth=False)
     refused = httpx.get(f"{anonymous.url}/v1/chatflows", timeout=TIMEOUT)
@@ -270,39 +279,37 @@ def test_readyz_reports_version_and_transport(real_flowise: FlowiseDeployment, g
     assert ready.status_code == 200, ready.text
     assert ready.json()["status"] == "ready"
     assert ready.json()["flowiseVersion"].split(".")[0] == real_flowise.version.split(".")[0]
-    assert ready.json()["transport"] == ("socketio" if real_flowise.major == "v1" else "sse")
+    assert ready.json()["transport"] == real_flowise.release.transport
 
 
-def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
-    gateway = gateways(real_flowise, on_disconnect="abort")
-    port = real_flowise.port
-    # A complete stream first, so the gateway's pools (HTTP keep-alive, 1.x's pre-connected
-    # sockets) are in their steady state when the baseline is taken.
+def slow_question(what: str) -> str:
+    # About 30 tokens at 300 ms each: the LLM, and so Flowise, goes on producing for ~9 s.
+    return f"[[delay=300]] slow answer for the {what} check {marker()} " + " ".join(["word"] * 20)
+
+
+def warm_baseline(gateway: Gateway, real_flowise: FlowiseDeployment) -> dict[int, int]:
+    """A complete stream first, so the gateway's pools (HTTP keep-alive, the socket.io
+    pre-connected sockets) are in their steady state when the baseline is taken."""
     warm = open_stream(gateway, real_flowise.chatflows.open, f"warm up {marker()}")
     assert warm.events[-1].event == "end", warm.error()
-    baseline = gateway.upstream_connections(port)
-    # About 30 tokens at 300 ms each: the LLM, and so Flowise, goes on producing for ~9 s.
-    question = f"[[delay=300]] slow answer for the disconnect check {marker()} " + " ".join(["word"] * 20)
+    return gateway.upstream_connections(real_flowise.port)
 
-    snapshots: list[dict[int, int]] = []
-    with httpx.Client(timeout=TIMEOUT) as client, \
-            connect_sse(client, "POST", f"{gateway.url}/v1/chatflows/{real_flowise.chatflows.open}/stream",
-                        json={"question": question}) as source:
-        for event in source.iter_sse():
-            if event.event == "token" and json.loads(event.data)["text"]:
-                snapshots.append(gateway.upstream_connections(port))
-                if len(snapshots) == 2:
-                    break  # closing the iterator closes the client's connection mid-stream
-    during_first, during = snapshots
-    # The upstream that carries the answer (3.x: the SSE response; 1.x: the leased socket.io
-    # socket) is the connection that received a token between the two snapshots; a 1.x pool
-    # socket's ping (3 bytes) stays under the threshold.
-    carrying = {inode for inode in during_first.keys() & during.keys() if during[inode] - during_first[inode] >= 15}
-    assert carrying, f"no connection to Flowise carried the tokens: {during_first} -> {during}"
 
+def carrying_connections(snapshots: list[dict[int, int]]) -> set[int]:
+    """The upstream that carries the answer (SSE: the prediction's response; socket.io: the leased
+    socket) is the connection that received a token between two snapshots; a pool socket's ping
+    (3 bytes) stays under the threshold."""
+    first, last = snapshots
+    carrying = {inode for inode in first.keys() & last.keys() if last[inode] - first[inode] >= 15}
+    assert carrying, f"no connection to Flowise carried the tokens: {first} -> {last}"
+    return carrying
+
+
+def assert_upstream_released(gateway: Gateway, port: int, baseline: dict[int, int], during: dict[int, int],
+                             carrying: set[int]) -> None:
     # Back to baseline within ~2 s: the connections open while streaming that are still open
-    # may not outnumber the baseline. Connections opened after the disconnect are not the
-    # stream's (3.x's abort call, PUT /chatmessage/abort, leaves an idle keep-alive one); they
+    # may not outnumber the baseline. Connections opened after the stream ended are not the
+    # stream's (the abort call, PUT /chatmessage/abort, leaves an idle keep-alive one); they
     # are covered by the no-traffic check below.
     deadline = time.monotonic() + 2.0
     while True:
@@ -312,7 +319,7 @@ def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, 
             break
         assert time.monotonic() < deadline, (
             f"connections to Flowise: {len(baseline)} before, {len(during)} during, {len(still_open)} of those "
-            f"still open 2 s after the disconnect (carrying the stream: {carrying & still_open})\n"
+            f"still open 2 s after the stream ended (carrying the stream: {carrying & still_open})\n"
             f"{gateway.log_tail()}")
         time.sleep(0.1)
     # Flowise keeps producing a token every 300 ms for seconds more (a classic chain ignores
@@ -327,6 +334,169 @@ def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, 
         receiving = {inode for inode in receiving if later[inode] - earlier[inode] >= 15}
     assert not receiving, f"still receiving (bytes so far): {[{i: sample[i] for i in receiving} for sample in samples]}"
 
+
+def test_client_disconnect_closes_the_upstream(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
+    gateway = gateways(real_flowise, on_disconnect="abort")
+    port = real_flowise.port
+    baseline = warm_baseline(gateway, real_flowise)
+
+    snapshots: list[dict[int, int]] = []
+    with httpx.Client(timeout=TIMEOUT) as client, \
+            connect_sse(client, "POST", f"{gateway.url}/v1/chatflows/{real_flowise.chatflows.open}/stream",
+                        json={"question": slow_question("disconnect")}) as source:
+        for event in source.iter_sse():
+            if event.event == "token" and json.loads(event.data)["text"]:
+                snapshots.append(gateway.upstream_connections(port))
+                if len(snapshots) == 2:
+                    break  # closing the iterator closes the client's connection mid-stream
+
+    assert_upstream_released(gateway, port, baseline, snapshots[1], carrying_connections(snapshots))
     # And the gateway serves the next client normally.
     follow_up = open_stream(gateway, real_flowise.chatflows.open, f"after the disconnect {marker()}")
     assert follow_up.events[-1].event == "end", follow_up.error()
+
+
+def test_abort_ends_the_stream_and_closes_the_upstream(real_flowise: FlowiseDeployment,
+                                                       gateways: GatewayFactory) -> None:
+    gateway = gateways(real_flowise)
+    port = real_flowise.port
+    baseline = warm_baseline(gateway, real_flowise)
+    created = httpx.post(f"{gateway.url}/v1/streams", timeout=TIMEOUT,
+                         json={"chatflowId": real_flowise.chatflows.open, "question": slow_question("abort")})
+    assert created.status_code == 201, created.text
+    stream_id = created.json()["streamId"]
+
+    snapshots: list[dict[int, int]] = []
+    events: list[Sse] = []
+    with httpx.Client(timeout=TIMEOUT) as client, \
+            connect_sse(client, "GET", f"{gateway.url}/v1/streams/{stream_id}/events") as source:
+        for event in source.iter_sse():
+            events.append(Sse(event.event, event.id, json.loads(event.data)))
+            if event.event == "token" and events[-1].data["text"] and len(snapshots) < 2:
+                snapshots.append(gateway.upstream_connections(port))
+                if len(snapshots) == 2:
+                    deleted = httpx.delete(f"{gateway.url}/v1/streams/{stream_id}", timeout=TIMEOUT)
+                    assert deleted.status_code == 204, deleted.text
+
+    # The reader stays to the end: the stream's last event says it was aborted.
+    assert events[-1].event == "error" and events[-1].data["code"] == "aborted", [e.event for e in events]
+    assert "end" not in [e.event for e in events]
+    assert len([e for e in events if e.event == "token" and e.data["text"]]) < 25  # stopped, not finished
+    assert_upstream_released(gateway, port, baseline, snapshots[1], carrying_connections(snapshots))
+    follow_up = open_stream(gateway, real_flowise.chatflows.open, f"after the abort {marker()}")
+    assert follow_up.events[-1].event == "end", follow_up.error()
+
+
+def tool_used(events: list[Sse]) -> list[dict[str, Any]]:
+    [used] = [e.data for e in events if e.event == "usedTools"]
+    return list(used)
+
+
+@pytest.mark.releases("1.6.2", "3.1.4")
+def test_tool_agent_calls_the_tool_and_relays_its_use(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                                      mock_llm: MockLLM) -> None:
+    flow = real_flowise.chatflows.tool_agent
+    assert flow is not None
+    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
+
+    result = open_stream(gateways(real_flowise), flow, question)
+
+    assert_well_formed(result, flow)
+    assert result.events[-1].event == "end", result.error()
+    # The calculator really ran inside Flowise: its answer went back to the LLM as a tool message.
+    calls = mock_llm.requests_for(question)
+    assert len(calls) == 2, [c.messages for c in calls]
+    tool_messages = [m for m in calls[1].messages if m["role"] == "tool"]
+    assert [m["content"] for m in tool_messages] == ["42"]
+    # The text is the final turn's alone (the tool-call turn streams no text), exactly.
+    assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
+    [used] = tool_used(result.events)
+    assert used["tool"] == "calculator" and used["toolOutput"] == "42"
+    assert used["toolInput"] == {"input": TOOL_EXPRESSION}
+    names = result.names
+    assert names.index("usedTools") < names.index("end")
+    if real_flowise.release.line == "3.x":
+        # "Enable Detailed Streaming": the agent's steps as they happen, before the answer's text.
+        traces = [e.data for e in result.events if e.event == "agent_trace"]
+        steps = [trace["step"] for trace in traces]
+        assert steps == ["agent_action", "tool_start", "tool_end"], traces
+        assert names.index("agent_trace") < next(i for i, e in enumerate(result.events)
+                                                 if e.event == "token" and e.data["text"])
+
+
+@pytest.mark.releases("3.1.4")
+def test_agentflow_relays_its_events_and_exact_text(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                                    mock_llm: MockLLM) -> None:
+    flow = real_flowise.chatflows.agentflow
+    assert flow is not None
+    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
+
+    result = open_stream(gateways(real_flowise), flow, question)
+
+    assert_well_formed(result, flow)
+    assert result.events[-1].event == "end", result.error()
+    assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
+    names = result.names
+    # Flowise's own agentflow events, under their own names, in Flowise's order.
+    assert result.first("agentFlowEvent").data == "INPROGRESS"
+    assert [e.data for e in result.events if e.event == "agentFlowEvent"][-1] == "FINISHED"
+    progress = [(e.data["nodeId"], e.data["status"]) for e in result.events if e.event == "nextAgentFlow"]
+    assert progress == [("startAgentflow_0", "INPROGRESS"), ("startAgentflow_0", "FINISHED"),
+                        ("agentAgentflow_0", "INPROGRESS"), ("agentAgentflow_0", "FINISHED")], progress
+    executed = [e.data for e in result.events if e.event == "agentFlowExecutedData"][-1]
+    assert [node["nodeId"] for node in executed] == ["startAgentflow_0", "agentAgentflow_0"]
+    called = [e.data for e in result.events if e.event == "calledTools"]
+    assert called[0][0]["tool"] == "calculator" and called[-1] == []
+    [used] = tool_used(result.events)
+    assert used["tool"] == "calculator" and used["toolOutput"] == "42"
+    assert "usageMetadata" in names
+    assert names.index("calledTools") < names.index("usedTools") < names.index("end")
+    assert [m["content"] for m in mock_llm.requests_for(question)[-1].messages if m["role"] == "tool"] == ["42"]
+
+
+@pytest.mark.releases("2.2.8", "3.1.4")
+def test_stream_without_tokens_ends_with_the_stored_answer(real_flowise: FlowiseDeployment,
+                                                           gateways: GatewayFactory) -> None:
+    # Flowise's no-token bug (#4926 & co), forced: a proxy removes every `token` event, so the
+    # gateway sees `metadata` and `end` only, while Flowise stored the answer. The gateway reads it
+    # back (GET /api/v1/chatmessage/...) with each kind of credentials the line takes.
+    proxy = TokenDroppingProxy(real_flowise.url).start()
+    try:
+        for credentials in CREDENTIAL_KINDS[real_flowise.release.auth]:
+            gateway = gateways(real_flowise, via=proxy.url, **credentials)
+            question = f"Lost tokens {marker()}"
+            dropped = proxy.dropped
+
+            result = open_stream(gateway, real_flowise.chatflows.open, question)
+
+            assert proxy.dropped - dropped == len(reply_tokens(question)), "Flowise streamed no tokens to drop"
+            assert_well_formed(result, real_flowise.chatflows.open)
+            assert result.events[-1].event == "end", result.error()
+            assert result.tokens == [reply_for(question)], (credentials, result.names)
+            assert result.events[-1].data["text"] == reply_for(question)
+            assert result.names.index("token") < result.names.index("metadata")
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.releases("3.1.4")
+def test_sequential_agent_relays_its_reasoning_once(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                                    mock_llm: MockLLM) -> None:
+    flow = real_flowise.chatflows.sequential_agent
+    assert flow is not None
+    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
+
+    result = open_stream(gateways(real_flowise), flow, question)
+
+    assert_well_formed(result, flow)
+    assert result.events[-1].event == "end", result.error()
+    assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
+    # Flowise sends the agents' reasoning twice (as `start`, then as `agentReasoning`): once here.
+    [reasoning] = [e.data for e in result.events if e.event == "agentReasoning"]
+    [step] = reasoning
+    assert step["agentName"] == "Calculator" and step["nodeName"] == "seqAgent"
+    assert step["messages"] == [tool_reply_for(question)]
+    assert step["usedTools"][0]["toolOutput"] == "42"
+    [used] = tool_used(result.events)
+    assert used["tool"] == "calculator" and used["toolOutput"] == "42"
+    assert [m["content"] for m in mock_llm.requests_for(question)[-1].messages if m["role"] == "tool"] == ["42"]

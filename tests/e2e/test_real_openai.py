@@ -1,5 +1,6 @@
-"""The OpenAI-compatible API in front of real Flowise 1.6.2 (socket.io) and 3.1.4 (SSE), with the
-`openai` Python SDK and LangChain's `ChatOpenAI` as the callers."""
+"""The OpenAI-compatible API in front of each real Flowise release (1.6.2, 1.8.4, 2.0.7 over
+socket.io; 2.2.8, 3.1.4 over SSE), with the `openai` Python SDK and LangChain's `ChatOpenAI` as the
+callers."""
 
 from __future__ import annotations
 

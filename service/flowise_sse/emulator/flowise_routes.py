@@ -79,6 +79,7 @@ class Emulator(Records):
             Route("/api/v1/chatflows/{id}", self._get_chatflow),
             Route("/api/v1/chatflows-streaming/{id}", self._streaming_check),
             Route("/api/v1/prediction/{id}", self._predict, methods=["POST"]),
+            Route("/api/v1/chatmessage/{id}", self._chat_messages),
             Route("/__emulator/state", self._state, methods=["GET", "DELETE"]),
         ]
         if quirks.ping_route:
@@ -119,6 +120,14 @@ class Emulator(Records):
         if flow is None:
             return unknown_streaming_chatflow(self.quirks, flow_id)
         return json_response({"isStreaming": flow.streaming})
+
+    async def _chat_messages(self, request: Request) -> Response:
+        """The stored answers of a chatflow, filtered by `chatId` and `messageId` like Flowise's."""
+        query = request.query_params
+        return json_response([
+            m for m in self.answers if m["chatflowid"] == request.path_params["id"]
+            and query.get("chatId", m["chatId"]) == m["chatId"] and query.get("messageId", m["id"]) == m["id"]
+        ])
 
     async def _abort(self, request: Request) -> Response:
         # Like real Flowise, this does not stop a chain's stream: it only aborts agent flows.
@@ -172,6 +181,9 @@ class Emulator(Records):
             authorized=not flow.keyed or (api_key is not None and bearer(request.headers) == api_key),
             streaming_requested=streaming_requested, plan=self._llm.plan(question, controls),
         )
+        if turn.authorized and turn.plan.cut is None:  # an answer that will complete is stored
+            self.answers.append({"id": turn.message_id, "role": "apiMessage", "chatflowid": flow.id,
+                                 "chatId": chat_id, "content": turn.plan.text})
         work: Work
         if transport == "sse":
             work = partial(self._sse, turn)

@@ -39,6 +39,7 @@ class Plan:
     error: str | None  # the failure at `cut`; None there means a stall forever
     boundary: bool  # OpenAI-style empty role and finish chunks around the tokens
     events: list[dict[str, Any]]
+    drop_tokens: bool = False  # the answer is stored but never streamed (Flowise #4926)
 
     @property
     def text(self) -> str:
@@ -78,7 +79,8 @@ class MockLlm:
         token) and `[[http400]]` (the LLM fails with "400 mock error 400"). `overrideConfig.emulator`
         overrides them: `tokens` (list[str]), `delay` (s), `events` ([{event, data}] sent after the
         tokens), `error` (str) with `errorAfter` (tokens first, default 0) and `hangAfter` (the LLM
-        stalls after that many tokens; SSE headers are out by then). `hang: true` is handled before
+        stalls after that many tokens; SSE headers are out by then), `dropTokens` (no `start` or
+        `token` event, the answer only stored: Flowise's no-token bug). `hang: true` is handled before
         the plan: the server never answers at all, not even headers.
         """
         delay_trigger = _DELAY_TRIGGER.search(question)
@@ -89,7 +91,8 @@ class MockLlm:
         if tokens is None:
             tokens = _WORDS.findall(self.reply_prefix + _TRIGGER.sub("", question).strip())
         return Plan(tokens=list(tokens), delay=float(delay), cut=None if cut is None else int(cut), error=error,
-                    boundary=not self.first_token_in_start, events=list(controls.get("events", [])))
+                    boundary=not self.first_token_in_start, events=list(controls.get("events", [])),
+                    drop_tokens=bool(controls.get("dropTokens")))
 
 
 def llm_messages(question: str, history: Any, quirks: Quirks) -> list[dict[str, Any]]:
@@ -129,6 +132,8 @@ async def handler_events(plan: Plan, quirks: Quirks) -> AsyncIterator[tuple[str,
     """What Flowise's chain callback handler makes of the LLM stream, then the flow's extra events."""
     started = False
     async for chunk in plan.chunks():
+        if plan.drop_tokens:
+            continue
         if not started:
             started = True
             yield "start", chunk

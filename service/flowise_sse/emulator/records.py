@@ -17,6 +17,8 @@ class Records:
         # (with its history) for ever. Tests read the most recent ones.
         self.requests: deque[dict[str, Any]] = deque(maxlen=max_recorded)
         self.aborts: deque[tuple[str, str]] = deque(maxlen=max_recorded)
+        # The answers Flowise would store (GET /api/v1/chatmessage/{chatflowid} serves them).
+        self.answers: deque[dict[str, Any]] = deque(maxlen=max_recorded)
         self.requests_seen = 0  # every prediction request, including those no longer in `requests`
         self.active_predictions = 0
         self.client_disconnects = 0
@@ -31,6 +33,7 @@ class Records:
         """Forget what was seen; the live counters (predictions running, sockets connected) stay."""
         self.requests.clear()
         self.aborts.clear()
+        self.answers.clear()
         self.requests_seen = self.client_disconnects = self.socket_connects = 0
 
     def records_state(self) -> dict[str, Any]:

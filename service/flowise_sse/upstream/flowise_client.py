@@ -38,6 +38,13 @@ SSE_SINCE = (2, 1, 0)
 # `PUT /api/v1/chatmessage/abort/...` exists from 1.8.0 on; from the same release, a request's
 # `history` is prepended to the memory Flowise stores under the chatId (PR #2410).
 ABORT_SINCE = (1, 8, 0)
+# Management auth per release line (checked against real 1.6.2, 1.8.4, 2.0.7, 2.2.8 and 3.1.4).
+# From 2.0.6 a management call needs a Bearer API key, unless it carries the UI's marker
+# `x-request-from: internal`: then Flowise's basic auth applies (or nothing, when Flowise has no
+# FLOWISE_USERNAME). From 3.0.1 that marker means a login cookie instead, and only a key works.
+KEY_GATE_SINCE = (2, 0, 6)
+COOKIE_GATE_SINCE = (3, 0, 1)
+INTERNAL = {"x-request-from": "internal"}
 STORED_MEMORY_SINCE = (1, 8, 0)
 
 
@@ -177,12 +184,33 @@ class FlowiseClient:
 
     @property
     def management_headers(self) -> dict[str, str]:
-        """1.x guards listing/version/abort with basic auth; 2.x/3.x with a Bearer API key."""
+        """Listing, version check, abort, stored messages: the credentials this release line takes.
+
+        1.x: basic auth. 2.x: basic auth with `x-request-from: internal`, else the Bearer key, else
+        the marker alone (what the UI sends to a Flowise without credentials). 3.x: the Bearer key.
+        Before the version is known (the version check itself: open from 2.1.2 on, guarded on
+        2.0.x), or when FLOWISE_TRANSPORT skips the check, the transport says which side of 3.0 it
+        may be: `sse` prefers the key (it works on 2.1+ and 3.x), otherwise basic auth is tried.
+        """
         s = self.settings
+        key = self.prediction_headers
+        basic: dict[str, str] = {}
         if s.flowise_username and s.flowise_password:
             raw = f"{s.flowise_username}:{s.flowise_password.get_secret_value()}".encode()
-            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
-        return self.prediction_headers
+            basic = {"Authorization": "Basic " + base64.b64encode(raw).decode(), **INTERNAL}
+        known = self._version.version if self._version else None
+        if known is None:
+            if key and (s.flowise_transport == "sse" or not basic):
+                return key
+            return basic or INTERNAL
+        line = parse_version(known)
+        if line >= COOKIE_GATE_SINCE:
+            return key
+        if basic:
+            return basic  # the marker is harmless on 1.x, whose basic auth ignores it
+        if key:
+            return key
+        return INTERNAL if line >= KEY_GATE_SINCE else {}
 
     @property
     def socketio_url_and_path(self) -> tuple[str, str]:
@@ -364,6 +392,21 @@ class FlowiseClient:
     async def ping(self) -> None:
         """`GET /api/v1/ping` answers `pong` (text, not JSON): any success means reachable."""
         await self.request_bytes("GET", "/api/v1/ping", "the ping", management=False, timeout=10.0)
+
+    async def stored_answer(self, chatflow_id: str, chat_id: str, message_id: str) -> str:
+        """The text Flowise stored for one answer (`GET /api/v1/chatmessage/{chatflowid}`, a
+        management route): read when a stream brought no token (Flowise #4926, #5253, #5193,
+        #5592). Unbounded here: the stream's idle timeout applies."""
+        answer = await self.request(
+            "GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored answer",
+            params={"chatId": chat_id, "messageId": message_id}, timeout=None,
+        )
+        messages = answer.get("data") if isinstance(answer, dict) else answer
+        for message in messages if isinstance(messages, list) else ():
+            if (isinstance(message, dict) and message.get("id") == message_id
+                    and message.get("role") == "apiMessage" and isinstance(message.get("content"), str)):
+                return str(message["content"])
+        return ""
 
     async def abort(self, chatflow_id: str, chat_id: str) -> None:
         """Best effort: Flowise's own stop (agentflows honour it; classic chains run on)."""

@@ -43,6 +43,7 @@ class Normalizer:
         self.parts: list[str] = []
         self.relayed_names: set[str] = set()
         self.metadata: dict[str, Any] | None = None
+        self._reasoning_in_start: Any = None
 
     @property
     def text(self) -> str:
@@ -69,6 +70,12 @@ class Normalizer:
             if not data or isinstance(data, str):
                 return None
             name = "agentReasoning"
+            self._reasoning_in_start = data
+        elif name == "agentReasoning" and data == self._reasoning_in_start:
+            # 2.x/3.x sequential agents send the same reasoning as `start` and then as
+            # `agentReasoning` (seen on real 3.1.4): relayed once.
+            self._reasoning_in_start = None
+            return None
         event = relayed(name, data)
         self.relayed_names.add(name)
         if name == METADATA and isinstance(event.data, dict):

@@ -1,23 +1,28 @@
 """Flowise >= 2.1.0: the prediction POST itself answers with an event stream.
 
 Errors come as an `error` event inside a 200; `end` closes the answer. A flow that cannot stream
-answers plain JSON even though `streaming: true` was sent: its text becomes one token.
+answers plain JSON even though `streaming: true` was sent: its text becomes one token. A stream
+that reaches `metadata` without a single token (a Flowise bug: #4926, #5253, #5193, #5592) gets
+the answer Flowise stored, as one token, before `metadata`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import logging
+from typing import Any, AsyncIterator
 
 import httpx
 import orjson
 
-from ..errors import UpstreamError, UpstreamUnauthorized
-from ..events import END, ERROR, Event, token
+from ..errors import GatewayError, UpstreamError, UpstreamUnauthorized
+from ..events import END, ERROR, METADATA, TOKEN, Event, token
 from .flowise_client import FlowiseClient, prediction_answer, read_limited
 from .flowise_frames import event_payloads
 from .normalizer import Normalizer, closing_events, end_event
 from .prediction import Prediction
+
+logger = logging.getLogger(__name__)
 
 
 async def stream_sse(
@@ -40,12 +45,12 @@ async def stream_sse(
                 yield event
             return
         yield normalizer.start()
-        async for event in _events(response, normalizer, flowise.settings.max_upstream_frame_bytes):
+        async for event in _events(flowise, response, normalizer):
             yield event
 
 
-async def _events(response: httpx.Response, normalizer: Normalizer, max_frame_bytes: int) -> AsyncIterator[Event]:
-    payloads = event_payloads(response.aiter_bytes(), max_frame_bytes)
+async def _events(flowise: FlowiseClient, response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
+    payloads = event_payloads(response.aiter_bytes(), flowise.settings.max_upstream_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
             continue
@@ -68,6 +73,10 @@ async def _events(response: httpx.Response, normalizer: Normalizer, max_frame_by
             yield end_event(normalizer.text, normalizer.metadata)
             await _drain(payloads)
             return
+        if name == METADATA and not normalizer.text and isinstance(data, dict):
+            missing = await _stored_answer(flowise, normalizer.chatflow_id, data)
+            if missing and (recovered := normalizer.feed(TOKEN, missing)):
+                yield recovered
         event = normalizer.feed(name, data)
         if event is None:
             continue
@@ -75,6 +84,20 @@ async def _events(response: httpx.Response, normalizer: Normalizer, max_frame_by
             event.data = {"text": data, "duration": message["duration"]}
         yield event
     raise UpstreamError("Flowise closed the stream before its end event")
+
+
+async def _stored_answer(flowise: FlowiseClient, chatflow_id: str, metadata: dict[str, Any]) -> str:
+    """The stored text of an answer that streamed no token; "" when it is really empty or cannot
+    be read (then the stream ends as Flowise sent it, and the log says why)."""
+    chat_id, message_id = metadata.get("chatId"), metadata.get("chatMessageId")
+    if not isinstance(chat_id, str) or not isinstance(message_id, str):
+        return ""
+    try:
+        return await flowise.stored_answer(chatflow_id, chat_id, message_id)
+    except GatewayError as exc:
+        logger.warning("stream on chatflow %s ended without tokens and its stored answer could not be read "
+                       "(%s); FLOWISE_API_KEY / FLOWISE_USERNAME give the gateway access", chatflow_id, exc.code)
+        return ""
 
 
 async def _drain(payloads: AsyncIterator[bytes]) -> None:
