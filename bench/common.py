@@ -122,13 +122,15 @@ def percentile(values: list[float], q: float) -> float:
 # --- SSE frames -----------------------------------------------------------------------------
 
 def gateway_frame(frame: bytes) -> tuple[str, Any] | None:
-    """`[retry:]\\nid: ..\\nevent: name\\ndata: {json}` -> (name, data); None for a comment."""
+    """`[: keep-alive\\n][retry:\\n]event: name\\ndata: {json}\\nid: ..` -> (name, data); None for a
+    comment alone."""
     e = frame.find(b"event: ")
     if e < 0:
         return None
     nl = frame.find(b"\n", e)
     d = frame.find(b"data: ", nl)
-    return frame[e + 7:nl].decode(), orjson.loads(frame[d + 6:])
+    end = frame.find(b"\n", d)
+    return frame[e + 7:nl].decode(), orjson.loads(frame[d + 6:end] if end >= 0 else frame[d + 6:])
 
 
 def flowise_frame(frame: bytes) -> tuple[str, Any] | None:

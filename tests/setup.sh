@@ -26,6 +26,15 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
 
+# The Node SSE clients of the interoperability suite, pinned by tests/interop/package-lock.json;
+# kept between runs unless the lock file changed.
+# (eventsource 5 asks for Node >= 22.12 in its engines; it runs on Debian's Node 20: tested here.)
+stamp=tests/interop/node_modules/.installed-from
+if [ "$(sha256sum tests/interop/package-lock.json)" != "$(cat "$stamp" 2>/dev/null)" ]; then
+  (cd tests/interop && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
+  sha256sum tests/interop/package-lock.json > "$stamp"
+fi
+
 # The openai npm SDK for tests/test_openai_node.py: installed from its lockfile once, again only when
 # the lockfile changes; --prefer-offline takes it from npm's cache when it is there.
 node_sdk=tests/openai_node

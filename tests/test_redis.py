@@ -69,6 +69,20 @@ def test_startOnA_cutClient_resumeOnB_thenJoinedTextExact(replicas):
     assert joined(events) == events[-1].data["text"] == REPLY + QUESTION
 
 
+def test_resumeOnB_afterTheEndOnA_then204(replicas):
+    a, b, _ = replicas
+    events: list[Sse] = []
+    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "short"},
+                      timeout=20) as r:
+        read(r, events)
+    assert events[-1].event == "end"
+    url = f"{b.url}/v1/streams/{events[-1].id.split(':')[0]}/events"
+    past = httpx.get(url, headers={"Last-Event-ID": events[-1].id}, timeout=20)
+    before = httpx.get(url, headers={"Last-Event-ID": events[-2].id}, timeout=20)
+    assert past.status_code == 204 and past.content == b""  # from Redis: the last entry is the end
+    assert before.status_code == 200 and "event: end" in before.text
+
+
 def test_eventsUrlFromA_readOnB_andDeleteOnB_stopsTheRunOnA(replicas):
     a, b, flowise = replicas
     created = httpx.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.3)}).json()

@@ -57,7 +57,7 @@ async def test_createThenRead_withEventsUrl_thenWholeStreamForSeveralReaders(gat
     assert [e.id for e in a] == [e.id for e in b]
     assert joined(a) == REPLY + "two readers"
     assert a[0].data["chatId"] == body["chatId"]
-    assert middle.text.startswith(f"id: {body['streamId']}:6\n")
+    assert middle.text.split("\n\n")[0].endswith(f"\nid: {body['streamId']}:6")
 
 
 async def test_resume_afterTheStreamEnded_thenReplayFromRetention(gateway):

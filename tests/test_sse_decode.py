@@ -15,7 +15,10 @@ json_values = st.recursive(
 )
 
 
-@given(name=st.text(min_size=1).filter(lambda s: "\n" not in s and "\r" not in s), data=json_values,
+# Names without line breaks of any kind: the encoder turns those into `_` (str.splitlines()-style
+# readers would cut the field line there).
+@given(name=st.text(min_size=1).filter(lambda s: len(s.splitlines()) == 1 and s.splitlines()[0] == s),
+       data=json_values,
        seq=st.integers(1, 10**9), retry=st.none() | st.integers(1, 10**6))
 def test_decode_whenAnyEncodedEvent_thenTheSameEventBack(name, data, seq, retry):
     assert decode(encode("f" * 32, seq, Event(name, data), retry)) == Event(name, data)

@@ -95,7 +95,8 @@ async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flo
     ids = [line.rsplit(":", 1)[1] for line in text.splitlines() if line.startswith("id: ")]
     assert ids == [str(n) for n in range(1, len(ids) + 1)]
     assert text.count("event: start") == 1 and text.count("event: token") == 10
-    assert text.rstrip().split("\n\n")[-1].startswith("id: ") and "event: end" in text.split("\n\n")[-2]
+    last = text.rstrip().split("\n\n")[-1].split("\n")
+    assert last[0] == "event: end" and last[1].startswith("data: ") and last[2].startswith("id: ")  # id last
     assert '"text":"' + REPLY + 'curl me"' in text
 
 
@@ -222,7 +223,8 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
                               json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
-    assert r.text.count(": keep-alive\n\n") >= 2
+    # A comment line alone, never followed by a blank line of its own: no client makes it an event.
+    assert r.text.count("\n: keep-alive\n") >= 2 and ": keep-alive\n\n" not in r.text
     assert [e.event for e in parse_sse(r)][-1] == "end"
 
 

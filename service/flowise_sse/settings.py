@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     # --- Streams ----------------------------------------------------------------------------
     keepalive_interval: float = 15.0
     """Seconds between SSE keep-alive comments to the client."""
+    send_timeout: float = 30.0
+    """Longest one write to a reader may take, keep-alives included: a reader that stops reading
+    (a frozen tab, a stuck proxy) is let go after it and its connection and buffers freed."""
+    get_rejoin_window: float = 30.0
+    """After a GET stream's last event, how long the same GET (same question, history, chatId,
+    key) replays that stream from the start instead of asking Flowise again, unless a reader
+    already received the whole stream. While the stream runs, the same GET always joins it."""
     retry_ms: int = 2000
     """The `retry:` hint sent to EventSource clients with the first event."""
     on_client_disconnect: Literal["continue", "abort"] = "continue"
@@ -135,8 +142,9 @@ class Settings(BaseSettings):
     token_secret: SecretStr | None = None
     """Signs the capability tokens of `eventsUrl`; random per process if unset (set it, the
     same on every replica, when running several)."""
-    token_ttl: float = 900.0
-    """Lifetime of an `eventsUrl` capability token."""
+    token_ttl: float | None = None
+    """Lifetime of an `eventsUrl` capability token. Unset: as long as its stream can be read
+    (`total_timeout + stream_retention`)."""
     allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "::1"]
     """Host names the gateway answers to (comma-separated; `*`: any). A request for another
     `Host` gets 400 (DNS rebinding: a page of evil.example resolved to this gateway), except

@@ -73,8 +73,8 @@ def test_append_thenFramesNumberedFromOne_retryOnTheFirstOnly_andBytesCounted():
     memory = store(retry_ms=1500)
     log = memory.create("s1")
     assert [log.append(token("a")), log.append(token("b")), log.append(END, terminal=True)] == [1, 2, 3]
-    assert log.frames[0] == b'retry: 1500\nid: s1:1\nevent: token\ndata: {"text":"a"}\n\n'
-    assert log.frames[1] == b'id: s1:2\nevent: token\ndata: {"text":"b"}\n\n'
+    assert log.frames[0] == b'retry: 1500\nevent: token\ndata: {"text":"a"}\nid: s1:1\n\n'
+    assert log.frames[1] == b'event: token\ndata: {"text":"b"}\nid: s1:2\n\n'
     assert log.finished and memory.total_bytes == log.size == sum(map(len, log.frames))
 
 

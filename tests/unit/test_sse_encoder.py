@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -55,10 +56,14 @@ def test_encode_anyEvent_thenBothReferenceParsersReadBackTheSameEvent(stream_id,
     frame = encode(stream_id, seq, Event(name, data), retry)
     frame.decode("utf-8")  # valid UTF-8 on the wire, always
     assert frame.endswith(b"\n\n") and frame.count(b"\n\n") == 1 and b"\r" not in frame
-    # A name cannot hold a line break on the wire; whatever else it holds survives.
-    expected_name = name.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace").decode()
+    # No line break of any kind, str.splitlines()'s included: every line reader sees whole lines.
+    lines = frame.decode().splitlines()
+    assert lines[-1] == "" and lines[-2] == f"id: {stream_id}:{seq}"  # id last
+    assert len(lines) == (5 if retry else 4)
+    # A name holds no line break of any kind (each becomes `_`) and is never empty (`message`).
+    expected_name = re.sub("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]", "_", name) or "flowise.message"
+    expected_name = expected_name.encode("utf-8", "replace").decode()
     (ours,) = httpx_sse_events(frame)
-    expected_name = expected_name or "message"  # what an empty `event:` field means
     assert ours.event == expected_name and ours.id == f"{stream_id}:{seq}" and ours.retry == retry
     assert same_json(json.loads(ours.data), data)
     (theirs,) = sseclient_events(frame)
@@ -69,8 +74,9 @@ def test_encode_anyEvent_thenBothReferenceParsersReadBackTheSameEvent(stream_id,
 
 def test_encode_thenTheDocumentedWireForm():
     assert encode("s1", 1, Event("token", {"text": "Hel"}), 2000) == (
-        b'retry: 2000\nid: s1:1\nevent: token\ndata: {"text":"Hel"}\n\n')
-    assert encode("s1", 2, Event("end", {"text": "a\nb"})) == b'id: s1:2\nevent: end\ndata: {"text":"a\\nb"}\n\n'
+        b'retry: 2000\nevent: token\ndata: {"text":"Hel"}\nid: s1:1\n\n')
+    assert encode("s1", 2, Event("end", {"text": "a\nb\u2028"})) == (
+        b'event: end\ndata: {"text":"a\\nb\\u2028"}\nid: s1:2\n\n')
 
 
 def test_encode_severalFrames_thenAStreamOfThemParsesToEachInOrder():

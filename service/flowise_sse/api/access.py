@@ -24,7 +24,10 @@ class Access:
         self.keys = [key.get_secret_value().encode() for key in settings.api_keys]
         secret = settings.token_secret.get_secret_value() if settings.token_secret else None
         self._secret = secret.encode() if secret else secrets.token_bytes(32)
-        self._ttl = settings.token_ttl
+        # A token must outlive its stream: the run may take total_timeout, and its events are
+        # readable for stream_retention after it ends.
+        self._ttl = settings.token_ttl if settings.token_ttl is not None else (
+            settings.total_timeout + settings.stream_retention)
         self._origins = set(settings.cors_origins)
 
     @property

@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+import asyncio
+import logging
+
+from fastapi import Response
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from ..settings import Settings
 from ..streams import StreamManager
+from ..streams.sse_encoder import KEEPALIVE
 
-KEEPALIVE = ServerSentEvent(comment="keep-alive", sep="\n")
+
+logger = logging.getLogger("flowise_sse")
 
 
-async def event_stream(manager: StreamManager, settings: Settings, stream_id: str, after: int) -> EventSourceResponse:
+class _EventStream(EventSourceResponse):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            # The reader stopped reading. Our frames generator is closed by now (the run's reader
+            # count dropped); what is left is the server's write buffer, which a close() keeps
+            # until the peer reads it, maybe never. Under uvicorn the connection is at hand
+            # (`receive` is its request cycle's, unwrapped by middleware): drop it now, buffer
+            # and all. Under another server the error goes to the server.
+            transport = getattr(getattr(receive, "__self__", None), "transport", None)
+            if transport is None:
+                raise
+            logger.info("flowise-sse: a reader stopped reading for %ss; its connection was dropped",
+                        self.send_timeout)
+            transport.abort()
+            await asyncio.sleep(0)  # connection_lost runs: the server sees a disconnect, not a bug
+
+
+async def event_stream(
+    manager: StreamManager, settings: Settings, stream_id: str, after: int
+) -> Response:
     """The frames of `stream_id` after seq `after`, live to its end. An unknown stream raises
-    (a 404) here, before the response starts."""
-    return EventSourceResponse(
-        await manager.follow(stream_id, after),
+    (a 404) here, before the response starts; a reader already past the terminal event gets
+    204, the one answer that makes an `EventSource` stop reconnecting."""
+    frames = await manager.follow(stream_id, after)
+    if frames is None:
+        return Response(status_code=204)
+    return _EventStream(
+        frames,
         headers={"Cache-Control": "no-cache"},
         ping=settings.keepalive_interval,
-        ping_message_factory=lambda: KEEPALIVE,
+        ping_message_factory=lambda: KEEPALIVE,  # type: ignore[arg-type,return-value]  # bytes go out as they are
+        # Every write, pings included (sse-starlette >= 3.7), gives up after this: a reader that
+        # stopped reading is let go, its generator closed, its frames and buffers freed.
+        send_timeout=settings.send_timeout,
         sep="\n",
     )

@@ -173,7 +173,10 @@ class ErrorEvent(_Frame):
 class RelayedEvent(_Frame):
     event: str = Field(
         description="A Flowise event under its own name: metadata, sourceDocuments, usedTools, agentReasoning, "
-        "nextAgent, action, artifacts, fileAnnotations, thinking, ..."
+        "nextAgent, action, artifacts, fileAnnotations, tool, abort, thinking, agent_trace, agentFlowEvent, "
+        "nextAgentFlow, agentFlowExecutedData, calledTools, usageMetadata, tts_start, tts_data, tts_end, "
+        "tts_abort, executionEnd; or, for a Flowise event named message, open, error, start, token or end, or "
+        "unnamed: flowise.message, flowise.open, flowise.error, flowise.start, flowise.token, flowise.end."
     )
     data: Any = Field(description="Flowise's payload (double-encoded JSON strings decoded).")
 
@@ -181,16 +184,21 @@ class RelayedEvent(_Frame):
 StreamEvent = Union[StartEvent, TokenEvent, EndEvent, ErrorEvent, RelayedEvent]
 
 SSE_DESCRIPTION = """\
-A `text/event-stream`. Every event has `event:`, `id:` and one JSON `data:` line.
-`start` comes first, then `token` events and relayed Flowise events (`metadata`, `sourceDocuments`, ...),
-then exactly one of `end` (the whole answer) or `error` (`{code, message, retryable}`).
-Comment lines (`: keep-alive`) are sent every 15 s. Reconnect with `Last-Event-ID` to resume."""
+A `text/event-stream`. Every event is `event:`, one JSON `data:` line, then `id:` (last, so a frame cut
+anywhere never advances a client's last id), then a blank line; U+2028, U+2029 and U+0085 are escaped
+inside the JSON. `start` comes first, then `token` events and relayed Flowise events (`metadata`,
+`sourceDocuments`, ...; colliding or empty Flowise names as `flowise.<name>`), then exactly one of `end`
+(the whole answer) or `error` (`{code, message, retryable}`): close the client on either. A
+`: keep-alive` comment line (no blank line of its own) goes out every 15 s. Reconnect with
+`Last-Event-ID` to resume; past the terminal event the answer is 204."""
+
 
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": SSE_DESCRIPTION,
         "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}},
-    }
+    },
+    204: {"description": "Resumed at or after the terminal event: nothing follows (EventSource stops reconnecting)."},
 }
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -66,6 +66,17 @@ class StreamRun:
         return self.task is None or self.task.done()
 
 
+class _Rejoin:
+    """A GET stream that the same GET may join again: its run, and whether a reader already got
+    all of it (then the same GET is a new question, not a reconnect)."""
+
+    __slots__ = ("run", "delivered")
+
+    def __init__(self, run: StreamRun) -> None:
+        self.run = run
+        self.delivered = False
+
+
 class StreamManager:
     def __init__(self, settings: Settings, upstream: Upstream, store: MemoryStore) -> None:
         self.settings = settings
@@ -79,6 +90,8 @@ class StreamManager:
             self.mirror = RedisMirror(settings, self._abort_requested, self._mirror_failed)
         self.runs: dict[str, StreamRun] = {}
         self._chats: dict[str, str] = {}  # chatId -> streamId of the run using it
+        self._requests: dict[str, _Rejoin] = {}  # GET request key -> its stream (see `start`)
+        self._key_of: dict[str, str] = {}  # and back: streamId -> request key
         self._per_owner: dict[str, int] = {}  # gateway key (or client address) -> predictions running
         self.draining = False
         self._drain_started = 0.0
@@ -95,6 +108,7 @@ class StreamManager:
         while True:
             await asyncio.sleep(period)
             self.store.evict_expired()
+            self._forget_requests()
 
     def begin_drain(self) -> None:
         """Shutdown has begun: take no new streams; readers are let go (see `_should_stop`)."""
@@ -122,11 +136,22 @@ class StreamManager:
 
     # --- runs -----------------------------------------------------------------------------
     async def start(
-        self, chatflow_id: str, prediction: Prediction, owner: str | None = None, *, abort_unread: bool = False
+        self, chatflow_id: str, prediction: Prediction, owner: str | None = None, *,
+        abort_unread: bool = False, request_key: str | None = None,
     ) -> StreamRun:
         """Start a run and wait for its `start`; a failure before it is raised here.
         `owner`: whose `max_streams_per_key` slot it takes (None: nobody's).
-        `abort_unread`: abort the run when its last reader leaves (see `hold`)."""
+        `abort_unread`: abort the run when its last reader leaves (see `hold`).
+
+        With a `request_key` (a GET stream's request, hashed), the same request joins the run it
+        started while that run goes on, and for `get_rejoin_window` after it ended unless a reader
+        received it whole: an `EventSource` that lost its connection before its first event (so
+        without a Last-Event-ID) gets its stream from the beginning, not a second prediction or
+        a 409. Such a run is not aborted when its requester leaves before `start`: its reconnect
+        is on the way."""
+        if request_key is not None and (joined := self._rejoinable(request_key)) is not None:
+            await asyncio.shield(joined.started)
+            return joined
         if self.draining:
             metrics.stream_rejected(ShuttingDown.code)
             raise ShuttingDown("the gateway is shutting down; retry on another replica")
@@ -162,13 +187,41 @@ class StreamManager:
             raise
         self.runs[stream_id] = run
         run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"stream {stream_id}")
+        if request_key is not None:
+            self._requests[request_key] = _Rejoin(run)
+            self._key_of[stream_id] = request_key
         try:
             await asyncio.shield(run.started)
         except asyncio.CancelledError:
-            # The requester left before the stream began: nobody knows its id, nobody can want it.
-            self.abort(run, "the client left before the stream started")
+            # The requester left before the stream began: nobody knows its id, nobody can want
+            # it, unless the same request can come back for it (and readers may then continue).
+            if request_key is None or self.settings.on_client_disconnect == "abort":
+                self.abort(run, "the client left before the stream started")
             raise
         return run
+
+    def _rejoinable(self, request_key: str) -> StreamRun | None:
+        entry = self._requests.get(request_key)
+        if entry is None:
+            return None
+        run = entry.run
+        if not run.done:
+            return run
+        events = self.store.get(run.id)
+        if (
+            entry.delivered or events is None or not run.started.done() or run.started.exception() is not None
+            or events.finished_at is None
+            or time.monotonic() - events.finished_at > self.settings.get_rejoin_window
+        ):
+            del self._requests[request_key]
+            self._key_of.pop(run.id, None)
+            return None
+        return run
+
+    def _forget_requests(self) -> None:
+        """Drop request keys whose stream can no longer be joined (called by the sweep)."""
+        for key in list(self._requests):
+            self._rejoinable(key)
 
     def _claim_chat(self, chat_id: str, owner: str) -> None:
         if chat_id in self._chats:
@@ -349,17 +402,22 @@ class StreamManager:
         return False
 
     # --- readers --------------------------------------------------------------------------
-    async def follow(self, stream_id: str, after: int) -> AsyncIterator[bytes]:
+    async def follow(self, stream_id: str, after: int) -> AsyncIterator[bytes] | None:
         """The stream's frames after seq `after`, live until its end: from memory on the replica
         running it, from Redis on the others. Checked before any byte is sent, so an unknown
-        stream is a 404 rather than an empty event stream."""
+        stream is a 404 rather than an empty event stream, and a reader already past the
+        terminal event gets None (nothing will ever follow)."""
         after = max(0, after)
         events = self.store.get(stream_id)
         if events is not None:
+            if events.finished and after >= len(events.frames):
+                return None
             if after:
                 logger.info("stream resumed", extra=fields(stream_id=stream_id, after=after, source="memory"))
             return self._follow(events, self.runs.get(stream_id), after)
         if self.mirror and await self.mirror.exists(stream_id):
+            if await self.mirror.ended_by(stream_id, after):
+                return None
             # Another replica's stream: worth a line, so one stream can be followed across replicas.
             logger.info("stream resumed" if after else "stream read", extra=fields(
                 stream_id=stream_id, after=after, source="redis"))
@@ -370,10 +428,16 @@ class StreamManager:
         release = self.hold(run) if run else None
         metrics.reader_joined("memory", after > 0)
         sent = 0
+        key = self._key_of.get(events.stream_id)
         try:
             async for chunk in events.frames_after(after, self._should_stop):
                 sent += len(chunk)
                 yield chunk
+            # Resumed here after the last write went out: this reader has the whole stream, so
+            # the same GET again is a new question.
+            entry = self._requests.get(key) if key is not None else None
+            if entry is not None and entry.run.id == events.stream_id and events.finished:
+                entry.delivered = True
         finally:
             metrics.reader_left("memory", sent)
             if release:

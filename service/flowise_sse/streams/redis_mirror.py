@@ -326,6 +326,14 @@ class RedisMirror:
             metrics.redis_error("exists")
             raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
+    async def ended_by(self, stream_id: str, seq: int) -> bool:
+        """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
+        try:
+            last = await self.redis.xrevrange(_events_key(stream_id), count=1)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from None
+        return bool(last) and last[0][1].get(b"t") == b"1" and int(last[0][0].split(b"-")[0]) <= seq
+
     async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         """The stream's frames after `after`, live to its terminal event. If Redis stays away
         for `redis_timeout`, an `error` `store_unavailable` carrying the last position read (a

@@ -8,6 +8,7 @@ the stream did not carry them (1.x, or a flow that cannot stream).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import orjson
@@ -19,6 +20,13 @@ from .prediction import Prediction
 # Answer fields that are events of their own on a streaming Flowise; relayed from the JSON answer
 # when the stream did not carry them (1.x sends some only there; non-streamable flows send none).
 ANSWER_EVENTS = ("sourceDocuments", "usedTools", "agentReasoning", "fileAnnotations", "artifacts", "action")
+# Names with a meaning of their own on the wire: the contract's (start, token, end, error) and
+# EventSource's (`message` is what an unnamed event fires, `open`/`error` its connection events).
+# A Flowise event under one of them goes out as `flowise.<name>`; one without a name as
+# `flowise.message`. The README lists every name the gateway sends.
+RESERVED_NAMES = frozenset({"start", "token", "end", "error", "message", "open"})
+UPSTREAM_PREFIX = "flowise."
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.:\-]")
 METADATA_FIELDS = (
     "chatId", "chatMessageId", "question", "sessionId", "memoryType", "followUpPrompts",
     "flowVariables",
@@ -85,6 +93,17 @@ def _decoded(value: Any) -> Any:
     return value
 
 
+def relayed_name(name: object) -> str:
+    """The name a Flowise event goes out under: its own, unless it is empty, reserved (see
+    RESERVED_NAMES) or not a plain token (a space, a line break: replaced by `_`)."""
+    name = _NAME_UNSAFE.sub("_", name) if isinstance(name, str) else ""
+    if not name:
+        return UPSTREAM_PREFIX + "message"
+    if name in RESERVED_NAMES:
+        return UPSTREAM_PREFIX + name
+    return name
+
+
 def _encoded(name: str, data: Any) -> bytes:
     """`data` as JSON, or an `UpstreamError` when it cannot be (nested past orjson's 255 levels,
     which its parser's 1,024 let in): Flowise's fault, never the gateway's 500."""
@@ -102,7 +121,7 @@ def relayed(name: str, data: Any) -> Event:
         data = _decoded(data)
     if not isinstance(data, str):
         _encoded(name, data)  # checked now, so that storing it cannot fail later
-    return Event(name, data)
+    return Event(relayed_name(name), data)
 
 
 def answer_text(answer: Mapping[str, Any]) -> str:

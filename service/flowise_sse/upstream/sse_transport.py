@@ -59,7 +59,8 @@ async def _events(flowise: FlowiseClient, response: httpx.Response, normalizer: 
             name, data = message["event"], message.get("data")
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise UpstreamError(f"Flowise sent an event that is not its JSON shape: {payload[:200]!r}") from None
-        if not isinstance(name, str) or not name or len(name) > 200:
+        # An empty name is a name (the normalizer sends it as `flowise.message`); a non-string is not.
+        if not isinstance(name, str) or len(name) > 200:
             raise UpstreamError(f"Flowise sent an event whose name is not a name: {payload[:200]!r}")
         if name == ERROR:
             message_text = str(data)

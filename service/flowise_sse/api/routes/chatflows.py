@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Annotated, Any
 from uuid import UUID
@@ -61,13 +62,14 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise) -> dict[str, bool
 async def stream_post(
     chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
     owner: ClientKey,
-) -> EventSourceResponse:
+) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
     return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner)
 
 
 @router.get("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream_get(
+    request: Request,
     chatflow_id: UUID,
     manager: Manager,
     settings: SettingsDep,
@@ -79,13 +81,18 @@ async def stream_get(
         examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
     )] = None,  # type: ignore[assignment]
     chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
-) -> EventSourceResponse:
-    """The same for `EventSource`, which can only GET. Its reconnects resume the stream."""
+    requestId: Annotated[str | None, Query(
+        max_length=200, description="Makes this ask distinct from an identical one (a \"regenerate\"): "
+        "the same GET joins the same stream (see the README)")] = None,
+) -> Response:
+    """The same for `EventSource`, which can only GET. Its reconnects resume the stream, and a
+    reconnect that has no Last-Event-ID yet (dropped before the first event) joins it again."""
     try:
         body = StreamRequest(question=question, history=_history_param(history), chatId=chatId)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner)
+    key = _request_key(request, chatflow_id, question, history, chatId, requestId)
+    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner, key)
 
 
 @router.post(
@@ -128,13 +135,25 @@ async def _client_left(request: Request) -> None:
 
 async def _ask_or_resume(
     manager: Manager, settings: SettingsDep, chatflow_id: UUID, body: StreamRequest, last_event_id: str | None,
-    owner: str | None,
-) -> EventSourceResponse:
+    owner: str | None, request_key: str | None = None,
+) -> Response:
     resume = resume_position(last_event_id)
     if resume:
         return await event_stream(manager, settings, *resume)
-    run = await manager.start(str(chatflow_id), body.prediction(), owner)
+    run = await manager.start(str(chatflow_id), body.prediction(), owner, request_key=request_key)
     return await event_stream(manager, settings, run.id, 0)
+
+
+def _request_key(
+    request: Request, chatflow_id: UUID, question: str, history: str | None, chat_id: str | None,
+    request_id: str | None,
+) -> str:
+    """What makes two GETs the same ask: the chatflow, the question, the history, the chatId, the
+    optional requestId, and who asks (the gateway key, when keys are used). A digest, so that
+    no question is kept in the clear."""
+    who = request.headers.get("authorization", "")
+    parts = (str(chatflow_id), question, history or "", chat_id or "", request_id or "", who)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 _HISTORY = TypeAdapter(list[HistoryItem])

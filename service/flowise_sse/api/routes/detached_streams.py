@@ -48,7 +48,7 @@ async def stream_events(
     access: AccessDep,
     last_event_id: SeqOrLastEventId,
     token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = None,  # type: ignore[assignment]
-) -> EventSourceResponse:
+) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)
     access.require_key_or_token(request, stream_id)

@@ -200,6 +200,7 @@ async def chat_completions(
             _chunks(manager, run, encoder, release), release,
             headers={"Cache-Control": "no-cache", **headers},
             ping=settings.keepalive_interval, ping_message_factory=lambda: KEEPALIVE, sep="\n",
+            send_timeout=settings.send_timeout,  # a reader that stops reading is let go (pings too)
         )
     try:
         text, usage = await _until_client_leaves(request, _answer(manager, run))
