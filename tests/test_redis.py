@@ -156,6 +156,19 @@ def test_redisDown_thenNewStreamsGet503NotA500(emulators):
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
 
 
+def test_redisDownAtStartUp_thenGatewayStarts_answers503_andStreamsOnceRedisIsUp(emulators):
+    store = RedisServer()  # its port is chosen, nothing listens on it yet
+    env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": store.url}
+    with GatewayProcess(env) as gateway:  # started: no crash loop while Redis is away
+        r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "down"}, timeout=20)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+        with store:
+            def streams() -> bool:
+                r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "up"}, timeout=20)
+                return r.status_code == 200 and "event: end" in r.text
+            wait_until(streams, timeout=15, what="a stream through the gateway once Redis is up")
+
+
 def _tokens(count: int, delay: float) -> dict:
     return {"question": "q", "overrideConfig": {"emulator": {"tokens": [f"t{i} " for i in range(count)], "delay": delay}}}
 

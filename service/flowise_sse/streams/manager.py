@@ -60,6 +60,7 @@ class StreamRun:
         # Aborted when its last reader leaves, whatever `on_client_disconnect` says: set for
         # clients that cannot resume (the OpenAI route).
         self.abort_unread = False
+        self.chat_released = False
 
     @property
     def done(self) -> bool:
@@ -308,6 +309,10 @@ class StreamManager:
                     self._append(run, event, terminal=name in TERMINAL)
                     if name == START:
                         self._started(run, event)
+                    elif name in TERMINAL:
+                        # Flowise is done with the chat: a follow-up question on it must not get
+                        # 409 while the transport reads the rest of the response (up to 1 s).
+                        self._release_chat(run)
         except asyncio.CancelledError:
             if not run.events.finished:  # stopped after its terminal event: nothing was lost
                 failure = run.failure or StreamAborted(f"the stream was stopped: {run.abort_reason or 'cancelled'}")
@@ -321,11 +326,9 @@ class StreamManager:
             if not run.events.finished:
                 failure = UpstreamError("Flowise's stream ended without a final answer")
         finally:
-            self._chats.pop(run.prediction.chat_id, None)
+            self._release_chat(run)
             self.runs.pop(run.id, None)
             self._give_slot(run.owner)
-            if self.mirror:
-                self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
         # No await from here on: a DELETE landing now must not cut the stream's last word.
         if failure is None:
             self._ended(run, error_code)
@@ -348,6 +351,16 @@ class StreamManager:
             logger.info("stream refused before start", extra=fields(
                 stream_id=run.id, chatflow_id=run.chatflow_id, chat_id=run.prediction.chat_id, code=failure.code,
             ))
+
+    def _release_chat(self, run: StreamRun) -> None:
+        """Once per run, and only its own claim: the chatId may already be another run's."""
+        if run.chat_released:
+            return
+        run.chat_released = True
+        if self._chats.get(run.prediction.chat_id) == f"stream {run.id}":
+            del self._chats[run.prediction.chat_id]
+        if self.mirror:
+            self.mirror.release_chat_soon(run.prediction.chat_id, run.id)
 
     def _started(self, run: StreamRun, start: Event) -> None:
         run.transport = str(start.data.get("transport") or "unknown")

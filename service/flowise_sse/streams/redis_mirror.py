@@ -108,7 +108,14 @@ class RedisMirror:
         self._releases: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
-        await self.writer.set(f"fss:replica:{self.replica}", 1, ex=_ALIVE_TTL)
+        # A Redis that is down at start-up is an outage like any other, not a reason to crash-loop:
+        # streams answer 503 store_unavailable until it is back, and the keep-alive retries.
+        try:
+            await self.writer.set(f"fss:replica:{self.replica}", 1, ex=_ALIVE_TTL)
+        except redis.RedisError as exc:
+            metrics.redis_error("keep_alive")
+            logger.error("flowise-sse: Redis (FLOWISE_SSE_REDIS_URL) did not answer at start-up (%s); "
+                         "streams answer 503 store_unavailable until it does", exc)
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._keep_alive()),
