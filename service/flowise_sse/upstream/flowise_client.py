@@ -300,8 +300,10 @@ class FlowiseClient:
     async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
         """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit.
 
-        Flowise flushes the headers before it runs the flow, so their arrival is bounded by
-        `connect_timeout`; a failure status is raised here, before any event."""
+        Flowise flushes the headers before it runs the flow, so their arrival is bounded by the
+        stream's connect limit (`upstream/timeouts.py`, until `start`); a failure status is raised
+        here, before any event. No timer of its own here: a second cancellation landing while
+        httpcore closes the cancelled connection interrupts that close and orphans the socket."""
         what = f"the prediction on {chatflow_id}"
         request = self.http.build_request(
             "POST", self.prediction_path(chatflow_id), content=json_body(body),
@@ -309,11 +311,8 @@ class FlowiseClient:
         )
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.settings.connect_timeout), self._mapped_errors("the opening of the stream"):
+            async with self._mapped_errors("the opening of the stream"):
                 response = await self.http.send(request, stream=True)
-        except TimeoutError:
-            metrics.upstream_call("prediction_stream", time.monotonic() - started, UpstreamTimeout.code)
-            raise UpstreamTimeout("Flowise did not open the stream in time") from None
         except GatewayError as exc:
             metrics.upstream_call("prediction_stream", time.monotonic() - started, exc.code)
             raise
