@@ -8,6 +8,7 @@ from flowise_sse.api import create_app
 from flowise_sse.server import gateway_config
 from flowise_sse.emulator import EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
+from flowise_sse.streams import memory_store
 
 from .servers import ServerThread
 
@@ -70,3 +71,21 @@ def gateways() -> Iterator[Callable[..., ServerThread]]:
 @pytest.fixture
 def gateway(gateways: Callable[..., ServerThread], flowise: ServerThread) -> ServerThread:
     return gateways(flowise.url)
+
+
+class Clock:
+    """`time.monotonic` for the memory store, moved by hand (expiry and eviction order)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(memory_store, "time", clock)
+    return clock
+

@@ -15,26 +15,10 @@ from flowise_sse.errors import Overloaded, StreamTooLarge
 from flowise_sse.events import END, ERROR, Event
 from flowise_sse.settings import Settings
 from flowise_sse.streams import MemoryStore
-from flowise_sse.streams import memory_store
 from flowise_sse.streams.event_log import READ_BATCH_BYTES
 from flowise_sse.streams.memory_store import TERMINAL_RESERVE
 
 from .servers import aread_sse
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(memory_store, "time", clock)
-    return clock
 
 
 def store(**overrides) -> MemoryStore:

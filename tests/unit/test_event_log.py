@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -18,27 +17,10 @@ from flowise_sse.streams.event_log import StreamLog
 from flowise_sse.streams.memory_store import TERMINAL_RESERVE, MemoryStore
 from flowise_sse.streams.sse_encoder import encode
 
+from ..conftest import Clock
 from ..helpers import until
 
 END = Event("end", {"text": "the whole answer"})
-
-
-class Clock:
-    """`time.monotonic` for the store and the log, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    fake_time = SimpleNamespace(monotonic=clock.monotonic)
-    monkeypatch.setattr(memory_store, "time", fake_time)
-    return clock
 
 
 def store(**overrides) -> MemoryStore:
@@ -264,8 +246,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = Clock()
         self._patches = pytest.MonkeyPatch()
-        fake_time = SimpleNamespace(monotonic=self.clock.monotonic)
-        self._patches.setattr(memory_store, "time", fake_time)
+        self._patches.setattr(memory_store, "time", self.clock)
         self.memory = store(max_stream_bytes=600, max_total_bytes=1000 + 3 * TERMINAL_RESERVE, max_streams=5,
                             stream_retention=30)
         self.running: set[str] = set()
