@@ -38,3 +38,17 @@ async def until(check: Callable[[], Any], timeout: float = 5.0, what: str = "", 
             raise AssertionError(f"not reached within {timeout:g} s: {what or 'the condition'}")
         await asyncio.sleep(interval)
     return loop.time() - started
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the peer sends until it closes (or resets, or `timeout` passes between reads)."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return data
+        if not chunk:
+            return data
+        data += chunk

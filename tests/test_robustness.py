@@ -15,6 +15,7 @@ from flowise_sse.api.redaction import QueryRedacted
 from flowise_sse.upstream.flowise_frames import event_payloads
 
 from .faulty_flowise import CHATFLOW, FaultyFlowise
+from .helpers import read_until_closed
 from .servers import ServerThread, aread_sse
 
 STREAM = f"/v1/chatflows/{CHATFLOW}/stream"
@@ -197,21 +198,9 @@ async def test_requestBody_whenItNeverComes_then408WithinTheBodyTimeout(faulty, 
         sock.sendall(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"question\"")
         started = time.monotonic()
-        answer = _read_all(sock)
+        answer = read_until_closed(sock, sock.gettimeout())
     assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
     assert time.monotonic() - started < 3
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 # --- item 5: secrets ---------------------------------------------------------------------------
@@ -413,7 +402,7 @@ async def test_http10_whenStreaming_thenNoChunkedAndBodyEndsAtClose(faulty, gate
     gateway = gateways(faulty.url)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(b"GET " + STREAM.encode() + b"?question=ok HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        answer = _read_all(sock)
+        answer = read_until_closed(sock, sock.gettimeout())
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
     assert b"event: start" in body and b"event: end" in body and b"\r\n0\r\n" not in body

@@ -18,6 +18,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
+from .helpers import read_until_closed
 from .servers import aread_sse, free_port
 
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
@@ -38,19 +39,6 @@ async def until(predicate, timeout=5.0) -> float:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
-
-
-def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            return data
-        if not chunk:
-            return data
-        data += chunk
 
 
 @pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1"])
