@@ -101,13 +101,15 @@ def joined(events: list[Sse]) -> str:
 class GatewayProcess:
     """The gateway as users run it: `python -m flowise_sse serve` in a process of its own."""
 
-    def __init__(self, env: dict[str, str], *, log_level: str = "warning", stderr: Any = None) -> None:
-        """`stderr`: a path to write the process's log to (default: inherited)."""
+    def __init__(self, env: dict[str, str], *, log_level: str = "warning", stderr: Any = None,
+                 args: tuple[str, ...] = ()) -> None:
+        """`stderr`: a path to write the process's log to (default: inherited); `args`: more of
+        `serve`'s options (`--workers 2`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.argv = [sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--log-level", log_level]
+                     "--port", str(self.port), "--log-level", log_level, *args]
         self.stderr_path = stderr
         self._stderr: Any = None
         self.proc: Any = None

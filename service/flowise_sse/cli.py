@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--flowise-version", choices=DEMO_VERSIONS, default="3.1.4",
                        help="with --demo: the Flowise version emulated (<= 2.0.7 stream over socket.io)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--workers", type=_worker_count, metavar="N",
+                       help="gateway processes on the one port, one per core to use every core "
+                            "(default: FLOWISE_SSE_WORKERS, else 1); above 1 needs FLOWISE_SSE_REDIS_URL")
     _env_file_option(serve)
 
     flows = commands.add_parser("flows", help="list the chatflows: id, name, whether they stream")
@@ -94,8 +97,28 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
     _env_file_option(parser)
 
 
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{count}: at least 1 worker process is needed")
+    return count
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .logging_setup import configure
+
+    workers = args.workers or settings.workers
+    if workers > 1:
+        from .workers import redis_required, supervise
+
+        if (problem := redis_required(settings, workers)) is not None:
+            return _fail(problem, 2)
+        configure(settings.log_format, args.log_level)
+        return _run(supervise(settings, args.host, args.port, workers, demo=args.demo, log_level=args.log_level,
+                              flowise_version=args.flowise_version))
     from .server import serve
 
     configure(settings.log_format, args.log_level)

@@ -53,10 +53,15 @@ def quiet() -> Iterator[None]:
 
 
 class _ContextFilter(logging.Filter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def filter(self, record: logging.LogRecord) -> bool:
         if _quiet.get() and record.levelno < logging.WARNING:
             return False
         record.request_id = request_id.get()
+        record.worker = self.worker
         return True
 
 
@@ -80,7 +85,10 @@ class TextFormatter(logging.Formatter):
         if extra:
             line += " " + " ".join(f"{key}={_text(value)}" for key, value in extra.items() if value is not None)
         rid = getattr(record, "request_id", None)
-        return f"{line} request_id={rid}" if rid else line
+        if rid:
+            line += f" request_id={rid}"
+        worker = getattr(record, "worker", None)
+        return f"{line} worker={worker} pid={record.process}" if worker else line
 
 
 def _text(value: Any) -> str:
@@ -103,6 +111,9 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", None)
         if rid:
             entry["request_id"] = rid
+        worker = getattr(record, "worker", None)
+        if worker:
+            entry.update(worker=worker, pid=record.process)
         if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
             client, method, path, _, status = record.args
             entry.update(msg="request", method=method, path=path, status=status, client=client)
@@ -114,14 +125,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure(log_format: str = "text", level: str | int = "info") -> None:
+def configure(log_format: str = "text", level: str | int = "info", worker: int | None = None) -> None:
     """Send every log record (the gateway's, uvicorn's) to stderr in `log_format`. uvicorn is then
-    started with `log_config=None`, so it keeps this setup."""
+    started with `log_config=None`, so it keeps this setup. `worker`: this process's number under
+    `serve --workers`; its lines then carry it and the process id."""
     level_no = level if isinstance(level, int) else logging.getLevelName(level.upper())
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": _ContextFilter}},
+        "filters": {"context": {"()": _ContextFilter, "worker": worker}},
         "formatters": {"main": {"()": JsonFormatter if log_format == "json" else TextFormatter}},
         "handlers": {"stderr": {
             "class": "logging.StreamHandler", "stream": "ext://sys.stderr",

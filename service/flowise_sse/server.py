@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -58,56 +59,72 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-async def serve(settings: Settings, host: str, port: int, demo: bool = False, log_level: str = "info",
-                flowise_version: str = "3.1.4") -> None:
-    if not logging.getLogger().handlers:  # called from code rather than the CLI: log as it would
-        configure(settings.log_format, log_level)
-    emulator_server: uvicorn.Server | None = None
-    emulator_task: asyncio.Task[None] | None = None
-    demo_line = ""
-    if demo:
-        from .emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
+@asynccontextmanager
+async def demo_flowise(flowise_version: str) -> AsyncIterator[tuple[str, str]]:
+    """The demo's emulated Flowise on a free loopback port, quiet, for as long as the block runs:
+    yields its URL and the warning line the banner shows beside the gateway's."""
+    from .emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 
-        emulator_port = free_port()
-        # The demo runs as long as the gateway: few records (a long chat's request keeps ~120 KB).
-        emulator = create_emulator_app(EmulatorConfig(version=flowise_version, token_delay=0.05,
-                                                      max_recorded_requests=100))
-        emulator_server = uvicorn.Server(
-            uvicorn.Config(emulator, host="127.0.0.1", port=emulator_port, log_config=None, lifespan="off",
-                           timeout_graceful_shutdown=2)
-        )
-        with quiet():  # its tasks inherit the quiet: no startup or access lines of its own
-            emulator_task = asyncio.create_task(emulator_server.serve())
-        while not emulator_server.started:
-            if emulator_task.done():
-                await emulator_task  # it failed to start: say why
+    port = free_port()
+    # The demo runs as long as the gateway: few records (a long chat's request keeps ~120 KB).
+    emulator = create_emulator_app(EmulatorConfig(version=flowise_version, token_delay=0.05,
+                                                  max_recorded_requests=100))
+    server = uvicorn.Server(
+        uvicorn.Config(emulator, host="127.0.0.1", port=port, log_config=None, lifespan="off",
+                       timeout_graceful_shutdown=2)
+    )
+    with quiet():  # its tasks inherit the quiet: no startup or access lines of its own
+        task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                await task  # it failed to start: say why
                 raise RuntimeError("the demo's emulated Flowise did not start")
             await asyncio.sleep(0.01)
-        settings = settings.model_copy(update={"flowise_url": f"http://127.0.0.1:{emulator_port}"})
-        demo_line = (
+        yield f"http://127.0.0.1:{port}", (
             f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} (not a real one, "
             f"no LLM); try chatflow {DEMO_CHATFLOW_ID}"
         )
-    app = create_app(settings)
-    config = gateway_config(app, settings, host=host, port=port, log_level=log_level, log_config=None)
-    server = GatewayServer(config, app)
-    banner = asyncio.create_task(_banner(server, host, port, demo_line))
-    try:
-        await server.serve()
     finally:
-        banner.cancel()
-        if emulator_server and emulator_task:
-            emulator_server.should_exit = True
-            await emulator_task
+        server.should_exit = True
+        await task
+
+
+def gateway_server(settings: Settings, log_level: str = "info", **options: Any) -> GatewayServer:
+    """One process's gateway: the app and uvicorn as the gateway configures it."""
+    app = create_app(settings)
+    return GatewayServer(gateway_config(app, settings, log_level=log_level, log_config=None, **options), app)
+
+
+async def serve(settings: Settings, host: str, port: int, demo: bool = False, log_level: str = "info",
+                flowise_version: str = "3.1.4") -> None:
+    """One process: it listens, serves and drains itself (`workers.py` runs several)."""
+    if not logging.getLogger().handlers:  # called from code rather than the CLI: log as it would
+        configure(settings.log_format, log_level)
+    async with AsyncExitStack() as stack:
+        demo_line = ""
+        if demo:
+            flowise_url, demo_line = await stack.enter_async_context(demo_flowise(flowise_version))
+            settings = settings.model_copy(update={"flowise_url": flowise_url})
+        server = gateway_server(settings, log_level, host=host, port=port)
+        banner = asyncio.create_task(_banner(server, host, port, demo_line))
+        try:
+            await server.serve()
+        finally:
+            banner.cancel()
 
 
 async def _banner(server: uvicorn.Server, host: str, port: int, demo_line: str) -> None:
-    """One clear line once the gateway listens (and the demo's warning, loud, beside it)."""
     while not server.started:
         await asyncio.sleep(0.02)
+    show_banner(host, port, demo_line)
+
+
+def show_banner(host: str, port: int, demo_line: str, workers: str = "") -> None:
+    """One clear line once the gateway listens (and the demo's warning, loud, beside it)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    log.info("flowise-sse %s ready on %s: chat page %s/, API docs %s/docs, metrics %s/metrics",
-             __version__, base, base, base, base)
+    log.info("flowise-sse %s ready on %s%s: chat page %s/, API docs %s/docs, metrics %s/metrics",
+             __version__, base, workers, base, base, base)
     if demo_line:
         log.warning(demo_line)

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     needed there, as on every other route (none when the gateway is open)."""
 
     # --- Operations -------------------------------------------------------------------------
+    workers: int = Field(1, ge=1)
+    """Gateway processes `flowise-sse serve` runs on one listening socket (`--workers` overrides
+    it); one per core uses every core. Above 1 they share streams through Redis, so `redis_url`
+    is required. The stream and memory limits above hold per process: with N workers a host
+    holds up to N times each of them."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as text or as one JSON object per line (for a log pipeline)."""
 

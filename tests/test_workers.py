@@ -1,0 +1,302 @@
+"""`serve --workers N`: real worker processes on one socket, a real redis-server, real clients.
+
+Which worker served a request is read from the gateway's own JSON log lines: under `--workers`
+each line carries the worker's `pid`, and the access line the request's `X-Request-ID`. To send a
+request to a chosen worker the other is paused (SIGSTOP): a stopped process does not accept, so
+the kernel hands the connection to the one that runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from contextlib import closing, contextmanager
+from typing import Iterator
+
+import httpx
+import pytest
+
+from flowise_sse.emulator import DEMO_CHATFLOW_ID
+
+from .helpers import REPLY, wait_until
+from .servers import GatewayProcess, RedisServer, Sse, joined
+from .test_redis import read, slow
+
+pytestmark = pytest.mark.redis
+QUESTION = "one two three four five six seven eight nine ten"
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with RedisServer() as server:
+        yield server.url
+
+
+def children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc: no help from the gateway)."""
+    found = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Workers(GatewayProcess):
+    """`serve --workers 2` with JSON logs in a file; ready once the parent's banner is logged."""
+
+    def __init__(self, env: dict[str, str], log: pathlib.Path, count: int = 2) -> None:
+        super().__init__({"FLOWISE_SSE_LOG_FORMAT": "json", **env}, log_level="info", stderr=log,
+                         args=("--workers", str(count)))
+        self.log = log
+        self.count = count
+
+    def __enter__(self) -> Workers:
+        super().__enter__()
+        wait_until(lambda: self.banner() is not None, timeout=30, what="the parent's banner")
+        return self
+
+    def lines(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def banner(self) -> dict | None:
+        return next((l for l in self.lines() if "ready on" in l["msg"]), None)
+
+    def workers(self) -> set[int]:
+        return {pid for pid in children(self.proc.pid) if is_worker(pid)}
+
+    def served_by(self, request_id: str) -> int:
+        """The pid of the worker that answered this request (its access line)."""
+        def line() -> dict | None:
+            return next((l for l in self.lines() if l["msg"] == "request" and l.get("request_id") == request_id),
+                        None)
+
+        wait_until(lambda: line() is not None, what=f"the access line of {request_id}")
+        return line()["pid"]  # type: ignore[index]
+
+    def owner(self, stream_id: str) -> int:
+        wait_until(lambda: any(l.get("stream_id") == stream_id and l["msg"] == "stream started"
+                               for l in self.lines()), what="the stream's start logged")
+        return next(l["pid"] for l in self.lines() if l.get("stream_id") == stream_id and l["msg"] == "stream started")
+
+    @contextmanager
+    def only(self, pid: int) -> Iterator[None]:
+        """New connections go to worker `pid`: every other worker is paused meanwhile."""
+        paused = self.workers() - {pid}
+        for other in paused:
+            os.kill(other, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for other in paused:
+                os.kill(other, signal.SIGCONT)
+
+
+@pytest.fixture
+def env(redis_url, emulators) -> dict[str, str]:
+    flowise = emulators("3.1.4")
+    flowise.app.aborts.clear()
+    return {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_SHUTDOWN_GRACE": "5"}
+
+
+# --- (a) the settings ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", [["--workers", "2"], []])
+def test_serveTwoWorkers_withoutRedis_thenExits2AtOnceWithOneLineNamingTheSetting(how):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWISE_SSE_")}
+    if not how:
+        env["FLOWISE_SSE_WORKERS"] = "2"
+    began = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "flowise_sse", "serve", "--port", "1", *how], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: --workers 2 needs FLOWISE_SSE_REDIS_URL")
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize("given", [("--workers", "0"), ("--workers", "-3"), ("--workers", "two")])
+def test_serve_withWorkersNotAPositiveNumber_thenExits2WithAClearError(given):
+    run = subprocess.run([sys.executable, "-m", "flowise_sse", "serve", *given], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 2 and "argument --workers" in run.stderr
+    assert ("at least 1 worker" in run.stderr) or ("not a number" in run.stderr)
+
+
+def test_serve_withWorkersSettingZero_thenInvalidSettingsExit2():
+    run = subprocess.run([sys.executable, "-m", "flowise_sse", "serve"], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "FLOWISE_SSE_WORKERS": "0"})
+    assert run.returncode == 2 and "invalid settings" in run.stderr and "workers" in run.stderr
+
+
+# --- (b) two workers, one socket, streams shared through Redis ----------------------------------------
+def test_twoWorkers_thenOneBannerBothPidsAnswerAndEachLineSaysWhichWorker(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        pids = gateway.workers()
+        assert len(pids) == 2 and gateway.proc.pid not in pids
+        banners = [l for l in gateway.lines() if "ready on" in l["msg"]]
+        assert len(banners) == 1 and "2 workers" in banners[0]["msg"] and "pid" not in banners[0]
+        assert all(str(pid) in banners[0]["msg"] for pid in pids)
+        answered: set[int] = set()
+        for pid in pids:  # each worker in turn, the other paused
+            with gateway.only(pid):
+                reply = httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"health-{pid}"}, timeout=10)
+            assert reply.status_code == 200
+            answered.add(gateway.served_by(f"health-{pid}"))
+        assert answered == pids
+        # Unpaused, the kernel spreads concurrent connections over both.
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            for i in range(200):
+                http.get(gateway.url + "/healthz", headers={"X-Request-ID": f"spread-{i}"}, timeout=10)
+        spread = {l["pid"] for l in gateway.lines() if l.get("request_id", "").startswith("spread-")}
+        assert spread <= pids
+
+
+def test_twoWorkers_streamStartedOnOne_thenReadResumedAndDeletedOnTheOther(env, tmp_path, emulators):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        one, two = sorted(gateway.workers())
+        with gateway.only(one):
+            created = httpx.post(gateway.url + "/v1/streams", headers={"X-Request-ID": "create"},
+                                 json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.15)}, timeout=10).json()
+        stream_id = created["streamId"]
+        assert gateway.owner(stream_id) == one
+        events: list[Sse] = []
+        http = httpx.Client(timeout=20, limits=httpx.Limits(max_keepalive_connections=0))  # a connection each
+
+        def open_on(pid: int | None, url: str, rid: str, **headers: str) -> httpx.Response:
+            """The connection is accepted (and the headers answered) by `pid`; read after."""
+            request = http.build_request("GET", url, headers={"X-Request-ID": rid, **headers})
+            with gateway.only(pid) if pid else _nothing():
+                return http.send(request, stream=True)
+
+        # Read on the other worker (no Last-Event-ID: from the start), two events, then cut.
+        with closing(open_on(two, created["eventsUrl"], "read-two")) as r:
+            read(r, events, limit=2)
+        assert gateway.served_by("read-two") == two
+        # Resume on the owner, then on the other again, then on whichever: no gap, no duplicate.
+        for n, target in enumerate([one, two, None]):
+            with closing(open_on(target, f"{gateway.url}/v1/streams/{stream_id}/events", f"resume-{n}",
+                                 **{"Last-Event-ID": events[-1].id})) as r:
+                read(r, events, limit=len(events) + 3 if target else None)
+            if target:
+                assert gateway.served_by(f"resume-{n}") == target
+        http.close()
+        assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
+        assert events[-1].event == "end" and joined(events) == events[-1].data["text"] == REPLY + QUESTION
+        mine = [l for l in gateway.lines() if l.get("stream_id") == stream_id]
+        assert {(l["msg"], l["source"], l["pid"]) for l in mine if l["msg"] in ("stream read", "stream resumed")} >= {
+            ("stream read", "redis", two), ("stream resumed", "memory", one), ("stream resumed", "redis", two)}
+
+        # DELETE on the worker that does not run the stream: the owner stops it (Redis pub/sub).
+        with gateway.only(two):
+            doomed = httpx.post(gateway.url + "/v1/streams", headers={"X-Request-ID": "create-doomed"},
+                                json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.3)}, timeout=10).json()
+        with gateway.only(one):
+            deleted = httpx.delete(f"{gateway.url}/v1/streams/{doomed['streamId']}", headers={"X-Request-ID": "del"},
+                                   timeout=10)
+        assert deleted.status_code == 204 and gateway.served_by("del") == one
+        assert gateway.owner(doomed["streamId"]) == two
+        ending: list[Sse] = []
+        with httpx.stream("GET", doomed["eventsUrl"], timeout=20) as r:
+            read(r, ending)
+        assert ending[-1].event == "error" and ending[-1].data["code"] == "aborted"
+        assert len([e for e in ending if e.event == "token"]) < len(QUESTION.split())
+        flowise = emulators("3.1.4")
+        wait_until(lambda: any(doomed["chatId"] in abort for abort in flowise.app.aborts),
+                   what="Flowise's abort called by the owner")
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+# --- (c) SIGTERM on the parent drains every worker ----------------------------------------------------
+def test_sigtermOnParent_withALiveStream_thenAllWorkersDrainParentExits0NoChildLeft(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        pids = gateway.workers()
+        everyone = children(gateway.proc.pid)
+        events: list[Sse] = []
+        with httpx.stream("POST", f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=slow(delay=0.2),
+                          timeout=20) as r:
+            read(r, events, limit=3)
+            began = time.monotonic()
+            gateway.proc.send_signal(signal.SIGTERM)
+            read(r, events)  # with Redis, the draining worker lets its reader go: closed without end/error
+        assert events[-1].event not in ("end", "error")
+        code = gateway.proc.wait(5 + 10)  # the grace and the parent's margin
+        took = time.monotonic() - began
+        assert code == 0, gateway.log.read_text()[-3000:]
+        assert not any(alive(pid) for pid in everyone), "a child outlived the parent"
+        ends = {l["pid"] for l in gateway.lines() if l["msg"].startswith("Finished server process")}
+        assert ends == pids
+        assert took < 5 + 5
+        # The stream's log in Redis is whole and ends: its run finished within the grace.
+        stream_id = events[0].data["streamId"]
+        import redis
+
+        with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
+            last = store.xrevrange(f"fss:{stream_id}:events", count=1)[0][1]
+        assert last[b"f"].startswith(b"event: end")
+
+
+# --- (d) SIGKILL on the parent: the workers notice and go ---------------------------------------------
+def test_sigkillOnParent_thenWorkersExitOnTheirOwnWithinBoundedTime(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        everyone = children(gateway.proc.pid)
+        pids = gateway.workers()
+        gateway.proc.kill()
+        gateway.proc.wait(5)
+        wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=5 + 10,
+                   what="every child of the killed parent exits")
+    assert any(l["msg"] == "Shutting down" and l["pid"] in pids for l in gateway.lines())
+
+
+# --- a worker that dies is replaced ------------------------------------------------------------------
+def test_workerKilled_thenParentLogsItAndStartsANewOneOnTheSameSocket(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        before = gateway.workers()
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(gateway.workers() - before) == 1, timeout=20, what="a new worker")
+        new = (gateway.workers() - before).pop()
+        died = [l for l in gateway.lines() if "died unexpectedly" in l["msg"]]
+        assert len(died) == 1 and str(victim) in died[0]["msg"] and "SIGKILL" in died[0]["msg"]
+        wait_until(lambda: any(l["msg"] == "Application startup complete." and l.get("pid") == new
+                               for l in gateway.lines()), timeout=20, what="the new worker serves")
+        assert gateway.workers() == before - {victim} | {new}
+        for pid in gateway.workers():
+            with gateway.only(pid):
+                assert httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"after-{pid}"},
+                                 timeout=10).status_code == 200
+            assert gateway.served_by(f"after-{pid}") == pid
