@@ -19,6 +19,7 @@ from common import (
     gateway_body,
     http_request,
     install_uvloop,
+    process_tree,
     lean_stream,
     percentile,
     rss_kb,
@@ -51,14 +52,22 @@ def target_level(levels: list[int]) -> int:
 
 
 def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Path,
-                  profile_out: Path | None = None, uvloop: bool = False) -> tuple[ConcurrencyLevel, Profile | None]:
-    """One level on a fresh gateway; with `profile_out`, py-spy records the gateway meanwhile."""
+                  profile_out: Path | None = None, uvloop: bool = False, gateway_workers: int | None = None,
+                  redis: tuple[str, int] | None = None) -> tuple[ConcurrencyLevel, Profile | None]:
+    """One level on a fresh gateway; with `profile_out`, py-spy records the gateway meanwhile.
+    `gateway_workers`, `redis` (its URL and pid): `serve --workers N` with Redis (bench/workers.py); its
+    CPU and memory are those of all its processes, and above one worker nothing is pinned."""
     upstream = "lite" if transport == "sse" else "emu_sio"
     env = {"FLOWISE_SSE_MAX_STREAMS": str(max(10000, 4 * n))}
-    port = srv.start_gateway("gw_conc", upstream, env, uvloop=uvloop)
+    if redis:
+        env["FLOWISE_SSE_REDIS_URL"] = redis[0]
+    port = srv.start_gateway("gw_conc", upstream, env, uvloop=uvloop, workers=gateway_workers)
     gw_pid, up_pid = srv.pid("gw_conc"), srv.pid(upstream)
+    gw_pids = process_tree(gw_pid)
+    clients_cpus = srv.other_cpus if (gateway_workers or 1) == 1 else None
     ramp = ramp_for(cfg, n)
-    tag = f"{transport}-{n}{'-uvloop' if uvloop else ''}{'-profiled' if profile_out else ''}"
+    tag = (f"{transport}-{n}{'-uvloop' if uvloop else ''}{'-profiled' if profile_out else ''}"
+           f"{f'-workers{gateway_workers}' if gateway_workers else ''}")
     try:
         async def warm() -> None:
             for _ in range(3):
@@ -68,7 +77,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         install_uvloop()
         asyncio.run(warm())
         time.sleep(0.5)
-        base_rss = rss_kb(gw_pid)
+        base_rss = sum(map(rss_kb, gw_pids))
         workers_n = max(1, math.ceil(n / cfg.streams_per_worker))
         shares = [n // workers_n + (1 if i < n % workers_n else 0) for i in range(workers_n)]
         spy = Spy(srv, gw_pid, profile_out, cfg.conc_profile_rate) if profile_out else None
@@ -77,21 +86,21 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         workers = [spawn([PYTHON, str(BENCH_DIR / "loadgen.py"), "--port", str(port), "--target", "gateway",
                           "--streams", str(k), "--tokens", str(cfg.conc_tokens), "--delay", str(cfg.conc_delay),
                           "--ramp", str(ramp), "--start-at", repr(start_at), "--out", str(out), "--timeout", "120"],
-                         cpus=srv.other_cpus, log=logdir / "loadgen.log") for k, out in zip(shares, outs)]
+                         cpus=clients_cpus, log=logdir / "loadgen.log") for k, out in zip(shares, outs)]
         while time.monotonic() < start_at:
             time.sleep(0.01)
-        meter = LoadMeter([gw_pid, up_pid] + ([spy.proc.pid] if spy else []))
-        g0, u0 = cpu_seconds(gw_pid), cpu_seconds(up_pid)
+        meter = LoadMeter(gw_pids + [up_pid] + ([spy.proc.pid] if spy else []) + ([redis[1]] if redis else []))
+        g0, u0 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid)
         spy0 = cpu_seconds(spy.proc.pid) if spy else 0.0
         peak = base_rss
         hard_stop = start_at + ramp + cfg.conc_tokens * cfg.conc_delay + 130
         while any(w.poll() is None for w in workers) and time.monotonic() < hard_stop:
-            peak = max(peak, rss_kb(gw_pid))
+            peak = max(peak, sum(map(rss_kb, gw_pids)))
             time.sleep(0.05)
         for w in workers:
             stop(w)
         window = time.monotonic() - start_at
-        g1, u1 = cpu_seconds(gw_pid), cpu_seconds(up_pid)
+        g1, u1 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid)
         spy_cpu = cpu_seconds(spy.proc.pid) - spy0 if spy else 0.0
         load = meter.stop()
         profile = spy.finish() if spy else None
@@ -125,7 +134,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
             errors[key] = errors.get(key, 0) + 1
     exact = sum(s["ok"] for s in streams)
     level = ConcurrencyLevel(
-        transport=transport, variant=ON_UVLOOP if uvloop else AS_SHIPPED,
+        transport=transport, variant=f"--workers {gateway_workers}, Redis" if gateway_workers else ON_UVLOOP if uvloop else AS_SHIPPED,
         streams=n, ramp_s=ramp, tokens=cfg.conc_tokens, finished=len(streams), exact=exact,
         exact_share=exact / n, peak_concurrent=peak_overlap(intervals), peak_flowing=peak_overlap(flowing),
         added_p50_ms=percentile(added, 50), added_p99_ms=percentile(added, 99),

@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -43,12 +43,15 @@ class Config:
     pin: bool = True
     wait_idle: float = 60.0
     budget: float = 900.0  # seconds for the whole run; phases past it are skipped
+    # Section 5 (bench/workers.py): the levels tried per worker count, ascending, and its own budget.
+    workers_levels: list[int] = field(default_factory=lambda: [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000])
+    workers_budget: float = 600.0
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Config:
         if args.quick:
             cfg = cls(True, 40, 3, 3000, 2, [50, 200], [50], conc_tokens=40, profile_rate=100, conc_profile_rate=50,
-                      wait_idle=0.0, budget=240.0)
+                      wait_idle=0.0, budget=240.0, workers_levels=[50, 100], workers_budget=120.0)
         else:
             # 300 is not a target level: it sits near where the gateway as shipped saturates its core.
             cfg = cls(False, 300, 10, 20000, 7, [100, 300, 1000, 2000], [100, 1000])
@@ -76,10 +79,11 @@ class Servers:
         return (f"the system under test (gateway, ceiling) pinned to core {sorted(self.sut_cpus)[0]}; emulators, "
                 f"clients and py-spy to core(s) {', '.join(map(str, sorted(self.other_cpus)))}")
 
-    def start(self, name: str, args: list[str], sut: bool, env: dict[str, str] | None = None) -> int:
+    def start(self, name: str, args: list[str], sut: bool | None, env: dict[str, str] | None = None) -> int:
+        """`sut`: on the system under test's core (True), the others (False), or any (None)."""
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
-        proc = spawn(args, env=env, cpus=self.sut_cpus if sut else self.other_cpus,
+        proc = spawn(args, env=env, cpus=None if sut is None else self.sut_cpus if sut else self.other_cpus,
                      log=self.logdir / f"{name}.log")
         self.procs[name], self.ports[name] = proc, port
         wait_port(port, proc)
@@ -92,15 +96,17 @@ class Servers:
     def start_ceiling(self, name: str) -> int:
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), "ceiling", "--port", "{port}"], sut=True)
 
-    def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None, uvloop: bool = False) -> int:
-        """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if)."""
+    def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None, uvloop: bool = False,
+                      workers: int | None = None) -> int:
+        """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if).
+        `workers`: `serve --workers N` (bench/workers.py); above 1 it is not pinned (it has N processes)."""
         env = {"FLOWISE_URL": f"http://127.0.0.1:{self.ports[upstream]}", "PYTHONUNBUFFERED": "1", **(env or {})}
         if uvloop:
             args = [PYTHON, str(BENCH_DIR / "servers.py"), "gateway-uvloop", "--port", "{port}"]
         else:
             args = [PYTHON, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", "{port}", "--log-level",
-                    "warning"]
-        port = self.start(name, args, sut=True, env=env)
+                    "warning"] + (["--workers", str(workers)] if workers else [])
+        port = self.start(name, args, sut=True if (workers or 1) == 1 else None, env=env)
         # Ready once it has learnt the transport (warm-up) and answers.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from concurrency import steady_text
 from hotspots import Profile
 from latency import LATENCY_TOKENS
 from profiles import with_markdown
-from results import ConcurrencyLevel, FailedLevel, LatencyPair, Results, load
+from results import ConcurrencyLevel, FailedLevel, LatencyPair, Results, carried, load
 
 
 def verdict(ok: bool) -> str:
@@ -28,13 +28,14 @@ def setup_rate(results: Results) -> str:
     return f" (section 1: {cpu:.1f} ms of CPU per request, so at most ~{1000 / cpu:.0f} streams/s on one core)" if cpu else ""
 
 
-def level_notes(r: ConcurrencyLevel) -> list[str]:
+def level_notes(r: ConcurrencyLevel, cores: int = 1) -> list[str]:
+    """`cores`: the gateway's processes (its CPU is bound at that many cores)."""
     notes = []
     if not r.reached:
         notes.append(f"**stream starts queued**: at most {r.peak_flowing:,} of {r.streams:,} streams flowed at "
                      f"once (first token p99 {r.first_token_p99_ms / 1000:.1f} s)")
-    if r.gateway_cpu >= 0.9:
-        notes.append("gateway CPU-bound (one core)")
+    if r.gateway_cpu >= 0.9 * cores:
+        notes.append("gateway CPU-bound (one core)" if cores == 1 else f"gateway CPU-bound ({cores} cores)")
     if r.upstream_cpu >= 0.9:
         notes.append("upstream emulator saturated: the row measures it as much as the gateway")
     if r.client_cpu / r.workers >= 0.9:
@@ -127,6 +128,11 @@ def render(results: Results) -> str:
                     ) if at_target else "-"
         lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams x 20 tok/s | {level_figures(r)} | "
                      f"{'100%, p99 <= 50 ms, <= 200 KB' if at_target else '(1,000 is the target level)'} | {verdicts} |")
+    if results.workers:
+        w = results.workers
+        lines.append(f"| 4 | streams carried at added delay p99 <= 50 ms, `serve --workers 1` -> `--workers 2` (both with "
+                     f"Redis; section 5) | {w.carried(1):,} -> {w.carried(2):,} = **{w.scaling:.2f}x** | >= 1.8x | "
+                     f"{verdict(w.scaling >= 1.8)} |")
     whatif_lat = lat.sse_uvloop if lat else None
     whatif_tp = t.whatif if t else None
     whatif_conc = [r for r in conc if r.whatif]
@@ -278,9 +284,43 @@ def render(results: Results) -> str:
                           f"added delay p99 {r.added_p99_ms:.1f} ms, gateway CPU {r.gateway_cpu:.0%}{sampler}.)",
                           ""]
             lines += [p.markdown, ""]
+    if results.workers:
+        lines += workers_section(results)
     lines += ["## Files", "", "- `results.json`: every figure above and the raw runs",
               "- `latency.png`: the distributions", "- `profiles/*.txt.gz`: py-spy stacks", ""]
     return "\n".join(lines)
+
+
+def workers_section(results: Results) -> list[str]:
+    w, cfg = results.workers, results.config
+    assert w is not None
+    lines = ["## 5. Workers: `serve --workers 1` and `--workers 2`", "",
+             f"The levels of section 3 (SSE upstream, flowise-lite, {cfg.conc_tokens} tokens paced "
+             f"{cfg.conc_delay * 1000:.0f} ms apart per stream) against `serve --workers N` with a redis-server on "
+             "loopback for both counts (every token is mirrored to Redis in both), a fresh gateway per level, in "
+             f"ascending order ({', '.join(f'{n:,}' for n in cfg.workers_levels)}) until one is not carried. "
+             "**Carried**: every stream exact, at least 95% of them flowing at once, added inter-token delay p99 "
+             "<= 50 ms over the whole run; the figure is the last level carried, so its resolution is the step "
+             f"between levels. Placement: {w.placement}. Gateway CPU and memory are those of the parent and its "
+             "workers together.", "",
+             f"Streams carried: **{w.carried(1):,}** with one worker, **{w.carried(2):,}** with two: "
+             f"**{w.scaling:.2f}x** (target >= 1.8x).", "",
+             "| workers | streams | peak open / flowing | exact | added p50 / p99 / max ms | steady p50 / p99 ms (window) "
+             "| first token p50 / p99 ms | RSS idle -> peak MB | gateway CPU (µs/token) | upstream CPU | client CPU | "
+             "carried | notes |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for run in w.runs:
+        for r in run.levels:
+            if isinstance(r, FailedLevel):
+                lines.append(f"| {run.workers} | {r.streams:,} | failed: {r.failed} |")
+                continue
+            lines.append(
+                f"| {run.workers} | {r.streams:,} | {r.peak_concurrent:,} / {r.peak_flowing:,} | "
+                f"{100 * r.exact_share:.1f}% | {r.added_p50_ms:.1f} / {r.added_p99_ms:.1f} / {r.added_max_ms:.0f} | "
+                f"{steady_text(r)} | {r.first_token_p50_ms:.0f} / {r.first_token_p99_ms:.0f} | {r.rss_base_mb:.0f} -> "
+                f"{r.rss_peak_mb:.0f} | {r.gateway_cpu:.0%} ({r.gateway_us_per_token:.0f}) | {r.upstream_cpu:.0%} | "
+                f"{r.client_cpu:.0%} | {'yes' if carried(r) else 'no'} | {'; '.join(level_notes(r, cores=run.workers))} |")
+    return lines + [""]
 
 
 def rerender(out: Path) -> int:

@@ -234,6 +234,37 @@ class FailedLevel:
         return self.variant != AS_SHIPPED
 
 
+# --- 5. workers (`serve --workers N`) -----------------------------------------------------------
+
+WORKERS_P99_MS = 50.0  # a level is carried when exact, all flowing, and added delay p99 within this
+
+
+@dataclass(kw_only=True)
+class WorkersRun:
+    workers: int
+    levels: list[ConcurrencyLevel | FailedLevel]  # ascending, up to the first one not carried
+    carried: int  # the most streams carried (0: not even the first level)
+
+
+@dataclass(kw_only=True)
+class WorkersResult:
+    placement: str
+    runs: list[WorkersRun]
+
+    def carried(self, workers: int) -> int:
+        return next((r.carried for r in self.runs if r.workers == workers), 0)
+
+    @property
+    def scaling(self) -> float:
+        one = self.carried(1)
+        return self.carried(2) / one if one else math.nan
+
+
+def carried(r: ConcurrencyLevel | FailedLevel) -> bool:
+    return (isinstance(r, ConcurrencyLevel) and r.exact_share == 1.0 and r.reached
+            and r.added_p99_ms <= WORKERS_P99_MS)
+
+
 # --- 4. profiles --------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -266,6 +297,7 @@ class Results:
     emulator_cost: str | None = field(default=None, metadata=OMIT_NONE)
     concurrency: list[ConcurrencyLevel | FailedLevel] | None = field(default=None, metadata=OMIT_NONE)
     profiles: list[ProfileRun] | None = field(default=None, metadata=OMIT_NONE)
+    workers: WorkersResult | None = field(default=None, metadata=OMIT_NONE)
     duration_s: float = math.nan
 
     @property
@@ -278,6 +310,9 @@ class Results:
 def save(results: Results, path: Path) -> None:
     if results.concurrency:
         results = dataclasses.replace(results, concurrency=[_thinned(r) for r in results.concurrency])
+    if results.workers:
+        results = dataclasses.replace(results, workers=dataclasses.replace(results.workers, runs=[
+            dataclasses.replace(run, levels=[_thinned(r) for r in run.levels]) for run in results.workers.runs]))
     data = _encode(results)
     if results.profiles is not None:  # the profiled runs' figures are listed once more, together
         duration = data.pop("duration_s")

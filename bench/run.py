@@ -1,8 +1,10 @@
-"""flowise-sse benchmark: latency, relay throughput, concurrency and profiles, side by side in one run.
+"""flowise-sse benchmark: latency, relay throughput, concurrency, profiles and worker scaling, side by
+side in one run.
 
-    .venv/bin/python bench/run.py            # the full run (about 7 minutes), writes bench/RESULTS.md,
+    .venv/bin/python bench/run.py            # the full run (about 12 minutes), writes bench/RESULTS.md,
                                              # bench/latency.png, bench/results.json, bench/profiles/
     .venv/bin/python bench/run.py --quick    # a smoke run (under a minute), written to a temp dir
+    .venv/bin/python bench/run.py --only workers   # section 5 alone: `serve --workers 1` and `2`
 
 Every server runs in a process of its own: the emulated Flowise servers (bench/servers.py), the
 gateway (`python -m flowise_sse serve`), the bare sse-starlette ceiling; the measuring clients are
@@ -10,7 +12,7 @@ this process and, for the concurrency runs, bench/loadgen.py workers. With two o
 system under test (gateway, or ceiling) is pinned to the first core and everything else (emulators,
 clients, py-spy) to the others. See bench/README.md for what is measured and how to read it.
 
-This file is the orchestrator: each section is a module (latency, throughput, concurrency, profiles)
+This file is the orchestrator: each section is a module (latency, throughput, concurrency, profiles, workers)
 that returns its dataclass of results.py; report.py turns them into RESULTS.md and latency.png.
 """
 
@@ -31,11 +33,12 @@ import machine  # noqa: E402
 import profiles  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
+import workers  # noqa: E402
 from common import BENCH_DIR, raise_nofile  # noqa: E402
 from harness import PYSPY, Config, Servers, event_loop_of  # noqa: E402
 from results import Results, save  # noqa: E402
 
-SECTIONS = ["latency", "throughput", "concurrency", "profiles"]
+SECTIONS = ["latency", "throughput", "concurrency", "profiles", "workers"]
 
 
 def main() -> int:
@@ -112,6 +115,9 @@ def main() -> int:
         if "profiles" in sections:
             print("4. profiles (py-spy)")
             results.profiles = profiles.run(cfg, srv, profdir, logdir, deadline)
+        if "workers" in sections:
+            print("5. workers (serve --workers 1 and 2, with Redis)")
+            results.workers = workers.run(cfg, srv, logdir, time.monotonic() + cfg.workers_budget)
     finally:
         srv.stop_all()
     results.duration_s = time.monotonic() - started

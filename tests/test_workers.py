@@ -171,8 +171,12 @@ def test_twoWorkers_thenOneBannerBothPidsAnswerAndEachLineSaysWhichWorker(env, t
         for pid in pids:  # each worker in turn, the other paused
             with gateway.only(pid):
                 reply = httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"health-{pid}"}, timeout=10)
+                scrape = httpx.get(gateway.url + "/metrics", timeout=10).text
             assert reply.status_code == 200
             answered.add(gateway.served_by(f"health-{pid}"))
+            # A scrape is one worker's figures, and says whose.
+            mine = [line for line in scrape.splitlines() if line.startswith("flowise_sse_worker_info{")]
+            assert len(mine) == 1 and f'pid="{pid}"' in mine[0] and mine[0].endswith(" 1.0")
         assert answered == pids
         # Unpaused, the kernel spreads concurrent connections over both.
         with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as http:

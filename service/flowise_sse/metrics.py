@@ -5,8 +5,9 @@ for what it counts per token (a run counts its tokens in a plain int and adds th
 so the per-token cost is an integer increment (measured in `bench/metrics_cost.py`).
 
 Metrics live in prometheus-client's default registry, beside its process and Python collectors;
-`/metrics` serves them (`api/routes/prometheus.py`). One process, one set: with several worker
-processes prometheus-client's multiprocess mode would be needed, and is not set up here.
+`/metrics` serves them (`api/routes/prometheus.py`). One process, one set: under `serve --workers N`
+a scrape gets the figures of the worker that answered it, which `flowise_sse_worker_info` names
+(prometheus-client's multiprocess mode is not set up: see the README's Metrics section).
 """
 
 from __future__ import annotations
@@ -221,6 +222,14 @@ REGISTRY.register(_StoreCollector())
 
 def set_build_info(version: str) -> None:
     BUILD_INFO.labels(version).set(1)
+
+
+WORKER_INFO = Gauge("flowise_sse_worker_info", "Under `serve --workers N`: which worker process answered this scrape "
+                    "(value 1); every other figure is that worker's own.", ["worker", "pid"])
+
+
+def set_worker(number: int, pid: int) -> None:
+    WORKER_INFO.labels(str(number), str(pid)).set(1)
 
 
 def exposition() -> bytes:

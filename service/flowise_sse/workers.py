@@ -46,6 +46,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from . import metrics
 from .logging_setup import configure
 from .server import demo_flowise, gateway_server, show_banner
 from .settings import Settings
@@ -97,6 +98,7 @@ def _worker_main(number: int, settings: Settings, sock: socket.socket, log_level
     if os.getppid() != parent:  # the parent died before the line above
         return
     configure(settings.log_format, log_level, worker=number)
+    metrics.set_worker(number, os.getpid())
     server = gateway_server(settings, log_level)
     # uvicorn's own loop choice (uvloop where installed), as `cli._run` makes for one process.
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
