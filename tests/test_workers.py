@@ -171,12 +171,8 @@ def test_twoWorkers_thenOneBannerBothPidsAnswerAndEachLineSaysWhichWorker(env, t
         for pid in pids:  # each worker in turn, the other paused
             with gateway.only(pid):
                 reply = httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"health-{pid}"}, timeout=10)
-                scrape = httpx.get(gateway.url + "/metrics", timeout=10).text
             assert reply.status_code == 200
             answered.add(gateway.served_by(f"health-{pid}"))
-            # A scrape is one worker's figures, and says whose.
-            mine = [line for line in scrape.splitlines() if line.startswith("flowise_sse_worker_info{")]
-            assert len(mine) == 1 and f'pid="{pid}"' in mine[0] and mine[0].endswith(" 1.0")
         assert answered == pids
         # Unpaused, the kernel spreads concurrent connections over both.
         with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as http:
@@ -240,6 +236,40 @@ def test_twoWorkers_streamStartedOnOne_thenReadResumedAndDeletedOnTheOther(env, 
                    what="Flowise's abort called by the owner")
 
 
+def scrape(gateway: Workers, pid: int) -> dict[str, float]:
+    """/metrics as answered by worker `pid`: its samples by name and labels."""
+    with gateway.only(pid):
+        text = httpx.get(gateway.url + "/metrics", timeout=10).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_twoWorkers_metricsScrapedFromEitherWorker_thenEverySumOverBoth(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        pids = gateway.workers()
+        for pid in pids:  # one stream on each worker
+            with gateway.only(pid):
+                response = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                                      headers={"X-Request-ID": f"ask-{pid}"}, json={"question": "short"}, timeout=10)
+            assert "event: end" in response.text and gateway.served_by(f"ask-{pid}") == pid
+        for pid in pids:
+            wait_until(lambda: scrape(gateway, pid).get("flowise_sse_store_streams") == 2.0,
+                       what="both workers' stores in the sum")
+            seen = scrape(gateway, pid)
+            assert seen['flowise_sse_streams_started_total{transport="sse"}'] == 2.0
+            assert seen['flowise_sse_streams_live{transport="sse"}'] == 0.0
+            assert seen['flowise_sse_tokens_total{transport="sse"}'] == 2 * len((REPLY + "short").split(" "))
+            assert seen['flowise_sse_build_info{version="0.1.0"}'] == 1.0
+            assert worker_info(seen) == pids
+
+
+def worker_info(samples: dict[str, float]) -> set[int]:
+    """The pids `flowise_sse_worker_info` lists (each with a worker number and value 1)."""
+    rows = [k for k in samples if k.startswith("flowise_sse_worker_info{")]
+    assert all(samples[k] == 1.0 and 'worker="' in k for k in rows)
+    return {int(k.split('pid="')[1].split('"')[0]) for k in rows}
+
+
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
@@ -299,6 +329,7 @@ def test_workerKilled_thenParentLogsItAndStartsANewOneOnTheSameSocket(env, tmp_p
         wait_until(lambda: any(l["msg"] == "Application startup complete." and l.get("pid") == new
                                for l in gateway.lines()), timeout=20, what="the new worker serves")
         assert gateway.workers() == before - {victim} | {new}
+        assert worker_info(scrape(gateway, new)) == gateway.workers()  # the dead one left the list
         for pid in gateway.workers():
             with gateway.only(pid):
                 assert httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"after-{pid}"},

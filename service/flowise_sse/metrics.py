@@ -5,19 +5,24 @@ for what it counts per token (a run counts its tokens in a plain int and adds th
 so the per-token cost is an integer increment (measured in `bench/metrics_cost.py`).
 
 Metrics live in prometheus-client's default registry, beside its process and Python collectors;
-`/metrics` serves them (`api/routes/prometheus.py`). One process, one set: under `serve --workers N`
-a scrape gets the figures of the worker that answered it, which `flowise_sse_worker_info` names
-(prometheus-client's multiprocess mode is not set up: see the README's Metrics section).
+`/metrics` serves them (`api/routes/prometheus.py`). Under `serve --workers N` the parent sets
+`PROMETHEUS_MULTIPROC_DIR` before it starts the workers, so each worker's values live in files
+there (prometheus-client's multiprocess mode) and a scrape, whichever worker answers it, sums them:
+counters and histograms over every worker that ever ran, the live gauges over the live ones. The
+store's size, read from the live store at scrape time in one process, is then published by each
+worker every half second instead (`publish_store`).
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any, Iterable, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -37,7 +42,10 @@ _FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
 
-BUILD_INFO = Gauge("flowise_sse_build_info", "The gateway's version (value 1).", ["version"])
+# Read once, as prometheus-client itself does at import: values go to files from then on.
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+BUILD_INFO = Gauge("flowise_sse_build_info", "The gateway's version (value 1).", ["version"], multiprocess_mode="max")
 
 STREAMS_STARTED = Counter(
     "flowise_sse_streams_started_total", "Streams that sent `start` (Flowise accepted the prediction).",
@@ -48,7 +56,8 @@ STREAMS_REJECTED = Counter(
     "Predictions that failed before `start`: a JSON error with an HTTP status instead of a stream.",
     ["code"],
 )
-STREAMS_LIVE = Gauge("flowise_sse_streams_live", "Streams running now (started, not ended).", ["transport"])
+STREAMS_LIVE = Gauge("flowise_sse_streams_live", "Streams running now (started, not ended).", ["transport"],
+                     multiprocess_mode="livesum")
 STREAMS_ENDED = Counter(
     "flowise_sse_streams_ended_total",
     "Streams ended, by outcome (completed: `end`; aborted: `error` aborted; failed: any other `error`) "
@@ -81,7 +90,7 @@ UPSTREAM_ERRORS = Counter(
     ["operation", "code"],
 )
 READERS = Gauge("flowise_sse_readers", "Connections reading a stream now (memory: this replica's own "
-                "streams; redis: another replica's).", ["source"])
+                "streams; redis: another replica's).", ["source"], multiprocess_mode="livesum")
 RESUMES = Counter("flowise_sse_resumes_total", "Readers that resumed after a Last-Event-ID.", ["source"])
 REDIS_ERRORS = Counter("flowise_sse_redis_errors_total", "Redis calls that failed.", ["operation"])
 LIMITS_HIT = Counter(
@@ -203,35 +212,54 @@ def watch_store(store: _Store) -> None:
     _stores.add(store)
 
 
+_STORE_BYTES = ("flowise_sse_store_bytes",
+                "Bytes of stream events held in memory (FLOWISE_SSE_MAX_TOTAL_BYTES caps it, per worker).")
+_STORE_STREAMS = ("flowise_sse_store_streams", "Streams held in memory, running or retained for resume "
+                                               "(FLOWISE_SSE_MAX_STREAMS caps it, per worker).")
+
+
 class _StoreCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         stores = list(_stores)
-        yield GaugeMetricFamily(
-            "flowise_sse_store_bytes", "Bytes of stream events held in memory (FLOWISE_SSE_MAX_TOTAL_BYTES caps it).",
-            value=sum(store.total_bytes for store in stores),
-        )
-        yield GaugeMetricFamily(
-            "flowise_sse_store_streams", "Streams held in memory, running or retained for resume "
-                                         "(FLOWISE_SSE_MAX_STREAMS caps it).",
-            value=sum(len(store.logs) for store in stores),
-        )
+        yield GaugeMetricFamily(*_STORE_BYTES, value=sum(store.total_bytes for store in stores))
+        yield GaugeMetricFamily(*_STORE_STREAMS, value=sum(len(store.logs) for store in stores))
 
 
-REGISTRY.register(_StoreCollector())
+if MULTIPROCESS:
+    # Not in REGISTRY (the scrape reads the files): set by `publish_store`, summed over live workers.
+    _store_gauges = (Gauge(*_STORE_BYTES, registry=None, multiprocess_mode="livesum"),
+                     Gauge(*_STORE_STREAMS, registry=None, multiprocess_mode="livesum"))
+else:
+    REGISTRY.register(_StoreCollector())
+
+
+def publish_store() -> None:
+    """In multiprocess mode, this process's store size as of now (a worker calls it periodically)."""
+    if MULTIPROCESS:
+        stores = list(_stores)
+        _store_gauges[0].set(sum(store.total_bytes for store in stores))
+        _store_gauges[1].set(sum(len(store.logs) for store in stores))
 
 
 def set_build_info(version: str) -> None:
     BUILD_INFO.labels(version).set(1)
 
 
-WORKER_INFO = Gauge("flowise_sse_worker_info", "Under `serve --workers N`: which worker process answered this scrape "
-                    "(value 1); every other figure is that worker's own.", ["worker", "pid"])
+WORKER_INFO = Gauge("flowise_sse_worker_info", "Under `serve --workers N`: one series per live worker (value 1), "
+                    "with its number and pid.", ["worker"], multiprocess_mode="liveall")
 
 
-def set_worker(number: int, pid: int) -> None:
-    WORKER_INFO.labels(str(number), str(pid)).set(1)
+def set_worker(number: int) -> None:
+    WORKER_INFO.labels(str(number)).set(1)
 
 
 def exposition() -> bytes:
-    """The text a scrape gets."""
+    """The text a scrape gets: this process's registry, or in multiprocess mode every worker's files."""
+    if MULTIPROCESS:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        publish_store()  # this process's own, current (the others' are at most half a second old)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
     return generate_latest(REGISTRY)

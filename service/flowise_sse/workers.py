@@ -22,6 +22,8 @@ The parent:
   `MAX_RESTARTS` deaths within `RESTART_WINDOW` seconds mean something is wrong beyond one
   worker: the parent then stops the others and exits 1. A worker that dies before it served at
   start-up fails the start at once.
+- keeps the workers' metrics in one directory (prometheus-client's multiprocess mode, see
+  `metrics.py`): a scrape answered by any worker sums them all.
 - is watched by its workers: on Linux the kernel sends a worker SIGTERM when the parent dies
   (`PR_SET_PDEATHSIG`), elsewhere (and to close the race at start) a worker polls its parent's
   pid; either way an orphan drains and exits, it never serves on alone.
@@ -31,19 +33,23 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import glob
 import logging
 import multiprocessing
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
 from pydantic import SecretStr
 
 from . import metrics
@@ -98,7 +104,7 @@ def _worker_main(number: int, settings: Settings, sock: socket.socket, log_level
     if os.getppid() != parent:  # the parent died before the line above
         return
     configure(settings.log_format, log_level, worker=number)
-    metrics.set_worker(number, os.getpid())
+    metrics.set_worker(number)
     server = gateway_server(settings, log_level)
     # uvicorn's own loop choice (uvloop where installed), as `cli._run` makes for one process.
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
@@ -135,6 +141,7 @@ async def _watch(server: Any, ready: Connection, parent: int) -> None:
     ready.send(os.getpid())  # the parent shows the banner once every worker serves
     while True:
         await asyncio.sleep(PARENT_POLL)
+        metrics.publish_store()
         if os.getppid() != parent:
             log.error("the supervising process %d is gone: this worker drains and exits", parent)
             server.handle_exit(signal.SIGTERM, None)
@@ -191,6 +198,7 @@ class Supervisor:
         if worker.ready.fileno() >= 0 and not worker.serving:
             self.loop.remove_reader(worker.ready.fileno())
         worker.process.join()
+        mark_process_dead(worker.process.pid)  # its live gauges leave the sums; its counters stay
         self.changed.set()
 
     def alive(self) -> list[_Worker]:
@@ -261,7 +269,9 @@ class Supervisor:
         self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
         log.error("worker %d (pid %d) died unexpectedly (%s); its streams end with `upstream_unavailable` "
                   "for their readers", worker.number, worker.process.pid, _how(worker.process.exitcode))
+        pid = worker.process.pid
         worker.ready.close()
+        worker.process.close()
         del self.workers[worker.number]
         if len(self.deaths) > MAX_RESTARTS:
             log.error("%d worker deaths within %gs: stopping the gateway", len(self.deaths), RESTART_WINDOW)
@@ -274,7 +284,8 @@ class Supervisor:
             await asyncio.sleep(pause)
         if not self.stopping:
             self.start(worker.number)
-            log.info("worker %d restarted (pid %d)", worker.number, self.workers[worker.number].process.pid)
+            log.info("worker %d (was pid %d) restarted: pid %d", worker.number, pid,
+                     self.workers[worker.number].process.pid)
 
     async def _drain(self) -> int:
         deadline = time.monotonic() + self.settings.shutdown_grace + STOP_MARGIN
@@ -294,6 +305,23 @@ class Supervisor:
                 self.loop.remove_reader(worker.process.sentinel)
             worker.process.close()
         return 1 if self.failed or late else 0
+
+
+def metrics_dir(stack: AsyncExitStack) -> str:
+    """The directory where every worker keeps its metric values (prometheus-client's multiprocess
+    mode; set in the environment the workers inherit): PROMETHEUS_MULTIPROC_DIR when given, emptied
+    of an earlier run's files, else a temporary one removed at exit."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        os.makedirs(given, exist_ok=True)
+        for stale in glob.glob(os.path.join(given, "*.db")):
+            os.unlink(stale)
+        return given
+    path = tempfile.mkdtemp(prefix="flowise-sse-metrics-")
+    stack.callback(shutil.rmtree, path, True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    stack.callback(os.environ.pop, "PROMETHEUS_MULTIPROC_DIR", None)
+    return path
 
 
 def _how(exitcode: int | None) -> str:
@@ -317,6 +345,12 @@ async def supervise(settings: Settings, host: str, port: int, count: int, *, dem
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         stack.callback(sock.close)
+        try:
+            metrics_dir(stack)
+        except OSError as exc:
+            log.error("cannot prepare the metrics directory (PROMETHEUS_MULTIPROC_DIR, else a temporary one): %s",
+                      exc)
+            return 1
         demo_line = ""
         if demo:
             # One emulated Flowise, in this process, for every worker.
