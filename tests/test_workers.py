@@ -276,7 +276,8 @@ def _nothing() -> Iterator[None]:
 
 
 # --- (c) SIGTERM on the parent drains every worker ----------------------------------------------------
-def test_sigtermOnParent_withALiveStream_thenAllWorkersDrainParentExits0NoChildLeft(env, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0NoChildLeft(env, tmp_path, sig):
     with Workers(env, tmp_path / "gateway.log") as gateway:
         pids = gateway.workers()
         everyone = children(gateway.proc.pid)
@@ -285,7 +286,7 @@ def test_sigtermOnParent_withALiveStream_thenAllWorkersDrainParentExits0NoChildL
                           timeout=20) as r:
             read(r, events, limit=3)
             began = time.monotonic()
-            gateway.proc.send_signal(signal.SIGTERM)
+            gateway.proc.send_signal(sig)
             read(r, events)  # with Redis, the draining worker lets its reader go: closed without end/error
         assert events[-1].event not in ("end", "error")
         code = gateway.proc.wait(5 + 10)  # the grace and the parent's margin
@@ -302,6 +303,35 @@ def test_sigtermOnParent_withALiveStream_thenAllWorkersDrainParentExits0NoChildL
         with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
             last = store.xrevrange(f"fss:{stream_id}:events", count=1)[0][1]
         assert last[b"f"].startswith(b"event: end")
+
+
+def test_demoWithTwoWorkers_thenOneEmulatorInTheParentServesBothWorkers(redis_url, tmp_path):
+    gateway = Workers({"FLOWISE_SSE_REDIS_URL": redis_url}, tmp_path / "gateway.log")
+    gateway.argv.append("--demo")
+    with gateway:
+        assert sum("DEMO MODE" in l["msg"] for l in gateway.lines()) == 1
+        for pid in gateway.workers():
+            with gateway.only(pid):
+                response = httpx.get(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", timeout=20,
+                                     params={"question": "hello"}, headers={"X-Request-ID": f"demo-{pid}"})
+            assert response.status_code == 200 and "event: end" in response.text
+            assert gateway.served_by(f"demo-{pid}") == pid
+        # The emulator runs in the parent: no process of its own (the one other child is
+        # multiprocessing's resource tracker).
+        others = children(gateway.proc.pid) - gateway.workers()
+        assert [b"resource_tracker" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes() for pid in others] == [True]
+
+
+def test_twoWorkers_portTaken_thenParentExits1SayingSo(env, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([sys.executable, "-m", "flowise_sse", "serve", "--workers", "2", "--port", str(port)],
+                             env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in run.stderr
 
 
 # --- (d) SIGKILL on the parent: the workers notice and go ---------------------------------------------
