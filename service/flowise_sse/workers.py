@@ -126,7 +126,7 @@ async def _serve_worker(server: Any, sock: socket.socket, ready: Connection, par
                         stop_asked: list[int]) -> None:
     if stop_asked:  # the parent stopped while this worker was starting: start, then drain at once
         server.should_exit = True
-    watch = asyncio.create_task(_watch(server, ready, parent))
+    watch = asyncio.create_task(_watch(server, ready, parent, stop_asked))
     try:
         await server.serve(sockets=[sock])
     finally:
@@ -135,10 +135,12 @@ async def _serve_worker(server: Any, sock: socket.socket, ready: Connection, par
         sock.close()
 
 
-async def _watch(server: Any, ready: Connection, parent: int) -> None:
+async def _watch(server: Any, ready: Connection, parent: int, stop_asked: list[int]) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
     ready.send(os.getpid())  # the parent shows the banner once every worker serves
+    if stop_asked:  # a SIGTERM between the check before `serve` and uvicorn taking the signals
+        server.handle_exit(signal.SIGTERM, None)
     while True:
         await asyncio.sleep(PARENT_POLL)
         metrics.publish_store()
@@ -296,6 +298,10 @@ class Supervisor:
             log.error("worker %d (pid %d) did not stop within the shutdown grace + %gs: killed", worker.number,
                       worker.process.pid, STOP_MARGIN)
             worker.process.kill()
+        failed = [w for w in self.workers.values() if w not in late and w.process.exitcode != 0]
+        for worker in failed:
+            log.error("worker %d (pid %d) stopped with %s", worker.number, worker.process.pid,
+                      _how(worker.process.exitcode))
         for worker in self.workers.values():
             worker.process.join(5)
             if worker.ready.fileno() >= 0 and not worker.serving:
@@ -304,7 +310,7 @@ class Supervisor:
             if worker.process.sentinel is not None:
                 self.loop.remove_reader(worker.process.sentinel)
             worker.process.close()
-        return 1 if self.failed or late else 0
+        return 1 if self.failed or late or failed else 0
 
 
 def metrics_dir(stack: AsyncExitStack) -> str:
