@@ -131,8 +131,8 @@ def render(results: Results) -> str:
     if results.workers:
         w = results.workers
         lines.append(f"| 4 | streams carried at added delay p99 <= 50 ms, `serve --workers 1` -> `--workers 2` (both with "
-                     f"Redis; section 5) | {w.carried(1):,} -> {w.carried(2):,} = **{w.scaling:.2f}x** | >= 1.8x | "
-                     f"{verdict(w.scaling >= 1.8)} |")
+                     f"Redis; section 5) | {w.carried_text(1)} -> {w.carried_text(2)} = **{w.scaling:.2f}x** | "
+                     f">= 1.8x | {verdict(w.scaling >= 1.8) if w.limits_found else 'n/a: a limit was not reached'} |")
     whatif_lat = lat.sse_uvloop if lat else None
     whatif_tp = t.whatif if t else None
     whatif_conc = [r for r in conc if r.whatif]
@@ -303,8 +303,10 @@ def workers_section(results: Results) -> list[str]:
              "<= 50 ms over the whole run; the figure is the last level carried, so its resolution is the step "
              f"between levels. Placement: {w.placement}. Gateway CPU and memory are those of the parent and its "
              "workers together.", "",
-             f"Streams carried: **{w.carried(1):,}** with one worker, **{w.carried(2):,}** with two: "
-             f"**{w.scaling:.2f}x** (target >= 1.8x).", "",
+             f"Streams carried: **{w.carried_text(1)}** with one worker, **{w.carried_text(2)}** with two: "
+             f"**{w.scaling:.2f}x** (target >= 1.8x)"
+             f"{'' if w.limits_found else '; a count that carried every level tried (>=) has no limit found, so the ratio is not the scaling'}.",
+             "",
              "| workers | streams | peak open / flowing | exact | added p50 / p99 / max ms | steady p50 / p99 ms (window) "
              "| first token p50 / p99 ms | RSS idle -> peak MB | gateway CPU (µs/token) | upstream CPU | client CPU | "
              "carried | notes |",

@@ -245,6 +245,11 @@ class WorkersRun:
     levels: list[ConcurrencyLevel | FailedLevel]  # ascending, up to the first one not carried
     carried: int  # the most streams carried (0: not even the first level)
 
+    @property
+    def limit_found(self) -> bool:
+        """A level was not carried: `carried` is the limit (to the step), not a lower bound."""
+        return bool(self.levels) and not carried(self.levels[-1])
+
 
 @dataclass(kw_only=True)
 class WorkersResult:
@@ -253,6 +258,14 @@ class WorkersResult:
 
     def carried(self, workers: int) -> int:
         return next((r.carried for r in self.runs if r.workers == workers), 0)
+
+    @property
+    def limits_found(self) -> bool:
+        return bool(self.runs) and all(r.limit_found for r in self.runs)
+
+    def carried_text(self, workers: int) -> str:
+        run = next((r for r in self.runs if r.workers == workers), None)
+        return "-" if run is None else f"{run.carried:,}" if run.limit_found else f">= {run.carried:,}"
 
     @property
     def scaling(self) -> float:

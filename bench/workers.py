@@ -51,6 +51,10 @@ def start_redis(cpus: set[int] | None, logdir: Path) -> tuple[subprocess.Popen, 
     return proc, f"redis://127.0.0.1:{port}/0"
 
 
+def result_text(run: WorkersRun) -> str:
+    return f"{run.carried:,}" if run.limit_found else f">= {run.carried:,} (every level tried)"
+
+
 def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResult:
     runs = []
     lite = srv.pid("lite")
@@ -83,8 +87,9 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResu
         finally:
             stop(proc)
             os.sched_setaffinity(lite, pinned)
-        print(f"  --workers {count}: {most:,} streams carried at p99 <= {WORKERS_P99_MS:g} ms")
         runs.append(WorkersRun(workers=count, levels=levels, carried=most))
+        print(f"  --workers {count}: {result_text(runs[-1])} streams carried at p99 <= {WORKERS_P99_MS:g} ms")
     result = WorkersResult(placement=placement(srv), runs=runs)
-    print(f"  scaling, 2 workers / 1: {result.scaling:.2f}x")
+    print(f"  scaling, 2 workers / 1: {result.scaling:.2f}x"
+          f"{'' if result.limits_found else ' (a limit was not reached: not the scaling)'}")
     return result
