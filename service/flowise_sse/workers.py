@@ -298,7 +298,9 @@ class Supervisor:
             log.error("worker %d (pid %d) did not stop within the shutdown grace + %gs: killed", worker.number,
                       worker.process.pid, STOP_MARGIN)
             worker.process.kill()
-        failed = [w for w in self.workers.values() if w not in late and w.process.exitcode != 0]
+        # Ended by the SIGTERM it was sent before it could take it (still starting): a stop too.
+        failed = [w for w in self.workers.values()
+                  if w not in late and w.process.exitcode not in (0, -signal.SIGTERM)]
         for worker in failed:
             log.error("worker %d (pid %d) stopped with %s", worker.number, worker.process.pid,
                       _how(worker.process.exitcode))
