@@ -365,3 +365,21 @@ def test_workerKilled_thenParentLogsItAndStartsANewOneOnTheSameSocket(env, tmp_p
                 assert httpx.get(gateway.url + "/healthz", headers={"X-Request-ID": f"after-{pid}"},
                                  timeout=10).status_code == 200
             assert gateway.served_by(f"after-{pid}") == pid
+
+
+def test_workersKeepDying_thenAfterFiveRestartsAMinuteTheParentStopsEverythingAndExits1(env, tmp_path):
+    with Workers(env, tmp_path / "gateway.log") as gateway:
+        killed: set[int] = set()
+        for _ in range(6):
+            victim = min(gateway.workers() - killed)
+            os.kill(victim, signal.SIGKILL)
+            killed.add(victim)
+            wait_until(lambda: gateway.proc.poll() is not None or len(gateway.workers() - killed) == 2, timeout=20,
+                       what="a replacement, or the parent giving up")
+        everyone = children(gateway.proc.pid)
+        assert gateway.proc.wait(5 + 10) == 1
+        assert not any(alive(pid) for pid in everyone)
+        lines = [l["msg"] for l in gateway.lines()]
+        assert sum("died unexpectedly" in m for m in lines) == 6
+        assert sum(m.startswith("worker ") and "restarted" in m for m in lines) == 5
+        assert any("6 worker deaths within 60s: stopping the gateway" in m for m in lines)
