@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -289,6 +290,17 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
             gateway.proc.send_signal(sig)
             read(r, events)  # with Redis, the draining worker lets its reader go: closed without end/error
         assert events[-1].event not in ("end", "error")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        # While the run goes on (its upstream has the grace), a reconnect is refused, not left hanging.
+        wait_until(refused, timeout=3, what="the port closed")
+        assert gateway.proc.poll() is None
         code = gateway.proc.wait(5 + 10)  # the grace and the parent's margin
         took = time.monotonic() - began
         assert code == 0, gateway.log.read_text()[-3000:]
@@ -323,8 +335,6 @@ def test_demoWithTwoWorkers_thenOneEmulatorInTheParentServesBothWorkers(redis_ur
 
 
 def test_twoWorkers_portTaken_thenParentExits1SayingSo(env, tmp_path):
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -223,6 +223,10 @@ class Supervisor:
         log.info("stopping: %d workers drain (up to FLOWISE_SSE_SHUTDOWN_GRACE, %gs)", len(self.alive()),
                  self.settings.shutdown_grace)
         self.signal_all(signal.SIGTERM)
+        # Each worker closes its copy of the socket as its drain begins; with the parent's closed
+        # too, a client that reconnects is refused at once (and goes elsewhere) rather than left
+        # in a backlog nobody accepts from.
+        self.sock.close()
         self.changed.set()
 
     async def run(self) -> int:
