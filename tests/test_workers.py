@@ -25,17 +25,11 @@ import pytest
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
 from .helpers import REPLY, wait_until
-from .servers import GatewayProcess, RedisServer, Sse, joined
-from .test_redis import read, slow
+from .servers import GatewayProcess, Sse, joined
+from .test_redis import read, redis_url, slow  # noqa: F401  (redis_url: the module's redis-server fixture)
 
 pytestmark = pytest.mark.redis
 QUESTION = "one two three four five six seven eight nine ten"
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    with RedisServer() as server:
-        yield server.url
 
 
 def children(pid: int) -> set[int]:
