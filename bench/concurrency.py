@@ -64,7 +64,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
     port = srv.start_gateway("gw_conc", upstream, env, uvloop=uvloop, workers=gateway_workers)
     gw_pid, up_pid = srv.pid("gw_conc"), srv.pid(upstream)
     gw_pids = process_tree(gw_pid)
-    clients_cpus = srv.other_cpus if (gateway_workers or 1) == 1 else None
+    clients_cpus = srv.other_cpus if (gateway_workers or 1) == 1 else srv.all_cpus
     ramp = ramp_for(cfg, n)
     tag = (f"{transport}-{n}{'-uvloop' if uvloop else ''}{'-profiled' if profile_out else ''}"
            f"{f'-workers{gateway_workers}' if gateway_workers else ''}")

@@ -67,6 +67,9 @@ class Servers:
     def __init__(self, cfg: Config, logdir: Path) -> None:
         self.logdir = logdir
         self.sut_cpus, self.other_cpus = cpu_sets() if cfg.pin else (None, None)
+        # Every core this run may use: a child inherits its parent's affinity, and `place_self`
+        # narrows this process's, so "anywhere" has to be said explicitly.
+        self.all_cpus = os.sched_getaffinity(0)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
 
@@ -80,10 +83,10 @@ class Servers:
                 f"clients and py-spy to core(s) {', '.join(map(str, sorted(self.other_cpus)))}")
 
     def start(self, name: str, args: list[str], sut: bool | None, env: dict[str, str] | None = None) -> int:
-        """`sut`: on the system under test's core (True), the others (False), or any (None)."""
+        """`sut`: on the system under test's core (True), the others (False), or any core (None)."""
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
-        proc = spawn(args, env=env, cpus=None if sut is None else self.sut_cpus if sut else self.other_cpus,
+        proc = spawn(args, env=env, cpus=self.all_cpus if sut is None else self.sut_cpus if sut else self.other_cpus,
                      log=self.logdir / f"{name}.log")
         self.procs[name], self.ports[name] = proc, port
         wait_port(port, proc)

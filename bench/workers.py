@@ -60,9 +60,9 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResu
     lite = srv.pid("lite")
     pinned = os.sched_getaffinity(lite)
     for count in WORKER_COUNTS:
-        proc, url = start_redis(srv.other_cpus if count == 1 else None, logdir)
+        proc, url = start_redis(srv.other_cpus if count == 1 else srv.all_cpus, logdir)
         # flowise-lite (one thread) stays where run.py put it for one worker, goes anywhere for more.
-        os.sched_setaffinity(lite, pinned if count == 1 else os.sched_getaffinity(0) | (srv.sut_cpus or set()))
+        os.sched_setaffinity(lite, pinned if count == 1 else srv.all_cpus)
         levels: list = []
         most = 0
         try:
