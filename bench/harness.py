@@ -110,11 +110,14 @@ class Servers:
             args = [PYTHON, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", "{port}", "--log-level",
                     "warning"] + (["--workers", str(workers)] if workers else [])
         port = self.start(name, args, sut=True if (workers or 1) == 1 else None, env=env)
-        # Ready once it has learnt the transport (warm-up) and answers.
+        # Ready once it has learnt the transport (warm-up) and answers; with workers, once /metrics
+        # lists every one of them as well.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200 and (
+                        (workers or 1) == 1 or httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text.count(
+                            "\nflowise_sse_worker_info{") == workers):
                     break
             except httpx.HTTPError:
                 pass
