@@ -83,6 +83,7 @@ class SocketPool:
         self._resting_socks: set[_Socket] = set()  # closed by `close` even if their task never ran
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self.connects_on_path = 0  # leases that found no ready socket and connected themselves
 
     async def _connect(self) -> _Socket:
         url, path = self.flowise.socketio_url_and_path
@@ -109,7 +110,9 @@ class SocketPool:
         return sock
 
     def _refill(self) -> None:
-        while not self._closed and len(self._ready) + self._connecting + self._resting < self.size:
+        # Resting sockets do not count: they come back in a second at best, and a lease that finds
+        # the pool empty meanwhile connects on its prediction's path (a handshake, ~2 ms).
+        while not self._closed and len(self._ready) + self._connecting < self.size:
             self._connecting += 1
             self._spawn(self._add_one())
 
@@ -139,6 +142,7 @@ class SocketPool:
             if sock.client.connected and sock.queue.empty():
                 return sock
             await sock.close()
+        self.connects_on_path += 1
         return await self._connect()
 
     async def release(self, sock: _Socket, clean: bool) -> None:
