@@ -62,7 +62,7 @@ def missing() -> str | None:
     absent = [str(p) for p in needed if not p.exists()]
     if absent:
         return (f"section 5 (real Flowise {VERSION}) skipped: the e2e suite's install is not in {home} "
-                f"(missing {absent[0]}); install it with `{INSTALL_HINT}` (npm, about 4 GB), then "
+                f"(missing {absent[0]}); install it with `{INSTALL_HINT}` (npm, about 3 GB), then "
                 "`bench/run.py --only real`")
     return None
 
@@ -185,28 +185,30 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> RealFlowise
     # has by then is set again).
     srv.start("mock_llm", [PYTHON, str(BENCH_DIR / "servers.py"), "mock-llm", "--port", "{port}",
                            "--token-delay-ms", f"{TOKEN_DELAY_MS:g}"], sut=False)
-    llm_url = f"{srv.url('mock_llm')}/v1"
-    print(f"  starting Flowise {VERSION} from {e2e_home()} (about a minute)")
-    flowise = start_release(logdir / f"flowise-{VERSION}", llm_url, RELEASES[VERSION])
     try:
-        threads = pin_threads(flowise.process.pid, srv.other_cpus)
-        if flowise.version != VERSION:
-            raise RuntimeError(f"the e2e install answered version {flowise.version}, not {VERSION}")
-        srv.start_gateway("gw_real", flowise.url, env={"FLOWISE_API_KEY": flowise.api_key,
-                                                        "FLOWISE_TRANSPORT": "auto"})
-        gateway_pid = srv.pid("gw_real")
-        loop = event_loop_of(gateway_pid)
-        where = (f"gateway on core {sorted(srv.sut_cpus)[0]}; Flowise (node, {threads} threads), the mock LLM and "
-                 f"the client on core(s) {', '.join(map(str, sorted(srv.other_cpus)))}" if srv.sut_cpus
-                 else "no pinning")
-        print(f"  Flowise {flowise.version} answered HTTP after {flowise.start_seconds:.1f} s; {where}")
-        meter = LoadMeter([gateway_pid, flowise.process.pid, srv.pid("mock_llm")])
-        gw, dr, cpu = asyncio.run(measure(cfg, srv.url("gw_real"), gateway_pid, flowise, srv.pid("mock_llm"),
-                                          deadline))
-        load = meter.stop()
+        llm_url = f"{srv.url('mock_llm')}/v1"
+        print(f"  starting Flowise {VERSION} from {e2e_home()} (about a minute)")
+        flowise = start_release(logdir / f"flowise-{VERSION}", llm_url, RELEASES[VERSION])
+        try:
+            threads = pin_threads(flowise.process.pid, srv.other_cpus)
+            if flowise.version != VERSION:
+                raise RuntimeError(f"the e2e install answered version {flowise.version}, not {VERSION}")
+            srv.start_gateway("gw_real", flowise.url, env={"FLOWISE_API_KEY": flowise.api_key,
+                                                            "FLOWISE_TRANSPORT": "auto"})
+            gateway_pid = srv.pid("gw_real")
+            loop = event_loop_of(gateway_pid)
+            where = (f"gateway on core {sorted(srv.sut_cpus)[0]}; Flowise (node, {threads} threads), the mock LLM "
+                     f"and the client on core(s) {', '.join(map(str, sorted(srv.other_cpus)))}" if srv.sut_cpus
+                     else "no pinning")
+            print(f"  Flowise {flowise.version} answered HTTP after {flowise.start_seconds:.1f} s; {where}")
+            meter = LoadMeter([gateway_pid, flowise.process.pid, srv.pid("mock_llm")])
+            gw, dr, cpu = asyncio.run(measure(cfg, srv.url("gw_real"), gateway_pid, flowise, srv.pid("mock_llm"),
+                                              deadline))
+            load = meter.stop()
+        finally:
+            srv.stop("gw_real")
+            flowise.close()
     finally:
-        srv.stop("gw_real")
-        flowise.close()
         srv.stop("mock_llm")
     n = len(gw)
     first = summarize([s.first for s in gw]), summarize([s.first for s in dr])
