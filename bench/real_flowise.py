@@ -1,7 +1,8 @@
 """Section 5, first token against a real Flowise: a Flowise 3.1.4 from the e2e suite's cache, its chat
 model the e2e mock LLM answering one token every 20 ms, and the gateway as shipped in front of it.
-Sequential requests, gateway and direct client interleaved (A, B, A, B, ...): time from sending the
-request to the first non-empty token, and to the end of the answer; every answer checked exact.
+Sequential requests, gateway and direct client interleaved in pairs that alternate which goes first
+(A B, B A, ...): time from sending the request to the first non-empty token, and to the end of the
+answer; every answer checked exact.
 
 Against the zero-latency emulator (section 1) the gateway's own milliseconds are most of a first
 token; here Flowise's own work and the LLM's first token come first, as they do in production, and
@@ -130,8 +131,8 @@ async def ask(client: httpx.AsyncClient, url: str, body: bytes, flowise: bool, e
 
 async def measure(cfg: Config, gateway_url: str, gateway_pid: int, flowise: FlowiseDeployment, llm_pid: int,
                   deadline: float) -> tuple[list[Sample], list[Sample], dict[str, float]]:
-    """Warm-up pairs, then gateway, direct, gateway, direct ...; the CPU of the gateway, Flowise and
-    the mock LLM over the measured window (and the gateway's when idle, just before)."""
+    """Warm-up pairs, then measured pairs, gateway and direct interleaved; the CPU of the gateway,
+    Flowise and the mock LLM over the measured window (and the gateway's when idle, just before)."""
     chatflow = flowise.chatflows.open
     gateway_path = f"{gateway_url}/v1/chatflows/{chatflow}/stream"
     direct_path = f"{flowise.url}/api/v1/prediction/{chatflow}"
@@ -154,8 +155,16 @@ async def measure(cfg: Config, gateway_url: str, gateway_pid: int, flowise: Flow
                 t_start = time.monotonic()
             q = question(i)
             expected = reply_for(q)
-            a = await ask(gw_client, gateway_path, orjson.dumps({"question": q}), False, expected, gateway_pid)
-            b = await ask(dr_client, direct_path, orjson.dumps({"question": q, "streaming": True}), True, expected)
+            via_gateway = ask(gw_client, gateway_path, orjson.dumps({"question": q}), False, expected, gateway_pid)
+            direct = ask(dr_client, direct_path, orjson.dumps({"question": q, "streaming": True}), True, expected)
+            # Pairs alternate which goes first (A B, B A, ...): whatever Flowise still does after an
+            # answer (its request log, sqlite) then delays both contenders alike.
+            if i % 2 == 0:
+                a = await via_gateway
+                b = await direct
+            else:
+                b = await direct
+                a = await via_gateway
             if i >= cfg.real_warmup:
                 gw.append(a)
                 dr.append(b)
