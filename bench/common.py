@@ -104,6 +104,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def process_cpu_clock(pid: int) -> float:
+    """CPU seconds of a whole process (every thread, exited ones included) with nanosecond
+    resolution: its POSIX CPU clock, the id clock_getcpuclockid(pid) returns (CPUCLOCK_SCHED). Where
+    /proc's clock ticks (10 ms) are too coarse: a few ms of CPU per request."""
+    return time.clock_gettime(((~pid) << 3) | 2)
+
+
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -43,12 +43,15 @@ class Config:
     pin: bool = True
     wait_idle: float = 60.0
     budget: float = 900.0  # seconds for the whole run; phases past it are skipped
+    # Section 5, against a real Flowise 3.1.4: measured pairs (one answer is ~0.4 s there) and warm-up pairs.
+    real_requests: int = 150
+    real_warmup: int = 5
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Config:
         if args.quick:
             cfg = cls(True, 40, 3, 3000, 2, [50, 200], [50], conc_tokens=40, profile_rate=100, conc_profile_rate=50,
-                      wait_idle=0.0, budget=240.0)
+                      wait_idle=0.0, budget=240.0, real_requests=20, real_warmup=2)
         else:
             # 300 is not a target level: it sits near where the gateway as shipped saturates its core.
             cfg = cls(False, 300, 10, 20000, 7, [100, 300, 1000, 2000], [100, 1000])
@@ -93,8 +96,10 @@ class Servers:
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), "ceiling", "--port", "{port}"], sut=True)
 
     def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None, uvloop: bool = False) -> int:
-        """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if)."""
-        env = {"FLOWISE_URL": f"http://127.0.0.1:{self.ports[upstream]}", "PYTHONUNBUFFERED": "1", **(env or {})}
+        """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if).
+        `upstream`: a server of this run by name, or a URL (a Flowise started elsewhere)."""
+        url = upstream if upstream.startswith("http") else f"http://127.0.0.1:{self.ports[upstream]}"
+        env = {"FLOWISE_URL": url, "PYTHONUNBUFFERED": "1", **(env or {})}
         if uvloop:
             args = [PYTHON, str(BENCH_DIR / "servers.py"), "gateway-uvloop", "--port", "{port}"]
         else:

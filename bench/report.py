@@ -12,7 +12,7 @@ from concurrency import steady_text
 from hotspots import Profile
 from latency import LATENCY_TOKENS
 from profiles import with_markdown
-from results import ConcurrencyLevel, FailedLevel, LatencyPair, Results, load
+from results import ConcurrencyLevel, FailedLevel, LatencyPair, RealFlowiseResult, Results, load
 
 
 def verdict(ok: bool) -> str:
@@ -59,6 +59,74 @@ def ratio_figures(r: LatencyPair) -> str:
             f"{ms(d.p99 * 1e3)} ms = **{r.ratio_p99:.2f}x**")
 
 
+def real_summary(rf: RealFlowiseResult) -> list[str]:
+    """Section 5's summary rows: the first-token ratio and the gateway's CPU per request."""
+    r, n = rf.first_token, rf.first_token.gateway.n
+    exact = f"exact: gateway {n - rf.gateway_failures}/{n}, direct {n - rf.direct_failures}/{n}"
+    upstream = f"a real Flowise {rf.flowise_version} (mock LLM, {rf.token_delay_ms:g} ms/token)"
+    return [
+        f"| 5 | first token: gateway / direct httpx SSE client, {upstream} | p50 {ms(r.gateway.p50 * 1e3)} / "
+        f"{ms(r.direct.p50 * 1e3)} ms = **{r.ratio_p50:.3f}x**; p99 {ms(r.gateway.p99 * 1e3)} / "
+        f"{ms(r.direct.p99 * 1e3)} ms = **{r.ratio_p99:.3f}x** (n={n}; {exact}) | <= 1.03x | "
+        f"p50 {verdict(r.ratio_p50 <= 1.03)}, p99 {verdict(r.ratio_p99 <= 1.03)} |",
+        f"| 5 | gateway CPU per request up to its first token, {upstream} | "
+        f"**{rf.gateway_cpu_first_token_ms:.2f} ms** (the whole {rf.answer_tokens}-token answer: "
+        f"{r.gateway_cpu_ms_per_request:.2f} ms, {rf.gateway_cpu_relay_us_per_token:.0f} µs per token after the "
+        f"first; idle CPU taken out) | <= 0.5 ms | {verdict(rf.gateway_cpu_first_token_ms <= 0.5)} |",
+    ]
+
+
+def real_section(rf: RealFlowiseResult) -> list[str]:
+    r = rf.first_token
+    lines = [f"## 5. First token against a real Flowise {rf.flowise_version}", "",
+             f"A real Flowise {rf.flowise_version} (node), installed by `tests/e2e/install_flowise.sh` into the e2e "
+             "suite's cache and started and set up by its harness (`tests/e2e/flowise_harness.py`: first user, API "
+             "key, chatflows built from the server's own node definitions), with a fresh database; the chatflow is "
+             "its streaming conversation chain (ChatOpenAI + buffer memory). The chat model is the e2e mock LLM "
+             f"(`tests/e2e/mock_llm.py`, its own process: `bench/servers.py mock-llm`), which streams its reply one "
+             f"word per chunk, {rf.token_delay_ms:g} ms before each (the first included): each answer is "
+             f"{rf.answer_tokens} tokens. The gateway as shipped sits in front (`FLOWISE_URL`, `FLOWISE_API_KEY`, "
+             f"transport detected). Sequential requests, interleaved in pairs that alternate which goes first "
+             f"(gateway then direct, direct then gateway, ...: whatever Flowise still does after an answer delays "
+             f"both alike) after {rf.warmup} warm-up pairs; each question is distinct (it carries the request's "
+             "number) and so is the mock's reply to it. **Gateway**: `POST /v1/chatflows/{id}/stream` `{question}`; **direct**: Flowise's "
+             "own `POST /api/v1/prediction/{id}` `{question, streaming: true}`; each one persistent keep-alive "
+             "`httpx.AsyncClient`. **First token**: sending the request to the first non-empty `token` event at the "
+             "client; **answer**: to the `end` event. **Exact**: the joined tokens (and the gateway's `end` text) "
+             "equal the mock's reply to that question, and the stream ended with `end`. **CPU**: each process's "
+             "POSIX CPU clock (nanoseconds, all threads) over the measured window, divided by the requests; the "
+             "gateway's is also read by the client as each gateway request is sent, at its first token and at its "
+             "`end`, which splits it into the set-up up to the first token (what the CPU-per-request target is "
+             "about, as in section 1) and the relay of the remaining tokens, each arriving alone. The gateway's "
+             f"idle CPU, measured for 2 s just before ({rf.gateway_idle_ms_per_s:.1f} ms/s: uvicorn's 0.1 s tick "
+             "and the like), is taken out of each figure over its own duration. Placement: "
+             f"{rf.placement}. The gateway ran on {rf.gateway_loop}.", "",
+             "| contender | n | first token p50 ms | p90 ms | p99 ms | mean ms | min ms | max ms | answer p50 ms | "
+             "answer p99 ms | failed or inexact |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for who, s, a, failed in (("gateway", r.gateway, rf.answer_gateway, rf.gateway_failures),
+                              ("direct", r.direct, rf.answer_direct, rf.direct_failures)):
+        lines.append(f"| {who} | {s.n} | {ms(s.p50 * 1e3)} | {ms(s.p90 * 1e3)} | {ms(s.p99 * 1e3)} | "
+                     f"{ms(s.mean * 1e3)} | {ms(s.min * 1e3)} | {ms(s.max * 1e3)} | {ms(a.p50 * 1e3)} | "
+                     f"{ms(a.p99 * 1e3)} | {failed} |")
+    lines.append(f"| gateway / direct | | **{r.ratio_p50:.3f}x** | {r.gateway.p90 / r.direct.p90:.3f}x | "
+                 f"**{r.ratio_p99:.3f}x** | {r.gateway.mean / r.direct.mean:.3f}x | | | {rf.answer_ratio_p50:.3f}x | "
+                 f"{rf.answer_ratio_p99:.3f}x | |")
+    lines += ["", f"The gateway adds {(r.gateway.p50 - r.direct.p50) * 1e3:.2f} ms to the median first token and "
+                  f"{(rf.answer_gateway.p50 - rf.answer_direct.p50) * 1e3:.2f} ms to the median answer. CPU per "
+                  f"request: the gateway **{rf.gateway_cpu_first_token_ms:.2f} ms up to the first token**, then "
+                  f"{rf.gateway_cpu_relay_us_per_token:.0f} µs per further token, "
+                  f"{r.gateway_cpu_ms_per_request:.2f} ms for the whole answer "
+                  f"({rf.gateway_cpu_gross_ms_per_request:.2f} ms with its idle CPU); Flowise "
+                  f"{rf.flowise_cpu_ms_per_request:.1f} ms per prediction, the mock LLM "
+                  f"{rf.llm_cpu_ms_per_request:.1f} ms. Flowise answered HTTP {rf.flowise_start_s:.1f} s after it was "
+                  f"started. Foreign load during the section: {rf.load.foreign_cores:.2f} cores (ours "
+                  f"{rf.load.ours_cores:.2f})."]
+    if rf.errors:
+        lines += ["", "Failed or inexact answers, by kind: " + ", ".join(f"{n} x `{e}`" for e, n in rf.errors.items())
+                  + "."]
+    return lines + [""]
+
+
 def render(results: Results) -> str:
     cfg, m, bg = results.config, results.machine, results.background
     lines = [
@@ -82,7 +150,9 @@ def render(results: Results) -> str:
         "uvicorn process (uvloop, httptools); the SSE concurrency runs use `bench/servers.py lite`, a lean Flowise "
         "3.1.4 emulation on a raw asyncio protocol with tokens on loop timers, because the package emulator costs "
         f"{results.emulator_cost or '?'}; the socket.io concurrency runs use the package emulator 1.6.2 (there "
-        "is no lean socket.io one).",
+        "is no lean socket.io one)." + (
+            f" Section 5 runs against a real Flowise {results.real_flowise.flowise_version} (node) and the e2e suite's "
+            "mock LLM." if results.real_flowise else ""),
         f"- machine load: {bg.busy_cores:.2f} of {m.nproc} cores busy just before the run "
         f"(steal {bg.steal_cores:.2f}). Each section gives the CPU that processes other than "
         "the benchmark's took during it (\"foreign\": other processes, and kernel work charged to no process, such "
@@ -127,6 +197,8 @@ def render(results: Results) -> str:
                     ) if at_target else "-"
         lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams x 20 tok/s | {level_figures(r)} | "
                      f"{'100%, p99 <= 50 ms, <= 200 KB' if at_target else '(1,000 is the target level)'} | {verdicts} |")
+    if results.real_flowise:
+        lines += real_summary(results.real_flowise)
     whatif_lat = lat.sse_uvloop if lat else None
     whatif_tp = t.whatif if t else None
     whatif_conc = [r for r in conc if r.whatif]
@@ -278,6 +350,8 @@ def render(results: Results) -> str:
                           f"added delay p99 {r.added_p99_ms:.1f} ms, gateway CPU {r.gateway_cpu:.0%}{sampler}.)",
                           ""]
             lines += [p.markdown, ""]
+    if results.real_flowise:
+        lines += real_section(results.real_flowise)
     lines += ["## Files", "", "- `results.json`: every figure above and the raw runs",
               "- `latency.png`: the distributions", "- `profiles/*.txt.gz`: py-spy stacks", ""]
     return "\n".join(lines)

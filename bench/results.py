@@ -248,6 +248,41 @@ class ProfileRun:
     markdown: str = field(default="", metadata=NOT_SAVED)  # rendered from the stacks
 
 
+# --- 5. first token against a real Flowise ------------------------------------------------------
+
+@dataclass(kw_only=True)
+class RealFlowiseResult:
+    """The gateway against a direct client of a real Flowise (3.1.4, SSE) whose chat model is the
+    e2e suite's mock LLM answering one token every `token_delay_ms`, measured interleaved."""
+
+    flowise_version: str
+    token_delay_ms: float
+    answer_tokens: int  # tokens per answer (the mock's reply to each question)
+    warmup: int  # pairs before the measured ones
+    # Seconds to the first non-empty token; its gateway_cpu_ms_per_request is the gateway's CPU over
+    # the measured window, less its idle CPU over as long, divided by the gateway requests in it.
+    first_token: LatencyPair
+    answer_gateway: Distribution  # seconds from sending the request to the `end` event
+    answer_direct: Distribution
+    answer_ratio_p50: float
+    answer_ratio_p99: float
+    gateway_failures: int
+    direct_failures: int
+    errors: dict[str, int]  # the kinds of failed or inexact answers, "gateway: ..." / "direct: ..."
+    gateway_cpu_gross_ms_per_request: float  # the same, idle CPU included
+    # Per gateway request, idle CPU out: from sending it to its first token (the set-up, and the
+    # figure for the CPU-per-request target), and from there to `end`, per token relayed.
+    gateway_cpu_first_token_ms: float
+    gateway_cpu_relay_us_per_token: float
+    gateway_idle_ms_per_s: float  # the gateway's CPU while idle, just before the measured window
+    flowise_cpu_ms_per_request: float  # Flowise's (node, every thread) per prediction, both contenders'
+    llm_cpu_ms_per_request: float  # the mock LLM's per prediction
+    flowise_start_s: float  # process start until it answered HTTP
+    placement: str
+    gateway_loop: str
+    load: Load
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -266,6 +301,7 @@ class Results:
     emulator_cost: str | None = field(default=None, metadata=OMIT_NONE)
     concurrency: list[ConcurrencyLevel | FailedLevel] | None = field(default=None, metadata=OMIT_NONE)
     profiles: list[ProfileRun] | None = field(default=None, metadata=OMIT_NONE)
+    real_flowise: RealFlowiseResult | None = field(default=None, metadata=OMIT_NONE)
     duration_s: float = math.nan
 
     @property

@@ -13,6 +13,9 @@ as `python -m flowise_sse serve`):
     python bench/servers.py ceiling --port N
         the ceiling: a bare sse-starlette endpoint, configured as the gateway configures its
         responses, yielding the gateway's own encoded frames from memory
+    python bench/servers.py mock-llm --port N --token-delay-ms 20
+        the e2e suite's mock OpenAI LLM (tests/e2e/mock_llm.py), one token every 20 ms, without access
+        logs: the LLM behind the real Flowise of section 5
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httptools  # noqa: E402
 import orjson  # noqa: E402
 
-from common import DEMO_CHATFLOW_ID, install_uvloop, raise_nofile  # noqa: E402
+from common import DEMO_CHATFLOW_ID, REPO, install_uvloop, raise_nofile  # noqa: E402
 
 
 # --- the package emulator -------------------------------------------------------------------
@@ -265,11 +268,22 @@ def run_gateway_uvloop(port: int) -> None:
     sys.exit(cli(["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]))
 
 
+def run_mock_llm(port: int, token_delay_ms: float) -> None:
+    import uvicorn
+
+    sys.path.insert(0, str(REPO))
+    from tests.e2e.mock_llm import MockLLM
+
+    uvicorn.run(MockLLM(token_delay=token_delay_ms / 1000).app, host="127.0.0.1", port=port, log_level="warning",
+                lifespan="off")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["emulator", "lite", "ceiling", "gateway-uvloop"])
+    parser.add_argument("kind", choices=["emulator", "lite", "ceiling", "gateway-uvloop", "mock-llm"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--version", default="3.1.4")
+    parser.add_argument("--token-delay-ms", type=float, default=20.0, help="mock-llm: before each token")
     args = parser.parse_args()
     raise_nofile()
     if args.kind == "emulator":
@@ -278,6 +292,8 @@ def main() -> None:
         run_lite(args.port)
     elif args.kind == "gateway-uvloop":
         run_gateway_uvloop(args.port)
+    elif args.kind == "mock-llm":
+        run_mock_llm(args.port, args.token_delay_ms)
     else:
         run_ceiling(args.port)
 
