@@ -11,7 +11,7 @@
  * socket.io protocol v5, the version the cached real Flowise 1.6.2 runs), on Node's plain http server.
  *
  * What it emulates, with the package emulator's 1.6.2 wire shapes (service/flowise_sse/emulator/,
- * quirks 1.6.2; /work/shared transcripts v1-socketio-*):
+ * its quirks for 1.6.2, which follow captures of a real 1.6.2):
  *   GET  /api/v1/version                   {"version": "1.6.2"} (the gateway learns the transport from it)
  *   GET  /api/v1/chatflows-streaming/{id}  {"isStreaming": true} for the demo chatflow; else 404 text/html
  *   POST /api/v1/prediction/{id}           with `socketIOClientId`: to that socket `start ""`, `token ""`,
