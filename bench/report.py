@@ -64,13 +64,15 @@ def socketio_direct_lines(t: Any) -> list[str]:
     if not rows:
         return []
     lines = ["", "The socket.io upstreams read directly by a python-socketio client (websocket transport, no "
-                 f"gateway; one stream of {t.tokens:,} tokens, tokens per second from the POST to the last token). The "
-                 "client (python-socketio, the gateway's own socket.io client) is as much a limit here as the server, "
-                 "so the server's CPU per token is given too: one core's worth of it is the server's own capacity. With no "
-                 "token delay, flowise-lite-sio sends its HTTP answer once an Engine.IO ping sent after `end` has its "
-                 "pong (the one frame real Flowise would not send): a fast stream is written far ahead of its reader, "
-                 "and an earlier answer would let the gateway make up the unread rest from the answer's text after its "
-                 "50 ms grace, timing that instead of the relay.", "",
+                 f"gateway; one stream of {t.tokens:,} tokens, tokens per second from the POST to the last token). "
+                 "The client (python-socketio, the gateway's own socket.io client) is as much a limit here as the "
+                 "server, so the server's CPU per token is given too: one core's worth of it is the server's own "
+                 "capacity." + (
+                     " With no token delay, flowise-lite-sio sends its HTTP answer once an Engine.IO ping sent "
+                     "after `end` has its pong (the one frame real Flowise would not send): a fast stream is written "
+                     "far ahead of its reader, and an earlier answer would let the gateway make up the unread rest "
+                     "from the answer's text after its 50 ms grace, timing that instead of the relay."
+                     if t.socketio_lite_direct else ""), "",
              "| upstream read directly | tok/s | server µs/token | server capacity on one core, tok/s |",
              "|---|---:|---:|---:|"]
     for d, label in rows:
