@@ -107,7 +107,7 @@ function handle (req, res) {
     req.on('data', (chunk) => chunks.push(chunk))
     req.on('end', () => predict(parts[4], Buffer.concat(chunks), res))
   } else {
-    notFound(res, 'Not Found')
+    send(res, 404, 'text/plain; charset=utf-8', 'Not Found') // as the package emulator (Starlette) answers
   }
 }
 
