@@ -22,8 +22,11 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 # Innermost frames that mean "waiting", which py-spy does not always see as idle: a worker thread of
 # the threadpool blocked on its queue, the stdlib event loop in epoll.
+# On uvloop a thread waiting in epoll shows as the Python frame that entered the loop and nothing
+# below it (py-spy counts it busy): sampled with `--native`, 98% of such stacks were in
+# `epoll_pwait` (bench/README.md), so they are idle too.
 _IDLE_LEAVES = {("Condition.wait", "threading.py"), ("EpollSelector.select", "selectors.py"),
-                ("Event.wait", "threading.py"), ("Thread.join", "threading.py")}
+                ("Event.wait", "threading.py"), ("Thread.join", "threading.py"), ("Runner.run", "runners.py")}
 # Outermost frames of a whole stack; --nonblocking sampling sometimes reads a stack mid-change, which
 # then starts elsewhere: such torn stacks are left out.
 _ROOTS = ("_run_module_as_main", "Thread._bootstrap", "<module>")
@@ -211,35 +214,37 @@ def _threadpool(frames: list[Frame]) -> bool:
 COMPONENTS: list[tuple[str, object]] = [
     ("upstream SSE read and framing: `_events` in upstream/sse_transport.py (socket read, HTTP/1.1 parsing, SSE "
      "framing, JSON decoding)", lambda fr: _has(fr, "_events", _SSE_TRANSPORT)),
+    ("  of which aiohttp's response reading (`StreamReader`, its C HTTP parser, the socket callback)",
+     lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and any("/aiohttp/" in f.path for f in fr)),
     ("  of which httpcore `AnyIOStream.read` (an anyio `fail_after` cancel scope per socket read)",
      lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and _has(fr, "AnyIOStream.read")),
     ("  of which h11 parsing (pure Python HTTP/1.1)",
      lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and any("/h11/" in f.path for f in fr)),
-    ("  of which httpx_sse line splitting and SSE decoding (its own frames)",
-     lambda fr: _has(fr, "_events", _SSE_TRANSPORT) and "httpx_sse" in fr[-1].path),
     ("  of which the gateway's own frame splitting (`event_payloads` in upstream/flowise_frames.py, its own "
      "frames)", lambda fr: fr[-1].func in _FRAMING_FUNCS and fr[-1].path.endswith(_SSE_FRAMING)),
     ("socket.io upstream: python-socketio / engineio / aiohttp client receiving frames",
-     lambda fr: any(("/socketio/" in f.path or "/engineio/" in f.path or "/aiohttp/" in f.path) for f in fr)
+     lambda fr: any(("/socketio/" in f.path or "/engineio/" in f.path) for f in fr)
      and not _has(fr, "SocketPool._connect") and not _has(fr, "_Socket.close")),
     ("socket.io pool: a replacement socket connected per prediction (`SocketPool._connect`: aiohttp session, "
      "websocket, engine.io and socket.io handshakes)", lambda fr: _has(fr, "SocketPool._connect")),
     ("socket.io: closing the used socket after each prediction (`_Socket.close`)",
      lambda fr: _has(fr, "_Socket.close")),
-    ("upstream request per prediction: `FlowiseClient.http.send/post` (connect, headers, pool)",
-     lambda fr: _has(fr, "AsyncClient.send") and not _has(fr, "_events", _SSE_TRANSPORT)),
-    ("  of which a new TCP connection (`connect_tcp`)", lambda fr: _has(fr, "connect_tcp")),
+    ("upstream request per prediction: `FlowiseClient.prediction_stream` / `http.send` (connect, headers, pool)",
+     lambda fr: (_has(fr, "AsyncClient.send") or _has(fr, "FlowiseClient.prediction_stream"))
+     and not _has(fr, "_events", _SSE_TRANSPORT)),
+    ("  of which a new TCP connection (`connect_tcp`, aiohttp's `_create_connection`)",
+     lambda fr: _has(fr, "connect_tcp") or _has(fr, "TCPConnector._create_connection")),
     ("httpcore's `import sniffio` on every `current_async_library()` (when sniffio is not installed)",
      _sniffio_import),
     ("`bounded` timeouts (upstream/timeouts.py): its own frames and what they call outside the wrapped stream "
      "(`Watchdog`)", _bounded_own),
     ("store: `StreamLog.append` (encode, reserve, wake)", lambda fr: _has(fr, "StreamLog.append")),
-    ("  of which `StreamLog.wake` (a new asyncio.Event per wake)", lambda fr: _has(fr, "StreamLog.wake")),
+    ("  of which `StreamLog.wake` (waking the parked readers)", lambda fr: _has(fr, "StreamLog.wake")),
     ("readers: `StreamLog.frames_after` / `_follow` (waiting, batching)", lambda fr: _has(fr, "StreamLog.frames_after")),
     ("sse-starlette: whole `EventSourceResponse` (its task group, pings, disconnect and exit listeners, sends)",
      lambda fr: _has(fr, "EventSourceResponse.__call__") or any("/sse_starlette/" in f.path for f in fr)),
-    ("  of which the send path `_send_with_timeout` (anyio cancel scope + uvicorn send)",
-     lambda fr: _has(fr, "EventSourceResponse._send_with_timeout")),
+    ("  of which the send path `_send_with_timeout` (the send timeout, the middlewares' send wrappers, uvicorn's "
+     "send)", lambda fr: _has(fr, "EventSourceResponse._send_with_timeout") or _has(fr, "_EventStream._send_with_timeout")),
     ("  of which uvicorn's `send` / transport write", lambda fr: _has(fr, "RequestResponseCycle.send")),
     ("stream set-up: `StreamManager.start` (incl. `MemoryStore.create`)", lambda fr: _has(fr, "StreamManager.start")),
     ("  of which `MemoryStore.evict_expired` (scans every stream)", lambda fr: _has(fr, "MemoryStore.evict_expired")),

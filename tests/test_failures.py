@@ -165,3 +165,18 @@ async def test_gatewayStops_thenEverySocketIoSocketClosed_includingRestingOnes(e
     assert flowise.app.connected_sockets > before  # the pool, and the socket resting after use
     gateway.__exit__(None, None, None)
     await until(lambda: flowise.app.connected_sockets == before, timeout=2.0)
+
+
+async def test_socketIoPool_whenUsedSocketsRest_thenRefilledAndNoLeaseConnectsOnItsPath(emulators, gateways):
+    # A used socket rests (late frames of its prediction must not reach the next one); the pool
+    # refills meanwhile, in the background, so sequential predictions never wait for a handshake.
+    flowise = emulators("1.6.2")
+    gateway = gateways(flowise.url, socketio_pool_size=2)
+    pool = gateway.app.state.upstream.sockets
+    await until(lambda: len(pool._ready) == 2, timeout=5.0)
+    for n in range(5):
+        _, events = await post_stream(gateway, {"question": f"sequential {n}"})
+        assert events[-1].event == "end" and joined(events) == REPLY + f"sequential {n}"
+        # Well under the rest (1 s): full again from new connections, not from rested sockets.
+        await until(lambda: len(pool._ready) == 2, timeout=pool.REST / 2)
+    assert pool.connects_on_path == 0

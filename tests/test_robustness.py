@@ -230,6 +230,27 @@ async def test_flowiseUrlPassword_neverInReadyzErrorsOrLogs(gateways, caplog, tr
     assert "hunter2secret" not in caplog.text
 
 
+@pytest.mark.parametrize("version", ["3.1.4", "1.6.2"])
+async def test_flowiseUrlCredentials_thenSentAsBasicAuthOnEveryUpstreamCall(emulators, gateways, version):
+    # A proxy's basic auth in front of Flowise, given in FLOWISE_URL: it rides on the streaming
+    # prediction (aiohttp) and the JSON calls (httpx) alike, over the chatflow key.
+    import base64
+
+    from flowise_sse.emulator import DEMO_CHATFLOW_ID
+
+    flowise = emulators(version)
+    gateway = gateways(flowise.url.replace("http://", "http://proxy%40user:p%3Ass@"), flowise_api_key="flowkey")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                                 json={"question": "credentials ride along"}) as r:
+            events = await aread_sse(r)
+    assert r.status_code == 200 and events[-1].event == "end"
+    expected = "Basic " + base64.b64encode(b"proxy@user:p:ss").decode()
+    sent = [req["headers"].get("authorization") for req in list(flowise.app.requests)  # shared with other tests
+            if req["body"].get("question") == "credentials ride along"]
+    assert sent and all(value == expected for value in sent)
+
+
 async def test_flowiseUrlPassword_whenSocketIoRefuses_thenMaskedInTheError(faulty, gateways, caplog):
     caplog.set_level(logging.DEBUG)
     gateway = gateways(faulty.url.replace("http://", "http://admin:hunter2secret@"), flowise_transport="socketio")

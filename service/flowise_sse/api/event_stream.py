@@ -8,11 +8,12 @@ import logging
 from fastapi import Response
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..settings import Settings
 from ..streams import StreamManager
 from ..streams.sse_encoder import KEEPALIVE
+from ..watchdog import Watchdog
 
 
 logger = logging.getLogger("flowise_sse")
@@ -20,6 +21,7 @@ logger = logging.getLogger("flowise_sse")
 
 class _EventStream(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._watchdogs: dict[asyncio.Task, Watchdog] = {}
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
@@ -35,6 +37,28 @@ class _EventStream(EventSourceResponse):
                         self.send_timeout)
             transport.abort()
             await asyncio.sleep(0)  # connection_lost runs: the server sees a disconnect, not a bug
+        finally:
+            for watchdog in self._watchdogs.values():
+                watchdog.close()
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        """sse-starlette's per-send limit, without its cancel scope per send (a loop timer made
+        and cancelled per relayed token, ~10 µs): one watchdog per sending task (the frames and the
+        pings are sent from two), whose timer moves only when it fires."""
+        task = asyncio.current_task()
+        watchdog = self._watchdogs.get(task)  # type: ignore[arg-type]
+        if watchdog is None:
+            watchdog = self._watchdogs[task] = Watchdog(asyncio.get_running_loop())  # type: ignore[index]
+        watchdog.arm(watchdog.loop.time() + self.send_timeout)  # type: ignore[operator]
+        try:
+            await send(message)
+        except asyncio.CancelledError:
+            if not watchdog.fired:
+                raise
+            task.uncancel()  # type: ignore[union-attr]
+            raise SendTimeoutError() from None
+        finally:
+            watchdog.disarm()
 
 
 async def event_stream(

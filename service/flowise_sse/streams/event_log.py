@@ -63,8 +63,10 @@ class StreamLog:
 
     def wake(self) -> None:
         if self._waiting:
+            # set() resolves every parked reader's future at once; clearing right after only
+            # affects waits that start later (no new Event per wake: it ran once per token).
             self._wake.set()
-            self._wake = asyncio.Event()
+            self._wake.clear()
 
     def evict(self) -> None:
         """The store let go of this log: its frames are freed and its readers stop."""
@@ -72,29 +74,35 @@ class StreamLog:
         self.frames = []
         self.wake()
 
-    async def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
         """Everything after `seq`, then each new event as it comes, until the terminal event.
 
         Frames that pile up while the reader is busy go out joined, in writes of at most
         `READ_BATCH_BYTES` (a larger frame alone, as the log's own object)."""
-        async for batch in self._batches_after(seq, should_stop):
-            yield batch[0] if len(batch) == 1 else b"".join(batch)
+        return self._batches_after(seq, should_stop, True)  # type: ignore[return-value]
 
     async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[Event]]:
         """The same, decoded back into normalized events, for readers that speak another wire
         format (the OpenAI route); a batch of events that piled up comes as one list, so that the
         reader can write it at once too. The frames are the one copy kept; decoding one is two
         `find`s and an `orjson.loads` of its data line."""
-        async for batch in self._batches_after(seq, should_stop):
-            yield [decode(frame) for frame in batch]
+        async for batch in self._batches_after(seq, should_stop, False):
+            yield [decode(frame) for frame in batch]  # type: ignore[union-attr]
 
-    async def _batches_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[bytes]]:
+    async def _batches_after(
+        self, seq: int, should_stop: Callable[[], bool], joined: bool
+    ) -> AsyncIterator[list[bytes] | bytes]:
         """The log's own frames after `seq`, in batches of at most `READ_BATCH_BYTES` (or one
-        larger frame), then live until the terminal event."""
+        larger frame), then live until the terminal event; `joined`: each batch as one bytes
+        (one generator between the log and the socket, not two: a few µs per relayed token)."""
         while True:
             frames = self.frames
             count = len(frames)
             if seq < count:
+                if joined and seq + 1 == count:  # the live case: one new frame, sent as it is
+                    seq += 1
+                    yield frames[seq - 1]
+                    continue
                 batch = [frames[seq]]
                 size = len(batch[0])
                 seq += 1
@@ -102,7 +110,10 @@ class StreamLog:
                     batch.append(frames[seq])
                     size += len(frames[seq])
                     seq += 1
-                yield batch
+                if joined:
+                    yield batch[0] if len(batch) == 1 else b"".join(batch)
+                else:
+                    yield batch
                 continue
             if self.finished or self.evicted or should_stop():
                 return

@@ -14,11 +14,13 @@ import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
-from urllib.parse import quote, urlsplit
+from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping
+from urllib.parse import quote, unquote, urlsplit
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from .. import metrics
 from ..errors import (
@@ -128,22 +130,22 @@ def redacted_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-async def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    """The response body, refused past `limit` bytes (as decoded: a small gzip of a huge answer
-    counts as huge) without holding more than the limit."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit and "content-encoding" not in response.headers:
+async def read_limited(chunks: AsyncIterable[bytes], headers: Mapping[str, str], limit: int, what: str) -> bytes:
+    """A response body (httpx's or aiohttp's chunks, decoded), refused past `limit` bytes (a
+    small gzip of a huge answer counts as huge) without holding more than the limit."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit and "content-encoding" not in headers:
         raise UpstreamTooLarge(f"Flowise's answer to {what} is {declared} bytes, over the limit of {limit}")
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise UpstreamTooLarge(
                 f"Flowise's answer to {what} is over the limit of {limit} bytes (FLOWISE_SSE_MAX_UPSTREAM_ANSWER_BYTES)"
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 class FlowiseClient:
@@ -151,30 +153,61 @@ class FlowiseClient:
         self.settings = settings
         self.base_url = settings.flowise_url.rstrip("/")
         self.public_url = redacted_url(self.base_url)  # for messages: never the URL's password
-        self._password = urlsplit(self.base_url).password
+        parts = urlsplit(self.base_url)
+        self._password = parts.password
+        # Credentials in FLOWISE_URL (a proxy's basic auth in front of Flowise) go on every request
+        # as its Authorization, over any other (what httpx did with them); requests go to the URL
+        # without them (aiohttp refuses both at once).
+        self._url_auth: str | None = None
+        self._request_url = self.base_url
+        if parts.username is not None or parts.password is not None:
+            raw = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            self._url_auth = "Basic " + base64.b64encode(raw).decode()
+            netloc = parts.hostname or ""
+            if ":" in netloc:  # an IPv6 address
+                netloc = f"[{netloc}]"
+            self._request_url = parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")).geturl()
+        # httpx's API over aiohttp's connections (httpx-aiohttp): aiohttp reads a response with a C
+        # parser and no cancel scope per read, where httpcore's h11 and anyio cost ~45 µs per relayed
+        # token (bench/RESULTS.md, profiles).
         self.http = httpx.AsyncClient(
-            base_url=self.base_url,
+            base_url=self._request_url,
             timeout=httpx.Timeout(settings.connect_timeout, read=None),
-            # A full pool makes the next request wait (up to connect_timeout, then 504), so the
-            # gateway never opens more upstream connections than this. Idle connections are dropped
-            # after 2 s, before Flowise's (Node's and uvicorn's 5 s keep-alive timeout) side closes
-            # them: with httpx's default of 5 s, a connection reused just as the server closes it
-            # fails with "Server disconnected without sending a response" -> 502 (issue 16).
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=min(256, settings.upstream_max_connections),
-                keepalive_expiry=2.0,
-            ),
+            transport=AiohttpTransport(client=self._session),
             follow_redirects=False,
         )
+        self._pool: aiohttp.ClientSession | None = None
+        # The streaming prediction's limits: the pool wait and the connect are bounded (then 504);
+        # the wait for the headers is the stream's connect limit (`upstream/timeouts.py`).
+        self._stream_timeout = aiohttp.ClientTimeout(connect=settings.connect_timeout,
+                                                     sock_connect=settings.connect_timeout)
         self._version: FlowiseVersion | None = None
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
         self._listing: tuple[list[dict[str, Any]], float] | None = None
 
+    def _session(self) -> aiohttp.ClientSession:
+        """The one connection pool, httpx's and the streaming prediction's, made on first use (inside the event loop, as aiohttp wants).
+
+        A full pool makes the next request wait (up to connect_timeout, then 504), so the gateway
+        never opens more upstream connections than this. Idle connections are dropped after 2 s,
+        before Flowise's side (Node's and uvicorn's 5 s keep-alive timeout) closes them: a
+        connection reused just as the server closes it fails with "Server disconnected" -> 502
+        (issue 16, `bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
+        another's request."""
+        if self._pool is None:
+            self._pool = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0,
+                                               keepalive_timeout=2.0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._pool
+
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self._pool is not None:
+            await self._pool.close()
 
     # --- auth ---------------------------------------------------------------------------
     @property
@@ -213,6 +246,11 @@ class FlowiseClient:
             return key
         return INTERNAL if line >= KEY_GATE_SINCE else {}
 
+    def _with_url_auth(self, headers: dict[str, str]) -> dict[str, str]:
+        if self._url_auth:
+            headers["Authorization"] = self._url_auth
+        return headers
+
     @property
     def socketio_url_and_path(self) -> tuple[str, str]:
         """socket.io lives at `<FLOWISE_URL path>/socket.io/` on the same host and port."""
@@ -229,10 +267,17 @@ class FlowiseClient:
         """httpx's failures as gateway errors: the one place that decides what each means."""
         try:
             yield
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the streaming prediction's own
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
             raise UpstreamUnavailable(self.redact(f"Flowise is unreachable at {self.public_url}: {exc!r}")) from None
+        except httpx.HTTPError as exc:
+            # httpx-aiohttp names some aiohttp failures loosely (a refused connection comes as a
+            # ConnectTimeout): aiohttp's own exception, its cause, says what happened.
+            cause = exc.__cause__ if isinstance(exc.__cause__, (aiohttp.ClientError, TimeoutError)) else exc
+            if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
+                raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(cause).__name__})") from None
+            raise UpstreamUnavailable(self.redact(f"Flowise is unreachable at {self.public_url}: {cause!r}")) from None
 
     def redact(self, text: str) -> str:
         """`text` with FLOWISE_URL's password masked, wherever an error quoted it."""
@@ -274,7 +319,7 @@ class FlowiseClient:
     ) -> bytes:
         """One request's successful answer as bytes, read up to `max_upstream_answer_bytes`."""
         headers = self.management_headers if management else self.prediction_headers
-        headers = {**headers, **kwargs.pop("headers", {})}
+        headers = self._with_url_auth({**headers, **kwargs.pop("headers", {})})
         request = self.http.build_request(
             method, path, headers=headers, timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
             **kwargs,
@@ -285,9 +330,10 @@ class FlowiseClient:
                 response = await self.http.send(request, stream=True)
                 try:
                     if response.status_code >= 400:
-                        body = await _error_body(response)
+                        body = await _error_body(response.aiter_bytes())
                         raise error_from_response(response.status_code, body, what)
-                    content = await read_limited(response, self.settings.max_upstream_answer_bytes, what)
+                    content = await read_limited(response.aiter_bytes(), response.headers,
+                                                 self.settings.max_upstream_answer_bytes, what)
                 finally:
                     await response.aclose()
         except GatewayError as exc:
@@ -297,39 +343,47 @@ class FlowiseClient:
         return content
 
     @asynccontextmanager
-    async def prediction_stream(self, chatflow_id: str, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit.
+    async def prediction_stream(
+        self, chatflow_id: str, body: dict[str, Any]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit
+        (its connection goes back to the pool only when the response was read to its end).
+
+        The one request made on aiohttp's API rather than httpx's, on the same pool: httpx's
+        request and response objects cost ~0.2 ms per prediction and two generator layers per
+        relayed token (bench/RESULTS.md, profiles).
 
         Flowise flushes the headers before it runs the flow, so their arrival is bounded by the
         stream's connect limit (`upstream/timeouts.py`, until `start`); a failure status is raised
         here, before any event. No timer of its own here: a second cancellation landing while
-        httpcore closes the cancelled connection interrupts that close and orphans the socket."""
+        the cancelled connection is closed interrupts that close and orphans the socket."""
         what = f"the prediction on {chatflow_id}"
-        request = self.http.build_request(
-            "POST", self.prediction_path(chatflow_id), content=json_body(body),
-            headers={**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"},
-        )
         started = time.monotonic()
         try:
             async with self._mapped_errors("the opening of the stream"):
-                response = await self.http.send(request, stream=True)
+                response = await self._session().post(
+                    self._request_url + self.prediction_path(chatflow_id), data=json_body(body),
+                    headers=self._with_url_auth(
+                        {**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"}),
+                    allow_redirects=False, timeout=self._stream_timeout,
+                )
         except GatewayError as exc:
             metrics.upstream_call("prediction_stream", time.monotonic() - started, exc.code)
             raise
         try:
-            if response.status_code != 200:
+            if response.status != 200:
                 async with self._mapped_errors(what):
-                    content = await _error_body(response)
-                failure = error_from_response(response.status_code, content, what)
+                    content = await _error_body(response.content.iter_any())
+                failure = error_from_response(response.status, content, what)
                 metrics.upstream_call("prediction_stream", time.monotonic() - started, failure.code)
                 raise failure
             metrics.upstream_call("prediction_stream", time.monotonic() - started)
             try:
                 yield response
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(f"the Flowise stream broke off: {exc!r}") from None
         finally:
-            await response.aclose()
+            response.release()
 
     async def version(self) -> FlowiseVersion:
         """The server's version and so its transport; remembered for `version_ttl` seconds."""
@@ -452,13 +506,13 @@ def prediction_answer(content: bytes) -> dict[str, Any]:
     return answer
 
 
-async def _error_body(response: httpx.Response) -> bytes:
+async def _error_body(chunks: AsyncIterable[bytes]) -> bytes:
     """The start of an error answer: enough to quote, never the whole of a huge one."""
-    chunks: list[bytes] = []
+    parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
+    async for chunk in chunks:
+        parts.append(chunk)
         size += len(chunk)
         if size >= ERROR_BODY_BYTES:
             break
-    return b"".join(chunks)[:ERROR_BODY_BYTES]
+    return b"".join(parts)[:ERROR_BODY_BYTES]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
+import engineio
 import socketio
 
 from .. import metrics
@@ -23,11 +24,28 @@ _ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arr
 _DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
 
 
+class _InlineEngineIOClient(engineio.AsyncClient):
+    """engine.io's client hands each incoming message to its handler in a task of its own, ~10 µs
+    per relayed token (bench/RESULTS.md, profiles). The handler here only decodes the socket.io
+    packet and queues the event (`_Socket._on_event`), so it runs inline, in arrival order."""
+
+    async def _receive_packet(self, pkt: engineio.packet.Packet) -> None:
+        if pkt.packet_type == engineio.packet.MESSAGE:
+            await self._trigger_event("message", pkt.data, run_async=False)
+        else:
+            await super()._receive_packet(pkt)
+
+
+class _SocketIOClient(socketio.AsyncClient):
+    def _engineio_client_class(self) -> type[engineio.AsyncClient]:
+        return _InlineEngineIOClient
+
+
 class _Socket:
     """One connected socket.io client whose events all land in one queue."""
 
     def __init__(self) -> None:
-        self.client = socketio.AsyncClient(reconnection=False)
+        self.client = _SocketIOClient(reconnection=False)
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.client.on("*", self._on_event)
         self.client.on("disconnect", self._on_disconnect)
@@ -65,6 +83,7 @@ class SocketPool:
         self._resting_socks: set[_Socket] = set()  # closed by `close` even if their task never ran
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self.connects_on_path = 0  # leases that found no ready socket and connected themselves
 
     async def _connect(self) -> _Socket:
         url, path = self.flowise.socketio_url_and_path
@@ -91,7 +110,9 @@ class SocketPool:
         return sock
 
     def _refill(self) -> None:
-        while not self._closed and len(self._ready) + self._connecting + self._resting < self.size:
+        # Resting sockets do not count: they come back in a second at best, and a lease that finds
+        # the pool empty meanwhile connects on its prediction's path (a handshake, ~2 ms).
+        while not self._closed and len(self._ready) + self._connecting < self.size:
             self._connecting += 1
             self._spawn(self._add_one())
 
@@ -121,6 +142,7 @@ class SocketPool:
             if sock.client.connected and sock.queue.empty():
                 return sock
             await sock.close()
+        self.connects_on_path += 1
         return await self._connect()
 
     async def release(self, sock: _Socket, clean: bool) -> None:

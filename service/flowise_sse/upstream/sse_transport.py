@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamUnauthorized
@@ -36,7 +36,8 @@ async def stream_sse(
                 raise UpstreamError(f"Flowise answered the prediction with {content_type[:100] or 'no content type'}, "
                                     "neither an event stream nor JSON")
             answer = prediction_answer(await read_limited(
-                response, flowise.settings.max_upstream_answer_bytes, "the prediction"))
+                response.content.iter_any(), response.headers, flowise.settings.max_upstream_answer_bytes,
+                "the prediction"))
             yield normalizer.start()
             text = answer.get("text") if isinstance(answer, dict) else None
             if isinstance(text, str) and text:
@@ -49,8 +50,8 @@ async def stream_sse(
             yield event
 
 
-async def _events(flowise: FlowiseClient, response: httpx.Response, normalizer: Normalizer) -> AsyncIterator[Event]:
-    payloads = event_payloads(response.aiter_bytes(), flowise.settings.max_upstream_frame_bytes)
+async def _events(flowise: FlowiseClient, response: aiohttp.ClientResponse, normalizer: Normalizer) -> AsyncIterator[Event]:
+    payloads = event_payloads(response.content.iter_any(), flowise.settings.max_upstream_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
             continue
@@ -107,5 +108,5 @@ async def _drain(payloads: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(1.0):
             async for _ in payloads:
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, aiohttp.ClientError):
         pass
