@@ -79,18 +79,20 @@ class Servers:
         return (f"the system under test (gateway, ceiling) pinned to core {sorted(self.sut_cpus)[0]}; emulators, "
                 f"clients and py-spy to core(s) {', '.join(map(str, sorted(self.other_cpus)))}")
 
-    def start(self, name: str, args: list[str], sut: bool, env: dict[str, str] | None = None) -> int:
+    def start(self, name: str, args: list[str], sut: bool, env: dict[str, str] | None = None,
+              timeout: float = 20.0) -> int:
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
         proc = spawn(args, env=env, cpus=self.sut_cpus if sut else self.other_cpus,
                      log=self.logdir / f"{name}.log")
         self.procs[name], self.ports[name] = proc, port
-        wait_port(port, proc)
+        wait_port(port, proc, timeout)
         return port
 
     def start_emulator(self, name: str, kind: str, version: str = "3.1.4") -> int:
+        # lite-sio may first install its node_modules (`npm ci`): give it time
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), kind, "--port", "{port}", "--version", version],
-                          sut=False)
+                          sut=False, timeout=300.0 if kind == "lite-sio" else 20.0)
 
     def start_ceiling(self, name: str) -> int:
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), "ceiling", "--port", "{port}"], sut=True)

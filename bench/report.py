@@ -37,6 +37,9 @@ def level_notes(r: ConcurrencyLevel) -> list[str]:
         notes.append("gateway CPU-bound (one core)")
     if r.upstream_cpu >= 0.9:
         notes.append("upstream emulator saturated: the row measures it as much as the gateway")
+    if r.upstream_late_p99_ms is not None:
+        notes.append(f"the upstream's own timers late p99 {r.upstream_late_p99_ms:.1f} / max "
+                     f"{r.upstream_late_max_ms:.1f} ms (included in `late`)")
     if r.client_cpu / r.workers >= 0.9:
         notes.append("client saturated")
     if r.load.foreign_cores >= 0.3:
@@ -51,6 +54,35 @@ def level_figures(r: ConcurrencyLevel) -> str:
             f"{r.span_nominal_s:.2f} s took p50 {r.span_p50_s:.2f} / p99 {r.span_p99_s:.2f} s; first "
             f"token p50 {r.first_token_p50_ms / 1000:.2f} / p99 {r.first_token_p99_ms / 1000:.2f} s; "
             f"**{r.peak_flowing:,} flowing at once**; gateway CPU {r.gateway_cpu:.0%}")
+
+
+def socketio_direct_lines(t: Any) -> list[str]:
+    """Section 2: the socket.io upstreams read directly, to show which one limits the socket.io row."""
+    rows = [(t.socketio_lite_direct, "flowise-lite-sio (Node, `socket.io` npm server): the socket.io row's upstream"),
+            (t.socketio_direct, "the package emulator 1.6.2 (python-socketio server), for context")]
+    rows = [(d, label) for d, label in rows if d]
+    if not rows:
+        return []
+    lines = ["", "The socket.io upstreams read directly by a python-socketio client (websocket transport, no "
+                 f"gateway; one stream of {t.tokens:,} tokens, tokens per second from the POST to the last token). "
+                 "The client (python-socketio, the gateway's own socket.io client) is as much a limit here as the "
+                 "server, so the server's CPU per token is given too: one core's worth of it is the server's own "
+                 "capacity." + (
+                     " With no token delay, flowise-lite-sio sends its HTTP answer once an Engine.IO ping sent "
+                     "after `end` has its pong (the one frame real Flowise would not send): a fast stream is written "
+                     "far ahead of its reader, and an earlier answer would let the gateway make up the unread rest "
+                     "from the answer's text after its 50 ms grace, timing that instead of the relay."
+                     if t.socketio_lite_direct else ""), "",
+             "| upstream read directly | tok/s | server µs/token | server capacity on one core, tok/s |",
+             "|---|---:|---:|---:|"]
+    for d, label in rows:
+        if d.rate is None:
+            lines.append(f"| {label} | failed: {d.error} | | |")
+            continue
+        cpu = d.upstream_us_per_token
+        lines.append(f"| {label} | {d.rate:,.0f} | {'-' if cpu is None else f'{cpu:.1f}'} | "
+                     f"{'-' if not cpu else f'{1e6 / cpu:,.0f}'} |")
+    return lines
 
 
 def ratio_figures(r: LatencyPair) -> str:
@@ -146,11 +178,14 @@ def render(results: Results) -> str:
             " \"What-if\" rows run the same CLI with uvloop installed as the asyncio policy first "
             "(`bench/servers.py gateway-uvloop`), to size that difference; they are not the shipped gateway."
             if results.has_whatif else ""),
-        "- upstreams: sections 1 and 2 use the package's emulator (`flowise_sse.emulator`, token delay 0) in its own "
-        "uvicorn process (uvloop, httptools); the SSE concurrency runs use `bench/servers.py lite`, a lean Flowise "
-        "3.1.4 emulation on a raw asyncio protocol with tokens on loop timers, because the package emulator costs "
-        f"{results.emulator_cost or '?'}; the socket.io concurrency runs use the package emulator 1.6.2 (there "
-        "is no lean socket.io one)." + (
+        "- upstreams: section 1 and the SSE rows of section 2 use the package's emulator (`flowise_sse.emulator`, "
+        "token delay 0) in its own uvicorn process (uvloop, httptools); the SSE concurrency runs use "
+        "`bench/servers.py lite`, a lean Flowise 3.1.4 emulation on a raw asyncio protocol with tokens on loop "
+        f"timers, because the package emulator costs {results.emulator_cost or '?'}; the socket.io rows of "
+        "sections 2 and 3 (and their profiles) use `bench/servers.py lite-sio`, flowise-lite-sio: a lean Flowise "
+        "1.6.2 in Node on the `socket.io` 4.x npm server that real Flowise 1.x runs, tokens from timers on an "
+        "absolute schedule, because the package emulator's python-socketio server runs out of CPU before the "
+        "gateway does (section 2 reads both directly)." + (
             f" Section 5 runs against a real Flowise {results.real_flowise.flowise_version} (node) and the e2e suite's "
             "mock LLM." if results.real_flowise else ""),
         f"- machine load: {bg.busy_cores:.2f} of {m.nproc} cores busy just before the run "
@@ -260,12 +295,7 @@ def render(results: Results) -> str:
                          f"{100 * v.of_ceiling:.0f}% | {100 * v.best_of_ceiling_best:.0f}% | "
                          f"{v.sut_us_per_token:.1f} | {'-' if math.isnan(up) else f'{up:.1f}'} | "
                          f"{v.client_us_per_token:.1f} | {'yes' if v.all_ok else 'NO'} |")
-        sd = t.socketio_direct
-        if sd:
-            lines += ["", "The socket.io emulator read directly by a python-socketio client (no gateway): " +
-                      (f"{sd.rate:,.0f} tok/s ({sd.tokens:,} tokens in {sd.seconds:.2f} s). The socket.io "
-                       "upstream (python-socketio server and client) is the limit of the socket.io row, not the "
-                       "ceiling." if sd.rate is not None else f"failed: {sd.error}")]
+        lines += socketio_direct_lines(t)
         gs = t.socketio_gateway
         if gs and gs.min_tokens < t.tokens:
             lines += ["", f"Over socket.io the gateway delivered as few as {gs.min_tokens:,} `token` events for "
@@ -320,9 +350,11 @@ def render(results: Results) -> str:
             if isinstance(f, FailedLevel):
                 lines.append(f"| {f.transport} | {f.variant} | {f.streams:,} | failed: {f.failed} |")
         if any(r.transport == "socketio" for r in conc):
-            lines += ["", "The socket.io rows use the package emulator, which sleeps 50 ms between tokens rather than "
-                          "keeping an absolute schedule: its own overhead makes its answers slip (a few ms per token "
-                          "when idle, more when loaded), and that slip counts in `late` and `answer` there."]
+            lines += ["", "The socket.io rows use flowise-lite-sio (`bench/flowise_lite_sio/server.js`, Node, the "
+                          "`socket.io` npm server): like flowise-lite it emits each token from a timer on an absolute "
+                          "schedule, so a slip in `late` or `answer` is the gateway's (or the machine's), not an "
+                          "accumulated upstream delay. It answers the prediction's HTTP JSON 10 ms after `end`, as "
+                          "real 1.6.2 does."]
         errs = [(r, e) for r in conc for e in r.errors.items()]
         if errs:
             lines += ["", "Streams that were not exact (first kinds):", ""]

@@ -130,12 +130,13 @@ class Contender:
 
 @dataclass
 class DirectRate:
-    """The socket.io emulator read directly by python-socketio: either the figures or the error."""
+    """A socket.io upstream read directly by python-socketio: either the figures or the error."""
 
     tokens: int | None = field(default=None, metadata=OMIT_NONE)
     seconds: float | None = field(default=None, metadata=OMIT_NONE)
     rate: float | None = field(default=None, metadata=OMIT_NONE)
     error: str | None = field(default=None, metadata=OMIT_NONE)
+    upstream_us_per_token: float | None = field(default=None, metadata=OMIT_NONE)  # the server's CPU
 
 
 @dataclass
@@ -143,8 +144,9 @@ class ThroughputResult:
     tokens: int
     reps: int
     contenders: dict[str, Contender]  # by name, in the order run, the ceiling first
-    socketio_direct: DirectRate | None  # None: skipped (time budget)
+    socketio_direct: DirectRate | None  # the package emulator 1.6.2; None: skipped (time budget)
     load: Load
+    socketio_lite_direct: DirectRate | None = field(default=None, metadata=OMIT_NONE)  # flowise-lite-sio
 
     # The roles are read from the names, as in every results.json so far.
     @property
@@ -210,6 +212,9 @@ class ConcurrencyLevel:
     errors: dict[str, int]  # the commonest kinds of inexact stream
     added_ms_sample: list[float] | None = field(default=None, metadata=OMIT_NONE)  # None in a profiled run
     late_ms_sample: list[float] | None = field(default=None, metadata=OMIT_NONE)
+    # flowise-lite-sio's own timers against its schedule (its /__lite/stats), apart from the gateway's delay
+    upstream_late_p99_ms: float | None = field(default=None, metadata=OMIT_NONE)
+    upstream_late_max_ms: float | None = field(default=None, metadata=OMIT_NONE)
 
     @property
     def whatif(self) -> bool:
