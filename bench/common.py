@@ -119,6 +119,11 @@ def process_tree(pid: int) -> list[int]:
         tree.append(todo.pop())
         todo += parents.get(tree[-1], [])
     return tree
+def process_cpu_clock(pid: int) -> float:
+    """CPU seconds of a whole process (every thread, exited ones included) with nanosecond
+    resolution: its POSIX CPU clock, the id clock_getcpuclockid(pid) returns (CPUCLOCK_SCHED). Where
+    /proc's clock ticks (10 ms) are too coarse: a few ms of CPU per request."""
+    return time.clock_gettime(((~pid) << 3) | 2)
 
 
 def own_cpu() -> float:

@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 
 from common import (
@@ -57,7 +58,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
     """One level on a fresh gateway; with `profile_out`, py-spy records the gateway meanwhile.
     `gateway_workers`, `redis` (its URL and pid): `serve --workers N` with Redis (bench/workers.py); its
     CPU and memory are those of all its processes, and above one worker nothing is pinned."""
-    upstream = "lite" if transport == "sse" else "emu_sio"
+    upstream = "lite" if transport == "sse" else "lite_sio"
     env = {"FLOWISE_SSE_MAX_STREAMS": str(max(10000, 4 * n))}
     if redis:
         env["FLOWISE_SSE_REDIS_URL"] = redis[0]
@@ -76,6 +77,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
 
         install_uvloop()
         asyncio.run(warm())
+        upstream_late = upstream_lateness(srv, upstream)  # read and reset: the level's own figures follow
         time.sleep(0.5)
         base_rss = sum(map(rss_kb, gw_pids))
         workers_n = max(1, math.ceil(n / cfg.streams_per_worker))
@@ -103,6 +105,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         g1, u1 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid)
         spy_cpu = cpu_seconds(spy.proc.pid) - spy0 if spy else 0.0
         load = meter.stop()
+        upstream_late = upstream_lateness(srv, upstream)
         profile = spy.finish() if spy else None
     finally:
         srv.stop("gw_conc")
@@ -154,8 +157,26 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         load=load, errors=dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5]),
         added_ms_sample=added[:: max(1, len(added) // 20000)],
         late_ms_sample=[x * 1000 for x in lateness[:: max(1, len(lateness) // 20000)]],
+        upstream_late_p99_ms=upstream_late.get("lateP99Ms"), upstream_late_max_ms=upstream_late.get("lateMaxMs"),
     )
     return level, profile
+
+
+def upstream_lateness(srv: Servers, upstream: str) -> dict:
+    """flowise-lite-sio's own lateness since the last call (it resets): how late its timers sent the
+    paced tokens, which the gateway's delay figures include. Empty for other upstreams."""
+    if upstream != "lite_sio":
+        return {}
+    try:
+        return httpx.delete(srv.url(upstream) + "/__lite/stats", timeout=10).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def upstream_late_text(r: ConcurrencyLevel) -> str:
+    if r.upstream_late_p99_ms is None:
+        return ""
+    return f" (its timers late p99 {r.upstream_late_p99_ms:.1f} ms, max {r.upstream_late_max_ms:.1f} ms)"
 
 
 def steady_text(r: ConcurrencyLevel) -> str:
@@ -172,8 +193,8 @@ def print_level(r: ConcurrencyLevel, tag: str = "") -> None:
           f"max {r.added_max_ms:.0f} ms, steady p50/p99 {steady_text(r)}, late p99 {r.late_p99_ms:.0f} ms, answer "
           f"{r.span_p50_s:.2f}/{r.span_p99_s:.2f} s (nominal {r.span_nominal_s:.2f}), "
           f"{r.kb_per_stream:.0f} KB/stream, CPU gateway {r.gateway_cpu:.0%} ({r.gateway_us_per_token:.0f} "
-          f"µs/token) upstream {r.upstream_cpu:.0%} client {r.client_cpu:.0%} (x{r.workers}), foreign "
-          f"{r.load.foreign_cores:.2f} cores{'; errors ' + str(r.errors) if r.errors else ''}")
+          f"µs/token) upstream {r.upstream_cpu:.0%}{upstream_late_text(r)} client {r.client_cpu:.0%} "
+          f"(x{r.workers}), foreign {r.load.foreign_cores:.2f} cores{'; errors ' + str(r.errors) if r.errors else ''}")
 
 
 def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> list[ConcurrencyLevel | FailedLevel]:
@@ -195,8 +216,6 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> list[Concur
             continue
         print_level(r)
         levels.append(r)
-        if transport == "socketio":
-            srv.clear_emulator("emu_sio")
     return levels
 
 

@@ -43,7 +43,10 @@ class Config:
     pin: bool = True
     wait_idle: float = 60.0
     budget: float = 900.0  # seconds for the whole run; phases past it are skipped
-    # Section 5 (bench/workers.py): the levels tried per worker count, ascending, and its own budget.
+    # Section 5, against a real Flowise 3.1.4: measured pairs (one answer is ~0.4 s there) and warm-up pairs.
+    real_requests: int = 150
+    real_warmup: int = 5
+    # Section 6 (bench/workers.py): the levels tried per worker count, ascending, and its own budget.
     workers_levels: list[int] = field(default_factory=lambda: [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000])
     workers_budget: float = 600.0
 
@@ -51,7 +54,8 @@ class Config:
     def make(cls, args: argparse.Namespace) -> Config:
         if args.quick:
             cfg = cls(True, 40, 3, 3000, 2, [50, 200], [50], conc_tokens=40, profile_rate=100, conc_profile_rate=50,
-                      wait_idle=0.0, budget=240.0, workers_levels=[50, 100], workers_budget=120.0)
+                      wait_idle=0.0, budget=240.0, real_requests=20, real_warmup=2, workers_levels=[50, 100],
+                      workers_budget=120.0)
         else:
             # 300 is not a target level: it sits near where the gateway as shipped saturates its core.
             cfg = cls(False, 300, 10, 20000, 7, [100, 300, 1000, 2000], [100, 1000])
@@ -82,19 +86,21 @@ class Servers:
         return (f"the system under test (gateway, ceiling) pinned to core {sorted(self.sut_cpus)[0]}; emulators, "
                 f"clients and py-spy to core(s) {', '.join(map(str, sorted(self.other_cpus)))}")
 
-    def start(self, name: str, args: list[str], sut: bool | None, env: dict[str, str] | None = None) -> int:
+    def start(self, name: str, args: list[str], sut: bool | None, env: dict[str, str] | None = None,
+              timeout: float = 20.0) -> int:
         """`sut`: on the system under test's core (True), the others (False), or any core (None)."""
         port = free_port()
         args = [a.replace("{port}", str(port)) for a in args]
         proc = spawn(args, env=env, cpus=self.all_cpus if sut is None else self.sut_cpus if sut else self.other_cpus,
                      log=self.logdir / f"{name}.log")
         self.procs[name], self.ports[name] = proc, port
-        wait_port(port, proc)
+        wait_port(port, proc, timeout)
         return port
 
     def start_emulator(self, name: str, kind: str, version: str = "3.1.4") -> int:
+        # lite-sio may first install its node_modules (`npm ci`): give it time
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), kind, "--port", "{port}", "--version", version],
-                          sut=False)
+                          sut=False, timeout=300.0 if kind == "lite-sio" else 20.0)
 
     def start_ceiling(self, name: str) -> int:
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), "ceiling", "--port", "{port}"], sut=True)
@@ -102,8 +108,10 @@ class Servers:
     def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None, uvloop: bool = False,
                       workers: int | None = None) -> int:
         """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if).
-        `workers`: `serve --workers N` (bench/workers.py); above 1 it is not pinned (it has N processes)."""
-        env = {"FLOWISE_URL": f"http://127.0.0.1:{self.ports[upstream]}", "PYTHONUNBUFFERED": "1", **(env or {})}
+        `upstream`: a server of this run by name, or a URL (a Flowise started elsewhere). `workers`:
+        `serve --workers N` (bench/workers.py); above 1 it is not pinned (it has N processes)."""
+        url = upstream if upstream.startswith("http") else f"http://127.0.0.1:{self.ports[upstream]}"
+        env = {"FLOWISE_URL": url, "PYTHONUNBUFFERED": "1", **(env or {})}
         if uvloop:
             args = [PYTHON, str(BENCH_DIR / "servers.py"), "gateway-uvloop", "--port", "{port}"]
         else:

@@ -58,7 +58,7 @@ def run(cfg: Config, srv: Servers, profdir: Path, logdir: Path, deadline: float)
 
     n = cfg.throughput_tokens
     reps = 8 if not cfg.quick else 2
-    for transport, gw in (("sse", "gw_sse"), ("socketio", "gw_sio")):
+    for transport, gw in (("sse", "gw_sse"), ("socketio", "gw_sio_lite")):  # the upstreams of section 2
         if time.monotonic() > deadline:
             break
         out = profdir / f"throughput-{transport}.txt"
@@ -86,6 +86,4 @@ def run(cfg: Config, srv: Servers, profdir: Path, logdir: Path, deadline: float)
         print_level(r, "(profiled) ")
         add(f"Concurrency, {transport} upstream: {level:,} streams x {cfg.conc_tokens} tokens at "
             f"{1 / cfg.conc_delay:.0f} tokens/s", out, prof, r.gateway_us_per_token, "token", r)
-        if transport == "socketio":
-            srv.clear_emulator("emu_sio")
     return runs

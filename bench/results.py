@@ -130,12 +130,13 @@ class Contender:
 
 @dataclass
 class DirectRate:
-    """The socket.io emulator read directly by python-socketio: either the figures or the error."""
+    """A socket.io upstream read directly by python-socketio: either the figures or the error."""
 
     tokens: int | None = field(default=None, metadata=OMIT_NONE)
     seconds: float | None = field(default=None, metadata=OMIT_NONE)
     rate: float | None = field(default=None, metadata=OMIT_NONE)
     error: str | None = field(default=None, metadata=OMIT_NONE)
+    upstream_us_per_token: float | None = field(default=None, metadata=OMIT_NONE)  # the server's CPU
 
 
 @dataclass
@@ -143,8 +144,9 @@ class ThroughputResult:
     tokens: int
     reps: int
     contenders: dict[str, Contender]  # by name, in the order run, the ceiling first
-    socketio_direct: DirectRate | None  # None: skipped (time budget)
+    socketio_direct: DirectRate | None  # the package emulator 1.6.2; None: skipped (time budget)
     load: Load
+    socketio_lite_direct: DirectRate | None = field(default=None, metadata=OMIT_NONE)  # flowise-lite-sio
 
     # The roles are read from the names, as in every results.json so far.
     @property
@@ -210,6 +212,9 @@ class ConcurrencyLevel:
     errors: dict[str, int]  # the commonest kinds of inexact stream
     added_ms_sample: list[float] | None = field(default=None, metadata=OMIT_NONE)  # None in a profiled run
     late_ms_sample: list[float] | None = field(default=None, metadata=OMIT_NONE)
+    # flowise-lite-sio's own timers against its schedule (its /__lite/stats), apart from the gateway's delay
+    upstream_late_p99_ms: float | None = field(default=None, metadata=OMIT_NONE)
+    upstream_late_max_ms: float | None = field(default=None, metadata=OMIT_NONE)
 
     @property
     def whatif(self) -> bool:
@@ -234,7 +239,7 @@ class FailedLevel:
         return self.variant != AS_SHIPPED
 
 
-# --- 5. workers (`serve --workers N`) -----------------------------------------------------------
+# --- 6. workers (`serve --workers N`) -----------------------------------------------------------
 
 WORKERS_P99_MS = 50.0  # a level is carried when exact, all flowing, and added delay p99 within this
 
@@ -292,6 +297,41 @@ class ProfileRun:
     markdown: str = field(default="", metadata=NOT_SAVED)  # rendered from the stacks
 
 
+# --- 5. first token against a real Flowise ------------------------------------------------------
+
+@dataclass(kw_only=True)
+class RealFlowiseResult:
+    """The gateway against a direct client of a real Flowise (3.1.4, SSE) whose chat model is the
+    e2e suite's mock LLM answering one token every `token_delay_ms`, measured interleaved."""
+
+    flowise_version: str
+    token_delay_ms: float
+    answer_tokens: int  # tokens per answer (the mock's reply to each question)
+    warmup: int  # pairs before the measured ones
+    # Seconds to the first non-empty token; its gateway_cpu_ms_per_request is the gateway's CPU over
+    # the measured window, less its idle CPU over as long, divided by the gateway requests in it.
+    first_token: LatencyPair
+    answer_gateway: Distribution  # seconds from sending the request to the `end` event
+    answer_direct: Distribution
+    answer_ratio_p50: float
+    answer_ratio_p99: float
+    gateway_failures: int
+    direct_failures: int
+    errors: dict[str, int]  # the kinds of failed or inexact answers, "gateway: ..." / "direct: ..."
+    gateway_cpu_gross_ms_per_request: float  # the same, idle CPU included
+    # Per gateway request, idle CPU out: from sending it to its first token (the set-up, and the
+    # figure for the CPU-per-request target), and from there to `end`, per token relayed.
+    gateway_cpu_first_token_ms: float
+    gateway_cpu_relay_us_per_token: float
+    gateway_idle_ms_per_s: float  # the gateway's CPU while idle, just before the measured window
+    flowise_cpu_ms_per_request: float  # Flowise's (node, every thread) per prediction, both contenders'
+    llm_cpu_ms_per_request: float  # the mock LLM's per prediction
+    flowise_start_s: float  # process start until it answered HTTP
+    placement: str
+    gateway_loop: str
+    load: Load
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -310,6 +350,7 @@ class Results:
     emulator_cost: str | None = field(default=None, metadata=OMIT_NONE)
     concurrency: list[ConcurrencyLevel | FailedLevel] | None = field(default=None, metadata=OMIT_NONE)
     profiles: list[ProfileRun] | None = field(default=None, metadata=OMIT_NONE)
+    real_flowise: RealFlowiseResult | None = field(default=None, metadata=OMIT_NONE)
     workers: WorkersResult | None = field(default=None, metadata=OMIT_NONE)
     duration_s: float = math.nan
 

@@ -7,18 +7,30 @@ as `python -m flowise_sse serve`):
         "flowise-lite": a lean emulated Flowise 3.1.4 (SSE only) on a raw asyncio protocol, for the
         concurrency runs, where thousands of paced streams would make the package emulator (a
         Starlette app, one asyncio.sleep task per stream) eat the CPU the gateway is measured with
+    python bench/servers.py lite-sio --port N
+        "flowise-lite-sio": a lean emulated Flowise 1.6.2 (socket.io streaming) in Node with the real
+        `socket.io` server package (bench/flowise_lite_sio/server.js), for the socket.io throughput and
+        concurrency runs, where the package emulator's python-socketio server is slower than the gateway;
+        runs `npm ci` first when its node_modules are missing, then becomes the node process (exec)
     python bench/servers.py gateway-uvloop --port N
         a what-if, not the gateway as shipped: `python -m flowise_sse serve` with uvloop installed as the
         asyncio policy first (the CLI's asyncio.run() otherwise runs the stdlib selector loop)
     python bench/servers.py ceiling --port N
         the ceiling: a bare sse-starlette endpoint, configured as the gateway configures its
         responses, yielding the gateway's own encoded frames from memory
+    python bench/servers.py mock-llm --port N --token-delay-ms 20
+        the e2e suite's mock OpenAI LLM (tests/e2e/mock_llm.py), one token every 20 ms, without access
+        logs: the LLM behind the real Flowise of section 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -29,7 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httptools  # noqa: E402
 import orjson  # noqa: E402
 
-from common import DEMO_CHATFLOW_ID, install_uvloop, raise_nofile  # noqa: E402
+from common import BENCH_DIR, DEMO_CHATFLOW_ID, REPO, install_uvloop, raise_nofile  # noqa: E402
+
+LITE_SIO = BENCH_DIR / "flowise_lite_sio"
 
 
 # --- the package emulator -------------------------------------------------------------------
@@ -258,6 +272,37 @@ def run_lite(port: int) -> None:
         pass
 
 
+# --- flowise-lite-sio ------------------------------------------------------------------------
+
+def lite_sio_installed() -> bool:
+    """node_modules holds the socket.io that package-lock.json pins."""
+    try:
+        lock = json.loads((LITE_SIO / "package-lock.json").read_text())
+        installed = json.loads((LITE_SIO / "node_modules" / "socket.io" / "package.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return installed.get("version") == lock["packages"]["node_modules/socket.io"]["version"]
+
+
+def run_lite_sio(port: int) -> None:
+    """Install flowise-lite-sio's locked dependencies if needed (from npm's cache when it has them),
+    then replace this process with node, so the benchmark's pid, CPU figures and signals are node's."""
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("lite-sio needs Node.js: `node` is not on PATH (install Node.js >= 18 with npm)")
+    if not lite_sio_installed():
+        npm = shutil.which("npm")
+        if npm is None:
+            sys.exit(f"lite-sio needs npm to install {LITE_SIO / 'node_modules'}: `npm` is not on PATH")
+        print(f"lite-sio: npm ci in {LITE_SIO}", file=sys.stderr, flush=True)
+        done = subprocess.run([npm, "ci", "--prefix", str(LITE_SIO), "--prefer-offline", "--no-audit", "--no-fund"],
+                              stdout=sys.stderr)
+        if done.returncode != 0 or not lite_sio_installed():
+            sys.exit(f"lite-sio: `npm ci --prefix {LITE_SIO}` failed (exit {done.returncode}); run it by hand "
+                     "to see why (offline and not in npm's cache?)")
+    os.execv(node, [node, str(LITE_SIO / "server.js"), "--port", str(port)])
+
+
 def run_gateway_uvloop(port: int) -> None:
     install_uvloop()
     from flowise_sse.cli import main as cli
@@ -265,19 +310,34 @@ def run_gateway_uvloop(port: int) -> None:
     sys.exit(cli(["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]))
 
 
+def run_mock_llm(port: int, token_delay_ms: float) -> None:
+    import uvicorn
+
+    sys.path.insert(0, str(REPO))
+    from tests.e2e.mock_llm import MockLLM
+
+    uvicorn.run(MockLLM(token_delay=token_delay_ms / 1000).app, host="127.0.0.1", port=port, log_level="warning",
+                lifespan="off")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["emulator", "lite", "ceiling", "gateway-uvloop"])
+    parser.add_argument("kind", choices=["emulator", "lite", "lite-sio", "ceiling", "gateway-uvloop", "mock-llm"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--version", default="3.1.4")
+    parser.add_argument("--token-delay-ms", type=float, default=20.0, help="mock-llm: before each token")
     args = parser.parse_args()
     raise_nofile()
     if args.kind == "emulator":
         run_emulator(args.version, args.port)
     elif args.kind == "lite":
         run_lite(args.port)
+    elif args.kind == "lite-sio":
+        run_lite_sio(args.port)
     elif args.kind == "gateway-uvloop":
         run_gateway_uvloop(args.port)
+    elif args.kind == "mock-llm":
+        run_mock_llm(args.port, args.token_delay_ms)
     else:
         run_ceiling(args.port)
 

@@ -27,9 +27,10 @@ from machine import LoadMeter
 from results import Contender, DirectRate, ThroughputResult, ThroughputRun
 
 
-async def socketio_upstream_rate(base: str, n: int) -> DirectRate:
-    """The socket.io emulator read directly by a python-socketio client: tokens per second from the
-    POST to the last token (bounded by that client as much as by the emulator)."""
+async def socketio_upstream_rate(base: str, n: int, pid: int) -> DirectRate:
+    """A socket.io upstream read directly by a python-socketio client: tokens per second from the
+    POST to the last token (bounded by that client as much as by the server), and the server's CPU
+    per token meanwhile."""
     import socketio
 
     loop = asyncio.get_running_loop()
@@ -49,14 +50,17 @@ async def socketio_upstream_rate(base: str, n: int) -> DirectRate:
         body = {"question": "throughput", "chatId": str(uuid.uuid4()), "socketIOClientId": sio.get_sid("/"),
                 "overrideConfig": {"emulator": {"tokens": tokens_for(n), "delay": 0.0}}}
         async with httpx.AsyncClient(timeout=120) as client:
+            c0 = cpu_seconds(pid)
             t0 = time.perf_counter()
             post = asyncio.ensure_future(client.post(base + PREDICTION_PATH, json=body))
             async with asyncio.timeout(120):
                 t1 = await done
                 await post
+            c1 = cpu_seconds(pid)
     finally:
         await sio.disconnect()
-    return DirectRate(tokens=count[0], seconds=t1 - t0, rate=count[0] / (t1 - t0))
+    return DirectRate(tokens=count[0], seconds=t1 - t0, rate=count[0] / (t1 - t0),
+                      upstream_us_per_token=(c1 - c0) / max(1, count[0]) * 1e6)
 
 
 async def one_run(srv: Servers, name: str, sut: str, upstream: str | None, request: bytes, port: int,
@@ -100,8 +104,9 @@ def run(cfg: Config, srv: Servers, deadline: float) -> ThroughputResult:
          srv.ports["ceiling"], False),
         ("gateway, SSE upstream (3.1.4)", "gw_sse", "emu_sse",
          http_request("POST", GATEWAY_PATH, srv.ports["gw_sse"], gateway_body(toks, 0.0)), srv.ports["gw_sse"], False),
-        ("gateway, socket.io upstream (1.6.2)", "gw_sio", "emu_sio",
-         http_request("POST", GATEWAY_PATH, srv.ports["gw_sio"], gateway_body(toks, 0.0)), srv.ports["gw_sio"], False),
+        ("gateway, socket.io upstream (1.6.2: flowise-lite-sio)", "gw_sio_lite", "lite_sio",
+         http_request("POST", GATEWAY_PATH, srv.ports["gw_sio_lite"], gateway_body(toks, 0.0)),
+         srv.ports["gw_sio_lite"], False),
         ("upstream alone: SSE emulator 3.1.4, read directly", "emu_sse", None,
          http_request("POST", PREDICTION_PATH, srv.ports["emu_sse"], flowise_body(toks, 0.0)), srv.ports["emu_sse"], True),
     ]
@@ -127,12 +132,15 @@ def run(cfg: Config, srv: Servers, deadline: float) -> ThroughputResult:
     install_uvloop()
     asyncio.run(main())
     load = meter.stop()
-    sio_direct = None
-    if time.monotonic() < deadline:
-        try:
-            sio_direct = asyncio.run(socketio_upstream_rate(srv.url("emu_sio"), n))
-        except Exception as exc:  # reported, not fatal
-            sio_direct = DirectRate(error=repr(exc))
+    # The socket.io upstreams read directly: flowise-lite-sio (the socket.io row's upstream) and, for
+    # context, the package emulator it replaces there.
+    direct: dict[str, DirectRate | None] = {"lite_sio": None, "emu_sio": None}
+    for name in direct:
+        if time.monotonic() < deadline:
+            try:
+                direct[name] = asyncio.run(socketio_upstream_rate(srv.url(name), n, srv.pid(name)))
+            except Exception as exc:  # reported, not fatal
+                direct[name] = DirectRate(error=repr(exc))
     summary = {name: summarize(rs) for name, rs in runs.items()}
     ceiling = summary[contenders[0][0]]
     for name, s in summary.items():
@@ -140,7 +148,8 @@ def run(cfg: Config, srv: Servers, deadline: float) -> ThroughputResult:
         s.best_of_ceiling_best = s.best / ceiling.best if ceiling.best else math.nan
         print(f"  throughput {name}: median {s.median:,.0f} tok/s (best {s.best:,.0f}) = "
               f"{100 * s.of_ceiling:.0f}% of ceiling; server {s.sut_us_per_token:.1f} µs/token; ok={s.all_ok}")
-    if sio_direct:
-        print(f"  throughput socket.io emulator read directly: {sio_direct}")
-    return ThroughputResult(tokens=n, reps=cfg.throughput_reps, contenders=summary, socketio_direct=sio_direct,
-                            load=load)
+    for name, what in (("lite_sio", "flowise-lite-sio"), ("emu_sio", "the socket.io emulator")):
+        if direct[name]:
+            print(f"  throughput {what} read directly by python-socketio: {direct[name]}")
+    return ThroughputResult(tokens=n, reps=cfg.throughput_reps, contenders=summary, socketio_direct=direct["emu_sio"],
+                            load=load, socketio_lite_direct=direct["lite_sio"])

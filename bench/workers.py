@@ -1,4 +1,4 @@
-"""Section 5, workers: the most streams `serve --workers 1` and `serve --workers 2` carry, each with
+"""Section 6, workers: the most streams `serve --workers 1` and `serve --workers 2` carry, each with
 a redis-server on loopback (so both pay the same mirror cost per token), and the scaling between them.
 
 Each worker count runs the concurrency section's levels (`concurrency.measure_level`: flowise-lite

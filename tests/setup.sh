@@ -43,4 +43,12 @@ if ! cmp -s "$node_sdk/package-lock.json" "$node_sdk/node_modules/.installed-loc
     && cp package-lock.json node_modules/.installed-lock.json)
 fi
 
+# flowise-lite-sio, the benchmark's socket.io upstream (tests/test_bench_lite_sio.py runs it):
+# `bench/servers.py lite-sio` installs it too, but tests should not reach npm mid-run.
+lite_sio=bench/flowise_lite_sio
+if ! cmp -s "$lite_sio/package-lock.json" "$lite_sio/node_modules/.installed-lock.json"; then
+  (cd "$lite_sio" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error \
+    && cp package-lock.json node_modules/.installed-lock.json)
+fi
+
 bash tests/e2e/install_flowise.sh
