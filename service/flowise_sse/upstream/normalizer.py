@@ -33,6 +33,9 @@ METADATA_FIELDS = (
 )
 
 
+TEXT_RUN = 64
+
+
 class Normalizer:
     """One prediction's upstream events; remembers the text streamed and the names relayed."""
 
@@ -40,14 +43,17 @@ class Normalizer:
         self.chatflow_id = chatflow_id
         self.prediction = prediction
         self.transport = transport
-        self.parts: list[str] = []
+        # The text streamed so far, for `end` and the reconciliations: tokens are joined in runs of
+        # TEXT_RUN, since a str per token costs ~50 bytes of header per live stream and token.
+        self._runs: list[str] = []
+        self._tail: list[str] = []
         self.relayed_names: set[str] = set()
         self.metadata: dict[str, Any] | None = None
         self._reasoning_in_start: Any = None
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        return "".join(self._runs) + "".join(self._tail)
 
     def start(self) -> Event:
         return Event(START, {
@@ -62,7 +68,10 @@ class Normalizer:
             if not data:
                 return None
             text = data if isinstance(data, str) else _encoded(name, data).decode()
-            self.parts.append(text)
+            self._tail.append(text)
+            if len(self._tail) == TEXT_RUN:
+                self._runs.append("".join(self._tail))
+                self._tail.clear()
             return token(text)
         if name == START:
             # A string `start` repeats the first token (or is ""): never text. Agents put their
