@@ -233,7 +233,8 @@ COMPONENTS: list[tuple[str, object]] = [
      lambda fr: (_has(fr, "AsyncClient.send") or _has(fr, "FlowiseClient.prediction_stream"))
      and not _has(fr, "_events", _SSE_TRANSPORT)),
     ("  of which a new TCP connection (`connect_tcp`, aiohttp's `_create_connection`)",
-     lambda fr: _has(fr, "connect_tcp") or _has(fr, "TCPConnector._create_connection")),
+     lambda fr: (_has(fr, "AsyncClient.send") or _has(fr, "FlowiseClient.prediction_stream"))
+     and (_has(fr, "connect_tcp") or _has(fr, "TCPConnector._create_connection"))),
     ("httpcore's `import sniffio` on every `current_async_library()` (when sniffio is not installed)",
      _sniffio_import),
     ("`bounded` timeouts (upstream/timeouts.py): its own frames and what they call outside the wrapped stream "

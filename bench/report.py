@@ -9,7 +9,7 @@ from typing import Any
 
 from common import percentile
 from concurrency import steady_text
-from hotspots import Profile
+from hotspots import Profile, components
 from latency import LATENCY_TOKENS
 from profiles import with_markdown
 from results import ConcurrencyLevel, FailedLevel, LatencyPair, RealFlowiseResult, Results, carried, load
@@ -175,7 +175,78 @@ def real_section(rf: RealFlowiseResult) -> list[str]:
     return lines + [""]
 
 
-def render(results: Results) -> str:
+BASELINE = Path(__file__).resolve().parent / "baseline"
+
+
+def before_after(results: Results, out: Path) -> list[str]:
+    """The figures and profiles of the last full run before issue 14's work (bench/baseline/:
+    its results.json and py-spy stacks, kept as they were) next to this run's."""
+    if not (BASELINE / "results.json").exists():
+        return []
+    old = load(BASELINE / "results.json")
+
+    def level(res: Results, transport: str) -> ConcurrencyLevel | None:
+        return next((r for r in res.concurrency or [] if isinstance(r, ConcurrencyLevel) and not r.whatif
+                     and r.transport == transport and r.streams == 1000), None)
+
+    def tput(res: Results, socketio: bool) -> Any:
+        return next((c for k, c in (res.throughput.gateways if res.throughput else [])
+                     if ("socket.io" in k) == socketio), None)
+
+    rows: list[tuple[str, str, str, str]] = []
+    for transport, us in (("sse", 35), ("socketio", 60)):
+        b, a = level(old, transport), level(results, transport)
+        if b and a:
+            rows += [
+                (f"{transport}, 1,000 streams x 20 tok/s: gateway CPU per relayed token", f"{b.gateway_us_per_token:.0f} µs",
+                 f"{a.gateway_us_per_token:.0f} µs", f"<= {us} µs"),
+                (f"{transport}, 1,000 streams: flowing at once / first token p99", f"{b.peak_flowing:,} / "
+                 f"{b.first_token_p99_ms / 1000:.1f} s", f"{a.peak_flowing:,} / {a.first_token_p99_ms / 1000:.1f} s",
+                 "1,000"),
+                (f"{transport}, 1,000 streams: added delay p99", f"{b.added_p99_ms:.1f} ms", f"{a.added_p99_ms:.1f} ms",
+                 "<= 50 ms"),
+                (f"{transport}, 1,000 streams: memory per stream", f"{b.kb_per_stream:.0f} KB", f"{a.kb_per_stream:.0f} KB",
+                 "<= 100 KB")]
+    if old.latency and results.latency:
+        for name, target in (("sse", "<= 1.5x"), ("socketio", "<= 0.6x")):
+            b, a = getattr(old.latency, name), getattr(results.latency, name)
+            rows.append((f"first token, {name} upstream: gateway / direct, p50 (p99)",
+                         f"{b.ratio_p50:.2f}x ({b.ratio_p99:.2f}x)", f"{a.ratio_p50:.2f}x ({a.ratio_p99:.2f}x)", target))
+            rows.append((f"first token, {name} upstream: gateway CPU per request", f"{b.gateway_cpu_ms_per_request:.2f} ms",
+                         f"{a.gateway_cpu_ms_per_request:.2f} ms", "<= 0.5 ms" if name == "sse" else "-"))
+    for socketio in (False, True):
+        b, a = tput(old, socketio), tput(results, socketio)
+        if b and a:
+            rows.append((f"one fast stream, {'socket.io' if socketio else 'SSE'} upstream: tokens/s (gateway µs/token)",
+                         f"{b.median:,.0f} ({b.sut_us_per_token:.1f} µs)", f"{a.median:,.0f} ({a.sut_us_per_token:.1f} µs)",
+                         ">= 50% of the ceiling" if socketio else "-"))
+    lines = ["## Before and after (issue 14)", "",
+             f"Before: the last full run before this work ({old.date}, code at {old.machine.commit}; its "
+             "`results.json` and stacks are kept in `bench/baseline/`). After: this run. Same machine kind (2 cores), "
+             "same method; the socket.io rows' upstream changed from the package emulator to flowise-lite-sio "
+             "(which is not the limit any more: section 2), and the ceiling's figure moves between runs with how fast "
+             "the client drains it, so the fast-stream rows compare tokens/s and CPU, not shares.", "",
+             "| measure | before | after | target |", "|---|---:|---:|---|"]
+    lines += [f"| {m} | {b} | {a} | {t} |" for m, b, a, t in rows]
+    # The named spots of each profile, before and after, with the same attribution rules (hotspots.py).
+    after = {p.title: p for p in results.profiles or []}
+    for p in old.profiles or []:
+        q = after.get(p.title)
+        before_file, after_file = BASELINE / "profiles" / (p.file + ".gz"), out / "profiles" / (p.file + ".gz")
+        if q is None or not before_file.exists() or not after_file.exists():
+            continue
+        b_prof, a_prof = Profile.load(before_file), Profile.load(after_file)
+        b_spots, a_spots = dict(components(b_prof)), dict(components(a_prof))
+        lines += ["", f"#### {p.title}: before {p.us_per_unit:.1f} -> after {q.us_per_unit:.1f} µs per {q.unit}", "",
+                  f"| spot (py-spy, inclusive) | before µs/{q.unit} | after µs/{q.unit} |", "|---|---:|---:|"]
+        for label, _ in components(a_prof):
+            bs, as_ = b_spots.get(label, 0.0) * p.us_per_unit, a_spots.get(label, 0.0) * q.us_per_unit
+            if bs >= 0.05 * p.us_per_unit or as_ >= 0.05 * q.us_per_unit:
+                lines.append(f"| {label.strip()} | {bs:.1f} | {as_:.1f} |")
+    return lines + [""]
+
+
+def render(results: Results, out: Path | None = None) -> str:
     cfg, m, bg = results.config, results.machine, results.background
     lines = [
         "# flowise-sse benchmark results",
@@ -272,6 +343,8 @@ def render(results: Results) -> str:
             lines.append(f"| 3 | {r.transport} upstream, {r.streams:,} streams, gateway on uvloop | "
                          f"{level_figures(r)} |")
     lines += ["", "![latency distributions](latency.png)", ""]
+    if out is not None:
+        lines += before_after(results, out)
 
     # 1. latency
     if lat:
@@ -458,7 +531,7 @@ def rerender(out: Path) -> int:
     results.warnings.append(
         "this report was re-rendered after the run from its results.json (`bench/run.py --render-only`), whose "
         "figures are rounded to a few significant digits: a last digit can differ from the run's own printout")
-    (out / "RESULTS.md").write_text(render(results))
+    (out / "RESULTS.md").write_text(render(results, out))
     print(f"rewrote {out / 'RESULTS.md'} from {out / 'results.json'}")
     return 0
 

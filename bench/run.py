@@ -147,7 +147,7 @@ def main() -> int:
     finally:
         srv.stop_all()
     results.duration_s = time.monotonic() - started
-    (out / "RESULTS.md").write_text(report.render(results))
+    (out / "RESULTS.md").write_text(report.render(results, out))
     report.plot(results, out / "latency.png")
     save(results, out / "results.json")
     print(f"done in {results.duration_s:.0f} s: {out / 'RESULTS.md'}, {out / 'latency.png'}")
