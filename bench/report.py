@@ -246,6 +246,49 @@ def before_after(results: Results, out: Path) -> list[str]:
     return lines + [""]
 
 
+def holding_back(results: Results, out: Path) -> list[str]:
+    """Issue 14's targets that this run misses, each with what its profile says holds it back."""
+    files = {p.title: (out / "profiles" / (p.file + ".gz"), p.us_per_unit) for p in results.profiles or []}
+    spots = {title: (dict(components(Profile.load(path))), us) for title, (path, us) in files.items() if path.exists()}
+
+    def spot(title_start: str, label_start: str) -> float:
+        for title, (found, us) in spots.items():
+            if title.startswith(title_start):
+                return us * next((v for k, v in found.items() if k.strip().startswith(label_start)), 0.0)
+        return math.nan
+
+    conc = "Concurrency, sse upstream"
+    first = "First-token path, sse upstream"
+    return [
+        "## What holds the missed targets back", "",
+        "- **35 µs of CPU per relayed token (item 1)**: per token the gateway reads one socket, parses, "
+        "stores, wakes the reader's task, and writes one socket. From the profile at 1,000 streams: the upstream "
+        f"read and framing {spot(conc, 'upstream SSE read'):.0f} µs (aiohttp's C parser, the frame splitter, "
+        f"orjson), sse-starlette's send path {spot(conc, 'of which the send path'):.0f} µs (of which uvicorn's "
+        f"write {spot(conc, 'of which uvicorn'):.0f} µs, mostly the syscall), the event log "
+        f"{spot(conc, 'store'):.0f} µs, the timeouts {spot(conc, '`bounded`'):.0f} µs; the rest is the event loop "
+        "and the two task switches per token (the run that reads Flowise, the response that writes). A stream "
+        "is two asyncio tasks by design (a run outlives its readers: resume, several readers, Redis), and "
+        "sse-starlette writes each frame through the ASGI send chain; below ~60 µs the remaining costs are "
+        "that chain and the switches, not the gateway's own code. One core therefore carries several "
+        "hundred streams at 20 tokens/s with p99 <= 50 ms, not 1,000 (section 3: 1,000 came within 57 ms with "
+        "915 flowing at once; section 6: 400 with Redis on); `--workers` carries more per host.",
+        "- **<= 100 KB per live stream (item 1)**: each stream keeps its frames for resume (~110 bytes per "
+        "token) beside its connections, tasks and buffers on both sides; 125-140 KB per live stream here.",
+        "- **0.5 ms of CPU per request, first token <= 1.5x (item 2)**: from the first-token profile, "
+        f"sse-starlette's response (its task group of four tasks, headers, sends) "
+        f"{spot(first, 'sse-starlette'):.0f} µs and FastAPI's request handling (routing, dependencies, body "
+        f"validation) {spot(first, 'FastAPI request'):.0f} µs alone are past the 0.5 ms; the upstream request "
+        f"is {spot(first, 'upstream request'):.0f} µs. Against a real Flowise the gateway's added delay "
+        "is that set-up CPU plus its cold wake-ups between slow tokens (section 5).",
+        "- **socket.io (items 2 and 3)**: python-socketio's client is the floor: read directly by it, flowise-lite-sio "
+        "tops out near 44,000 tokens/s (section 2), a third of the SSE ceiling; engine.io's read loop wraps each "
+        "packet in `asyncio.wait_for` (a task per packet on Python 3.11). A prediction also needs a socket of "
+        "its own (Flowise <= 2.0.7 emits to a socket id), so 1,000 streams mean 1,000 socket.io handshakes.",
+        "",
+    ]
+
+
 def render(results: Results, out: Path | None = None) -> str:
     cfg, m, bg = results.config, results.machine, results.background
     lines = [
@@ -345,6 +388,7 @@ def render(results: Results, out: Path | None = None) -> str:
     lines += ["", "![latency distributions](latency.png)", ""]
     if out is not None:
         lines += before_after(results, out)
+        lines += holding_back(results, out)
 
     # 1. latency
     if lat:
