@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -183,6 +184,17 @@ class FrameSplitter:
         frames = buf.split(b"\n\n")
         self.buf = frames.pop()
         return frames
+
+
+async def response_events(response: Any, flowise: bool) -> AsyncIterator[tuple[str, Any]]:
+    """(name, data) of each event of a streamed httpx response, Flowise's own framing or the gateway's."""
+    parse = flowise_frame if flowise else gateway_frame
+    splitter = FrameSplitter()
+    async for chunk in response.aiter_raw():
+        for frame in splitter.feed(chunk):
+            parsed = parse(frame)
+            if parsed is not None:
+                yield parsed
 
 
 # --- the lean client ------------------------------------------------------------------------

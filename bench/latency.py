@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
-from common import FrameSplitter, cpu_seconds, flowise_body, flowise_frame, gateway_body, gateway_frame, percentile
+from common import cpu_seconds, flowise_body, gateway_body, percentile, response_events
 from harness import GATEWAY_PATH, PREDICTION_PATH, Config, Servers
 from machine import LoadMeter
 from results import Distribution, LatencyPair, LatencyResult
@@ -25,26 +25,19 @@ JSON_HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream
 async def sse_first_token(client: httpx.AsyncClient, url: str, body: bytes, flowise: bool) -> tuple[float, bool]:
     """Seconds from sending the request to the first non-empty `token`; the stream is read to its end
     (so the keep-alive connection goes back to the pool) and checked."""
-    parse = flowise_frame if flowise else gateway_frame
     parts: list[str] = []
     terminal, first = None, None
     t0 = time.perf_counter()
     async with client.stream("POST", url, content=body, headers=JSON_HEADERS) as response:
-        splitter = FrameSplitter()
-        async for chunk in response.aiter_raw():
-            for frame in splitter.feed(chunk):
-                parsed = parse(frame)
-                if parsed is None:
-                    continue
-                name, data = parsed
-                if name == "token":
-                    text = data if flowise else data["text"]
-                    if text:
-                        if first is None:
-                            first = time.perf_counter()
-                        parts.append(text)
-                elif name in ("end", "error"):
-                    terminal = name
+        async for name, data in response_events(response, flowise):
+            if name == "token":
+                text = data if flowise else data["text"]
+                if text:
+                    if first is None:
+                        first = time.perf_counter()
+                    parts.append(text)
+            elif name in ("end", "error"):
+                terminal = name
         ok = response.status_code == 200 and terminal == "end" and "".join(parts) == "".join(LATENCY_TOKENS)
     return (first - t0) if first else math.nan, ok
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from common import PYTHON, REPO, BENCH_DIR, FrameSplitter, flowise_frame, gateway_frame, process_cpu_clock
+from common import BENCH_DIR, PYTHON, REPO, process_cpu_clock, response_events
 from harness import Config, Servers, event_loop_of
 from latency import summarize
 from machine import LoadMeter
@@ -83,7 +83,6 @@ async def ask(client: httpx.AsyncClient, url: str, body: bytes, flowise: bool, e
     timed and checked: joined tokens equal the mock's reply, and the stream ended with `end` (the
     gateway's carrying the same text). With `cpu_pid`, that process's CPU clock is read at the
     same three moments (a syscall, about a microsecond)."""
-    parse = flowise_frame if flowise else gateway_frame
     parts: list[str] = []
     first = end = cpu_first = cpu_end = math.nan
     end_text: str | None = None
@@ -95,28 +94,22 @@ async def ask(client: httpx.AsyncClient, url: str, body: bytes, flowise: bool, e
             if response.status_code != 200:
                 await response.aread()
                 return Sample(math.nan, math.nan, f"HTTP {response.status_code}")
-            splitter = FrameSplitter()
-            async for chunk in response.aiter_raw():
-                for frame in splitter.feed(chunk):
-                    parsed = parse(frame)
-                    if parsed is None:
-                        continue
-                    name, data = parsed
-                    if name == "token":
-                        text = data if flowise else data["text"]
-                        if text:
-                            if math.isnan(first):
-                                first = time.perf_counter() - t0
-                                if cpu_pid:
-                                    cpu_first = process_cpu_clock(cpu_pid) - cpu0
-                            parts.append(text)
-                    elif name == "end":
-                        end = time.perf_counter() - t0
-                        if cpu_pid:
-                            cpu_end = process_cpu_clock(cpu_pid) - cpu0
-                        end_text = None if flowise else data.get("text")
-                    elif name == "error":
-                        error = error or f"error event {str(data)[:80]}"
+            async for name, data in response_events(response, flowise):
+                if name == "token":
+                    text = data if flowise else data["text"]
+                    if text:
+                        if math.isnan(first):
+                            first = time.perf_counter() - t0
+                            if cpu_pid:
+                                cpu_first = process_cpu_clock(cpu_pid) - cpu0
+                        parts.append(text)
+                elif name == "end":
+                    end = time.perf_counter() - t0
+                    if cpu_pid:
+                        cpu_end = process_cpu_clock(cpu_pid) - cpu0
+                    end_text = None if flowise else data.get("text")
+                elif name == "error":
+                    error = error or f"error event {str(data)[:80]}"
     except (httpx.HTTPError, ValueError) as exc:
         return Sample(first, end, f"{type(exc).__name__}")
     if error is None:

@@ -113,6 +113,15 @@ function handle (req, res) {
 
 // --- the prediction -------------------------------------------------------------------------
 
+// `fn` once, on whichever of `events` comes first.
+function onFirst (emitter, events, fn) {
+  const handler = () => {
+    for (const event of events) emitter.off(event, handler)
+    fn()
+  }
+  for (const event of events) emitter.on(event, handler)
+}
+
 function words (text) {
   return text.match(/\s*\S+(?:\s+$)?/g) || [] // "This", " is", ...: the emulator's mock LLM
 }
@@ -168,13 +177,7 @@ function predict (flowId, raw, res) {
     // KB), and a JSON answer sent now would overtake it: the gateway would wait its grace period, then
     // make up the unread rest from the answer's text, and the benchmark would time that instead of the
     // relay. So the answer waits for an Engine.IO ping's pong: the client has read every token by then.
-    const read = () => {
-      conn.off('heartbeat', read)
-      conn.off('close', read)
-      reply()
-    }
-    conn.on('heartbeat', read)
-    conn.on('close', read)
+    onFirst(conn, ['heartbeat', 'close'], reply)
     conn.sendPacket('ping')
   }
 
@@ -200,13 +203,7 @@ function predict (flowId, raw, res) {
       if (stop) return
       if (conn.readyState !== 'open') { i = tokens.length; break }
       if (conn.writeBuffer.length >= BATCH) {
-        const resume = () => {
-          conn.off('drain', resume)
-          conn.off('close', resume)
-          flood()
-        }
-        conn.on('drain', resume)
-        conn.on('close', resume)
+        onFirst(conn, ['drain', 'close'], flood)
         return
       }
       socket.emit('token', tokens[i++])
