@@ -87,7 +87,8 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         outs = [logdir / f"conc-{tag}-{i}.json" for i in range(workers_n)]
         workers = [spawn([PYTHON, str(BENCH_DIR / "loadgen.py"), "--port", str(port), "--target", "gateway",
                           "--streams", str(k), "--tokens", str(cfg.conc_tokens), "--delay", str(cfg.conc_delay),
-                          "--ramp", str(ramp), "--start-at", repr(start_at), "--out", str(out), "--timeout", "120"],
+                          "--ramp", str(ramp), "--start-at", repr(start_at), "--out", str(out), "--timeout", "120",
+                          "--counted"],
                          cpus=clients_cpus, log=logdir / "loadgen.log") for k, out in zip(shares, outs)]
         while time.monotonic() < start_at:
             time.sleep(0.01)

@@ -44,6 +44,8 @@ async def run(args: argparse.Namespace) -> dict:
     else:
         path = f"/api/v1/prediction/{DEMO_CHATFLOW_ID}"
         body = flowise_body(tokens, args.delay)
+    if args.counted:  # the same tokens ("t0 ", "t1 ", ...), made by the upstream
+        body["overrideConfig"]["emulator"] = {"count": args.tokens, "delay": args.delay}
     request = http_request("POST", path, args.port, body)
     flowise = args.target == "flowise"
 
@@ -95,6 +97,9 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=1.0)
     parser.add_argument("--start-at", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--counted", action="store_true",
+                        help="ask for the tokens by count (flowise-lite, flowise-lite-sio), not as a list: a list "
+                             "rides in the request and stays with the run, which a real client's does not")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     raise_nofile()

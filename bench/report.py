@@ -449,7 +449,9 @@ def render(results: Results, out: Path | None = None) -> str:
     if conc:
         lines += ["## 3. Concurrency", "",
                   f"N streams at once on one gateway process (restarted for each row), each {cfg.conc_tokens} tokens "
-                  f"paced {cfg.conc_delay * 1000:.0f} ms apart by the upstream ({cfg.conc_tokens * cfg.conc_delay:g} s), "
+                  f"paced {cfg.conc_delay * 1000:.0f} ms apart by the upstream ({cfg.conc_tokens * cfg.conc_delay:g} s; "
+                  "the request asks for them by count, as `overrideConfig.emulator.count`: a list of them would ride "
+                  "in the request and stay with the run, which no real client's question does), "
                   f"opened evenly at {cfg.ramp_rate:g} streams/s (at least over 1 s) by `bench/loadgen.py` worker "
                   f"processes of up to {cfg.streams_per_worker} streams each, using the lean client. That opening "
                   f"rate is below what the gateway can set up on an otherwise idle core{setup_rate(results)}, so the "

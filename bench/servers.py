@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httptools  # noqa: E402
 import orjson  # noqa: E402
 
-from common import BENCH_DIR, DEMO_CHATFLOW_ID, REPO, install_uvloop, raise_nofile  # noqa: E402
+from common import BENCH_DIR, DEMO_CHATFLOW_ID, REPO, install_uvloop, raise_nofile, tokens_for  # noqa: E402
 
 LITE_SIO = BENCH_DIR / "flowise_lite_sio"
 
@@ -202,7 +202,8 @@ class LiteFlowise(asyncio.Protocol):
             self.reply(400, b"text/plain", b"Bad Request", keep)
             return
         controls = (body.get("overrideConfig") or {}).get("emulator") or {}
-        tokens = controls.get("tokens") or ["This", " is", " a", " reply."]
+        tokens = controls.get("tokens") or (tokens_for(int(controls["count"])) if "count" in controls
+                                            else ["This", " is", " a", " reply."])
         delay = float(controls.get("delay", 0.0))
         chat_id = body.get("chatId") or str(uuid.uuid4())
         if flow_id != DEMO_CHATFLOW_ID or body.get("streaming") is not True:

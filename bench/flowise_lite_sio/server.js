@@ -20,7 +20,8 @@
  *        Without a connected socket, the same JSON once the tokens' time has passed (no events).
  *   socket.io on the default path /socket.io/, namespace "/", no auth, CORS open (like Flowise 1.x).
  * The tokens and their delay come from the request, as the package emulator takes them:
- * `overrideConfig.emulator = {"tokens": [...], "delay": seconds}` (default: the emulator's mock reply,
+ * `overrideConfig.emulator = {"tokens": [...], "delay": seconds}`, or `{"count": n, ...}` for the bench's
+ * "t0 ", "t1 ", ... made here (a list would ride in every request) (default: the emulator's mock reply,
  * no delay). Paced tokens go out on an absolute schedule (token k due at start + k * delay) from timers,
  * so thousands of streams stay on time; with no delay, as fast as the socket takes them (a batch at a
  * time, the next when Engine.IO has handed the previous one to the kernel), and the answer once an
@@ -142,7 +143,9 @@ function predict (flowId, raw, res) {
   const overrides = (body.overrideConfig && typeof body.overrideConfig === 'object') ? body.overrideConfig : {}
   const controls = (overrides.emulator && typeof overrides.emulator === 'object') ? overrides.emulator : {}
   const question = String(body.question ?? '')
-  const tokens = Array.isArray(controls.tokens) ? controls.tokens.map(String) : words(REPLY_PREFIX + question.trim())
+  const tokens = Array.isArray(controls.tokens) ? controls.tokens.map(String)
+    : Number.isInteger(controls.count) ? Array.from({ length: controls.count }, (_, i) => `t${i} `) // bench/common.py tokens_for
+      : words(REPLY_PREFIX + question.trim())
   const delayMs = Number(controls.delay ?? 0) * 1000
   const sessionId = overrides.sessionId
   const chatId = body.chatId ?? sessionId ?? randomUUID()
