@@ -259,6 +259,20 @@ def holding_back(results: Results, out: Path) -> list[str]:
 
     conc = "Concurrency, sse upstream"
     first = "First-token path, sse upstream"
+    sse = [r for r in results.concurrency or [] if isinstance(r, ConcurrencyLevel) and not r.whatif
+           and r.transport == "sse"]
+    at_1000 = next((r for r in sse if r.streams == 1000), None)
+    level_1000 = (f"1,000 came within {at_1000.added_p99_ms:.0f} ms with {at_1000.peak_flowing:,} flowing at once"
+                  if at_1000 else "1,000 was not run")
+    memory = (f"{min(r.kb_per_stream for r in sse):.0f}-{max(r.kb_per_stream for r in sse):.0f} KB per stream at "
+              f"{', '.join(f'{r.streams:,}' for r in sse)} streams here" if sse else "not measured here")
+    first_profile = next((p for p in results.profiles or [] if p.title.startswith(first)), None)
+    per_request = first_profile.us_per_unit if first_profile else math.nan
+    response, handling, upstream = (spot(first, "sse-starlette"), spot(first, "FastAPI request"),
+                                    spot(first, "upstream request"))
+    t = results.throughput
+    lite = t.socketio_lite_direct if t else None
+    lite_rate = f"{lite.rate:,.0f}" if lite and lite.rate else "?"
     return [
         "## What holds the missed targets back", "",
         "- **35 µs of CPU per relayed token (item 1)**: per token the gateway reads one socket, parses, "
@@ -271,20 +285,22 @@ def holding_back(results: Results, out: Path) -> list[str]:
         "is two asyncio tasks by design (a run outlives its readers: resume, several readers, Redis), and "
         "sse-starlette writes each frame through the ASGI send chain; below ~60 µs the remaining costs are "
         "that chain and the switches, not the gateway's own code. One core therefore carries several "
-        "hundred streams at 20 tokens/s with p99 <= 50 ms, not 1,000 (section 3: 1,000 came within 57 ms with "
-        "915 flowing at once; section 6: 400 with Redis on); `--workers` carries more per host.",
+        f"hundred streams at 20 tokens/s with p99 <= 50 ms, not 1,000 (section 3: {level_1000}; section 6 has "
+        "one worker with Redis on); `--workers` carries more per host.",
         "- **<= 100 KB per live stream (item 1)**: each stream keeps its frames for resume (~110 bytes per "
-        "token) beside its connections, tasks and buffers on both sides; 125-140 KB per live stream here.",
-        "- **0.5 ms of CPU per request, first token <= 1.5x (item 2)**: from the first-token profile, "
-        f"sse-starlette's response (its task group of four tasks, headers, sends) "
-        f"{spot(first, 'sse-starlette'):.0f} µs and FastAPI's request handling (routing, dependencies, body "
-        f"validation) {spot(first, 'FastAPI request'):.0f} µs alone are past the 0.5 ms; the upstream request "
-        f"is {spot(first, 'upstream request'):.0f} µs. Against a real Flowise the gateway's added delay "
-        "is that set-up CPU plus its cold wake-ups between slow tokens (section 5).",
-        "- **socket.io (items 2 and 3)**: python-socketio's client is the floor: read directly by it, flowise-lite-sio "
-        "tops out near 44,000 tokens/s (section 2), a third of the SSE ceiling; engine.io's read loop wraps each "
-        "packet in `asyncio.wait_for` (a task per packet on Python 3.11). A prediction also needs a socket of "
-        "its own (Flowise <= 2.0.7 emits to a socket id), so 1,000 streams mean 1,000 socket.io handshakes.",
+        f"token) beside its connections, tasks and buffers on both sides: {memory} (the RSS peak over the "
+        "streams open at once, so a level where starts queue spreads it over fewer live streams).",
+        f"- **0.5 ms of CPU per request, first token <= 1.5x (item 2)**: {per_request:.0f} µs per request in the "
+        f"profiled first-token run; sse-starlette's response (its task group of four tasks, headers, sends) "
+        f"{response:.0f} µs, FastAPI's request handling (routing, dependencies, body validation) {handling:.0f} µs "
+        f"and the upstream request {upstream:.0f} µs make {response + handling + upstream:.0f} µs of it, the rest "
+        "being uvicorn's parsing, the run's task and the relay of its events. Against a real Flowise the "
+        "gateway's added delay is that set-up CPU plus its cold wake-ups between slow tokens (section 5).",
+        "- **socket.io (items 2 and 3)**: python-socketio's client is the floor: read directly by it, "
+        f"flowise-lite-sio gives {lite_rate} tokens/s (section 2), about a third of the SSE ceiling; engine.io's "
+        "read loop wraps each packet in `asyncio.wait_for` (a task per packet on Python 3.11). A prediction also "
+        "needs a socket of its own (Flowise <= 2.0.7 emits to a socket id), so 1,000 streams mean 1,000 "
+        "socket.io handshakes.",
         "",
     ]
 
