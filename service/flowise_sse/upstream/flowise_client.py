@@ -264,16 +264,13 @@ class FlowiseClient:
 
     @asynccontextmanager
     async def _mapped_errors(self, what: str) -> AsyncIterator[None]:
-        """httpx's failures as gateway errors: the one place that decides what each means."""
+        """Transport failures as gateway errors: the one place that decides what each means."""
         try:
             yield
-        except (aiohttp.ClientError, TimeoutError) as exc:  # the streaming prediction's own
-            if isinstance(exc, TimeoutError):
-                raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(exc).__name__})") from None
-            raise UpstreamUnavailable(self.redact(f"Flowise is unreachable at {self.public_url}: {exc!r}")) from None
-        except httpx.HTTPError as exc:
-            # httpx-aiohttp names some aiohttp failures loosely (a refused connection comes as a
-            # ConnectTimeout): aiohttp's own exception, its cause, says what happened.
+        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError) as exc:
+            # aiohttp's exception says what happened: raised as it is by the streaming prediction,
+            # or as the cause of httpx-aiohttp's, which names some loosely (a refused connection
+            # comes as a ConnectTimeout).
             cause = exc.__cause__ if isinstance(exc.__cause__, (aiohttp.ClientError, TimeoutError)) else exc
             if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
                 raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(cause).__name__})") from None
