@@ -387,6 +387,18 @@ def test_abort_ends_the_stream_and_closes_the_upstream(real_flowise: FlowiseDepl
     assert follow_up.events[-1].event == "end", follow_up.error()
 
 
+def ask_for_the_tool(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                     flow: str | None) -> tuple[StreamResult, str]:
+    """A tool-using flow asked what the mock LLM answers with a calculator call, streamed to its
+    `end`, well formed; the stream and the question."""
+    assert flow is not None
+    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
+    result = open_stream(gateways(real_flowise), flow, question)
+    assert_well_formed(result, flow)
+    assert result.events[-1].event == "end", result.error()
+    return result, question
+
+
 def tool_used(events: list[Sse]) -> list[dict[str, Any]]:
     [used] = [e.data for e in events if e.event == "usedTools"]
     return list(used)
@@ -395,14 +407,7 @@ def tool_used(events: list[Sse]) -> list[dict[str, Any]]:
 @pytest.mark.releases("1.6.2", "3.1.4")
 def test_tool_agent_calls_the_tool_and_relays_its_use(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
                                                       mock_llm: MockLLM) -> None:
-    flow = real_flowise.chatflows.tool_agent
-    assert flow is not None
-    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
-
-    result = open_stream(gateways(real_flowise), flow, question)
-
-    assert_well_formed(result, flow)
-    assert result.events[-1].event == "end", result.error()
+    result, question = ask_for_the_tool(real_flowise, gateways, real_flowise.chatflows.tool_agent)
     # The calculator really ran inside Flowise: its answer went back to the LLM as a tool message.
     calls = mock_llm.requests_for(question)
     assert len(calls) == 2, [c.messages for c in calls]
@@ -427,14 +432,7 @@ def test_tool_agent_calls_the_tool_and_relays_its_use(real_flowise: FlowiseDeplo
 @pytest.mark.releases("3.1.4")
 def test_agentflow_relays_its_events_and_exact_text(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
                                                     mock_llm: MockLLM) -> None:
-    flow = real_flowise.chatflows.agentflow
-    assert flow is not None
-    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
-
-    result = open_stream(gateways(real_flowise), flow, question)
-
-    assert_well_formed(result, flow)
-    assert result.events[-1].event == "end", result.error()
+    result, question = ask_for_the_tool(real_flowise, gateways, real_flowise.chatflows.agentflow)
     assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
     names = result.names
     # Flowise's own agentflow events, under their own names, in Flowise's order.
@@ -482,14 +480,7 @@ def test_stream_without_tokens_ends_with_the_stored_answer(real_flowise: Flowise
 @pytest.mark.releases("3.1.4")
 def test_sequential_agent_relays_its_reasoning_once(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
                                                     mock_llm: MockLLM) -> None:
-    flow = real_flowise.chatflows.sequential_agent
-    assert flow is not None
-    question = f"What is 6 times 7? {TOOL_MARKER} {marker()}"
-
-    result = open_stream(gateways(real_flowise), flow, question)
-
-    assert_well_formed(result, flow)
-    assert result.events[-1].event == "end", result.error()
+    result, question = ask_for_the_tool(real_flowise, gateways, real_flowise.chatflows.sequential_agent)
     assert "".join(result.tokens) == result.events[-1].data["text"] == tool_reply_for(question)
     # Flowise sends the agents' reasoning twice (as `start`, then as `agentReasoning`): once here.
     [reasoning] = [e.data for e in result.events if e.event == "agentReasoning"]
