@@ -18,6 +18,8 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import kubernetes.client
@@ -109,14 +111,22 @@ def nginx_front(tmp_path):
         log.close()
 
 
-def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedAndLoggedByItsId(
-        emulators, redis_server, nginx_front, tmp_path):
-    flowise = emulators("3.1.4")
-    env = compose_env(flowise.url, redis_server)
+@contextmanager
+def replicas_behind_nginx(
+    flowise_url: str, redis_url: str, nginx_front, tmp_path: pathlib.Path
+) -> Iterator[tuple[str, GatewayProcess, GatewayProcess, list[pathlib.Path]]]:
+    """Two replicas as the compose file sets them up (its environment, Redis, text logs at info in
+    a file each), the shipped nginx in front: its URL, the replicas, their logs."""
+    env = compose_env(flowise_url, redis_url)
     logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
     with GatewayProcess(env, log_level="info", stderr=logs[0]) as one, \
             GatewayProcess(env, log_level="info", stderr=logs[1]) as two:
-        front = nginx_front([one.port, two.port])
+        yield nginx_front([one.port, two.port]), one, two, logs
+
+
+def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedAndLoggedByItsId(
+        emulators, redis_server, nginx_front, tmp_path):
+    with replicas_behind_nginx(emulators("3.1.4").url, redis_server, nginx_front, tmp_path) as (front, one, two, logs):
         key = {"Authorization": "Bearer compose-key-1"}
         slow = {"emulator": {"delay": 0.1}}  # about 1.7 s of tokens: buffering would show
         created = httpx.post(front + "/v1/streams", headers={**key, "X-Request-ID": "create-1"},
@@ -317,12 +327,7 @@ def test_cliAsk_throughNginx_whenTheReplicaRunningItStops_thenTheAnswerCompletes
     import signal
     import sys
 
-    flowise = emulators("3.1.4")
-    env = compose_env(flowise.url, redis_server)
-    logs = [tmp_path / "gateway-1.log", tmp_path / "gateway-2.log"]
-    with GatewayProcess(env, log_level="info", stderr=logs[0]) as one, \
-            GatewayProcess(env, log_level="info", stderr=logs[1]) as two:
-        front = nginx_front([one.port, two.port])
+    with replicas_behind_nginx(emulators("3.1.4").url, redis_server, nginx_front, tmp_path) as (front, one, two, logs):
         ask = subprocess.Popen(
             [sys.executable, "-m", "flowise_sse", "ask", "--gateway", front, "--api-key", "compose-key-1",
              DEMO_CHATFLOW_ID, f"[[delay=150]] {QUESTION}"],
