@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -341,18 +341,28 @@ def _json(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _node_definitions(admin: httpx.Client, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The server's own definition of each node, by name (what a flow built for it must match)."""
+    return {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+
+
+def _add_mock_model(flow: FlowBuilder, definition: dict[str, Any], credential_id: str, llm_base_url: str,
+                    **inputs: Any) -> str:
+    """A chat model node on the mock LLM (its OpenAI-compatible base path), deterministic."""
+    return flow.add(definition, credential=credential_id, modelName="gpt-4o-mini", temperature=0,
+                    basepath=llm_base_url, **inputs)
+
+
 def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str,
                       api_key_id: str) -> Chatflows:
-    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}"))
-                   for name in ("chatOpenAI", "chatOpenAICustom", "bufferMemory", "conversationChain")}
+    definitions = _node_definitions(admin, ("chatOpenAI", "chatOpenAICustom", "bufferMemory", "conversationChain"))
     # 1.6.2's chatOpenAI always streams (a flow with chatOpenAICustom cannot); later ones have a
     # `streaming` input, and a flow whose model has it off does not stream.
     model_can_stop_streaming = any(i["name"] == "streaming" for i in definitions["chatOpenAI"]["inputs"])
 
     def chatflow(name: str, model: str, *, apikeyid: str | None = None, **model_inputs: Any) -> str:
         flow = FlowBuilder()
-        llm = flow.add(definitions[model], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
-                       basepath=llm_base_url, **model_inputs)
+        llm = _add_mock_model(flow, definitions[model], credential_id, llm_base_url, **model_inputs)
         memory = flow.add(definitions["bufferMemory"])
         chain = flow.add(definitions["conversationChain"], systemMessagePrompt=SYSTEM_PROMPT)
         flow.connect(llm, chain, "model")
@@ -397,10 +407,9 @@ def _create_tool_agent(admin: httpx.Client, release: Release, llm_base_url: str,
     """ChatOpenAI + Calculator + Buffer Memory -> the release's tool agent."""
     assert release.tool_agent
     names = ("chatOpenAI", "calculator", "bufferMemory", release.tool_agent)
-    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+    definitions = _node_definitions(admin, names)
     flow = FlowBuilder()
-    llm = flow.add(definitions["chatOpenAI"], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
-                   basepath=llm_base_url)
+    llm = _add_mock_model(flow, definitions["chatOpenAI"], credential_id, llm_base_url)
     tool = flow.add(definitions["calculator"])
     memory = flow.add(definitions["bufferMemory"])
     agent_inputs: dict[str, Any] = {"systemMessage": AGENT_SYSTEM_PROMPT}
@@ -415,7 +424,7 @@ def _create_tool_agent(admin: httpx.Client, release: Release, llm_base_url: str,
 
 def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
     """Agentflow V2: Start -> Agent, whose ChatOpenAI (the mock) may call the calculator tool."""
-    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in ("startAgentflow", "agentAgentflow")}
+    definitions = _node_definitions(admin, ("startAgentflow", "agentAgentflow"))
     model_config = {
         "modelName": "gpt-4o-mini", "temperature": 0, "streaming": True, "basepath": llm_base_url,
         "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id, "agentModel": "chatOpenAI",
@@ -437,10 +446,9 @@ def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, 
 def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
     """Agentflow V1 (sequential agents): ChatOpenAI -> Start -> Agent (calculator) -> End."""
     names = ("chatOpenAI", "calculator", "seqStart", "seqAgent", "seqEnd")
-    definitions = {name: _json(admin.get(f"/api/v1/nodes/{name}")) for name in names}
+    definitions = _node_definitions(admin, names)
     flow = FlowBuilder()
-    llm = flow.add(definitions["chatOpenAI"], credential=credential_id, modelName="gpt-4o-mini", temperature=0,
-                   basepath=llm_base_url)
+    llm = _add_mock_model(flow, definitions["chatOpenAI"], credential_id, llm_base_url)
     tool = flow.add(definitions["calculator"])
     start = flow.add(definitions["seqStart"])
     agent = flow.add(definitions["seqAgent"], agentName="Calculator", systemMessagePrompt=AGENT_SYSTEM_PROMPT)
