@@ -25,19 +25,21 @@ import argparse
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from ..servers import ServerThread
 
 REPLY_PREFIX = "This is a deterministic mock reply. You said: "
 MODEL_ID = "gpt-4o-mini"
@@ -131,8 +133,7 @@ class MockLLM:
         self.port = port
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ServerThread | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
@@ -157,28 +158,16 @@ class MockLLM:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> MockLLM:
-        # Bind first so the port is known (port 0 = any free one) before Flowise is configured.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="mock-llm", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("mock LLM did not start")
-            time.sleep(0.01)
+        from ..servers import ServerThread  # imported here: `python tests/e2e/mock_llm.py` runs it alone
+
+        self._server = ServerThread(self.app, config=uvicorn.Config(
+            self.app, host=self.host, port=self.port, log_level="warning", lifespan="off")).__enter__()
+        self.port = self._server.port  # port 0: the free one it took, known before Flowise is configured
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.__exit__()
 
     # -- endpoints -------------------------------------------------------------------------------
 

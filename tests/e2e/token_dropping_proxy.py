@@ -8,18 +8,16 @@ passes through unchanged. Runs in-process on 127.0.0.1, like the mock LLM.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from ..servers import ServerThread
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 
@@ -35,8 +33,7 @@ class TokenDroppingProxy:
         self.dropped = 0
         self.port = 0
         self._client = httpx.AsyncClient(base_url=self.upstream, timeout=httpx.Timeout(120, connect=5))
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ServerThread | None = None
         self.app = Starlette(routes=[Route("/{path:path}", self._forward,
                                            methods=["GET", "POST", "PUT", "DELETE", "PATCH"])])
 
@@ -74,22 +71,10 @@ class TokenDroppingProxy:
             yield buffer
 
     def start(self) -> TokenDroppingProxy:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="token-dropping-proxy", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("token-dropping proxy did not start")
-            time.sleep(0.01)
+        self._server = ServerThread(self.app, lifespan="off").__enter__()
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.__exit__()
