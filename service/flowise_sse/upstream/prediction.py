@@ -7,8 +7,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-import orjson
-
 from ..errors import BadRequest
 
 _ROLES = {
