@@ -177,21 +177,6 @@ async def test_frameParser_whenOneFrameNeverEnds_thenLinearTimeAndRefusedAtTheCa
         assert got == [b'{"a":1}', b"two\nlines", b"x"], size
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-async def test_requestBody_whenOverTheLimit_then413Json(faulty, gateways, chunked):
-    gateway = gateways(faulty.url, max_body_bytes=64 * 1024)
-    body = b'{"question": "' + b"q" * 200_000 + b'"}'
-    content = body
-    if chunked:
-        async def pieces():
-            for i in range(0, len(body), 8192):
-                yield body[i:i + 8192]
-        content = pieces()
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
-        r = await client.post(STREAM, content=content, headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text
-
-
 async def test_requestBody_whenItNeverComes_then408WithinTheBodyTimeout(faulty, gateways):
     gateway = gateways(faulty.url, body_timeout=0.5)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:

@@ -85,7 +85,8 @@ def test_headers_whenTooLargeOrTooMany_then431AndClosed(emulators, gateways, hea
 
 
 def test_endlessHeaders_thenRefusedAtTheCapNotBuffered(emulators, gateways):
-    gateway = gateways(emulators("3.1.4").url, max_header_bytes=16 * 1024)
+    """431 at the cap; what still comes is dropped, up to max_linger_bytes, then the connection ends."""
+    gateway = gateways(emulators("3.1.4").url, max_header_bytes=16 * 1024, max_linger_bytes=1024 * 1024)
     sent = 0
     with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Endless: ")
@@ -96,6 +97,8 @@ def test_endlessHeaders_thenRefusedAtTheCapNotBuffered(emulators, gateways):
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = read_until_closed(sock, 5)
+    # Past max_linger_bytes the close may reset the connection under the unread 431: only the bound
+    # is certain here (a client that stops sending gets its 431: tests/test_refusals.py).
     assert sent < 8 * 1024 * 1024 and (answer == b"" or answer.startswith(b"HTTP/1.1 431"))
 
 

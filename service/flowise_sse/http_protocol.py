@@ -7,10 +7,17 @@ sending its request line and headers: a client that sends half a header and wait
 - `header_timeout`: a connection gets that long from its opening (or a keep-alive request from
   its first byte) to complete its headers, then it is closed;
 - `max_header_bytes` / `max_headers`: past either, 431 and the connection is closed;
-- `max_pending_connections`: connections still sending headers held at once; past it the oldest
-  is closed, so half-open connections cannot use up the file descriptors (`/healthz` stays up);
+- `max_pending_connections`: connections still sending headers (or lingering, below) held at
+  once; past it the oldest is closed, so half-open connections cannot use up the file
+  descriptors (`/healthz` stays up);
 - HTTP/1.0: a body of unknown length goes out until the connection closes (HTTP/1.0 has no
-  chunked encoding; httptools' protocol chunks regardless of the request's version).
+  chunked encoding; httptools' protocol chunks regardless of the request's version);
+- a lingering close: an answer sent before the request was read whole (413, 408, 431, 400)
+  closes the connection only after the client stopped sending. Closing a socket with unread
+  input makes the kernel answer with a reset, and a reset destroys what the client had not read
+  yet, the refusal included. So the write side is shut (the client sees the answer end) and what
+  still comes is read and dropped, for at most `linger_timeout` and `max_linger_bytes` (nginx's
+  `lingering_close`); then the connection is closed.
 
 The body's own size and pace are bounded in `api/guards.py` (an ASGI middleware).
 """
@@ -42,7 +49,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
         return "h11"
 
-    # Connections still sending headers, oldest first (a dict keeps insertion order).
+    # Connections not yet served or already answered: still sending headers, or lingering after a
+    # refusal. Oldest first (a dict keeps insertion order); past the cap the oldest is closed.
     pending: dict[Any, None] = {}
     too_big = _error(_431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
                      "or FLOWISE_SSE_MAX_HEADERS")
@@ -53,24 +61,48 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _refused = False
+        _in_message = False  # the client is somewhere in a request: more of it may come
+        _lingering: Lingering | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            # uvicorn closes through the transport it was given: that one's close may linger.
+            super().connection_made(LingeringTransport(transport, self._close))
             self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
+            if self._lingering is not None:
+                self._lingering.cancel()
             super().connection_lost(exc)
+
+        def _close(self, transport: asyncio.Transport) -> None:
+            """uvicorn's close: at once, unless the client may still be sending its request."""
+            if self._lingering is not None:
+                return
+            self._head_done()
+            if not self._in_message:
+                transport.close()
+                return
+            self._lingering = Lingering(transport, self.loop, settings.linger_timeout, settings.max_linger_bytes)
+            self._hold_pending()
+
+        def eof_received(self) -> bool | None:
+            if self._lingering is not None:
+                self._lingering.transport.close()  # the client has sent all it will: nothing is unread
+            return None
+
+        def _hold_pending(self) -> None:
+            pending[self] = None
+            while len(pending) > settings.max_pending_connections:
+                oldest = next(iter(pending))
+                oldest._head_done()
+                oldest.transport.transport.close()  # freed now, not after a linger
 
         def _await_head(self) -> None:
             if self._head_timer is None:
                 self._head_bytes = 0
                 self._head_timer = self.loop.call_later(settings.header_timeout, self._head_timeout)
-                pending[self] = None
-                while len(pending) > settings.max_pending_connections:
-                    oldest = next(iter(pending))
-                    oldest._head_done()
-                    oldest.transport.close()
+                self._hold_pending()
 
         def _head_done(self) -> None:
             if self._head_timer is not None:
@@ -87,6 +119,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:  # answered already: only counted, never parsed
+                self._lingering.discard(len(data))
+                return
             waiting = self._head_timer is not None
             if waiting:
                 self._head_bytes += len(data)
@@ -108,6 +143,7 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
                 super().send_400_response(msg)
 
         def on_message_begin(self) -> None:
+            self._in_message = True
             super().on_message_begin()
             self._await_head()
             self._head_bytes = max(self._head_bytes, 1)  # its first bytes came in this very chunk
@@ -123,7 +159,57 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             if self.scope.get("http_version") == "1.0" and self.cycle is not None:
                 _close_delimited(self.cycle)
 
+        def on_message_complete(self) -> None:
+            self._in_message = False
+            super().on_message_complete()
+
     return GatewayHttpProtocol
+
+
+class LingeringTransport:
+    """The connection's transport as uvicorn holds it: everything is the real transport's, but
+    `close()` goes to the protocol, which may linger; `transport` is the real one. Writes are
+    the real transport's own bound method (the hot path pays no indirection)."""
+
+    def __init__(self, transport: asyncio.Transport, close: Callable[[asyncio.Transport], None]) -> None:
+        self.transport = transport
+        self.write = transport.write
+        self._close = close
+        self._closing = False
+
+    def close(self) -> None:
+        self._closing = True
+        self._close(self.transport)
+
+    def is_closing(self) -> bool:
+        # uvicorn asks before it starts the next pipelined request or a keep-alive timer.
+        return self._closing or self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class Lingering:
+    """A connection whose answer is out and whose client may still be sending: the write side is
+    shut once the answer is flushed, input is read and dropped, and the connection is closed when
+    the client closes its side, after `timeout` seconds, or past `max_bytes` dropped."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, timeout: float,
+                 max_bytes: int) -> None:
+        self.transport = transport
+        self.left = max_bytes
+        if transport.can_write_eof():
+            transport.write_eof()  # after what is buffered: the client reads the answer, then EOF
+        transport.resume_reading()  # reading may be paused (flow control): the kernel would fill up
+        self.timer = loop.call_later(timeout, transport.close)
+
+    def discard(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            self.transport.close()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def _close_delimited(cycle: Any) -> None:

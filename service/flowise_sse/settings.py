@@ -100,11 +100,19 @@ class Settings(BaseSettings):
     its opening); then it is closed (slow or half-open clients hold no socket longer)."""
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive in full; then 408 `request_timeout`."""
+    linger_timeout: float = 10.0
+    """After an answer sent before the request was read whole (413, 408, 431), how long the
+    client may go on sending: what it sends is read and dropped so that its connection is not
+    reset under the answer it has yet to read, then the connection is closed."""
+    max_linger_bytes: int = 64 * 1024 * 1024
+    """The most a refused client may send after its answer (read and dropped) before the
+    connection is closed regardless."""
     idle_connection_timeout: float = 5.0
     """Seconds an idle keep-alive connection is held between two requests."""
     max_pending_connections: int = 200
-    """Connections still sending their headers held at once; past it the oldest of them is closed,
-    so half-open connections cannot use up the process's file descriptors."""
+    """Connections still sending their headers, or lingering after a refusal, held at once; past
+    it the oldest of them is closed, so half-open connections cannot use up the process's file
+    descriptors."""
     max_streams_per_key: int = 100
     """Predictions (streams and `/prediction`) running at once per gateway API key; beyond it
     429 `too_many_streams` with `Retry-After`. An open gateway has no keys: `max_streams` only."""
