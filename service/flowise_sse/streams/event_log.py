@@ -68,6 +68,11 @@ class StreamLog:
             self._wake.set()
             self._wake.clear()
 
+    def drop(self) -> None:
+        """Leave the store now (a stream refused before it started, or one whose end could not
+        be stored): its readers stop and a lookup finds nothing."""
+        self._store.drop(self.stream_id)
+
     def evict(self) -> None:
         """The store let go of this log: its frames are freed and its readers stop."""
         self.evicted = True

@@ -2,7 +2,7 @@
 
 A completion is a gateway stream like any other (`StreamManager.start`: the chatId guard, caps,
 timeouts, Redis mirroring), read back as normalized events and written in OpenAI's wire format
-(`openai_chunks.py`). OpenAI clients do not resume, so the run is started `abort_unread`: when the
+(`openai_chunks.py`). OpenAI clients do not resume, so the run is started `abort_when_unread`: when the
 client leaves, the upstream is aborted unless someone else reads the stream by its id.
 """
 
@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from ... import metrics
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
 from ...events import END, ERROR, TERMINAL
-from ...streams import StreamManager, StreamRun
+from ...streams import StreamRun
 from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
@@ -187,7 +187,7 @@ async def chat_completions(
     if problem:
         raise BadRequest(problem)
     prediction = Prediction.build(question, history, chat_id, override)
-    run = await manager.start(chatflow_id, prediction, owner, abort_unread=True)
+    run = await manager.start(chatflow_id, prediction, owner, abort_when_unread=True)
     release = manager.hold(run)
     completion_id, created = f"chatcmpl-{run.id}", int(time.time())
     headers = {"X-Flowise-Stream-Id": run.id, "X-Flowise-Chat-Id": prediction.chat_id}
@@ -197,13 +197,13 @@ async def chat_completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = ChunkEncoder(completion_id, created, body.model, include_usage)
         return HeldEventSourceResponse(
-            _chunks(manager, run, encoder, release), release,
+            _chunks(run, encoder, release), release,
             headers={"Cache-Control": "no-cache", **headers},
             ping=settings.keepalive_interval, ping_message_factory=lambda: KEEPALIVE, sep="\n",
             send_timeout=settings.send_timeout,  # a reader that stops reading is let go (pings too)
         )
     try:
-        text, usage = await _until_client_leaves(request, _answer(manager, run))
+        text, usage = await _until_client_leaves(request, _answer(run))
     finally:
         release()
     # Not JSONResponse: its `json.dumps(...).encode()` fails on a lone surrogate (1.x can stream one).
@@ -280,11 +280,11 @@ def _overrides(body: ChatCompletionRequest, system: list[str], pass_params: bool
     return override or None, ignored
 
 
-async def _answer(manager: StreamManager, run: StreamRun) -> tuple[str, dict[str, int] | None]:
+async def _answer(run: StreamRun) -> tuple[str, dict[str, int] | None]:
     """The whole answer and its usage, once the run ends; a failure raises its `GatewayError`."""
     usage = UsageReport()
     parts: list[str] = []
-    async with aclosing(manager.events(run)) as batches:
+    async with aclosing(run.event_batches()) as batches:
         async for batch in batches:
             for event in batch:
                 if event.event == END:
@@ -320,11 +320,11 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _chunks(manager: StreamManager, run: StreamRun, encoder: ChunkEncoder, release: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _chunks(run: StreamRun, encoder: ChunkEncoder, release: Callable[[], None]) -> AsyncIterator[bytes]:
     """The completion's chunks; what piled up while the client was slow goes out as one write."""
     try:
         yield encoder.first()
-        async with aclosing(manager.events(run)) as batches:
+        async with aclosing(run.event_batches()) as batches:
             async for batch in batches:
                 out = b"".join([chunk for chunk in map(encoder.feed, batch) if chunk])
                 if out:
