@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, from scratch: Debian packages (curl, redis-server,
-# chromium, nginx, docker-compose), the Python environment (.venv), the openai npm SDK for the interop
-# tests, and real Flowise servers from npm (cached between runs).
+# chromium, nginx, docker-compose), the Python environment (.venv, with the test extra: the test
+# tools and mkdocs for the documentation site), the openai npm SDK for the interop tests, and real
+# Flowise servers from npm (cached between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

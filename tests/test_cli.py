@@ -71,13 +71,13 @@ def test_ask_whenFlowiseDown_thenErrorAndExitCode1():
     assert out.returncode == 1 and "upstream_unavailable" in out.stderr
 
 
-# --- the README's command-line section, as written --------------------------------------------------
+# --- the commands of the README and the docs, as written --------------------------------------------
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+CLI_PAGE = "docs/user-guide/library-and-cli.md"
 
 
-def readme_block(first_line_start: str) -> list[str]:
-    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", README, re.M | re.S)
+def docs_block(page: str, first_line_start: str) -> list[str]:
+    blocks = re.findall(r"^```[a-z]*\n(.*?)^```$", (ROOT / page).read_text(), re.M | re.S)
     return next(b for b in blocks if b.startswith(first_line_start)).splitlines()
 
 
@@ -111,10 +111,10 @@ def run(line: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
-def test_readmeCommandLine_asWritten_thenEachCommandWorksAndExitsCleanly(emulators):
-    lines = readme_block("flowise-sse serve --demo")
+def test_docsCommandLine_asWritten_thenEachCommandWorksAndExitsCleanly(emulators):
+    lines = docs_block(CLI_PAGE, "flowise-sse serve --demo")
     port, flowise = free_port(), emulators("1.6.2")
-    # The README's addresses, made this test's: the gateway's port, a Flowise 1.6.2 (socket.io).
+    # The page's addresses, made this test's: the gateway's port, a Flowise 1.6.2 (socket.io).
     lines = [line.replace("8080", str(port)).replace("http://localhost:3000", flowise.url) for line in lines]
     exe = str(pathlib.Path(sys.executable).parent / "flowise-sse")
     lines = [exe + line[len("flowise-sse"):] for line in lines]
@@ -139,8 +139,9 @@ def test_readmeCommandLine_asWritten_thenEachCommandWorksAndExitsCleanly(emulato
     assert "emulated Flowise 1.6.2" in log
 
 
-def test_readmeCurlExample_asWritten_thenItStreamsFromTheDemo():
-    block = "\n".join(readme_block("FLOW="))
+@pytest.mark.parametrize("page,first_line", [("README.md", "curl -N"), ("docs/user-guide/clients.md", "FLOW=")])
+def test_curlExample_asWritten_thenItStreamsFromTheDemo(page, first_line):
+    block = "\n".join(docs_block(page, first_line))
     port = free_port()
     demo = DemoServer([sys.executable, "-m", "flowise_sse", "serve", "--demo", "--port", str(port)], port)
     try:

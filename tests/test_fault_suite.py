@@ -1,6 +1,6 @@
 """The fault suite: a Flowise that misbehaves every way we know (tests/faulty_flowise.py).
 
-Every case ends in its documented error (README "Limits and failure behaviour"), the upstream
+Every case ends in its documented error (docs/operations/limits.md), the upstream
 request is closed, and the process's file descriptors, the gateway's tasks and its RSS come back
 to where they were. Each case's outcome and clean-up time is printed (`-s`) for the closing note.
 """

@@ -200,8 +200,8 @@ def test_textLogs_streamLinesHaveItsFieldsAndNoQuestionOrKey(emulators, tmp_path
     assert "my-private-question" not in text and "key-sekret-9" not in text
 
 
-# --- the README's tables stay true -----------------------------------------------------------------
-README = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+# --- the documentation's tables stay true ---------------------------------------------------------
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 SSE_ONLY = {"aborted", "stream_too_large"}  # only ever an `error` event, never an HTTP answer
 
 
@@ -209,21 +209,24 @@ def _subclasses(cls: type) -> list[type]:
     return [cls] + [sub for child in cls.__subclasses__() for sub in _subclasses(child)]
 
 
-def test_readmeErrorCodes_everyGatewayErrorListedWithItsStatusAndRetryable():
-    rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (yes|no) \|", README, re.M)}
+def test_docsErrorCodes_everyGatewayErrorListedWithItsStatusAndRetryable():
+    page = (DOCS / "errors.md").read_text()
+    rows = {m[0]: (m[1], m[2]) for m in re.findall(r"^\| `(\w+)` \| ([^|]+?) \| (yes|no) \|", page, re.M)}
     for error in _subclasses(GatewayError):
         if error.__module__ != "flowise_sse.errors":
             continue  # the CLI's own, never sent by the gateway
-        assert error.code in rows, f"{error.code} is missing from the README's error codes"
+        assert error.code in rows, f"{error.code} is missing from docs/errors.md"
         status, retryable = rows[error.code]
         assert status.startswith("—") if error.code in SSE_ONLY else status == str(error.status), error.code
         assert retryable == ("yes" if error.retryable else "no"), error.code
-    for code, status in (("invalid_request", "422"), ("not_found", "404"), ("method_not_allowed", "405")):
-        assert rows[code][0] == status  # the handlers' own (error_handlers.py)
+    for code, status in (("invalid_request", "422"), ("not_found", "404"), ("method_not_allowed", "405"),
+                         ("request_timeout", "408"), ("headers_too_large", "431")):
+        assert rows[code][0] == status  # the handlers' and the HTTP protocol's own
 
 
-def test_readmeMetrics_everyExportedMetricListed():
-    listed = set(re.findall(r"`(flowise_sse_\w+)`", README.split("## Metrics", 1)[1].split("## Logs", 1)[0]))
+def test_docsMetrics_everyExportedMetricListed():
+    page = (DOCS / "observability" / "metrics.md").read_text()
+    listed = set(re.findall(r"`(flowise_sse_\w+)`", page.split("## The metrics", 1)[1].split("\n## ", 1)[0]))
     exported = {family.name + ("_total" if family.type == "counter" else "")
                 for family in REGISTRY.collect() if family.name.startswith("flowise_sse_")}
     assert exported == listed

@@ -1,4 +1,4 @@
-"""The wire format and the reconnect rules chosen for real clients (README, "The wire format")."""
+"""The wire format and the reconnect rules chosen for real clients (docs/user-guide/wire-format.md)."""
 
 from __future__ import annotations
 

@@ -24,12 +24,17 @@ class Settings(BaseSettings):
 
     # --- Upstream Flowise -------------------------------------------------------------------
     flowise_url: str = Field("http://localhost:3000", validation_alias=_upstream("FLOWISE_URL"))
-    """Base URL of the Flowise server."""
+    """Base URL of the Flowise server (a path prefix is fine: socket.io is looked for under it)."""
     flowise_api_key: SecretStr | None = Field(None, validation_alias=_upstream("FLOWISE_API_KEY"))
-    """Bearer key: the chatflow key on 1.x/2.x, a workspace key on 3.x. Never leaves the server."""
+    """Bearer key sent to Flowise on predictions (a key-bound chatflow needs its key). On 2.x any
+    Flowise API key also opens the management routes (listing, version check, abort, stored
+    answer); on 3.x they need it (a workspace key with `chatflows:view`). Never leaves the
+    server."""
     flowise_username: str | None = Field(None, validation_alias=_upstream("FLOWISE_USERNAME"))
     flowise_password: SecretStr | None = Field(None, validation_alias=_upstream("FLOWISE_PASSWORD"))
-    """Flowise 1.x basic auth, used on its management routes (listing, version, abort)."""
+    """Flowise's basic auth, for its management routes (listing, version check, abort, the stored
+    answer of a stream that sent no token): 1.x needs it; 2.x takes it too (sent with
+    `x-request-from: internal`, without which 2.x ignores basic auth); 3.x has none."""
     flowise_transport: Literal["auto", "socketio", "sse"] = Field(
         "auto", validation_alias=_upstream("FLOWISE_TRANSPORT")
     )
@@ -37,7 +42,8 @@ class Settings(BaseSettings):
 
     # --- Timeouts (seconds) -----------------------------------------------------------------
     connect_timeout: float = 10.0
-    """Opening the upstream: TCP connect, socket.io handshake, response headers."""
+    """Opening the upstream: TCP connect, socket.io handshake, response headers; then 504
+    `upstream_timeout`."""
     first_event_timeout: float = 120.0
     """From the prediction request to the first upstream event (LLMs can think a while)."""
     idle_timeout: float = 120.0
@@ -56,7 +62,8 @@ class Settings(BaseSettings):
     get_rejoin_window: float = 30.0
     """After a GET stream's last event, how long the same GET (same question, history, chatId,
     key) replays that stream from the start instead of asking Flowise again, unless a reader
-    already received the whole stream. While the stream runs, the same GET always joins it."""
+    already received the whole stream. While the stream runs, the same GET always joins it. Per
+    replica and per worker: a reconnect that lands on another asks Flowise again."""
     retry_ms: int = 2000
     """The `retry:` hint sent to EventSource clients with the first event."""
     on_client_disconnect: Literal["continue", "abort"] = "continue"
@@ -67,10 +74,12 @@ class Settings(BaseSettings):
     max_stream_bytes: int = 8 * 1024 * 1024
     """Cap on one stream's stored events; a stream over it fails with `stream_too_large`."""
     max_total_bytes: int = 256 * 1024 * 1024
-    """Cap on all streams' stored events in memory; finished streams are evicted first (a stream's
-    final event always fits)."""
+    """Cap on all streams' stored events in memory, never exceeded: finished streams are evicted
+    first, oldest first, and each running stream keeps 1 KiB of it for its final event, which so
+    always fits."""
     max_streams: int = 10000
-    """Cap on streams held at once (running or retained); new ones get 503 beyond it."""
+    """Cap on streams held at once (running or retained); new ones get 503 `overloaded` beyond
+    it."""
     redis_url: str | None = None
     """With Redis, events are mirrored to Redis Streams so any replica can resume a stream."""
     redis_max_connections: int = 256
@@ -92,12 +101,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread."""
     max_header_bytes: int = 16 * 1024
-    """Largest request line and headers together; over it the connection gets 431 and is closed."""
+    """Largest request line and headers together; over it the connection gets 431
+    `headers_too_large` and is closed."""
     max_headers: int = 100
     """Most request header lines; over it, 431 and the connection is closed."""
     header_timeout: float = 10.0
-    """Seconds a connection may take to send a request's headers (from its first byte, or from
-    its opening); then it is closed (slow or half-open clients hold no socket longer)."""
+    """Seconds a connection may take to send a request's headers, counted from its opening (a
+    keep-alive connection's next request: from its first byte); then it is closed, with 408
+    `request_timeout` if it sent anything (slow or half-open clients hold no socket longer)."""
     body_timeout: float = 30.0
     """Seconds a request body may take to arrive in full; then 408 `request_timeout`."""
     linger_timeout: float = 10.0
@@ -128,7 +139,7 @@ class Settings(BaseSettings):
 
     # --- socket.io upstream ----------------------------------------------------------------
     socketio_pool_size: int = 4
-    """Pre-connected sockets kept ready, one leased per socket.io prediction."""
+    """Pre-connected sockets kept ready, one leased per socket.io prediction (Flowise <= 2.0.x)."""
     socketio_late_frames: float = 0.05
     """After the HTTP answer, how long to wait for socket frames still in flight."""
     chatflow_cache_ttl: float = 30.0
@@ -144,23 +155,26 @@ class Settings(BaseSettings):
 
     # --- Access -----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = []
-    """Gateway API keys (comma-separated). Empty: the gateway is open, and says so at start-up."""
+    """Gateway API keys (comma-separated), sent by clients as `Authorization: Bearer <key>`.
+    Empty: the gateway is open, and says so at start-up."""
     cors_origins: Annotated[list[str], NoDecode] = []
     """Origins allowed by CORS (comma-separated). Empty: no cross-origin access."""
     token_secret: SecretStr | None = None
-    """Signs the capability tokens of `eventsUrl`; random per process if unset (set it, the
-    same on every replica, when running several)."""
+    """Signs the capability tokens of `eventsUrl`. Unset: a random one, drawn per process (the
+    workers of one `serve --workers N` share one drawn at start); set it, the same on every
+    replica, when running several."""
     token_ttl: float | None = None
-    """Lifetime of an `eventsUrl` capability token. Unset: as long as its stream can be read
-    (`total_timeout + stream_retention`)."""
+    """Lifetime of an `eventsUrl` capability token, at least (its expiry is rounded up to the
+    second). Unset: as long as its stream can be read (`total_timeout + stream_retention`)."""
     allowed_hosts: Annotated[list[str], NoDecode] = ["localhost", "127.0.0.1", "::1"]
-    """Host names the gateway answers to (comma-separated; `*`: any). A request for another
-    `Host` gets 400 (DNS rebinding: a page of evil.example resolved to this gateway), except
-    /healthz and /readyz (probes use the pod's IP)."""
+    """Host names the gateway answers to, on any port (comma-separated; `*`: any, and then the
+    same-origin check trusts the client's `Host`). A request for another `Host` gets 400 (DNS
+    rebinding: a page of evil.example resolved to this gateway), except /healthz and /readyz
+    (probes use the pod's IP). Add your public host name when deploying."""
 
     metrics_token: SecretStr | None = None
-    """Bearer token for `GET /metrics` (what Prometheus sends). Unset: a gateway API key is
-    needed there, as on every other route (none when the gateway is open)."""
+    """Bearer token for `GET /metrics` (what Prometheus sends); it opens nothing else. Unset: a
+    gateway API key is needed there, as on every other route (none when the gateway is open)."""
 
     # --- Operations -------------------------------------------------------------------------
     workers: int = Field(1, ge=1)

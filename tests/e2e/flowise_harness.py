@@ -79,7 +79,7 @@ def e2e_home() -> Path:
 
 def ensure_installed(versions: list[str]) -> None:
     """Run the installer for these releases: a no-op within a second once installed; cold, the
-    five install side by side (see README.md for the measured times)."""
+    five install side by side (docs/development/testing.md has the measured times)."""
     subprocess.run(["bash", str(INSTALL_SCRIPT), *versions], check=True)
 
 

@@ -168,7 +168,7 @@ def test_history_reaches_the_llm(real_flowise: FlowiseDeployment, gateways: Gate
     ]
 
 
-# The credential kinds each line's management routes take (README, "Flowise credentials").
+# The credential kinds each line's management routes take (docs/flowise-versions.md, "Credentials").
 CREDENTIAL_KINDS = {"basic": [{"api_key": False}], "key": [{"basic_auth": False}],
                     "basic-or-key": [{"api_key": False}, {"basic_auth": False}]}
 

@@ -59,7 +59,7 @@ class Fatal extends Error {}
 
 // @microsoft/fetch-event-source, with its README's onopen/onclose/onerror pattern: retry when the
 // connection ends early, stop on a refused response. It takes an `id:` line as the last event id
-// as soon as it reads it, before the event is dispatched; the gateway's README gives the
+// as soon as it reads it, before the event is dispatched; docs/user-guide/clients.md gives the
 // workaround used here (unless job.plain): resend the id of the last event actually received.
 function viaFetchEventSource(job) {
   return withDeadline((out, finish, onCleanup) => {

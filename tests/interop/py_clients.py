@@ -2,7 +2,8 @@
 show, each with the reconnect loop a user writes: resume with the id of the last event it got.
 
 Line readers (aiohttp, requests.iter_lines, curl -N) have no SSE parser of their own: `LineParser`
-is the one the README gives for them (dispatch on the blank line, take the id at dispatch).
+is the one docs/user-guide/clients.md gives for them (dispatch on the blank line, take the id at
+dispatch).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def _requests_lines(decode_unicode: bool) -> Callable[[str, dict[str, str] | Non
                         return result
                     response.encoding = "utf-8"
                     # chunk_size=None: lines as their bytes arrive. The default (512) holds
-                    # back a live stream until 512 bytes have come (README, "Clients").
+                    # back a live stream until 512 bytes have come (docs/user-guide/clients.md).
                     for line in response.iter_lines(chunk_size=None, decode_unicode=decode_unicode):
                         if parser.line(line if decode_unicode else line.decode("utf-8")):
                             return result
@@ -144,7 +145,8 @@ def aiohttp_client(url: str, headers: dict[str, str] | None) -> Result:
     async def run() -> Result:
         result = Result()
         # aiohttp's line reading refuses lines longer than its buffer (2 x read_bufsize, 128 KiB by
-        # default: "Chunk too big"); a 200 KB token is one line. README: raise read_bufsize.
+        # default: "Chunk too big"); a 200 KB token is one line.
+        # docs/user-guide/clients.md: raise read_bufsize.
         async with aiohttp.ClientSession(read_bufsize=2**20, timeout=aiohttp.ClientTimeout(total=DEADLINE)) as session:
             for _ in range(ATTEMPTS):
                 parser = LineParser(result)

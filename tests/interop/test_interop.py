@@ -235,8 +235,9 @@ class Cell:
     headers: dict[str, str] | None
     proxy: CutProxy | None
     result: dict[str, Any] | None = None
-    # fetch-event-source as it comes, without the README's workaround, except where its own bug
-    # bites (the cut between the id line and the blank line; shown by the test at the end)
+    # fetch-event-source as it comes, without the workaround of docs/user-guide/clients.md, except
+    # where its own bug bites (the cut between the id line and the blank line; shown by the test
+    # at the end)
     plain: bool = True
 
 
@@ -437,7 +438,7 @@ def test_keepalives_whenSlowAnswer_thenOnTheWireAsCommentLinesOnly(stacks) -> No
 
 
 def test_fetchEventSource_withoutTheWorkaround_whenCutAfterTheIdLine_thenLosesThatEvent(stacks, node_modules) -> None:
-    """The client bug the README's workaround is for, shown as it is: fetch-event-source resumes
+    """The client bug the docs' workaround is for, shown as it is: fetch-event-source resumes
     after an event it never dispatched when the cut falls between its `id:` line and the blank line
     (one byte position per frame; no frame layout can close it)."""
     scenario = next(s for s in SCENARIOS if s.name == "cut-between-id-and-blank-line")
