@@ -44,10 +44,12 @@ async def test_keys_whenMissingOrWrong_then401JsonOnEveryRoute(gateway):
 async def test_keys_whenRight_thenWorksAndUpstreamSecretNeverShown(gateway, caplog):
     caplog.set_level(logging.DEBUG)
     async with httpx.AsyncClient(base_url=gateway.url, headers={"Authorization": f"Bearer {KEY}"}) as client:
-        flows = await client.get("/v1/chatflows", params={"full": "true"})
+        flows = await client.get("/v1/chatflows")
+        full = await client.get("/v1/chatflows", params={"full": "true"})  # flowData needs its own permission
         streamed = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "x"})
         second = await client.get("/v1/chatflows", headers={"Authorization": "Bearer second-key"})
     assert flows.status_code == 200 and streamed.status_code == 200 and second.status_code == 200
+    assert full.status_code == 403 and "flow_data" in full.json()["error"]["message"]
     for text in (flows.text, streamed.text, caplog.text):
         assert "upstream-secret-key" not in text
 

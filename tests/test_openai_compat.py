@@ -5,6 +5,7 @@ Flowise 1.6.2 (socket.io) and 3.1.4 (SSE)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from contextlib import AsyncExitStack
 from typing import Any
@@ -21,6 +22,7 @@ from .servers import ServerThread, aread_sse, joined
 
 DEMO_NAME = "Demo chat (emulated Flowise)"
 KEY = "gateway-key-1"
+PREFIX = hashlib.sha256(KEY.encode()).hexdigest()[:16]  # the key's chat space (api/tenants.py)
 
 
 @pytest.fixture(params=["1.6.2", "3.1.4"])
@@ -306,7 +308,9 @@ def test_messages_whenHistoryAndTextParts_thenPortableHistoryAndFreshChatId(keye
         ("userMessage", "My name\nis Ada"), ("apiMessage", "Hi Ada")]
     assert "overrideConfig" not in sent["body"]  # the system message is ignored by default, and said so
     assert raw.headers["x-flowise-ignored-params"] == "messages[role=system]"
-    assert sent["body"]["chatId"] == raw.headers["x-flowise-chat-id"] and len(sent["body"]["chatId"]) == 36
+    # A keyed caller's chats live in its own space: Flowise gets them under the key's prefix.
+    assert sent["body"]["chatId"] == f"{PREFIX}.{raw.headers['x-flowise-chat-id']}"
+    assert len(raw.headers["x-flowise-chat-id"]) == 36
 
 
 @pytest.mark.parametrize("source", ["X-Flowise-Chat-Id", "X-OpenWebUI-Chat-Id", "user"])
@@ -321,7 +325,7 @@ def test_chatId_whenClientNamesTheConversation_thenFlowiseGetsItAndHistoryOnlyIf
     messages = [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "reply"}, *user("now")]
     api.chat.completions.create(model=DEMO_CHATFLOW_ID, messages=messages, **extra)
     sent = flowise.app.requests[-1]["body"]
-    assert sent["chatId"] == "conv-42"
+    assert sent["chatId"] == f"{PREFIX}.conv-42"
     # 1.6.2 reads the request's history as its memory; >= 1.8 stores the chat's turns itself.
     assert len(sent.get("history", [])) == (2 if version == "1.6.2" else 0)
 

@@ -165,7 +165,9 @@ async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClo
     # An idle stream whose reader stopped reading: the only write is a keep-alive, and it blocks.
     from sse_starlette.sse import SendTimeoutError
 
+    from flowise_sse.api.access import OPEN
     from flowise_sse.api.event_stream import event_stream
+    from flowise_sse.streams.manager import Reading
     from flowise_sse.settings import Settings
 
     closed = asyncio.Event()
@@ -178,8 +180,8 @@ async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClo
             closed.set()
 
     class Manager:
-        async def follow(self, stream_id: str, after: int):
-            return frames()
+        async def follow(self, stream_id: str, after: int, owner: str | None, any_owner: bool = False):
+            return Reading(frames(), lambda: None)
 
     sent: list[dict] = []
 
@@ -192,7 +194,7 @@ async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClo
         await asyncio.Event().wait()
         return {}
 
-    response = await event_stream(Manager(), Settings(keepalive_interval=0.1, send_timeout=0.2), "s", 0)
+    response = await event_stream(Manager(), Settings(keepalive_interval=0.1, send_timeout=0.2), "s", 0, OPEN)
     started = time.monotonic()
     try:
         async with asyncio.timeout(5):

@@ -46,6 +46,14 @@ class TooManyStreams(GatewayError):
     retry_after = 1
 
 
+class TooManyReaders(GatewayError):
+    """A stream, or one key, has as many readers as it may (`max_readers_per_stream`,
+    `max_readers_per_key`)."""
+
+    code, status, retryable = "too_many_readers", 429, True
+    retry_after = 1
+
+
 class Forbidden(GatewayError):
     code, status = "forbidden", 403
 

@@ -6,6 +6,7 @@ the gateway's own knobs are prefixed `FLOWISE_SSE_`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -127,6 +128,14 @@ class Settings(BaseSettings):
     max_streams_per_key: int = 100
     """Predictions (streams and `/prediction`) running at once per gateway API key; beyond it
     429 `too_many_streams` with `Retry-After`. An open gateway has no keys: `max_streams` only."""
+    max_readers_per_stream: int = 100
+    """Readers (SSE connections) of one stream at once; beyond it 429 `too_many_readers`."""
+    max_readers_per_key: int = 200
+    """Readers at once per gateway key (and per `eventsUrl` token), of all its streams; beyond it
+    429 `too_many_readers`. An open gateway has no keys: the per-stream and total caps only."""
+    max_readers: int | None = None
+    """Readers at once in all, per process; beyond it 503 `overloaded`. Unset: half the process's
+    file descriptor limit (RLIMIT_NOFILE), so readers can never take every descriptor."""
     max_upstream_frame_bytes: int = 4 * 1024 * 1024
     """Largest single event frame read from Flowise's event stream; a bigger one ends the
     stream with `upstream_too_large` (the frame is never buffered past this)."""
@@ -155,8 +164,13 @@ class Settings(BaseSettings):
 
     # --- Access -----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = []
-    """Gateway API keys (comma-separated), sent by clients as `Authorization: Bearer <key>`.
-    Empty: the gateway is open, and says so at start-up."""
+    """Gateway API keys (comma-separated), sent by clients as `Authorization: Bearer <key>`;
+    each is a tenant of its own that may use every chatflow. With neither these nor `keys_file`
+    the gateway is open (one shared space), and says so at start-up."""
+    keys_file: Path | None = None
+    """A TOML file of `[[key]]` tables, each a tenant: `key` (or `key_sha256`), `label` (for logs
+    and metrics), `chatflows` (ids or names it may use; omitted: all), `flow_data` (may list
+    chatflows with `?full=true`). See the tenancy docs."""
     cors_origins: Annotated[list[str], NoDecode] = []
     """Origins allowed by CORS (comma-separated). Empty: no cross-origin access."""
     token_secret: SecretStr | None = None

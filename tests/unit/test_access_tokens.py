@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from types import SimpleNamespace
 from urllib.parse import urlencode
@@ -10,6 +11,7 @@ import pytest
 from starlette.requests import Request
 
 from flowise_sse.api import access as access_module
+from flowise_sse.api import tenants as tenants_module
 from flowise_sse.api.access import Access
 from flowise_sse.errors import Forbidden, NotAuthenticated
 from flowise_sse.settings import Settings
@@ -46,7 +48,7 @@ def request(headers: dict[str, str] | None = None, **query: str) -> Request:
 
 def allowed(access: Access, stream_id: str, token: str) -> bool:
     try:
-        access.require_key_or_token(request(token=token), stream_id)
+        access.caller_or_token(request(token=token), stream_id)
     except NotAuthenticated as exc:
         assert exc.status == 401 and exc.code == "not_authenticated"
         return False
@@ -76,28 +78,38 @@ def test_key_thenOnlyAnExactConfiguredKeyUnderBearerPasses(authorization, ok):
     access = make()
     headers = {} if authorization is None else {"Authorization": authorization}
     assert access.has_key(request(headers)) is ok
-    if not ok:
+    if ok:
+        assert access.caller(request(headers)).tenant.id == hashlib.sha256(authorization.split()[1].encode()).hexdigest()
+    else:
         with pytest.raises(NotAuthenticated):
-            access.require_key(request(headers))
+            access.caller(request(headers))
 
 
 def test_key_whenNoKeysConfigured_thenOpen():
     access = make(api_keys=[])
     assert access.open and access.has_key(request())
-    access.require_key(request())
+    assert access.caller(request()).tenant is None
 
 
 def test_key_comparedWithEveryConfiguredKey_notStoppingAtTheFirstMatch(monkeypatch):
     compared = []
-    real = access_module.hmac.compare_digest
+    real = tenants_module.hmac.compare_digest
 
     def spy(a, b):
         compared.append(a)
         return real(a, b)
 
-    monkeypatch.setattr(access_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(tenants_module.hmac, "compare_digest", spy)
     make().has_key(request({"Authorization": f"Bearer {KEYS[0]}"}))
-    assert compared == [key.encode() for key in KEYS]  # timing says nothing about which one matched
+    # timing says nothing about which one matched
+    assert compared == [hashlib.sha256(key.encode()).hexdigest() for key in KEYS]
+
+
+@pytest.mark.parametrize("raw", [b"Bearer \xff\xfe", b"Bearer caf\xc3\xa9", b"Bearer \x00", b"\xff"])
+def test_key_whenNotAscii_thenRefusedAs401NeverAnotherError(raw):
+    scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": [(b"authorization", raw)]}
+    with pytest.raises(NotAuthenticated):
+        make().caller(Request(scope))
 
 
 # --- capability tokens --------------------------------------------------------------------------
@@ -134,10 +146,18 @@ def test_token_validForItsWholeTtl_thenRefused(clock):
     lambda t: "\u00b2." + t.split(".")[1],  # isdigit() but not int()
     lambda t: "9" * 5000 + "." + t.split(".")[1],  # past int()'s digit limit
     lambda t: t.replace(".", ":"),
+    lambda t: t.split(".")[0] + ".\u00e9" + t.split(".")[1][1:],  # not ASCII: compared as bytes, a 401
 ])
 def test_token_whenTampered_thenRefusedNeverAnotherError(clock, tamper):
     access = make()
     assert not allowed(access, STREAM, tamper(access.token_for(STREAM)))
+
+
+@pytest.mark.parametrize("query", [b"token=1800000099.%FF%FE", b"token=1800000099.%C3%A9", b"token=%00.%00"])
+def test_token_whenItsBytesAreNotAscii_then401NeverA500(clock, query):
+    scope = {"type": "http", "method": "GET", "path": "/", "query_string": query, "headers": []}
+    with pytest.raises(NotAuthenticated):
+        make().caller_or_token(Request(scope), STREAM)
 
 
 def test_token_fromAReplicaWithTheSameSecret_thenAccepted_otherwiseRefused(clock):
@@ -149,7 +169,8 @@ def test_token_fromAReplicaWithTheSameSecret_thenAccepted_otherwiseRefused(clock
 
 
 def test_keyOrToken_whenTheKeyIsGiven_thenNoTokenNeeded():
-    make().require_key_or_token(request({"Authorization": f"Bearer {KEYS[1]}"}), STREAM)
+    who = make().caller_or_token(request({"Authorization": f"Bearer {KEYS[1]}"}), STREAM)
+    assert who.tenant is not None and not who.by_token
 
 
 # --- Origin -------------------------------------------------------------------------------------

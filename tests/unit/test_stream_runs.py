@@ -67,10 +67,10 @@ async def started(manager: StreamManager, upstream: ScriptedUpstream, chat_id: s
     return await pending, script
 
 
-async def read_all(manager: StreamManager, stream_id: str, after: int = 0) -> list[tuple[str, object]]:
-    frames = await manager.follow(stream_id, after)
-    assert frames is not None
-    async with aclosing(frames) as chunks:
+async def read_all(manager: StreamManager, stream_id: str, after: int = 0, owner: str | None = None) -> list:
+    reading = await manager.follow(stream_id, after, owner)
+    assert reading is not None
+    async with aclosing(reading.frames) as chunks:
         return frame_events([chunk async for chunk in chunks])
 
 
@@ -86,7 +86,7 @@ def held(manager: StreamManager) -> tuple[int, bool, int]:
 # --- Who ends a stream ---------------------------------------------------------------------------
 async def test_flowiseFinishes_thenReadersGetEnd_andWhatWasLentIsGivenBack(manager, upstream):
     run, script = await started(manager, upstream, owner="k")
-    reader = asyncio.ensure_future(read_all(manager, run.id))
+    reader = asyncio.ensure_future(read_all(manager, run.id, owner="k"))
     script.token("Hel").token("lo").end("Hello")
     assert names(await reader) == ["start", "token", "token", "end"]
     assert "chat-1" not in manager.chats  # at the terminal event, before the transport is done
@@ -143,8 +143,8 @@ async def test_delete_thenReadersGetAborted_andTheUpstreamIsClosed(manager, upst
 async def test_lastReaderLeaves_thenTheRunGoesOn_orIsAborted_perOnClientDisconnect(manager_for, upstream, policy):
     manager = manager_for(on_client_disconnect=policy)
     run, script = await started(manager, upstream)
-    frames = await manager.follow(run.id, 0)
-    async with aclosing(frames) as chunks:
+    reading = await manager.follow(run.id, 0)
+    async with aclosing(reading.frames) as chunks:
         await anext(chunks)
         assert run.readers == 1
     assert run.readers == 0
@@ -218,8 +218,8 @@ async def test_rejoin_afterTheEnd_joinsUntilDelivered_orUntilTheWindowPassed(man
 
 async def test_clientLeavesAfterStart_thenTheStreamGoesOn_andResumesWithNoGapNorDuplicate(manager, upstream):
     run, script = await started(manager, upstream)
-    frames = await manager.follow(run.id, 0)
-    async with aclosing(frames) as chunks:
+    reading = await manager.follow(run.id, 0)
+    async with aclosing(reading.frames) as chunks:
         first = frame_events(await anext(chunks))
     script.token("a").token("b").end("ab").finish()
     await run.task
@@ -331,7 +331,7 @@ async def test_abortWhenUnread_thenTheLastHolderLeavingAbortsIt_unlessAnotherRea
     run, script = await started(manager, upstream, abort_when_unread=True)
     release = manager.hold(run)
     other = await manager.follow(run.id, 0)
-    async with aclosing(other) as chunks:
+    async with aclosing(other.frames) as chunks:
         await anext(chunks)
         release()
         await settle()

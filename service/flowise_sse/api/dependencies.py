@@ -16,7 +16,7 @@ from ..streams import StreamManager
 from ..streams.sse_encoder import parse_event_id, parse_seq
 from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
-from .access import Access
+from .access import Access, Caller
 from .schemas import LAST_EVENT_ID_PATTERN, SEQ_OR_LAST_EVENT_ID_PATTERN
 
 
@@ -48,17 +48,14 @@ Flowise = Annotated[FlowiseClient, Depends(_flowise)]
 UpstreamDep = Annotated[Upstream, Depends(_upstream)]
 
 
-async def _client_key(request: Request, access: AccessDep) -> str | None:
-    return access.client_key(request)
-
-
-ClientKey = Annotated[str | None, Depends(_client_key)]
-
-
-async def require_key(request: Request, access: AccessDep) -> None:
-    """The gateway's API key (when keys are set), from an allowed origin."""
+async def caller(request: Request, access: AccessDep) -> Caller:
+    """Who asks: the tenant of its gateway key (401 without one when keys are set), from an
+    allowed origin. A router that lists it among its dependencies has it computed once."""
     access.check_origin(request)
-    access.require_key(request)
+    return access.caller(request)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
 
 
 _LAST_EVENT_ID = re.compile(SEQ_OR_LAST_EVENT_ID_PATTERN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Callable
 
 from fastapi import Response
 from sse_starlette import EventSourceResponse
@@ -11,6 +12,7 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from ..settings import Settings
+from .access import Caller
 from ..streams import StreamManager
 from ..streams.sse_encoder import KEEPALIVE
 from ..watchdog import Watchdog
@@ -20,6 +22,10 @@ logger = logging.getLogger("flowise_sse")
 
 
 class _EventStream(EventSourceResponse):
+    def __init__(self, content: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._watchdogs: dict[asyncio.Task, Watchdog] = {}
         try:
@@ -38,6 +44,7 @@ class _EventStream(EventSourceResponse):
             transport.abort()
             await asyncio.sleep(0)  # connection_lost runs: the server sees a disconnect, not a bug
         finally:
+            self._release()  # the reader's place, even if its frames never started
             for watchdog in self._watchdogs.values():
                 watchdog.close()
 
@@ -62,16 +69,18 @@ class _EventStream(EventSourceResponse):
 
 
 async def event_stream(
-    manager: StreamManager, settings: Settings, stream_id: str, after: int
+    manager: StreamManager, settings: Settings, stream_id: str, after: int, who: Caller
 ) -> Response:
-    """The frames of `stream_id` after seq `after`, live to its end. An unknown stream raises
-    (a 404) here, before the response starts; a reader already past the terminal event gets
-    204, the one answer that makes an `EventSource` stop reconnecting."""
-    frames = await manager.follow(stream_id, after)
-    if frames is None:
+    """The frames of `stream_id` after seq `after`, live to its end, for `who`. An unknown stream
+    (or another key's) raises (a 404) here, before the response starts, as does a reader past
+    its caps; a reader already past the terminal event gets 204, the one answer that makes an
+    `EventSource` stop reconnecting."""
+    reading = await manager.follow(stream_id, after, who.tenant_id, any_owner=who.by_token)
+    if reading is None:
         return Response(status_code=204)
     return _EventStream(
-        frames,
+        reading.frames,
+        reading.release,
         headers={"Cache-Control": "no-cache"},
         ping=settings.keepalive_interval,
         ping_message_factory=lambda: KEEPALIVE,  # type: ignore[arg-type,return-value]  # bytes go out as they are

@@ -28,10 +28,12 @@ MEMORY_FULL = StreamTooLarge(
 
 
 class StreamLog:
-    __slots__ = ("stream_id", "frames", "size", "finished_at", "evicted", "_store", "_wake", "_waiting", "_retry_ms")
+    __slots__ = ("stream_id", "owner", "frames", "size", "finished_at", "evicted", "_store", "_wake", "_waiting",
+                 "_retry_ms")
 
-    def __init__(self, stream_id: str, store: MemoryStore, retry_ms: int) -> None:
+    def __init__(self, stream_id: str, store: MemoryStore, retry_ms: int, owner: str | None = None) -> None:
         self.stream_id = stream_id
+        self.owner = owner  # the tenant whose stream it is (None: an open gateway's)
         self.frames: list[bytes] = []
         self.size = 0
         self.finished_at: float | None = None

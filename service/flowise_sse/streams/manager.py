@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from contextlib import ExitStack, aclosing, asynccontextmanager
 from typing import AsyncIterator, Callable
 
@@ -24,10 +25,21 @@ from .admission import ChatClaims, OwnerSlots
 from .event_log import StreamLog
 from .memory_store import MemoryStore
 from .redis_mirror import RedisMirror
+from .readers import ReaderLimits
 from .rejoin import RejoinRegistry
 from .run import EventSource, StreamRun
 
 logger = logging.getLogger("flowise_sse")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A reader admitted to a stream: its frames, and the release of its place among the
+    stream's readers. The frames' own end releases it; whoever serves them must release it too
+    when the response ends (a generator that never started never runs its `finally`)."""
+
+    frames: AsyncIterator[bytes]
+    release: Callable[[], None]
 
 
 class StreamManager:
@@ -41,6 +53,7 @@ class StreamManager:
         self.chats = ChatClaims(self.mirror)
         self.slots = OwnerSlots(settings.max_streams_per_key)
         self.rejoins = RejoinRegistry(settings.get_rejoin_window)
+        self.readers = ReaderLimits(settings)
         self.draining = False
         self._drain_started = 0.0
         self._sweeper: asyncio.Task[None] | None = None
@@ -124,7 +137,7 @@ class StreamManager:
                 release_chat = await self.chats.claim(prediction.chat_id, stream_id)
                 lent.callback(release_chat)
                 lent.callback(self.slots.take(owner))
-                log = self.store.create(stream_id)
+                log = self.store.create(stream_id, owner)
                 lent.callback(self.runs.pop, stream_id, None)
                 return StreamRun(
                     stream_id, chatflow_id, prediction, log, owner=owner, mirror=self.mirror,
@@ -147,15 +160,17 @@ class StreamManager:
             yield
 
     # --- stopping -------------------------------------------------------------------------
-    async def stop(self, stream_id: str) -> bool:
-        """`DELETE`: stop the stream wherever it runs. False when it is unknown or expired."""
+    async def stop(self, stream_id: str, owner: str | None = None) -> bool:
+        """`DELETE`: stop `owner`'s stream wherever it runs. False when it is unknown, expired,
+        or another tenant's (to whom it does not exist)."""
         run = self.runs.get(stream_id)
-        if run:
+        if run and run.owner == owner:
             run.abort("stopped by DELETE")
             await asyncio.gather(run.task, return_exceptions=True)  # type: ignore[arg-type]
             return True
-        if self.store.get(stream_id) is not None:
-            return True  # already over
+        log = self.store.get(stream_id)
+        if log is not None:
+            return log.owner == owner  # already over
         if self.mirror and await self.mirror.exists(stream_id):
             await self.mirror.publish_abort(stream_id)
             return True
@@ -174,29 +189,40 @@ class StreamManager:
             run.abort(why, StoreUnavailable(f"the stream was stopped: {why}"))
 
     # --- readers --------------------------------------------------------------------------
-    async def follow(self, stream_id: str, after: int) -> AsyncIterator[bytes] | None:
-        """The stream's frames after seq `after`, live until its end: from memory on the replica
-        running it, from Redis on the others. Checked before any byte is sent, so an unknown
-        stream is a 404 rather than an empty event stream, and a reader already past the
-        terminal event gets None (nothing will ever follow)."""
+    async def follow(
+        self, stream_id: str, after: int, owner: str | None = None, *, any_owner: bool = False
+    ) -> Reading | None:
+        """`owner`'s stream's frames after seq `after`, live until its end: from memory on the
+        replica running it, from Redis on the others (`any_owner`: a reader with the stream's
+        own eventsUrl token). Checked before any byte is sent: an unknown stream, or another
+        tenant's, is a 404 rather than an empty event stream; a reader past the cap is refused;
+        a reader already past the terminal event gets None (nothing will ever follow)."""
         after = max(0, after)
+        # Counted per key, or per token (a token reads one stream): never the stream's owner's.
+        reader = f"token:{stream_id}" if any_owner else owner
         log = self.store.get(stream_id)
         if log is not None:
+            if not any_owner and log.owner != owner:
+                raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
             if log.finished and after >= len(log.frames):
                 return None
+            release = self.readers.admit(stream_id, reader)
             if after:
                 logger.info("stream resumed", extra=fields(stream_id=stream_id, after=after, source="memory"))
-            return self._follow_memory(log, self.runs.get(stream_id), after)
+            return Reading(self._follow_memory(log, self.runs.get(stream_id), after, release), release)
         if self.mirror and await self.mirror.exists(stream_id):
             if await self.mirror.ended_by(stream_id, after):
                 return None
+            release = self.readers.admit(stream_id, reader)
             # Another replica's stream: worth a line, so one stream can be followed across replicas.
             logger.info("stream resumed" if after else "stream read", extra=fields(
                 stream_id=stream_id, after=after, source="redis"))
-            return self._follow_redis(self.mirror, stream_id, after)
+            return Reading(self._follow_redis(self.mirror, stream_id, after, release), release)
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
 
-    async def _follow_memory(self, log: StreamLog, run: StreamRun | None, after: int) -> AsyncIterator[bytes]:
+    async def _follow_memory(
+        self, log: StreamLog, run: StreamRun | None, after: int, release_place: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         release = run.hold(self.settings.on_client_disconnect == "abort") if run else None
         metrics.reader_joined("memory", after > 0)
         sent = 0
@@ -209,10 +235,13 @@ class StreamManager:
                 self.rejoins.delivered(log.stream_id)
         finally:
             metrics.reader_left("memory", sent)
+            release_place()
             if release:
                 release()
 
-    async def _follow_redis(self, mirror: RedisMirror, stream_id: str, after: int) -> AsyncIterator[bytes]:
+    async def _follow_redis(
+        self, mirror: RedisMirror, stream_id: str, after: int, release_place: Callable[[], None]
+    ) -> AsyncIterator[bytes]:
         metrics.reader_joined("redis", after > 0)
         sent = 0
         try:
@@ -222,6 +251,7 @@ class StreamManager:
                     yield chunk
         finally:
             metrics.reader_left("redis", sent)
+            release_place()
 
     def hold(self, run: StreamRun) -> Callable[[], None]:
         """A reader of `run` on this replica that is not a `follow` (the OpenAI routes)."""

@@ -42,7 +42,7 @@ class MemoryStore:
     def used(self) -> int:
         return self.total_bytes + self.reserved
 
-    def create(self, stream_id: str) -> StreamLog:
+    def create(self, stream_id: str, owner: str | None = None) -> StreamLog:
         settings = self.settings
         if len(self.logs) >= settings.max_streams and not self._evict(0, need_slot=True):
             raise Overloaded(f"the gateway holds its maximum of {settings.max_streams} streams")
@@ -52,7 +52,7 @@ class MemoryStore:
                 f"the gateway's event memory is full ({settings.max_total_bytes} bytes, "
                 "FLOWISE_SSE_MAX_TOTAL_BYTES) with running streams"
             )
-        events = StreamLog(stream_id, self, settings.retry_ms)
+        events = StreamLog(stream_id, self, settings.retry_ms, owner)
         self.logs[stream_id] = events
         self.reserved += TERMINAL_RESERVE
         return events

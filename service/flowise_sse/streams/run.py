@@ -136,6 +136,7 @@ class StreamRun:
                             self._first_token_at = time.monotonic()
                         self._append(event, terminal=False)
                         continue
+                    event.data = self.prediction.client_view(event.data)
                     if name == START:
                         event.data = {"streamId": self.id, **event.data}
                     elif name == ERROR:

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
+
+import orjson
 
 from ..errors import BadRequest
 
@@ -44,6 +46,10 @@ class Prediction:
     history: list[dict[str, str]] = field(default_factory=list)
     chat_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     override_config: dict[str, Any] | None = None
+    # The caller's own names for this chat and memory session, when Flowise gets others (a keyed
+    # caller's chats are namespaced: api/tenants.py); None: the same as Flowise's.
+    client_chat_id: str | None = None
+    client_session_id: str | None = None
 
     @classmethod
     def build(
@@ -65,6 +71,51 @@ class Prediction:
             chat_id=chat_id or str(uuid.uuid4()),
             override_config=dict(override_config) if override_config is not None else None,
         )
+
+    @property
+    def visible_chat_id(self) -> str:
+        """The chat id the caller named (or was given)."""
+        return self.client_chat_id if self.client_chat_id is not None else self.chat_id
+
+    def namespaced(self, scope: Callable[[str], str]) -> Prediction:
+        """This prediction with its chat id and memory session (`overrideConfig.sessionId`) in a
+        tenant's space: `scope` maps a caller's name to Flowise's."""
+        override = self.override_config
+        session = override.get("sessionId") if override else None
+        if isinstance(session, str):
+            override = {**override, "sessionId": scope(session)}  # type: ignore[dict-item]
+        return replace(self, chat_id=scope(self.chat_id), override_config=override,
+                       client_chat_id=self.chat_id, client_session_id=session if isinstance(session, str) else None)
+
+    def client_view(self, data: Any) -> Any:
+        """An event's data with Flowise's chat and session ids back in the caller's names."""
+        if self.client_chat_id is None or not isinstance(data, dict):
+            return data
+        chat, session = data.get("chatId"), data.get("sessionId")
+        if chat is None and session is None:
+            return data
+        data = dict(data)
+        if chat == self.chat_id:
+            data["chatId"] = self.client_chat_id
+        if session is not None:
+            if session == self.chat_id:
+                data["sessionId"] = self.client_chat_id
+            elif self.client_session_id is not None and session == (self.override_config or {}).get("sessionId"):
+                data["sessionId"] = self.client_session_id
+        return data
+
+    def client_answer(self, answer: bytes) -> bytes:
+        """Flowise's JSON answer (bytes, passed on as they are) with its chat and session ids
+        back in the caller's names: the ids are quoted JSON strings of their own."""
+        if self.client_chat_id is None:
+            return answer
+        pairs = [(self.chat_id, self.client_chat_id)]
+        upstream_session = (self.override_config or {}).get("sessionId")
+        if self.client_session_id is not None and isinstance(upstream_session, str):
+            pairs.append((upstream_session, self.client_session_id))
+        for upstream, client in pairs:
+            answer = answer.replace(orjson.dumps(upstream), orjson.dumps(client))
+        return answer
 
     def body(self, **extra: Any) -> dict[str, Any]:
         body: dict[str, Any] = {"question": self.question, "chatId": self.chat_id}

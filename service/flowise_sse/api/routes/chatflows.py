@@ -13,15 +13,16 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 
-from ...errors import BadRequest, ClientLeft, UpstreamError
+from ...errors import BadRequest, ClientLeft, Forbidden, UpstreamError
+from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..dependencies import (
-    ClientKey,
+    CallerDep,
     Flowise,
     LastEventId,
     Manager,
     SettingsDep,
     UpstreamDep,
-    require_key,
+    caller,
     resume_position,
 )
 from ..event_stream import event_stream
@@ -35,15 +36,17 @@ from ..schemas import (
     StreamRequest,
 )
 
-router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(require_key)])
+router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(caller)])
 
 LISTED_FIELDS = ("id", "name", "deployed", "isPublic", "category", "type", "updatedDate")
 
 
 @router.get("", response_model=list[ChatflowSummary], tags=["chatflows"], response_model_exclude_unset=True)
-async def list_chatflows(flowise: Flowise, full: bool = False) -> list[dict[str, Any]]:
-    """Flowise's chatflows; `flowData` only with `?full=true`."""
-    flows = await flowise.list_chatflows()
+async def list_chatflows(flowise: Flowise, who: CallerDep, full: bool = False) -> list[dict[str, Any]]:
+    """The chatflows this key may use; `flowData` only with `?full=true`, for a key allowed it."""
+    if full and who.tenant is not None and not who.tenant.flow_data:
+        raise Forbidden("this key may not read chatflows' flowData (flow_data in FLOWISE_SSE_KEYS_FILE)")
+    flows = visible_chatflows(who, await flowise.list_chatflows())
     fields = LISTED_FIELDS + (("flowData",) if full else ())
     listed = [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
     try:  # checked here: a listing that is not what it claims is Flowise's fault (502), not a 500
@@ -53,18 +56,19 @@ async def list_chatflows(flowise: Flowise, full: bool = False) -> list[dict[str,
 
 
 @router.get("/{chatflow_id}/streaming", response_model=StreamingCheck, tags=["chatflows"])
-async def streaming_check(chatflow_id: UUID, flowise: Flowise) -> dict[str, bool]:
+async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -> dict[str, bool]:
     """Whether Flowise can stream this chatflow (otherwise the stream carries one token)."""
+    await allowed_chatflow(who, flowise, str(chatflow_id))
     return {"isStreaming": await flowise.is_streaming(str(chatflow_id))}
 
 
 @router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream_post(
     chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
-    owner: ClientKey,
+    who: CallerDep, flowise: Flowise,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
-    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner)
+    return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who)
 
 
 @router.get("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
@@ -74,7 +78,8 @@ async def stream_get(
     manager: Manager,
     settings: SettingsDep,
     last_event_id: LastEventId,
-    owner: ClientKey,
+    who: CallerDep,
+    flowise: Flowise,
     question: Annotated[str, Query(min_length=1)],
     history: Annotated[str, Query(
         description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
@@ -91,8 +96,8 @@ async def stream_get(
         body = StreamRequest(question=question, history=_history_param(history), chatId=chatId)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    key = _request_key(request, chatflow_id, question, history, chatId, requestId)
-    return await _ask_or_resume(manager, settings, chatflow_id, body, last_event_id, owner, key)
+    key = _request_key(who, chatflow_id, question, history, chatId, requestId)
+    return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who, key)
 
 
 @router.post(
@@ -105,12 +110,13 @@ async def stream_get(
 )
 async def prediction(
     request: Request, chatflow_id: UUID, body: StreamRequest, flowise: Flowise, manager: Manager,
-    upstream: UpstreamDep, settings: SettingsDep, owner: ClientKey,
+    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep,
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
-    pred = body.prediction()
+    pred = body.prediction().namespaced(who.upstream_chat_id) if who.tenant else body.prediction()
+    await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
-    async with manager.prediction_slot(pred.chat_id, owner):
+    async with manager.prediction_slot(pred.chat_id, who.tenant_id):
         answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
         try:
@@ -124,7 +130,7 @@ async def prediction(
         if answer.cancelled():
             raise ClientLeft("the client left before the answer came; the upstream request was cancelled")
         content = answer.result()
-    return Response(content, media_type="application/json")
+    return Response(pred.client_answer(content), media_type="application/json")
 
 
 async def _client_left(request: Request) -> None:
@@ -134,25 +140,28 @@ async def _client_left(request: Request) -> None:
 
 
 async def _ask_or_resume(
-    manager: Manager, settings: SettingsDep, chatflow_id: UUID, body: StreamRequest, last_event_id: str | None,
-    owner: str | None, request_key: str | None = None,
+    manager: Manager, settings: SettingsDep, flowise: Flowise, chatflow_id: UUID, body: StreamRequest,
+    last_event_id: str | None, who: Caller, request_key: str | None = None,
 ) -> Response:
     resume = resume_position(last_event_id)
     if resume:
-        return await event_stream(manager, settings, *resume)
-    run = await manager.start(str(chatflow_id), body.prediction(), owner, request_key=request_key)
-    return await event_stream(manager, settings, run.id, 0)
+        return await event_stream(manager, settings, *resume, who)
+    await allowed_chatflow(who, flowise, str(chatflow_id))
+    prediction = body.prediction()
+    if who.tenant is not None:
+        prediction = prediction.namespaced(who.upstream_chat_id)
+    run = await manager.start(str(chatflow_id), prediction, who.tenant_id, request_key=request_key)
+    return await event_stream(manager, settings, run.id, 0, who)
 
 
 def _request_key(
-    request: Request, chatflow_id: UUID, question: str, history: str | None, chat_id: str | None,
+    who: Caller, chatflow_id: UUID, question: str, history: str | None, chat_id: str | None,
     request_id: str | None,
 ) -> str:
     """What makes two GETs the same ask: the chatflow, the question, the history, the chatId, the
-    optional requestId, and who asks (the gateway key, when keys are used). A digest, so that
-    no question is kept in the clear."""
-    who = request.headers.get("authorization", "")
-    parts = (str(chatflow_id), question, history or "", chat_id or "", request_id or "", who)
+    optional requestId, and who asks (the tenant, when keys are used). A digest, so that no
+    question is kept in the clear."""
+    parts = (str(chatflow_id), question, history or "", chat_id or "", request_id or "", who.tenant_id or "")
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
-from ..dependencies import AccessDep, ClientKey, Manager, SeqOrLastEventId, SettingsDep, require_key, resume_position
+from ..access import allowed_chatflow
+from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
 
@@ -28,15 +29,19 @@ _CREATED_LINKS = {
 }
 
 
-@router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(require_key)],
+@router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],
              responses=_CREATED_LINKS)
 async def create_stream(
-    request: Request, body: CreateStream, manager: Manager, access: AccessDep, owner: ClientKey
+    request: Request, body: CreateStream, manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
-    run = await manager.start(str(body.chatflowId), body.prediction(), owner)
+    await allowed_chatflow(who, flowise, str(body.chatflowId))
+    prediction = body.prediction()
+    if who.tenant is not None:
+        prediction = prediction.namespaced(who.upstream_chat_id)
+    run = await manager.start(str(body.chatflowId), prediction, who.tenant_id)
     url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=access.token_for(run.id))
-    return {"streamId": run.id, "chatId": run.prediction.chat_id, "eventsUrl": str(url)}
+    return {"streamId": run.id, "chatId": prediction.visible_chat_id, "eventsUrl": str(url)}
 
 
 @router.get("/{stream_id}/events", response_class=EventSourceResponse, responses=SSE_RESPONSE)
@@ -51,14 +56,14 @@ async def stream_events(
 ) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)
-    access.require_key_or_token(request, stream_id)
+    who = access.caller_or_token(request, stream_id)
     resume = resume_position(last_event_id, stream_id)
-    return await event_stream(manager, settings, stream_id, resume[1] if resume else 0)
+    return await event_stream(manager, settings, stream_id, resume[1] if resume else 0, who)
 
 
-@router.delete("/{stream_id}", status_code=204, dependencies=[Depends(require_key)])
-async def delete_stream(stream_id: StreamId, manager: Manager) -> Response:
+@router.delete("/{stream_id}", status_code=204)
+async def delete_stream(stream_id: StreamId, manager: Manager, who: CallerDep) -> Response:
     """Stop a stream: the upstream is closed, Flowise's abort called; readers get `error` `aborted`."""
-    if not await manager.stop(stream_id):
+    if not await manager.stop(stream_id, who.tenant_id):
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
     return Response(status_code=204)

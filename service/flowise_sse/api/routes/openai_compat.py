@@ -31,7 +31,8 @@ from ...streams import StreamRun
 from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
-from ..dependencies import ClientKey, Flowise, Manager, SettingsDep, require_key
+from ..access import Caller, allowed_chatflow, visible_chatflows
+from ..dependencies import CallerDep, Flowise, Manager, SettingsDep, caller
 from ..event_stream import KEEPALIVE
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
@@ -83,7 +84,7 @@ def _error_response(status: int, body: dict[str, Any], retryable: bool) -> JSONR
 
 
 router = APIRouter(
-    prefix="/v1", tags=["openai"], route_class=OpenAIRoute, dependencies=[Depends(require_key)],
+    prefix="/v1", tags=["openai"], route_class=OpenAIRoute, dependencies=[Depends(caller)],
     responses=OPENAI_ERROR_RESPONSES,
 )
 
@@ -102,16 +103,17 @@ class ModelNotFound(ChatflowNotFound):
 
 # --- models -------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList)
-async def list_models(flowise: Flowise) -> dict[str, Any]:
-    """The chatflows as models: `id` is the chatflow id, `name` its name (either addresses it)."""
-    flows = await flowise.list_chatflows()
+async def list_models(flowise: Flowise, who: CallerDep) -> dict[str, Any]:
+    """The chatflows this key may use, as models: `id` is the chatflow id, `name` its name
+    (either addresses it)."""
+    flows = visible_chatflows(who, await flowise.list_chatflows())
     return {"object": "list", "data": [_model(flow) for flow in flows if flow.get("id")]}
 
 
 @router.get("/models/{model}", response_model=Model)
-async def get_model(model: str, flowise: Flowise) -> dict[str, Any]:
+async def get_model(model: str, flowise: Flowise, who: CallerDep) -> dict[str, Any]:
     """One chatflow as a model, by id or unique name."""
-    chatflow_id = await resolve_model(flowise, model)
+    chatflow_id = await resolve_model(flowise, model, who)
     flows = await flowise.list_chatflows(cached=True)
     found = next((flow for flow in flows if flow.get("id") == chatflow_id), None)
     if found is None:
@@ -133,15 +135,23 @@ def _epoch(value: Any) -> int:
         return 0
 
 
-async def resolve_model(flowise: FlowiseClient, model: str) -> str:
-    """A chatflow id as given, or the id of the one chatflow with that name. A name missing from
-    the cached listing is looked up once more, fresh (a chatflow created a moment ago)."""
+async def resolve_model(flowise: FlowiseClient, model: str, who: Caller) -> str:
+    """A chatflow id as given, or the id of the one chatflow with that name, among those the
+    caller's key may use. A name missing from the cached listing is looked up once more, fresh
+    (a chatflow created a moment ago)."""
     try:
-        return str(uuid.UUID(model))
+        chatflow_id = str(uuid.UUID(model))
     except ValueError:
         pass
+    else:
+        try:
+            await allowed_chatflow(who, flowise, chatflow_id)
+        except ChatflowNotFound:
+            raise ModelNotFound(f"The model {model!r} does not exist: no chatflow has that id or name") from None
+        return chatflow_id
     for cached in (True, False):
-        matches = [flow for flow in await flowise.list_chatflows(cached=cached) if flow.get("name") == model]
+        flows = visible_chatflows(who, await flowise.list_chatflows(cached=cached))
+        matches = [flow for flow in flows if flow.get("name") == model]
         if len(matches) > 1:
             raise ParamError(f"{len(matches)} chatflows are named {model!r}: use the chatflow id as the model", "model")
         if matches:
@@ -167,7 +177,7 @@ async def chat_completions(
     manager: Manager,
     flowise: Flowise,
     settings: SettingsDep,
-    owner: ClientKey,
+    who: CallerDep,
     x_flowise_chat_id: Annotated[str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
 ) -> Response:
@@ -175,7 +185,7 @@ async def chat_completions(
     messages, system prompts, sampling parameters and the chat id map onto Flowise."""
     if body.n != 1:
         raise ParamError("n must be 1: a chatflow gives one answer", "n")
-    chatflow_id = await resolve_model(flowise, body.model)
+    chatflow_id = await resolve_model(flowise, body.model, who)
     chat_id = _chat_id(x_flowise_chat_id, x_openwebui_chat_id, body.user)
     question, history, system = _conversation(body.messages)
     override, ignored = _overrides(body, system, settings.openai_pass_params)
@@ -187,10 +197,12 @@ async def chat_completions(
     if problem:
         raise BadRequest(problem)
     prediction = Prediction.build(question, history, chat_id, override)
-    run = await manager.start(chatflow_id, prediction, owner, abort_when_unread=True)
+    if who.tenant is not None:
+        prediction = prediction.namespaced(who.upstream_chat_id)
+    run = await manager.start(chatflow_id, prediction, who.tenant_id, abort_when_unread=True)
     release = manager.hold(run)
     completion_id, created = f"chatcmpl-{run.id}", int(time.time())
-    headers = {"X-Flowise-Stream-Id": run.id, "X-Flowise-Chat-Id": prediction.chat_id}
+    headers = {"X-Flowise-Stream-Id": run.id, "X-Flowise-Chat-Id": prediction.visible_chat_id}
     if ignored:
         headers["X-Flowise-Ignored-Params"] = ",".join(sorted(ignored))
     if body.stream:

@@ -26,5 +26,5 @@ async def prometheus_metrics(request: Request, settings: SettingsDep, access: Ac
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             raise NotAuthenticated("/metrics needs Authorization: Bearer <FLOWISE_SSE_METRICS_TOKEN>")
     else:
-        access.require_key(request)
+        access.caller(request)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
