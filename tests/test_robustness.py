@@ -239,13 +239,14 @@ async def test_flowiseUrlCredentials_thenSentAsBasicAuthOnEveryUpstreamCall(emul
     assert sent and all(value == expected for value in sent)
 
 
-async def test_flowiseUrlPassword_whenSocketIoRefuses_thenMaskedInTheError(faulty, gateways, caplog):
+async def test_flowiseUrlPassword_whenSocketIoRefuses_thenPlainErrorAndMaskedInTheLog(faulty, gateways, caplog):
     caplog.set_level(logging.DEBUG)
     gateway = gateways(faulty.url.replace("http://", "http://admin:hunter2secret@"), flowise_transport="socketio")
     r, events = await post_stream(gateway, {"question": "ok"})
     text = r.text + "".join(str(e.data) for e in events)
-    assert "socket.io" in text and "admin:***@" in text
+    assert "Flowise's socket.io is unreachable" in text and "127.0.0.1" not in text  # what, not where
     assert "hunter2secret" not in text and "hunter2secret" not in caplog.text
+    assert "'socketio_connect' at http://admin:***@127.0.0.1" in caplog.text  # where, for the operator
 
 
 def test_accessLog_whenQueryCarriesTokenOrQuestion_thenQueryRedacted():
