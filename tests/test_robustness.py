@@ -221,7 +221,7 @@ async def test_flowiseUrlPassword_neverInReadyzErrorsOrLogs(gateways, caplog, tr
 @pytest.mark.parametrize("version", ["3.1.4", "1.6.2"])
 async def test_flowiseUrlCredentials_thenSentAsBasicAuthOnEveryUpstreamCall(emulators, gateways, version):
     # A proxy's basic auth in front of Flowise, given in FLOWISE_URL: it rides on the streaming
-    # prediction (aiohttp) and the JSON calls (httpx) alike, over the chatflow key.
+    # prediction and the JSON calls alike, over the chatflow key.
     import base64
 
     from flowise_sse.emulator import DEMO_CHATFLOW_ID
