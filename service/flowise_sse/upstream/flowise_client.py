@@ -1,8 +1,9 @@
 """The Flowise server as seen from the gateway: its HTTP routes, its auth rules, its version.
 
 Every call to Flowise goes through one `FlowiseClient`: both streaming transports and the API's
-proxy routes. It owns the one shared keep-alive connection pool, builds each Flowise URL, and is
-the one place where an httpx failure or a Flowise error answer becomes a `GatewayError`.
+proxy routes. It owns the one shared keep-alive connection pool (aiohttp's, which python-socketio's
+client uses too), builds each Flowise URL, and is the one place where an aiohttp failure
+(`TRANSPORT_ERRORS`) or a Flowise error answer (`error_from_response`) becomes a `GatewayError`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import time
 from contextlib import asynccontextmanager
@@ -18,9 +20,8 @@ from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
-import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
+from aiohttp.http_exceptions import ContentEncodingError
 
 from .. import metrics
 from ..errors import (
@@ -33,6 +34,8 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..settings import Settings
+
+logger = logging.getLogger(__name__)
 
 Transport = Literal["socketio", "sse"]
 
@@ -80,9 +83,9 @@ JSON_CONTENT = {"Content-Type": "application/json"}
 
 
 def json_body(body: Any) -> bytes:
-    """A request body as JSON. A lone surrogate (a caller's `\\udXXX` escape) is not UTF-8, so
-    httpx's own `json=` and orjson both fail on it; escaped, Node's JSON.parse reads it back as
-    the same UTF-16 string."""
+    """A request body as JSON: orjson's, or for a lone surrogate (a caller's `\\udXXX` escape,
+    not UTF-8, which orjson refuses) the stdlib's, which escapes it; Node's JSON.parse reads the
+    escape back as the same UTF-16 string."""
     try:
         return orjson.dumps(body)
     except TypeError:
@@ -120,6 +123,59 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
 # An error answer's body is only ever quoted (2,000 characters at most): read no more of it.
 ERROR_BODY_BYTES = 64 * 1024
 
+# What a client reads when the HTTP exchange with Flowise fails: what failed, in plain words. The
+# exception itself names Flowise's internal address (and its repr the request's headers), so it
+# goes to the log only (`FlowiseClient._transport_failure`).
+_UNREACHABLE = "Flowise is unreachable ({reason})"
+_LATE = "Flowise did not answer {what} in time ({reason})"
+_BROKE_OFF = "{answer} broke off ({reason})"
+_UNREADABLE = "{answer} could not be read ({reason})"
+
+# aiohttp's exceptions -> the gateway's, read top to bottom: the first row whose class is the
+# exception's, or that of the OS error aiohttp wraps in it (its `__cause__`), decides; so the most
+# specific class comes first (a class below one of its bases would never be reached).
+TRANSPORT_ERRORS: tuple[tuple[type[BaseException], type[GatewayError], str, str], ...] = (
+    # No connection was made: nothing reached Flowise.
+    (aiohttp.ClientConnectorDNSError, UpstreamUnavailable, _UNREACHABLE, "name not resolved"),
+    (aiohttp.ClientConnectorCertificateError, UpstreamUnavailable, _UNREACHABLE, "TLS certificate rejected"),
+    (aiohttp.ClientSSLError, UpstreamUnavailable, _UNREACHABLE, "TLS handshake failed"),
+    (ConnectionRefusedError, UpstreamUnavailable, _UNREACHABLE, "connection refused"),
+    (aiohttp.ClientConnectorError, UpstreamUnavailable, _UNREACHABLE, "cannot connect"),
+    # The wait for a free connection of the pool and the connect, together within connect_timeout.
+    (aiohttp.ConnectionTimeoutError, UpstreamTimeout, _UNREACHABLE, "no connection in time"),
+    # FLOWISE_URL itself (settings do not parse it): aiohttp could not even try.
+    (aiohttp.NonHttpUrlClientError, UpstreamUnavailable, _UNREACHABLE, "FLOWISE_URL is not an http(s) URL"),
+    (aiohttp.InvalidURL, UpstreamUnavailable, _UNREACHABLE, "FLOWISE_URL is not a valid URL"),
+    # Connected: the answer did not come, stopped, or is not HTTP.
+    (aiohttp.SocketTimeoutError, UpstreamTimeout, _LATE, "read timeout"),
+    (ConnectionResetError, UpstreamUnavailable, _BROKE_OFF, "connection reset"),
+    (aiohttp.ServerDisconnectedError, UpstreamUnavailable, _BROKE_OFF, "server disconnected"),
+    (ContentEncodingError, UpstreamError, _UNREADABLE, "bad content encoding"),
+    (aiohttp.ClientPayloadError, UpstreamUnavailable, _BROKE_OFF, "answer cut short"),
+    (aiohttp.ClientResponseError, UpstreamError, _UNREADABLE, "not valid HTTP"),
+    (aiohttp.ClientOSError, UpstreamUnavailable, _BROKE_OFF, "network error"),
+    (aiohttp.ClientError, UpstreamUnavailable, _BROKE_OFF, "connection lost"),
+)
+
+
+def transport_error(exc: BaseException, what: str, answer: str | None = None) -> GatewayError:
+    """`exc`, raised by aiohttp during `what` ("the version check"), as the gateway's error.
+    `answer` names what broke off (default: Flowise's answer to `what`). Not a transport failure:
+    `exc` itself is raised."""
+    for cls, error, template, reason in TRANSPORT_ERRORS:
+        if isinstance(exc, cls) or isinstance(exc.__cause__, cls):
+            return error(template.format(what=what, answer=answer or f"Flowise's answer to {what}", reason=reason))
+    raise exc
+
+
+def _detail(exc: BaseException) -> str:
+    """The exception and what it wraps, for the log: `str`, never `repr` (a `ClientResponseError`'s
+    repr carries the request's headers, the credentials among them)."""
+    parts = [f"{type(exc).__name__}: {exc}"]
+    if exc.__cause__ is not None:
+        parts.append(f"{type(exc.__cause__).__name__}: {exc.__cause__}")
+    return " <- ".join(parts)
+
 
 def redacted_url(url: str) -> str:
     """`url` without the password of its userinfo: safe for a log line or an error message."""
@@ -131,8 +187,8 @@ def redacted_url(url: str) -> str:
 
 
 async def read_limited(chunks: AsyncIterable[bytes], headers: Mapping[str, str], limit: int, what: str) -> bytes:
-    """A response body (httpx's or aiohttp's chunks, decoded), refused past `limit` bytes (a
-    small gzip of a huge answer counts as huge) without holding more than the limit."""
+    """A response body (aiohttp's chunks, decoded), refused past `limit` bytes (a small gzip of a
+    huge answer counts as huge) without holding more than the limit."""
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit and "content-encoding" not in headers:
         raise UpstreamTooLarge(f"Flowise's answer to {what} is {declared} bytes, over the limit of {limit}")
@@ -156,8 +212,8 @@ class FlowiseClient:
         parts = urlsplit(self.base_url)
         self._password = parts.password
         # Credentials in FLOWISE_URL (a proxy's basic auth in front of Flowise) go on every request
-        # as its Authorization, over any other (what httpx did with them); requests go to the URL
-        # without them (aiohttp refuses both at once).
+        # as its Authorization, over any other; requests go to the URL without them (aiohttp
+        # refuses both at once, and would otherwise print them in its errors).
         self._url_auth: str | None = None
         self._request_url = self.base_url
         if parts.username is not None or parts.password is not None:
@@ -167,18 +223,10 @@ class FlowiseClient:
             if ":" in netloc:  # an IPv6 address
                 netloc = f"[{netloc}]"
             self._request_url = parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")).geturl()
-        # httpx's API over aiohttp's connections (httpx-aiohttp): aiohttp reads a response with a C
-        # parser and no cancel scope per read, where httpcore's h11 and anyio cost ~45 µs per relayed
-        # token (bench/RESULTS.md, profiles).
-        self.http = httpx.AsyncClient(
-            base_url=self._request_url,
-            timeout=httpx.Timeout(settings.connect_timeout, read=None),
-            transport=AiohttpTransport(client=self._session),
-            follow_redirects=False,
-        )
         self._pool: aiohttp.ClientSession | None = None
-        # The streaming prediction's limits: the pool wait and the connect are bounded (then 504);
-        # the wait for the headers is the stream's connect limit (`upstream/timeouts.py`).
+        # Every call's limits: the wait for a free connection and the connect are bounded (then
+        # 504). The streaming prediction has no read limit: the stream's own apply
+        # (`upstream/timeouts.py`); a JSON call's is its `timeout`, between two reads.
         self._stream_timeout = aiohttp.ClientTimeout(connect=settings.connect_timeout,
                                                      sock_connect=settings.connect_timeout)
         self._version: FlowiseVersion | None = None
@@ -188,13 +236,13 @@ class FlowiseClient:
         self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     def _session(self) -> aiohttp.ClientSession:
-        """The one connection pool, httpx's and the streaming prediction's, made on first use (inside the event loop, as aiohttp wants).
+        """The one connection pool, every call's, made on first use (inside the event loop, as aiohttp wants).
 
         A full pool makes the next request wait (up to connect_timeout, then 504), so the gateway
         never opens more upstream connections than this. Idle connections are dropped after 2 s,
         before Flowise's side (Node's and uvicorn's 5 s keep-alive timeout) closes them: a
         connection reused just as the server closes it fails with "Server disconnected" -> 502
-        (issue 16, `bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
+        (`bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
         another's request."""
         if self._pool is None:
             self._pool = aiohttp.ClientSession(
@@ -205,7 +253,6 @@ class FlowiseClient:
         return self._pool
 
     async def aclose(self) -> None:
-        await self.http.aclose()
         if self._pool is not None:
             await self._pool.close()
 
@@ -262,19 +309,14 @@ class FlowiseClient:
     def prediction_path(chatflow_id: str) -> str:
         return f"/api/v1/prediction/{chatflow_id}"
 
-    @asynccontextmanager
-    async def _mapped_errors(self, what: str) -> AsyncIterator[None]:
-        """Transport failures as gateway errors: the one place that decides what each means."""
-        try:
-            yield
-        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError) as exc:
-            # aiohttp's exception says what happened: raised as it is by the streaming prediction,
-            # or as the cause of httpx-aiohttp's, which names some loosely (a refused connection
-            # comes as a ConnectTimeout).
-            cause = exc.__cause__ if isinstance(exc.__cause__, (aiohttp.ClientError, TimeoutError)) else exc
-            if isinstance(cause, (TimeoutError, httpx.TimeoutException)):
-                raise UpstreamTimeout(f"Flowise did not answer {what} in time ({type(cause).__name__})") from None
-            raise UpstreamUnavailable(self.redact(f"Flowise is unreachable at {self.public_url}: {cause!r}")) from None
+    def _transport_failure(self, exc: BaseException, operation: str, what: str,
+                           answer: str | None = None) -> GatewayError:
+        """The gateway's error for a failed exchange (`transport_error`); the whole of it, with
+        where (the password masked), goes to the log for the operator."""
+        error = transport_error(exc, what, answer)
+        logger.warning("Flowise call %r at %s failed (%s): %s", operation, self.public_url, error.code,
+                       self.redact(_detail(exc)))
+        return error
 
     def redact(self, text: str) -> str:
         """`text` with FLOWISE_URL's password masked, wherever an error quoted it."""
@@ -291,13 +333,13 @@ class FlowiseClient:
         operation: str,
         management: bool = True,
         timeout: float | None = 30.0,
-        **kwargs: Any,
+        params: Mapping[str, str] | None = None,
     ) -> Any:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
-        `timeout` bounds the wait for the answer (None: no bound, the caller's own applies);
-        `operation` names the call in the metrics."""
+        `timeout` bounds each wait for the answer's next bytes (None: no bound, the caller's own
+        applies); `operation` names the call in the metrics and the log."""
         content = await self.request_bytes(method, path, what, operation=operation, management=management,
-                                           timeout=timeout, **kwargs)
+                                           timeout=timeout, params=params)
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:  # not JSON, or nested past orjson's 1,024 levels
@@ -312,73 +354,80 @@ class FlowiseClient:
         operation: str,
         management: bool = True,
         timeout: float | None = 30.0,
-        **kwargs: Any,
+        params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> bytes:
-        """One request's successful answer as bytes, read up to `max_upstream_answer_bytes`."""
-        headers = self.management_headers if management else self.prediction_headers
-        headers = self._with_url_auth({**headers, **kwargs.pop("headers", {})})
-        request = self.http.build_request(
-            method, path, headers=headers, timeout=httpx.Timeout(self.settings.connect_timeout, read=timeout),
-            **kwargs,
-        )
+        """One request's successful answer as bytes, read up to `max_upstream_answer_bytes`.
+        `body` is JSON (`json_body`)."""
+        headers = {**(self.management_headers if management else self.prediction_headers)}
+        if body is not None:
+            headers.update(JSON_CONTENT)
+        connect = self.settings.connect_timeout
         started = time.monotonic()
         try:
-            async with self._mapped_errors(what):
-                response = await self.http.send(request, stream=True)
+            try:
+                response = await self._session().request(
+                    method, self._request_url + path, params=params, data=body, headers=self._with_url_auth(headers),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(connect=connect, sock_connect=connect, sock_read=timeout),
+                )
                 try:
-                    if response.status_code >= 400:
-                        body = await _error_body(response.aiter_bytes())
-                        raise error_from_response(response.status_code, body, what)
-                    content = await read_limited(response.aiter_bytes(), response.headers,
-                                                 self.settings.max_upstream_answer_bytes, what)
+                    if response.status >= 400:
+                        error_body = await _error_body(response.content.iter_any())
+                        raise error_from_response(response.status, error_body, what)
+                    answer = await read_limited(response.content.iter_any(), response.headers,
+                                                self.settings.max_upstream_answer_bytes, what)
                 finally:
-                    await response.aclose()
+                    # Read to its end, the connection goes back to the pool; otherwise it is closed.
+                    response.release()
+            except aiohttp.ClientError as exc:
+                raise self._transport_failure(exc, operation, what) from None
         except GatewayError as exc:
             metrics.upstream_call(operation, time.monotonic() - started, exc.code)
             raise
         metrics.upstream_call(operation, time.monotonic() - started)
-        return content
+        return answer
 
     @asynccontextmanager
     async def prediction_stream(
         self, chatflow_id: str, body: dict[str, Any]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit
-        (its connection goes back to the pool only when the response was read to its end).
-
-        The one request made on aiohttp's API rather than httpx's, on the same pool: httpx's
-        request and response objects cost ~0.2 ms per prediction and two generator layers per
-        relayed token (bench/RESULTS.md, profiles).
+        (its connection goes back to the pool only when the response was read to its end). A
+        failure while the caller reads it is named as the Flowise stream's.
 
         Flowise flushes the headers before it runs the flow, so their arrival is bounded by the
         stream's connect limit (`upstream/timeouts.py`, until `start`); a failure status is raised
         here, before any event. No timer of its own here: a second cancellation landing while
         the cancelled connection is closed interrupts that close and orphans the socket."""
-        what = f"the prediction on {chatflow_id}"
+        what, operation = f"the prediction on {chatflow_id}", "prediction_stream"
         started = time.monotonic()
         try:
-            async with self._mapped_errors("the opening of the stream"):
-                response = await self._session().post(
-                    self._request_url + self.prediction_path(chatflow_id), data=json_body(body),
-                    headers=self._with_url_auth(
-                        {**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"}),
-                    allow_redirects=False, timeout=self._stream_timeout,
-                )
-        except GatewayError as exc:
-            metrics.upstream_call("prediction_stream", time.monotonic() - started, exc.code)
-            raise
+            response = await self._session().post(
+                self._request_url + self.prediction_path(chatflow_id), data=json_body(body),
+                headers=self._with_url_auth(
+                    {**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"}),
+                allow_redirects=False, timeout=self._stream_timeout,
+            )
+        except aiohttp.ClientError as exc:
+            failure = self._transport_failure(exc, operation, what)
+            metrics.upstream_call(operation, time.monotonic() - started, failure.code)
+            raise failure from None
         try:
             if response.status != 200:
-                async with self._mapped_errors(what):
+                try:
                     content = await _error_body(response.content.iter_any())
-                failure = error_from_response(response.status, content, what)
-                metrics.upstream_call("prediction_stream", time.monotonic() - started, failure.code)
+                except aiohttp.ClientError as exc:
+                    failure = self._transport_failure(exc, operation, what)
+                else:
+                    failure = error_from_response(response.status, content, what)
+                metrics.upstream_call(operation, time.monotonic() - started, failure.code)
                 raise failure
-            metrics.upstream_call("prediction_stream", time.monotonic() - started)
+            metrics.upstream_call(operation, time.monotonic() - started)
             try:
                 yield response
             except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable(f"the Flowise stream broke off: {exc!r}") from None
+                raise self._transport_failure(exc, operation, what, "the Flowise stream") from None
         finally:
             response.release()
 
@@ -454,7 +503,7 @@ class FlowiseClient:
         them on as they are: no second encoding, whatever their depth)."""
         content = await self.request_bytes(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            operation="prediction", management=False, timeout=timeout, content=json_body(body), headers=JSON_CONTENT,
+            operation="prediction", management=False, timeout=timeout, body=json_body(body),
         )
         prediction_answer(content)
         return content

@@ -8,6 +8,7 @@ says the prediction is over; the streamed text is then reconciled with the answe
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, AsyncIterator
 
 import engineio
@@ -19,6 +20,8 @@ from ..events import END, TOKEN, Event, token
 from .flowise_client import FlowiseClient
 from .normalizer import Normalizer, closing_events
 from .prediction import Prediction
+
+logger = logging.getLogger(__name__)
 
 _ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arrived
 _DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
@@ -100,9 +103,13 @@ class SocketPool:
             await sock.close()
             metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
                                   UpstreamUnavailable.code)
-            raise UpstreamUnavailable(
-                self.flowise.redact(f"Flowise's socket.io at {url}{path} refused: {exc}")
-            ) from None
+            # python-socketio says no more than "Connection error": the client reads what failed,
+            # the log where (like `FlowiseClient`'s own calls).
+            logger.warning("Flowise call 'socketio_connect' at %s failed (%s): %s: %s",
+                           self.flowise.redact(url + path), UpstreamUnavailable.code, type(exc).__name__,
+                           self.flowise.redact(str(exc)))
+            reason = "no connection in time" if isinstance(exc, asyncio.TimeoutError) else "connection failed"
+            raise UpstreamUnavailable(f"Flowise's socket.io is unreachable ({reason})") from None
         except BaseException:
             await sock.close()
             raise

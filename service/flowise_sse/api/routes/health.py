@@ -39,6 +39,8 @@ async def readyz(request: Request, flowise: Flowise, manager: Manager, access: A
         error = exc.to_dict()
         if access.open or not access.has_key(request):
             error["message"] = _PUBLIC_REASON.get(exc.code, "Flowise is not usable")
+        else:  # an operator's check: which Flowise, too (the upstream's own messages never say)
+            error["message"] = f"{exc.message}; FLOWISE_URL is {flowise.public_url}"
         return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
     if manager.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
