@@ -1,0 +1,111 @@
+"""The Redis mirror's parts on a real redis-server: the writer's accounting of what Redis took,
+the taken-id answer told from every other refusal, and every call reported to the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import aclosing
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+
+from flowise_sse.errors import StoreUnavailable
+from flowise_sse.settings import Settings
+from flowise_sse.streams.redis import keys
+from flowise_sse.streams.redis.calls import redis_call
+from flowise_sse.streams.redis_mirror import RedisMirror
+
+from .helpers import until
+from .test_redis import redis_url  # noqa: F401  (the module's redis-server fixture)
+
+pytestmark = pytest.mark.redis
+
+
+def settings(url: str, **overrides) -> Settings:
+    return Settings(flowise_url="http://127.0.0.1:9", redis_url=url, **{"redis_timeout": 30.0, **overrides})
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def store(redis_url):  # noqa: F811
+    with redis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+# --- every call reported --------------------------------------------------------------------------
+async def test_redisCall_whenTheCallFails_thenItsOperationsErrorCountsOne_andEveryCallIsTimed(
+    redis_url, store  # noqa: F811
+):
+    text_key = unique("text")
+    store.set(text_key, "not a stream")
+    op = unique("probe")
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        with pytest.raises(redis.ResponseError):
+            with redis_call(op):
+                await client.xadd(text_key, {"f": b"x"})
+        assert metric("flowise_sse_redis_errors_total", operation=op) == 1
+        assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 1
+        with redis_call(op):
+            await client.ping()
+        assert metric("flowise_sse_redis_errors_total", operation=op) == 1
+        assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 2
+
+        blocking = unique("blocking")
+        with pytest.raises(redis.ResponseError):
+            with redis_call(blocking, timed=False):
+                await client.xread({text_key: "0-0"}, block=100)
+        assert metric("flowise_sse_redis_errors_total", operation=blocking) == 1
+        assert metric("flowise_sse_redis_call_seconds_count", operation=blocking) == 0
+
+        # A call cancelled (a reader leaving, shutdown) is not a Redis failure.
+        cancelled = unique("cancelled")
+
+        async def wait_forever() -> None:
+            with redis_call(cancelled, timed=False):
+                await client.xread({keys.events(unique("quiet")): "$"}, block=0)
+
+        reading = asyncio.get_running_loop().create_task(wait_forever())
+        await until(lambda: any(c["cmd"] == "xread" and "b" in c["flags"] for c in store.client_list()),
+                    what="the XREAD blocked in redis-server")
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        assert metric("flowise_sse_redis_errors_total", operation=cancelled) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_mirror_whenRedisRefusesAReadersCalls_thenEachIsCountedUnderItsOwnOperation(
+    redis_url, store  # noqa: F811
+):
+    mirror = RedisMirror(settings(redis_url, redis_timeout=2.0), lambda stream_id: None, lambda stream_id, why: None)
+    await mirror.open()
+    try:
+        ended = unique("ended")
+        store.set(keys.events(ended), "not a stream")
+        before = metric("flowise_sse_redis_errors_total", operation="ended_by")
+        with pytest.raises(StoreUnavailable):
+            await mirror.ended_by(ended, 1)
+        assert metric("flowise_sse_redis_errors_total", operation="ended_by") - before == 1
+
+        # A quiet stream whose owner cannot be looked up: the reader gives up after redis_timeout,
+        # each failed look-up counted as such.
+        orphan = unique("orphan")
+        store.set(keys.meta(orphan), "not a hash")
+        before = metric("flowise_sse_redis_errors_total", operation="owner_alive")
+        async with aclosing(mirror.follow(orphan, 0, lambda: False)) as frames:
+            got = [frame async for frame in frames]
+        assert len(got) == 1 and b"store_unavailable" in got[0]
+        assert metric("flowise_sse_redis_errors_total", operation="owner_alive") - before >= 2
+    finally:
+        await mirror.close()
