@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from flowise_sse.errors import StoreUnavailable
 from flowise_sse.settings import Settings
 from flowise_sse.streams.redis import keys
-from flowise_sse.streams.redis.calls import redis_call
+from flowise_sse.streams.redis.calls import is_taken_id, redis_call
 from flowise_sse.streams.redis_mirror import RedisMirror
 
 from .helpers import until
@@ -40,6 +40,50 @@ def metric(name: str, **labels: str) -> float:
 def store(redis_url):  # noqa: F811
     with redis.Redis.from_url(redis_url) as client:
         yield client
+
+
+# --- the taken-id answer ----------------------------------------------------------------------------
+async def test_isTakenId_trueForAnXaddOnATakenId_alsoInPipelinesAndTransactions_falseForAnyOtherAnswer(
+    redis_url, store  # noqa: F811
+):
+    key, text_key = keys.events(unique("ids")), keys.events(unique("text"))
+    store.xadd(key, {"f": b"x"}, id="5-0")
+    store.set(text_key, "not a stream")
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def answer(*args: str) -> object:
+        try:
+            return await client.execute_command("XADD", *args)
+        except redis.RedisError as exc:
+            return exc
+
+    try:
+        assert is_taken_id(await answer(key, "5-0", "f", "x"))  # the same id
+        assert is_taken_id(await answer(key, "4-0", "f", "x"))  # a smaller one
+        pipeline = client.pipeline(transaction=False)
+        pipeline.xadd(key, {"f": b"x"}, id="5-0")
+        pipeline.xadd(key, {"f": b"x"}, id="6-0")
+        first, second = await pipeline.execute(raise_on_error=False)
+        assert is_taken_id(first) and not is_taken_id(second) and second == b"6-0"
+        transaction = client.pipeline(transaction=True)  # the orphan's closing error goes this way
+        transaction.xadd(key, {"f": b"x"}, id="6-0")
+        transaction.expire(key, 60)
+        added, _ = await transaction.execute(raise_on_error=False)
+        assert is_taken_id(added)
+
+        others = [await answer(keys.events(unique("zero")), "0-0", "f", "x"),  # ERR, another text
+                  await answer(key, "not-an-id", "f", "x"),
+                  await answer(text_key, "7-0", "f", "x")]  # WRONGTYPE
+        store.config_set("maxmemory-policy", "noeviction")
+        store.config_set("maxmemory", 1)
+        try:
+            others.append(await answer(key, "8-0", "f", "x"))  # OOM
+        finally:
+            store.config_set("maxmemory", 0)
+        assert all(isinstance(other, redis.ResponseError) for other in others), others
+        assert [is_taken_id(other) for other in others] == [False] * 4
+    finally:
+        await client.aclose()
 
 
 # --- every call reported --------------------------------------------------------------------------

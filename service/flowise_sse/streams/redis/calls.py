@@ -55,8 +55,20 @@ def store_call(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
 
+# Redis answers an XADD whose explicit id is not above the stream's top entry with
+# `-ERR The ID specified in XADD is equal or smaller than the target stream top item`
+# (t_stream.c, xaddCommand; the same code and text from streams' first release, 5.0, to 7.x, and
+# the reply Redis' streams introduction shows). redis-py takes the code off the text and keeps it
+# as `status_code` (versions without that attribute drop it: the text alone then only matches an
+# ERR reply, as any other code stays in front of it).
+_TAKEN_ID_CODE = "ERR"
+_TAKEN_ID_TEXT = "The ID specified in XADD is equal or smaller than the target stream top item"
+
+
 def is_taken_id(answer: object) -> bool:
     """Whether an XADD's answer says its entry id is taken. The mirror's ids are the frames' own
     seqs, so the entry is already there: a retry whose first answer was lost, or a stream whose
     last entry a reader elsewhere wrote."""
-    return isinstance(answer, redis.ResponseError) and "equal or smaller" in str(answer)
+    return (isinstance(answer, redis.ResponseError)
+            and getattr(answer, "status_code", _TAKEN_ID_CODE) == _TAKEN_ID_CODE
+            and str(answer) == _TAKEN_ID_TEXT)
