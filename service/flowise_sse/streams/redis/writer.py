@@ -2,9 +2,11 @@
 
 `append` only queues a frame in its stream's backlog; one task sends everything queued since its
 last round trip as one pipeline (every stream's frames of the last few ms, one round trip per
-batch, no task per token), one pipeline at a time, so a stream's frames reach Redis in order;
-what Redis refused goes back to the front of its stream's backlog and is sent again. Entry ids
-are the frames' seqs, so a retry is idempotent (an id already taken is an entry already written).
+batch, no task per token), one pipeline at a time, so a stream's frames reach Redis in order.
+Queuing a stream's commands records which of the pipeline's answers are theirs (a `_Share`), and
+the answers are read back through that record alone: what Redis refused goes back to the front
+of its stream's backlog and is sent again, the rest is done. Entry ids are the frames' seqs, so a
+retry is idempotent (an id already taken is an entry already written).
 
 A stream whose frames wait longer than `redis_timeout`, or more than `redis_buffer_bytes` of them,
 is reported to `on_failure`: the manager ends it with `error` `store_unavailable`, a terminal frame
@@ -51,14 +53,17 @@ class _Backlog:
 
 
 class _Share:
-    """One stream's part of a pipeline: the frames it sends."""
+    """One stream's part of a pipeline: the frames it sends, and which of the pipeline's answers
+    belong to their XADDs and to the EXPIREs sent with them."""
 
-    __slots__ = ("stream_id", "backlog", "frames")
+    __slots__ = ("stream_id", "backlog", "frames", "xadds", "expires")
 
     def __init__(self, stream_id: str, backlog: _Backlog, frames: list[Frame]) -> None:
         self.stream_id = stream_id
         self.backlog = backlog
         self.frames = frames
+        self.xadds = slice(0)
+        self.expires = slice(0)
 
 
 class MirrorWriter:
@@ -160,13 +165,16 @@ class MirrorWriter:
 
     def _queue(self, pipe: Any, share: _Share) -> None:
         key = keys.events(share.stream_id)
+        first = len(pipe)
         for seq, frame, terminal in share.frames:
             pipe.xadd(key, keys.entry(frame, terminal), id=keys.entry_id(seq))
+        share.xadds = slice(first, len(pipe))
         if share.frames[-1][2]:
             pipe.expire(key, keys.ended_ttl(self._settings))
             pipe.expire(keys.meta(share.stream_id), keys.ended_ttl(self._settings))
         elif not share.backlog.expiring:
             pipe.expire(key, keys.running_ttl(self._settings))
+        share.expires = slice(share.xadds.stop, len(pipe))
 
     def _put_back(self, shares: list[_Share]) -> None:
         for share in reversed(shares):
@@ -174,16 +182,20 @@ class MirrorWriter:
             self._queued[share.stream_id] = None
 
     def _account(self, shares: list[_Share], answers: list) -> Exception | None:
-        """Each stream's answers: its frames up to the first one Redis refused are done, that one
-        and the rest are queued again, at the front of its backlog. Returns the first refusal of
-        the batch, if any."""
+        """Each stream's answers, read through its share: its frames up to the first one Redis
+        refused are done, that one and the rest are queued again, at the front of its backlog.
+        Returns the first refusal of the batch, if any."""
         now = time.monotonic()
         first_refusal: Exception | None = None
-        position = 0
         for share in shares:
             backlog = share.backlog
-            written, refusal = _written(answers[position:position + len(share.frames)])
-            position += len(share.frames) + (2 if share.frames[-1][2] else 0 if backlog.expiring else 1)
+            written, refusal = _written(answers[share.xadds])
+            if refusal is None:
+                refusal = next((answer for answer in answers[share.expires] if isinstance(answer, Exception)), None)
+                if refusal is not None:
+                    # Every frame is in but the key has no expiry: its last frame goes again (its
+                    # id then found taken), and the expiry with it.
+                    written -= 1
             backlog.bytes -= sum(len(frame) for _, frame, _ in share.frames[:written])
             if refusal is not None:
                 backlog.frames[:0] = share.frames[written:]
