@@ -41,6 +41,8 @@ disable_created_metrics()
 _FIRST_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120)
+# Redis on the same network answers in well under a millisecond; `redis_timeout` (10 s) caps a call.
+_REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 # Read once, as prometheus-client itself does at import: values go to files from then on.
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -93,6 +95,11 @@ READERS = Gauge("flowise_sse_readers", "Connections reading a stream now (memory
                 "streams; redis: another replica's).", ["source"], multiprocess_mode="livesum")
 RESUMES = Counter("flowise_sse_resumes_total", "Readers that resumed after a Last-Event-ID.", ["source"])
 REDIS_ERRORS = Counter("flowise_sse_redis_errors_total", "Redis calls that failed.", ["operation"])
+REDIS_SECONDS = Histogram(
+    "flowise_sse_redis_call_seconds",
+    "Redis calls until their answer or failure (not the blocking ones: `read`, `abort_channel`).",
+    ["operation"], buckets=_REDIS_BUCKETS,
+)
 LIMITS_HIT = Counter(
     "flowise_sse_limits_hit_total", "Requests refused by a limit (413 too large, 429 too many, 503 full or "
     "shutting down or store unavailable), by status and code.", ["status", "code"],
@@ -173,6 +180,17 @@ def upstream_call(operation: str, seconds: float, code: str | None = None) -> No
 
 def redis_error(operation: str) -> None:
     REDIS_ERRORS.labels(operation).inc()
+
+
+_redis_seconds: dict[str, Any] = {}
+
+
+def redis_call_seconds(operation: str, seconds: float) -> None:
+    """Once per mirror write (every few ms under load), hence the child kept per operation."""
+    child = _redis_seconds.get(operation)
+    if child is None:
+        child = _redis_seconds[operation] = REDIS_SECONDS.labels(operation)
+    child.observe(seconds)
 
 
 LIMIT_STATUSES = frozenset({413, 429, 503})

@@ -1,0 +1,79 @@
+"""Where the mirror's data lives in Redis, and for how long.
+
+Every key and channel name, the entries of an events key, and every expiry: no other module
+builds a key string or an entry id, so where keys live (a hash tag for Redis Cluster, say)
+changes here alone.
+
+- `fss:{streamId}:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
+- `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream.
+- `fss:chat:{chatId}`: the chat lock, holding the id of the stream that uses the chat.
+- `fss:replica:{replicaId}`: present while that replica is alive.
+- `fss:abort`: the pub/sub channel carrying the ids of streams to abort.
+"""
+
+from __future__ import annotations
+
+from ...settings import Settings
+
+ABORT_CHANNEL = "fss:abort"
+OWNER_FIELD = "owner"  # in a stream's meta hash
+
+
+def events(stream_id: str) -> str:
+    return f"fss:{stream_id}:events"
+
+
+def meta(stream_id: str) -> str:
+    return f"fss:{stream_id}:meta"
+
+
+def chat_lock(chat_id: str) -> str:
+    return f"fss:chat:{chat_id}"
+
+
+def replica(replica_id: str) -> str:
+    return f"fss:replica:{replica_id}"
+
+
+# --- the entries of an events key -----------------------------------------------------------------
+# The entry id carries the frame's seq, so a reader resumes from `Last-Event-ID` with XREAD and a
+# retried XADD finds its id taken instead of adding the frame twice.
+def entry_id(seq: int) -> str:
+    return f"{seq}-0"
+
+
+def entry_seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def entry(frame: bytes, terminal: bool) -> dict[str, bytes | int]:
+    return {"f": frame, "t": 1} if terminal else {"f": frame}
+
+
+def entry_frame(fields: dict[bytes, bytes]) -> bytes:
+    return fields[b"f"]
+
+
+def entry_is_terminal(fields: dict[bytes, bytes]) -> bool:
+    return fields.get(b"t") == b"1"
+
+
+# --- expiries: no key is left without one ---------------------------------------------------------
+REPLICA_TTL = 6  # seconds; the heartbeat refreshes it every REPLICA_REFRESH
+REPLICA_REFRESH = 2
+
+
+def running_ttl(settings: Settings) -> int:
+    """A stream's events and meta keys from its claim and first write: it may run
+    `total_timeout`, then stays readable `stream_retention`."""
+    return int(settings.total_timeout + settings.stream_retention)
+
+
+def ended_ttl(settings: Settings) -> int:
+    """A stream's events and meta keys from its terminal event on."""
+    return int(settings.stream_retention)
+
+
+def chat_lock_ttl(settings: Settings) -> int:
+    """The chat lock outlives the longest run by a minute, in case its release never comes."""
+    return int(settings.total_timeout) + 60
