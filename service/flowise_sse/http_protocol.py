@@ -20,6 +20,10 @@ sending its request line and headers: a client that sends half a header and wait
   `lingering_close`); then the connection is closed.
 
 The body's own size and pace are bounded in `api/guards.py` (an ASGI middleware).
+
+This overrides private parts of uvicorn's protocol and request cycle: see "Divergences from
+upstream" in ARCHITECTURE.md (what it relies on, the versions checked) and
+tests/contracts/test_uvicorn_contract.py.
 """
 
 from __future__ import annotations
