@@ -109,3 +109,10 @@ def test_dockerfile_installsTheLockWithItsHashes_thenTheProjectAlone():
     assert re.search(r"^RUN pip install .*--require-hashes -r \S*requirements\.lock", text, re.M)
     assert re.search(r"^RUN pip install .*--no-deps ", text, re.M)
     assert "bash deploy/lock.sh" in text and "bash deploy/lock.sh" in (ROOT / "requirements.lock").read_text()
+    # .dockerignore leaves out everything but what it names again: each file copied must be named.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") + 1:]  # everything is left out, then some taken back
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        for source in line.split()[:-1]:
+            assert source.rstrip("/") in kept, f"{source} is copied but .dockerignore leaves it out"
