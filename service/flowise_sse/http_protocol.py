@@ -84,7 +84,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             if self._lingering is not None:
                 return
             self._head_done()
-            if not self._in_message:
+            # A closing transport is a connection already gone (uvicorn's connection_lost closes
+            # through here too): nothing more can come, so there is nothing to linger for.
+            if not self._in_message or transport.is_closing():
                 transport.close()
                 return
             self._lingering = Lingering(transport, self.loop, settings.linger_timeout, settings.max_linger_bytes)
