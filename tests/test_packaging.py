@@ -46,32 +46,6 @@ def test_dockerfile_slimNonRootWithHealthcheck():
         assert (ROOT / path).exists(), path
 
 
-def test_compose_flowiseOfficialImageTwoGatewaysAndRedis():
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    services = compose["services"]
-    assert services["flowise"]["image"].startswith("flowiseai/flowise:")
-    for name in ("gateway-1", "gateway-2"):  # tests/test_deploy.py runs them behind nginx
-        gateway = services[name]
-        assert gateway["build"] == "."
-        env = gateway["environment"]
-        assert env["FLOWISE_URL"] == "http://flowise:3000"
-        assert env["FLOWISE_SSE_REDIS_URL"].startswith("redis://redis:")
-        assert set(gateway["depends_on"]) == {"flowise", "redis"}
-
-
-def test_readme_twoCommands_andCiRunsTheTestOne():
-    readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"```sh\n(.+?)\n```", readme, re.S)
-    run_cmd = next(c for c in commands if "serve --demo" in c)
-    test_cmd = next(c for c in commands if "pytest" in c)
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert test_cmd.strip() in ci
-    assert "pip install" in run_cmd
-    documented = set(re.findall(r"`(FLOWISE_[A-Z_]+)`", readme))
-    for name in Settings.model_fields:
-        assert f"FLOWISE_SSE_{name.upper()}" in documented or name.startswith("flowise_"), name
-
-
 def _lock() -> dict[str, dict]:
     """requirements.lock's entries by name: version, marker, hashes, and what pulled each in."""
     entries: dict[str, dict] = {}
@@ -116,3 +90,29 @@ def test_dockerfile_installsTheLockWithItsHashes_thenTheProjectAlone():
     for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
         for source in line.split()[:-1]:
             assert source.rstrip("/") in kept, f"{source} is copied but .dockerignore leaves it out"
+
+
+def test_compose_flowiseOfficialImageTwoGatewaysAndRedis():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert services["flowise"]["image"].startswith("flowiseai/flowise:")
+    for name in ("gateway-1", "gateway-2"):  # tests/test_deploy.py runs them behind nginx
+        gateway = services[name]
+        assert gateway["build"] == "."
+        env = gateway["environment"]
+        assert env["FLOWISE_URL"] == "http://flowise:3000"
+        assert env["FLOWISE_SSE_REDIS_URL"].startswith("redis://redis:")
+        assert set(gateway["depends_on"]) == {"flowise", "redis"}
+
+
+def test_readme_twoCommands_andCiRunsTheTestOne():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```sh\n(.+?)\n```", readme, re.S)
+    run_cmd = next(c for c in commands if "serve --demo" in c)
+    test_cmd = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_cmd.strip() in ci
+    assert "pip install" in run_cmd
+    documented = set(re.findall(r"`(FLOWISE_[A-Z_]+)`", readme))
+    for name in Settings.model_fields:
+        assert f"FLOWISE_SSE_{name.upper()}" in documented or name.startswith("flowise_"), name
