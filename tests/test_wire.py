@@ -201,10 +201,7 @@ async def test_reader_whenTheExitSignalCutsItsBlockedWrite_thenNothingIsSentAfte
         assert closed  # uvicorn closes a response its app left unfinished: the client sees it cut
     finally:
         sock.close()
-
-        async def stop() -> None:
-            manager.abort(run, "test over")
-        gateway.call(stop)
+        httpx.delete(f"{gateway.url}/v1/streams/{created['streamId']}")
 
 
 async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClosesTheReader() -> None:
