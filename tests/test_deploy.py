@@ -189,6 +189,28 @@ def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedA
     assert all("?" not in l["path"] for l in access_lines)
 
 
+def test_nginxConf_headerLimits_areTheGatewaysDefaults():
+    defaults = Settings()
+    timeout = re.search(r"^\s*client_header_timeout (\d+)s;", NGINX_CONF, re.M)
+    buffers = re.search(r"^\s*large_client_header_buffers (\d+) (\d+)k;", NGINX_CONF, re.M)
+    assert timeout and float(timeout[1]) == defaults.header_timeout
+    # One buffer the size of the gateway's whole head: no more than about that much gets through.
+    assert buffers and (int(buffers[1]), int(buffers[2]) * 1024) == (1, defaults.max_header_bytes)
+
+
+def test_nginxConf_whenTheHeadIsOverTheGatewaysLimit_thenNginxRefusesIt_andUnderItTheReplicaAnswers(
+        emulators, nginx_front):
+    limit = Settings().max_header_bytes
+    with GatewayProcess({"FLOWISE_URL": emulators("3.1.4").url}) as replica:
+        front = nginx_front([replica.port, replica.port])
+        under = {"X-Pad": "a" * (limit - 1024)}  # room for what nginx adds (X-Forwarded-For, ...)
+        over = {"X-Pad": "a" * (limit + 1024)}
+        assert httpx.get(front + "/healthz", headers=under).status_code == 200
+        refused = httpx.get(front + "/healthz", headers=over)
+        assert refused.status_code == 400 and "nginx" in refused.text  # nginx's own page: never proxied
+        assert httpx.get(replica.url + "/healthz", headers=over).status_code == 431  # the same refusal
+
+
 # --- docker-compose.yml -------------------------------------------------------------------------------
 def test_compose_validatedByDockerCompose_andTwoReplicasBehindNginx(tmp_path):
     exe = binary("docker-compose")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import tomllib
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from flowise_sse.api import create_app
 from flowise_sse.settings import Settings
@@ -41,6 +44,52 @@ def test_dockerfile_slimNonRootWithHealthcheck():
     assert re.search(r'^CMD \["flowise-sse", "serve"', text, re.M)
     for path in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / path).exists(), path
+
+
+def _lock() -> dict[str, dict]:
+    """requirements.lock's entries by name: version, marker, hashes, and what pulled each in."""
+    entries: dict[str, dict] = {}
+    current: dict | None = None
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+?)(?: ; (.+?))?(?: \\)?$", line):
+            current = entries.setdefault(canonicalize_name(match[1]), {"versions": set(), "hashes": 0, "via": set()})
+            current["versions"].add(match[2])
+        elif current is not None and re.match(r"^\s+--hash=sha256:[0-9a-f]{64}", line):
+            current["hashes"] += 1
+        elif current is not None and (found := re.match(r"^\s+#\s+(?:via\s+)?(\S.*)$", line)) and found[1] != "via":
+            current["via"].add(found[1])
+    return entries
+
+
+def test_lock_coversExactlyPyprojectsRuntimeDependencies_pinnedWithHashes():
+    # requirements.lock is what the image installs: it must be pyproject's runtime dependencies and
+    # what they pull in, no more, no less, within pyproject's bounds. Regenerate: bash deploy/lock.sh
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {canonicalize_name(Requirement(dep).name): Requirement(dep) for dep in project["dependencies"]}
+    lock = _lock()
+    direct = {name for name, entry in lock.items() if "flowise-sse (pyproject.toml)" in entry["via"]}
+    assert direct == set(wanted), f"requirements.lock is stale (bash deploy/lock.sh): {direct ^ set(wanted)}"
+    for name, entry in lock.items():
+        assert entry["hashes"] >= len(entry["versions"]), f"{name} has no hash"
+        parents = {canonicalize_name(via) for via in entry["via"] if via != "flowise-sse (pyproject.toml)"}
+        assert parents <= set(lock), f"{name} is pulled in by {parents - set(lock)}, which the lock lacks"
+    for name, requirement in wanted.items():
+        assert all(requirement.specifier.contains(v) for v in lock[name]["versions"]), \
+            f"{name} {lock[name]['versions']} is outside pyproject's {requirement.specifier}"
+
+
+def test_dockerfile_installsTheLockWithItsHashes_thenTheProjectAlone():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install .*--require-hashes -r \S*requirements\.lock", text, re.M)
+    assert re.search(r"^RUN pip install .*--no-deps ", text, re.M)
+    assert "bash deploy/lock.sh" in text and "bash deploy/lock.sh" in (ROOT / "requirements.lock").read_text()
+    # .dockerignore leaves out everything but what it names again: each file copied must be named.
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") + 1:]  # everything is left out, then some taken back
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M):
+        for source in line.split()[:-1]:
+            assert source.rstrip("/") in kept, f"{source} is copied but .dockerignore leaves it out"
 
 
 def test_compose_flowiseOfficialImageTwoGatewaysAndRedis():

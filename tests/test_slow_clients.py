@@ -18,7 +18,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .helpers import read_until_closed
+from .helpers import read_until_closed, wait_until
 from .servers import aread_sse, free_port
 
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
@@ -100,6 +100,31 @@ def test_endlessHeaders_thenRefusedAtTheCapNotBuffered(emulators, gateways):
     # Past max_linger_bytes the close may reset the connection under the unread 431: only the bound
     # is certain here (a client that stops sending gets its 431: tests/test_refusals.py).
     assert sent < 8 * 1024 * 1024 and (answer == b"" or answer.startswith(b"HTTP/1.1 431"))
+
+
+def test_pendingCap_whenClientsLeaveMidBody_thenAConnectionStillSendingHeadersKeepsItsPlace(emulators, gateways):
+    # A client gone mid-body has nothing left to send: it must not take a place among the
+    # connections still sending headers (max_pending_connections), whose oldest would be closed for it.
+    gateway = gateways(emulators("3.1.4").url, max_pending_connections=2, header_timeout=30)
+
+    def connected(sock: socket.socket) -> bool:
+        return any(c.client == sock.getsockname() for c in list(gateway.server.server_state.connections))
+
+    with socket.create_connection(("127.0.0.1", gateway.port)) as slow:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the rest of its headers later
+        wait_until(lambda: connected(slow), what="the slow client is connected")
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", gateway.port)) as leaver:
+                leaver.sendall(b"POST /v1/streams HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: 1000\r\n\r\n{")
+                wait_until(lambda: connected(leaver), what="the leaving client is connected")
+                gone = leaver.getsockname()
+            wait_until(lambda: all(c.client != gone for c in list(gateway.server.server_state.connections)),
+                       what="the gateway sees it gone")
+        slow.sendall(b"\r\n")
+        slow.settimeout(5)
+        answer = slow.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), f"the slow client was closed for clients already gone: {answer!r}"
 
 
 def test_slowloris_whenHundredsOfHalfOpenConnectionsUnderLowFdLimit_thenHealthzStillAnswers(emulators):

@@ -161,6 +161,49 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
         gateway.call(stop)
 
 
+async def test_reader_whenTheExitSignalCutsItsBlockedWrite_thenNothingIsSentAfterIt(emulators, gateways):
+    # sse-starlette's exit signal (AppStatus.should_exit) cancels a response whose write is blocked
+    # on a reader that stopped reading. A send that never returned leaves the connection in an
+    # unknown state, so sse-starlette sends nothing more (its `_send_interrupted`), and the
+    # gateway's own `_send_with_timeout` must tell it so: else its closing chunk waits on that reader
+    # (up to send_timeout, holding the shutdown) and, once the reader reads again, ends the cut
+    # stream as if it were whole.
+    from sse_starlette.sse import AppStatus
+
+    gateway = gateways(emulators("3.1.4").url, send_timeout=60.0, idle_timeout=60.0,
+                       max_body_bytes=16 * 1024 * 1024)  # the 8 MB plan travels in the request
+    big = ["x" * 200_000] * 40
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
+        created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "cut",
+                                     "overrideConfig": {"emulator": {"tokens": big + ["never"], "hangAfter": 40}}})).json()
+    manager = gateway.app.state.manager
+    run = manager.runs[created["streamId"]]
+    sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
+    try:
+        assert await _wait(lambda: run.readers == 1)
+        assert await _wait(lambda: any(c.flow.write_paused for c in list(gateway.server.server_state.connections))), \
+            "the reader's writes never blocked"
+        AppStatus.should_exit = True
+        try:
+            assert await _wait(lambda: run.readers == 0), "the exit signal did not end the response"
+        finally:
+            AppStatus.should_exit = False
+        sock.settimeout(10)
+        received, closed = b"", False
+        while not received.endswith(b"\r\n0\r\n\r\n"):  # a chunked body's end: the connection stays
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200")
+        assert not received.endswith(b"\r\n0\r\n\r\n"), "a closing chunk was sent after the interrupted write"
+        assert closed  # uvicorn closes a response its app left unfinished: the client sees it cut
+    finally:
+        sock.close()
+        httpx.delete(f"{gateway.url}/v1/streams/{created['streamId']}")
+
+
 async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClosesTheReader() -> None:
     # An idle stream whose reader stopped reading: the only write is a keep-alive, and it blocks.
     from sse_starlette.sse import SendTimeoutError

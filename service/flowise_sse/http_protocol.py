@@ -20,6 +20,10 @@ sending its request line and headers: a client that sends half a header and wait
   `lingering_close`); then the connection is closed.
 
 The body's own size and pace are bounded in `api/guards.py` (an ASGI middleware).
+
+This overrides private parts of uvicorn's protocol and request cycle: see "Divergences from
+upstream" in ARCHITECTURE.md (what it relies on, the versions checked) and
+tests/contracts/test_uvicorn_contract.py.
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             if self._lingering is not None:
                 return
             self._head_done()
-            if not self._in_message:
+            # A closing transport is a connection already gone (uvicorn's connection_lost closes
+            # through here too): nothing more can come, so there is nothing to linger for.
+            if not self._in_message or transport.is_closing():
                 transport.close()
                 return
             self._lingering = Lingering(transport, self.loop, settings.linger_timeout, settings.max_linger_bytes)

@@ -1,4 +1,9 @@
-"""A stream's frames as an HTTP response: sse-starlette's `EventSourceResponse`, set up once."""
+"""A stream's frames as an HTTP response: sse-starlette's `EventSourceResponse`, set up once.
+
+`_EventStream` overrides sse-starlette's private `_send_with_timeout` (one watchdog per sending task
+instead of a cancel scope per send) and reaches uvicorn's connection through its request cycle: see
+"Divergences from upstream" in ARCHITECTURE.md, and tests/contracts/test_sse_starlette_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -59,11 +64,16 @@ class _EventStream(EventSourceResponse):
         watchdog.arm(watchdog.loop.time() + self.send_timeout)  # type: ignore[operator]
         try:
             await send(message)
-        except asyncio.CancelledError:
-            if not watchdog.fired:
-                raise
-            task.uncancel()  # type: ignore[union-attr]
-            raise SendTimeoutError() from None
+        except BaseException as exc:
+            # sse-starlette's own bookkeeping, which its `__call__` reads before it sends the closing
+            # chunk of a response cut short (its exit signal): after a send that never returned, no
+            # other is tried. Without it that chunk would wait on the reader that stopped reading,
+            # up to `send_timeout` more, and reach it if it read again: a clean end to a cut stream.
+            self._send_interrupted = True
+            if isinstance(exc, asyncio.CancelledError) and watchdog.fired:
+                task.uncancel()  # type: ignore[union-attr]
+                raise SendTimeoutError() from None
+            raise
         finally:
             watchdog.disarm()
 

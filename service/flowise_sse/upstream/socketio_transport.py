@@ -3,6 +3,10 @@
 Flowise emits to the socket named in `socketIOClientId` and its events carry no chat id, so
 each prediction gets a socket of its own. The HTTP answer, not `end` (sent once per LLM call),
 says the prediction is over; the streamed text is then reconciled with the answer's `text`.
+
+Its engine.io client overrides a private method of engine.io's, put in through a private hook of
+python-socketio's: see "Divergences from upstream" in ARCHITECTURE.md and
+tests/contracts/test_engineio_contract.py.
 """
 
 from __future__ import annotations

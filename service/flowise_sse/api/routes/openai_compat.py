@@ -349,7 +349,8 @@ async def _chunks(run: StreamRun, encoder: ChunkEncoder, release: Callable[[], N
 
 class HeldEventSourceResponse(EventSourceResponse):
     """Lets go of its run when the response ends however it ends, even if the client left before
-    the body iterator ever started (an unstarted generator's `finally` never runs)."""
+    the body iterator ever started (an unstarted generator's `finally` never runs). It wraps
+    only the public `__call__` (ARCHITECTURE.md, "Divergences from upstream")."""
 
     def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
