@@ -27,8 +27,10 @@ HEAD = b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty
 
 @pytest.fixture
 def gateway(gateways):
-    # The refusals come before any upstream call: no Flowise is needed behind it.
-    return gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=64 * 1024, max_header_bytes=16 * 1024)
+    # The refusals come before any upstream call: no Flowise is needed behind it. The stream route
+    # takes uploads: its cap is max_upload_bytes.
+    return gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=64 * 1024, max_upload_bytes=64 * 1024,
+                    max_header_bytes=16 * 1024)
 
 
 def pieces(data: bytes, size: int = 8192) -> list[bytes]:

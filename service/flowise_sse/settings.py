@@ -100,7 +100,12 @@ class Settings(BaseSettings):
 
     # --- Limits: what one client, one connection or Flowise can make the gateway hold --------
     max_body_bytes: int = 1024 * 1024
-    """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread."""
+    """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread. Routes
+    that take uploads have `max_upload_bytes` instead."""
+    max_upload_bytes: int = 25 * 1024 * 1024
+    """Largest body of a route that takes uploads (the prediction routes, whose `uploads` carry
+    images, audio and files as base64; attachments; RAG upserts); a bigger one gets 413
+    `payload_too_large`, refused as soon as it passes the limit, nothing of it sent to Flowise."""
     max_header_bytes: int = 16 * 1024
     """Largest request line and headers together; over it the connection gets 431
     `headers_too_large` and is closed."""

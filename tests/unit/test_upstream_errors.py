@@ -269,7 +269,7 @@ async def test_transportError_whenStreamEndsMidChunk_thenFlowiseStreamBrokeOff(r
     received = b""
     try:
         with pytest.raises(GatewayError) as caught:
-            async with client.prediction_stream("c0ffee", {"question": "q", "streaming": True}) as response:
+            async with client.prediction_stream("c0ffee", lambda: b'{"question":"q","streaming":true}') as response:
                 async for chunk in response.content.iter_any():
                     received += chunk
     finally:

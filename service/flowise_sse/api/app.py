@@ -27,7 +27,7 @@ from .guards import Guard
 from .openapi import openapi_document
 from .redaction import install_log_redaction
 from .request_context import RequestContext
-from .routes import chatflows, detached_streams, health, openai_compat, prometheus
+from .routes import chatflows, conversation, detached_streams, health, openai_compat, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id", "X-Request-ID"],
             expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params", "X-Request-ID"],
         )
@@ -79,8 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext)  # outermost: every answer, the guard's too, gets its id
     metrics.set_build_info(__version__)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
-                   prometheus.router):
+    for router in (health.router, chatflows.router, conversation.router, detached_streams.router,
+                   openai_compat.router, prometheus.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)

@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import TypeAdapter
 
 from .openai_schemas import ChatCompletion, ChatCompletionChunk
-from .schemas import StreamEvent
+from .schemas import CreateStream, StreamEvent, StreamRequest
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -21,7 +21,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(events.pop("$defs", {}))
     components["StreamEvent"] = events
-    for model in (ChatCompletion, ChatCompletionChunk):
+    for model in (ChatCompletion, ChatCompletionChunk, StreamRequest, CreateStream):
         found = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(found.pop("$defs", {}))
         components[model.__name__] = found

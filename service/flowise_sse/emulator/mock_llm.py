@@ -40,6 +40,9 @@ class Plan:
     boundary: bool  # OpenAI-style empty role and finish chunks around the tokens
     events: list[dict[str, Any]]
     drop_tokens: bool = False  # the answer is stored but never streamed (Flowise #4926)
+    # An Agentflow's: events before the tokens (node progress), and no `start` event at all.
+    leading: list[dict[str, Any]] | None = None
+    agentflow: bool = False
 
     @property
     def text(self) -> str:
@@ -95,13 +98,20 @@ class MockLlm:
                     drop_tokens=bool(controls.get("dropTokens")))
 
 
-def llm_messages(question: str, history: Any, quirks: Quirks) -> list[dict[str, Any]]:
-    """The messages the LLM is handed: the system prompt, the replayed history, the question."""
-    return [
+def llm_messages(question: str, history: Any, quirks: Quirks, images: list[str] | None = None
+                 ) -> list[dict[str, Any]]:
+    """The messages the LLM is handed: the system prompt, the replayed history, the question, and
+    images (data URIs or URLs) as a last user message of their own, as a conversation chain sends
+    them."""
+    messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         *_replayed_history(history, quirks),
         {"role": "user", "content": question},
     ]
+    if images:
+        messages.append({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url, "detail": "low"}} for url in images]})
+    return messages
 
 
 def _replayed_history(history: Any, quirks: Quirks) -> list[dict[str, Any]]:
@@ -130,7 +140,9 @@ def _replayed_history(history: Any, quirks: Quirks) -> list[dict[str, Any]]:
 
 async def handler_events(plan: Plan, quirks: Quirks) -> AsyncIterator[tuple[str, Any]]:
     """What Flowise's chain callback handler makes of the LLM stream, then the flow's extra events."""
-    started = False
+    for event in plan.leading or ():
+        yield event["event"], event.get("data")
+    started = plan.agentflow  # an Agentflow sends no `start`
     async for chunk in plan.chunks():
         if plan.drop_tokens:
             continue

@@ -52,7 +52,7 @@ class SseStream:
                     await write(_frame(event, data))
                 await write(_frame("metadata", {
                     "chatId": turn.chat_id, "chatMessageId": turn.message_id, "question": turn.question,
-                    "sessionId": turn.session_id, "memoryType": "Buffer Memory",
+                    "sessionId": turn.session_id, "memoryType": "Buffer Memory", **turn.metadata,
                 }))
             except FlowError as exc:
                 await write(_frame("error", build_failure_message(exc), self._closing_head))

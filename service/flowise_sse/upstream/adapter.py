@@ -59,6 +59,7 @@ class Upstream:
 
     async def _open(self, chatflow_id: str, prediction: Prediction, sent: list[bool]) -> AsyncIterator[Event]:
         version = await self.flowise.version()
+        prediction.check_supported(version)  # before `start`: a field this Flowise lacks is a 400
         streams = await self.flowise.check_chatflow(chatflow_id)
         sent[0] = True
         if version.transport == "sse":

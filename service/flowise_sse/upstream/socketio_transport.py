@@ -196,7 +196,7 @@ async def stream_socketio(
     events at all, so it is asked plainly, without a socket."""
     normalizer = Normalizer(chatflow_id, prediction, "socketio")
     sock = await pool.lease() if streams else None
-    body = prediction.body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.body()
+    body = prediction.encoded_body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.encoded_body()
     queue = sock.queue if sock else asyncio.Queue()
     post = asyncio.get_running_loop().create_task(_post(flowise, chatflow_id, body, queue))
     clean = False
@@ -218,10 +218,10 @@ async def stream_socketio(
         if isinstance(answer, BaseException):
             async for event in _late_frames({}, normalizer, queue, grace):  # tokens sent before it failed
                 yield event
-            raise answer
+            raise prediction.client_error(answer)
         async for event in _late_frames(answer, normalizer, queue, grace):
             yield event
-        for event in closing_events(answer, normalizer.relayed_names, None):
+        for event in closing_events(answer, normalizer.relayed_names, None, normalizer.action):
             yield event
         clean = True
     finally:
@@ -255,7 +255,7 @@ async def _late_frames(
         yield token(text[len(streamed):])
 
 
-async def _post(flowise: FlowiseClient, chatflow_id: str, body: dict, queue: asyncio.Queue) -> None:
+async def _post(flowise: FlowiseClient, chatflow_id: str, body: bytes, queue: asyncio.Queue) -> None:
     """The prediction POST; its outcome (the answer, or its failure) joins the socket events in
     the same queue. Unbounded here: the stream's own timeouts apply."""
     outcome: dict[str, Any] | GatewayError

@@ -29,7 +29,7 @@ async def stream_sse(
     flowise: FlowiseClient, chatflow_id: str, prediction: Prediction
 ) -> AsyncIterator[Event]:
     normalizer = Normalizer(chatflow_id, prediction, "sse")
-    async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
+    async with flowise.prediction_stream(chatflow_id, lambda: prediction.encoded_body(streaming=True)) as response:
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             if not content_type.startswith("application/json"):
@@ -69,9 +69,9 @@ async def _events(flowise: FlowiseClient, response: aiohttp.ClientResponse, norm
                 raise UpstreamUnauthorized(
                     f"Flowise refused the chatflow key ({message_text}); check FLOWISE_API_KEY"
                 )
-            raise UpstreamError(message_text)
+            raise normalizer.prediction.client_error(UpstreamError(message_text))
         if name == END:
-            yield end_event(normalizer.text, normalizer.metadata)
+            yield end_event(normalizer.text, normalizer.metadata, None, normalizer.action)
             await _drain(payloads)
             return
         if name == METADATA and not normalizer.text and isinstance(data, dict):

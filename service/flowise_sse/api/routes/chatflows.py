@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 
-from ...errors import BadRequest, ClientLeft, Forbidden, UpstreamError
+from ...errors import BadRequest, ClientLeft, Forbidden, GatewayError, UpstreamError
+from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..dependencies import (
     CallerDep,
@@ -25,6 +26,7 @@ from ..dependencies import (
     caller,
     resume_position,
 )
+from ..bodies import read_model
 from ..event_stream import event_stream
 from ..schemas import (
     CHAT_ID_PATTERN,
@@ -34,9 +36,18 @@ from ..schemas import (
     HistoryItem,
     StreamingCheck,
     StreamRequest,
+    json_body_of,
 )
 
 router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(caller)])
+
+
+async def _stream_request(request: Request) -> StreamRequest:
+    return await read_model(request, StreamRequest)
+
+
+# Read by `read_model`, not FastAPI: a body with uploads is held once (see bodies.py).
+StreamBody = Annotated[StreamRequest, Depends(_stream_request)]
 
 LISTED_FIELDS = ("id", "name", "deployed", "isPublic", "category", "type", "updatedDate")
 
@@ -62,9 +73,10 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -
     return {"isStreaming": await flowise.is_streaming(str(chatflow_id))}
 
 
-@router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
+@router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE,
+             openapi_extra=json_body_of(StreamRequest))
 async def stream_post(
-    chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
+    chatflow_id: UUID, body: StreamBody, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
     who: CallerDep, flowise: Flowise,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
@@ -107,17 +119,19 @@ async def stream_get(
               "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}},
         499: {"model": ErrorBody, "description": "The client left: the upstream request was cancelled"},
     },
+    openapi_extra=json_body_of(StreamRequest),
 )
 async def prediction(
-    request: Request, chatflow_id: UUID, body: StreamRequest, flowise: Flowise, manager: Manager,
+    request: Request, chatflow_id: UUID, body: StreamBody, flowise: Flowise, manager: Manager,
     upstream: UpstreamDep, settings: SettingsDep, who: CallerDep,
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
     pred = body.prediction().namespaced(who.upstream_chat_id) if who.tenant else body.prediction()
     await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
+    pred.check_supported(await flowise.version())
     async with manager.prediction_slot(pred.chat_id, who.tenant_id):
-        answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
+        answer = asyncio.ensure_future(_predict(flowise, str(chatflow_id), pred, settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
         try:
             await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +145,13 @@ async def prediction(
             raise ClientLeft("the client left before the answer came; the upstream request was cancelled")
         content = answer.result()
     return Response(pred.client_answer(content), media_type="application/json")
+
+
+async def _predict(flowise: Flowise, chatflow_id: str, prediction: Prediction, timeout: float) -> bytes:
+    try:
+        return await flowise.predict_bytes(chatflow_id, prediction.encoded_body(), timeout=timeout)
+    except GatewayError as exc:
+        raise prediction.client_error(exc) from None
 
 
 async def _client_left(request: Request) -> None:

@@ -10,8 +10,9 @@ from sse_starlette import EventSourceResponse
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
 from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
+from ..bodies import read_model
 from ..event_stream import event_stream
-from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
+from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated, json_body_of
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -29,10 +30,14 @@ _CREATED_LINKS = {
 }
 
 
+async def _create_stream_body(request: Request) -> CreateStream:
+    return await read_model(request, CreateStream)  # held once: see bodies.py
+
+
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],
-             responses=_CREATED_LINKS)
+             responses=_CREATED_LINKS, openapi_extra=json_body_of(CreateStream))
 async def create_stream(
-    request: Request, body: CreateStream, manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
+    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
     await allowed_chatflow(who, flowise, str(body.chatflowId))
