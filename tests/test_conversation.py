@@ -468,3 +468,28 @@ async def test_library_sameFieldsSameChecks(emulators):
     with pytest.raises(NotSupportedByFlowise, match="humanInput needs Flowise 3.0.0"):
         async for _ in astream_prediction(DEMO_CHATFLOW_ID, None, human_input={"type": "proceed"}, settings=old):
             pass
+
+
+# --- the command line ------------------------------------------------------------------------
+def test_ask_throughTheGateway_withAnImageAFormAndAReply(emulators, gateways, tmp_path):
+    import subprocess
+    import sys
+
+    flowise = emulators("3.1.4")
+    gateway = gateways(flowise.url)
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(PNG)
+
+    def ask(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flowise_sse", "ask", "--gateway", gateway.url, *argv],
+                              capture_output=True, text=True, timeout=60)
+
+    seen = ask(UPLOADS_CHATFLOW_ID, "What is this?", "--upload", str(picture), "--chat-id", "cli-1")
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.strip() == REPLY + "What is this?"
+    assert flowise.app.conversation.files[(UPLOADS_CHATFLOW_ID, "cli-1", "cat.png")][0] == PNG
+    form = ask(FORM_AGENTFLOW_ID, "--form", '{"name": "Ada"}')
+    assert form.returncode == 0 and form.stdout.strip() == REPLY + "name=Ada", form.stderr
+    assert ask(HUMAN_INPUT_AGENTFLOW_ID, "Draft", "--chat-id", "cli-2").returncode == 0
+    proceed = ask(HUMAN_INPUT_AGENTFLOW_ID, "--chat-id", "cli-2", "--proceed", "--feedback", "fine")
+    assert proceed.returncode == 0 and proceed.stdout.strip() == REPLY + "proceed: fine", proceed.stderr

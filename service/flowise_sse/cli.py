@@ -52,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ask = commands.add_parser("ask", help="stream one answer to stdout")
     ask.add_argument("chatflow_id")
-    ask.add_argument("question")
+    ask.add_argument("question", nargs="?", help="optional with --form, --proceed/--reject or an audio --upload")
     ask.add_argument("--history", help='JSON array of {"role", "content"}')
     ask.add_argument("--chat-id", help="a chatId of your own (Flowise's memory keeps the conversation)")
+    ask.add_argument("--session-id", help="a memory session apart from the chat (Flowise's sessionId)")
+    ask.add_argument("--upload", action="append", default=[], metavar="PATH",
+                     help="send a file (an image, audio for speech-to-text, any file); repeatable")
+    ask.add_argument("--image-url", action="append", default=[], metavar="URL", help="send an image by URL")
+    ask.add_argument("--form", metavar="JSON", help="start an Agentflow's form with these values")
+    reply = ask.add_mutually_exclusive_group()
+    reply.add_argument("--proceed", action="store_true", help="continue a run stopped for input")
+    reply.add_argument("--reject", action="store_true", help="reject a run stopped for input")
+    ask.add_argument("--feedback", help="with --proceed/--reject: text for the stopped node")
+    ask.add_argument("--lead-email", help="a lead's e-mail, stored with the message")
     ask.add_argument("--events", action="store_true", help="print every event as a JSON line")
     _target_options(ask)
 
@@ -200,6 +210,10 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     except json.JSONDecodeError as exc:
         return _fail(f"--history is not JSON: {exc}", 2)
     try:
+        args.fields = _ask_fields(args)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), 2)
+    try:
         if args.gateway:
             for name, data in _gateway_events(args, history):
                 _show(args, name, data)
@@ -212,6 +226,40 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
     if not args.events:
         sys.stdout.write("\n")
     return 0
+
+
+def _ask_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """`ask`'s options as Flowise's prediction fields, under Flowise's names."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    fields: dict[str, Any] = {}
+    uploads = []
+    for path in args.upload:
+        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        uploads.append({"type": "audio" if mime.startswith("audio/") else "file", "name": Path(path).name,
+                        "mime": mime, "data": f"data:{mime};base64,{data}"})
+    for url in args.image_url:
+        name = url.rstrip("/").rpartition("/")[2] or "image"
+        uploads.append({"type": "url", "name": name, "mime": mimetypes.guess_type(name)[0] or "image/png", "data": url})
+    if uploads:
+        fields["uploads"] = uploads
+    if args.form:
+        try:
+            fields["form"] = json.loads(args.form)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--form is not JSON: {exc}") from None
+    if args.proceed or args.reject:
+        fields["humanInput"] = {"type": "proceed" if args.proceed else "reject"}
+        if args.feedback:
+            fields["humanInput"]["feedback"] = args.feedback
+    if args.session_id:
+        fields["sessionId"] = args.session_id
+    if args.lead_email:
+        fields["leadEmail"] = args.lead_email
+    return fields
 
 
 def _show(args: argparse.Namespace, name: str, data: Any) -> None:
@@ -234,8 +282,11 @@ async def _ask_flowise(args: argparse.Namespace, history: Any, settings: Setting
 
     from .library import astream_prediction
 
-    async with aclosing(astream_prediction(args.chatflow_id, args.question, history=history,
-                                           chat_id=args.chat_id, settings=settings)) as events:
+    fields = args.fields
+    async with aclosing(astream_prediction(
+            args.chatflow_id, args.question, history=history, chat_id=args.chat_id, settings=settings,
+            session_id=fields.get("sessionId"), uploads=fields.get("uploads"), form=fields.get("form"),
+            human_input=fields.get("humanInput"), lead_email=fields.get("leadEmail"))) as events:
         async for event in events:
             _show(args, event.event, event.data)
 
@@ -292,7 +343,9 @@ def _gateway_events(args: argparse.Namespace, history: Any) -> Iterator[tuple[st
     proxy may send it to any replica (they share the stream through Redis)."""
     import httpx
 
-    body: dict[str, Any] = {"question": args.question}
+    body: dict[str, Any] = {**args.fields}
+    if args.question is not None:
+        body["question"] = args.question
     if history:
         body["history"] = history
     if args.chat_id:
