@@ -10,6 +10,7 @@ Markers in the user message change the behaviour and are removed from the echoed
     [[delay=300]]  wait 300 ms before each token (slow streams for disconnect tests)
     [[http400]]    answer HTTP 400 at once; [[http401]] likewise with 401. LangChain retries 429 and
                    5xx with a long backoff, so only 4xx errors make fast error tests.
+    POST /v1/audio/transcriptions answers a recording's own bytes as its transcript.
     [[tool]]       when the request offers tools (`tools`, or 1.x's legacy `functions`), call the
                    calculator with `6 * 7` first (a streamed tool call, arguments in pieces); once
                    the tool's answer follows the last user message, reply with the usual text plus
@@ -132,12 +133,14 @@ class MockLLM:
         self.host = host
         self.port = port
         self._requests: list[RecordedRequest] = []
+        self.transcriptions: list[bytes] = []  # the audio files speech-to-text was asked for
         self._lock = threading.Lock()
         self._server: ServerThread | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
             ]
         )
 
@@ -170,6 +173,15 @@ class MockLLM:
             self._server.__exit__()
 
     # -- endpoints -------------------------------------------------------------------------------
+
+    async def _transcribe(self, request: Request) -> Response:
+        """Speech-to-text (OpenAI's transcriptions, which Flowise's LocalAI STT calls): a test's
+        "recording" holds its own transcript as UTF-8 text."""
+        async with request.form() as form:
+            upload = form.get("file")
+            audio = await upload.read() if upload is not None and not isinstance(upload, str) else b""
+        self.transcriptions.append(audio)
+        return JSONResponse({"text": audio.decode("utf-8", "replace")})
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(
