@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from flowise_sse.emulator import (
     DEMO_CHATFLOW_ID,
     FORM_AGENTFLOW_ID,
@@ -35,12 +34,12 @@ def image(name: str = "cat.png", data: str = PNG_URI) -> dict[str, str]:
 async def post_stream(gateway, flow: str = DEMO_CHATFLOW_ID, key: str | None = None, **body: Any):
     """(status, events or the JSON error) of a POST stream."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20, headers=headers) as client:
-        async with client.stream("POST", f"/v1/chatflows/{flow}/stream", json=body) as r:
-            if r.headers.get("content-type", "").startswith("text/event-stream"):
-                return r.status_code, await aread_sse(r)
-            await r.aread()
-            return r.status_code, r.json()
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20, headers=headers) as client, \
+            client.stream("POST", f"/v1/chatflows/{flow}/stream", json=body) as r:
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            return r.status_code, await aread_sse(r)
+        await r.aread()
+        return r.status_code, r.json()
 
 
 def last_sent(flowise) -> dict[str, Any]:
@@ -158,7 +157,7 @@ async def test_formStart_withoutQuestion_thenTheFormValuesReachTheFlow(emulators
     status, events = await post_stream(gateways(flowise.url), FORM_AGENTFLOW_ID, form={"name": "Ada", "age": 36})
     assert status == 200, events
     assert joined(events) == REPLY + "name=Ada age=36"
-    assert "start" == events[0].event and [e.data for e in events if e.event == "agentFlowEvent"] == [
+    assert events[0].event == "start" and [e.data for e in events if e.event == "agentFlowEvent"] == [
         "INPROGRESS", "FINISHED"]
     assert last_sent(flowise)["body"]["form"] == {"name": "Ada", "age": 36}
 
@@ -316,22 +315,22 @@ async def test_upload_whileTheAnswerStreams_thenTheGatewayHoldsNoCopyOfIt(emulat
             yield b"A" * 65536
         yield b'"}]}'
 
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        async with client.stream("POST", f"/v1/chatflows/{UPLOADS_CHATFLOW_ID}/stream", content=body(),
-                                 headers={"content-type": "application/json"}) as r:
-            assert r.status_code == 200
-            lines = r.aiter_lines()
-            async for line in lines:
-                if line.startswith("event: token"):
-                    break
-            run = next(iter(gateway.app.state.manager.runs.values()))
-            # Chunks still in flight (a socket's, a queue's) are let go within moments; a copy
-            # held for the stream would be there until its end, seconds later.
-            # What Flowise stored (the decoded file) is Flowise's copy, not the gateway's.
-            flowise.app.conversation.files.clear()
-            await until(lambda: not _large_buffers(size // 2), timeout=2, what="no copy of the upload held")
-            assert not run.done and run.prediction.uploads is None
-            assert [line async for line in lines if line.startswith("event: ")][-1] == "event: end"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client, client.stream(
+            "POST", f"/v1/chatflows/{UPLOADS_CHATFLOW_ID}/stream", content=body(),
+            headers={"content-type": "application/json"}) as r:
+        assert r.status_code == 200
+        lines = r.aiter_lines()
+        async for line in lines:
+            if line.startswith("event: token"):
+                break
+        run = next(iter(gateway.app.state.manager.runs.values()))
+        # Chunks still in flight (a socket's, a queue's) are let go within moments; a copy
+        # held for the stream would be there until its end, seconds later.
+        # What Flowise stored (the decoded file) is Flowise's copy, not the gateway's.
+        flowise.app.conversation.files.clear()
+        await until(lambda: not _large_buffers(size // 2), timeout=2, what="no copy of the upload held")
+        assert not run.done and run.prediction.uploads is None
+        assert [line async for line in lines if line.startswith("event: ")][-1] == "event: end"
 
 
 # --- side routes -----------------------------------------------------------------------------
@@ -343,7 +342,8 @@ async def test_config_starterPromptsAndUploadPolicy_withoutWhatIsNotPublic(emula
         plain = await client.get(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/config")
     assert r.status_code == 200, r.text
     config = r.json()
-    assert config["starterPrompts"] == {"0": {"prompt": "What is in this picture?"}, "1": {"prompt": "Summarise my file"}}
+    assert config["starterPrompts"] == {"0": {"prompt": "What is in this picture?"},
+                                        "1": {"prompt": "Summarise my file"}}
     assert config["uploads"]["isImageUploadAllowed"] is True and config["chatFeedback"] == {"status": True}
     assert "allowedOrigins" not in config and "allowedOriginsError" not in config and "flowData" not in config
     assert plain.status_code == 200 and "starterPrompts" not in plain.json()
@@ -371,12 +371,14 @@ async def test_feedback_writtenAndChanged_onTheKeysOwnChatOnly(emulators, gatewa
     b = {"Authorization": f"Bearer {KEY_B}"}
     url = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/feedback"
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        stolen = await client.post(url, headers=b, json={"chatId": "fb-1", "messageId": message, "rating": "THUMBS_DOWN"})
+        stolen = await client.post(url, headers=b, json={"chatId": "fb-1", "messageId": message,
+                                                         "rating": "THUMBS_DOWN"})
         created = await client.post(url, headers=a, json={"chatId": "fb-1", "messageId": message,
                                                           "rating": "THUMBS_UP", "content": "good"})
         feedback = created.json()
-        hijack = await client.patch(f"{url}/{feedback['id']}", headers=b, json={"chatId": "fb-1", "rating": "THUMBS_DOWN"})
-        changed = await client.patch(f"{url}/{feedback['id']}", headers=a, json={"chatId": "fb-1", "rating": "THUMBS_DOWN"})
+        down = {"chatId": "fb-1", "rating": "THUMBS_DOWN"}
+        hijack = await client.patch(f"{url}/{feedback['id']}", headers=b, json=down)
+        changed = await client.patch(f"{url}/{feedback['id']}", headers=a, json=down)
     assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "not_found"
     assert created.status_code == 200, created.text
     assert feedback["chatId"] == "fb-1" and feedback["messageId"] == message and feedback["rating"] == "THUMBS_UP"
@@ -390,7 +392,8 @@ async def test_attachments_refusedType_then403InTheGatewaysWords_andOldLines400(
     async with httpx.AsyncClient(timeout=20) as client:
         gateway = gateways(emulators("3.1.4").url)
         refused = await client.post(f"{gateway.url}/v1/chatflows/{UPLOADS_CHATFLOW_ID}/attachments",
-                                    params={"chatId": "c"}, files={"files": ("a.exe", b"MZ", "application/x-msdownload")})
+                                    params={"chatId": "c"},
+                                    files={"files": ("a.exe", b"MZ", "application/x-msdownload")})
         off = await client.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/attachments",
                                 params={"chatId": "c"}, files={"files": ("a.txt", b"hi", "text/plain")})
         old = gateways(emulators("2.0.7").url)
@@ -399,7 +402,8 @@ async def test_attachments_refusedType_then403InTheGatewaysWords_andOldLines400(
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "upload_not_allowed"
     assert "application/x-msdownload" in refused.json()["error"]["message"]
     assert off.status_code == 403 and "not enabled" in off.json()["error"]["message"]
-    assert unsupported.status_code == 400 and "attachments needs Flowise 2.1.3" in unsupported.json()["error"]["message"]
+    assert unsupported.status_code == 400
+    assert "attachments needs Flowise 2.1.3" in unsupported.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("version", ["1.6.2", "3.1.4"])
@@ -412,8 +416,9 @@ async def test_file_fetchedBackByteForByte_withTypeAndDisposition_andOnlyByItsKe
     async with httpx.AsyncClient(timeout=20) as client:
         mine = await client.get(url, params=query, headers={"Authorization": f"Bearer {KEY_A}"})
         theirs = await client.get(url, params=query, headers={"Authorization": f"Bearer {KEY_B}"})
-        missing = await client.get(url, params={**query, "fileName": "nope.png"}, headers={"Authorization": f"Bearer {KEY_A}"})
-        sneaky = await client.get(url, params={**query, "fileName": "../x.png"}, headers={"Authorization": f"Bearer {KEY_A}"})
+        a = {"Authorization": f"Bearer {KEY_A}"}
+        missing = await client.get(url, params={**query, "fileName": "nope.png"}, headers=a)
+        sneaky = await client.get(url, params={**query, "fileName": "../x.png"}, headers=a)
     assert mine.status_code == 200 and mine.content == PNG
     assert mine.headers["content-type"] == "image/png" and mine.headers["x-content-type-options"] == "nosniff"
     assert mine.headers["content-disposition"] == (

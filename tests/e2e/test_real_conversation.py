@@ -14,7 +14,7 @@ import pytest
 
 from .flowise_harness import CHATBOT_CONFIG, FORM_INPUTS, HUMAN_INPUT_QUESTION, REJECTED_REPLY, FlowiseDeployment
 from .mock_llm import MockLLM, reply_for, tool_reply_for
-from .test_real_flowise import TIMEOUT, StreamResult, Sse, marker
+from .test_real_flowise import TIMEOUT, Sse, StreamResult, marker
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,8 @@ def image_parts(request: Any) -> list[str]:
 
 
 @pytest.mark.releases("1.8.4", "2.2.8", "3.1.4")
-def test_image_byBase64AndByUrl_reachTheVisionModel(real_flowise: FlowiseDeployment, gateways, mock_llm: MockLLM) -> None:
+def test_image_byBase64AndByUrl_reachTheVisionModel(real_flowise: FlowiseDeployment, gateways,
+                                                    mock_llm: MockLLM) -> None:
     question = f"What is this {marker()}"
     url = "https://images.example/cat.png"
     result = stream(gateways(real_flowise), real_flowise.chatflows.vision, question=question, uploads=[
@@ -160,7 +161,8 @@ def test_feedback_writtenThroughTheGateway_readBackThroughFlowise(real_flowise, 
     message = answer.events[-1].data["chatMessageId"]
     url = f"/v1/chatflows/{real_flowise.chatflows.open}/feedback"
     with httpx.Client(base_url=gateway.url, timeout=TIMEOUT) as client:
-        created = client.post(url, json={"chatId": chat, "messageId": message, "rating": "THUMBS_UP", "content": "nice"})
+        created = client.post(url, json={"chatId": chat, "messageId": message, "rating": "THUMBS_UP",
+                                         "content": "nice"})
         assert created.status_code == 200, created.text
         changed = client.patch(f"{url}/{created.json()['id']}", json={"chatId": chat, "rating": "THUMBS_DOWN"})
         wrong = client.post(url, json={"chatId": marker(), "messageId": message, "rating": "THUMBS_UP"})

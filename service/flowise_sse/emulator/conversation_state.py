@@ -68,8 +68,8 @@ class Conversation:
         quirks = self.quirks
         prepared = Prepared(question=str(body.get("question") or ""))
         full_text = ""
-        uploads = body.get("uploads") if isinstance(body.get("uploads"), list) else []
-        for upload in uploads:
+        uploads = body.get("uploads")
+        for upload in uploads if isinstance(uploads, list) else ():
             if not isinstance(upload, dict):
                 continue
             kind, data = upload.get("type"), upload.get("data")
@@ -224,8 +224,9 @@ class Conversation:
             for upload in files:
                 self.files[(request.path_params["id"], chat_id, upload.filename or "file")] = (
                     await upload.read(), upload.content_type or "application/octet-stream")
+        added = [{"pageContent": f.filename, "metadata": {"chatId": chat_id}} for f in files]
         return json_response({"numAdded": len(files), "numDeleted": 0, "numUpdated": 0, "numSkipped": 0,
-                              "addedDocs": [{"pageContent": f.filename, "metadata": {"chatId": chat_id}} for f in files]})
+                              "addedDocs": added})
 
     async def upload_file(self, request: Request) -> Response:
         query = request.query_params

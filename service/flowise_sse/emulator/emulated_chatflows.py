@@ -64,8 +64,10 @@ class Chatflow:
                 "formDescription": "", "formInputTypes": self.form_inputs}}}
             last = ("humanInputAgentflow_0", "humanInputAgentflow", "Human Input") if self.human_input else (
                 "llmAgentflow_0", "llmAgentflow", "LLM")
-            nodes = [start, {"id": last[0], "data": {"name": last[1], "label": last[2], "inputs": {}}}]
-            return orjson.dumps({"nodes": nodes, "edges": [{"source": "startAgentflow_0", "target": last[0]}]}).decode()
+            agentflow: list[dict[str, Any]] = [
+                start, {"id": last[0], "data": {"name": last[1], "label": last[2], "inputs": {}}}]
+            edges = [{"source": "startAgentflow_0", "target": last[0]}]
+            return orjson.dumps({"nodes": agentflow, "edges": edges}).decode()
         # 1.6.2 refuses to stream with chatOpenAICustom, which explains the non-streaming flow.
         model = "chatOpenAI" if self.streaming else "chatOpenAICustom"
         nodes = [(f"{model}_0", model, "Chat Models"), ("bufferMemory_0", "bufferMemory", "Memory"),

@@ -23,7 +23,8 @@ word: every field goes on, and Flowise ignores what it does not read.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import NotSupportedByFlowise
 from .flowise_client import FlowiseVersion, parse_version

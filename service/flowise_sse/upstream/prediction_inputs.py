@@ -39,7 +39,8 @@ class Upload(BaseModel):
     type: UploadType = Field(description="file (an image for a vision model, or a file stored under the chat), "
                              "url, audio (speech-to-text makes it the question), file:full, file:rag")
     name: str = Field(min_length=1, max_length=255, description="A file name: no `/`, `\\`, `..` or control "
-                      "characters. Flowise stores `file`, `audio` and `file:rag` uploads under it, in the chat's folder.")
+                      "characters. Flowise stores `file`, `audio` and `file:rag` uploads under it, in the chat's "
+                      "folder.")
     mime: str = Field(pattern=MIME_PATTERN, description="The file's media type, e.g. image/png, audio/webm")
 
     @model_validator(mode="after")
@@ -54,11 +55,11 @@ class Upload(BaseModel):
                 raise ValueError(f"mime is {self.mime} but the data URI says {found[1][:100]}")
             if not _BASE64.fullmatch(self.data, found.end()):
                 raise ValueError("data is not valid base64 after its data: prefix")
-        elif self.type == "url":
-            if (not re.match(r"https?://[^\s/?#]", self.data, re.IGNORECASE) or len(self.data) > MAX_URL_CHARS
-                    or any(c.isspace() or ord(c) < 32 for c in self.data)):
-                raise ValueError(f"data of a url upload must be an http(s) URL of at most {MAX_URL_CHARS} "
-                                 "characters, without spaces")
+        elif self.type == "url" and (
+                not re.match(r"https?://[^\s/?#]", self.data, re.IGNORECASE) or len(self.data) > MAX_URL_CHARS
+                or any(c.isspace() or ord(c) < 32 for c in self.data)):
+            raise ValueError(f"data of a url upload must be an http(s) URL of at most {MAX_URL_CHARS} "
+                             "characters, without spaces")
         if self.type == "audio" and not self.mime.lower().startswith("audio/"):
             raise ValueError("an audio upload's mime must be audio/...")
         return self

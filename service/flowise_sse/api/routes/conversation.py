@@ -31,8 +31,8 @@ from ...errors import (
     ChatNotFound,
     FileNotFound,
     GatewayError,
-    UpstreamError,
     UploadNotAllowed,
+    UpstreamError,
 )
 from ...upstream.fields import ATTACHMENTS_SINCE, FEEDBACK_CHECKED_SINCE, at_least, check_endpoint
 from ..access import Caller, allowed_chatflow
@@ -98,7 +98,8 @@ async def create_feedback(chatflow_id: UUID, body: FeedbackCreate, flowise: Flow
     chat = who.upstream_chat_id(body.chatId)
     # Before 2.2.8 Flowise stores feedback on any message id: a key could rate another key's answer.
     if who.tenant is not None and not at_least(await flowise.version(), FEEDBACK_CHECKED_SINCE):
-        if not any(isinstance(m, dict) and m.get("id") == body.messageId for m in await flowise.chat_messages(flow, chat)):
+        messages = await flowise.chat_messages(flow, chat)
+        if not any(isinstance(m, dict) and m.get("id") == body.messageId for m in messages):
             raise ChatNotFound(f"message {body.messageId} is not in chat {body.chatId!r}")
     sent = {"chatflowid": flow, "chatId": chat, "messageId": body.messageId, "rating": body.rating}
     if body.content is not None:
@@ -258,7 +259,8 @@ async def _multipart(request: Request, stack: AsyncExitStack) -> aiohttp.FormDat
     for item in files:
         name = item.filename or "file"
         if not _FILE_NAME.match(name) or ".." in name:
-            raise BadRequest(f"file name {name[:100]!r}: a plain file name is needed (no /, \\, .. or control characters)")
+            raise BadRequest(f"file name {name[:100]!r}: a plain file name is needed "
+                             "(no /, \\, .. or control characters)")
         await item.seek(0)
         form.add_field("files", item.file, filename=name, content_type=item.content_type or "application/octet-stream")
     return form
