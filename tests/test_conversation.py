@@ -131,6 +131,17 @@ async def test_sessionId_goesWhereEveryLineReadsIt_overrideConfigSessionId(emula
     ({"question": "q", "uploads": [image(data="https://x.example/a.png")]}, "base64 data URI"),
     ({"question": "q", "uploads": [{"type": "url", "name": "a", "mime": "image/png", "data": "file:///etc/x"}]},
      "http(s) URL"),
+])
+async def test_fieldsThatDoNotGoTogether_orAnUnsendableUpload_then400SayingWhy(emulators, gateways, body, why):
+    flowise = emulators("3.1.4")
+    before = flowise.app.requests_seen
+    status, answer = await post_stream(gateways(flowise.url), **body)
+    assert status == 400, answer
+    assert answer["error"]["code"] == "bad_request" and why in answer["error"]["message"], answer
+    assert flowise.app.requests_seen == before
+
+
+@pytest.mark.parametrize(("body", "why"), [
     ({"question": "q", "humanInput": {"type": "maybe"}}, "humanInput.type"),
     ({"question": "q", "leadEmail": "not an address"}, "leadEmail"),
 ])

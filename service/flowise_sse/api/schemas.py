@@ -52,8 +52,9 @@ class HistoryItem(BaseModel):
     content: str
 
 
-# A lead's e-mail address as Flowise's embed collects it: one @, no spaces.
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+# A lead's e-mail address as Flowise's embed collects it: one @, no spaces or control characters
+# (spelled out: `\s` differs between JSON Schema's regexes and pydantic's, U+0085 for one).
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]{1,64}@[^@\x00-\x20\x7f]{1,255}$"
 
 
 class StreamRequest(BaseModel):
@@ -113,15 +114,8 @@ class StreamRequest(BaseModel):
             [[u.name, u.data if u.type in ("url", "file:full") else ""] for u in self.uploads or ()], "uploads")
         if problem:
             raise ValueError(problem)
-        if self.question is None and self.form is None and self.humanInput is None and not any(
-                u.type == "audio" for u in self.uploads or ()):
-            raise ValueError("question is required, unless form, humanInput or an audio upload is given")
-        if self.question is not None and self.form is not None:
-            raise ValueError("question and form cannot be sent together (Flowise refuses it): a form starts the "
-                             "run by itself")
-        given = (self.overrideConfig or {}).get("sessionId")
-        if self.sessionId is not None and given is not None and given != self.sessionId:
-            raise ValueError("sessionId and overrideConfig.sessionId differ: give one of them")
+        # The rules between fields (a question, or what stands in for it; not with a form; one
+        # session) are `Prediction.build`'s: a 400, as the schema cannot state them.
         return self
 
     def prediction(self) -> Prediction:

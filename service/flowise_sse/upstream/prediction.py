@@ -112,6 +112,9 @@ class Prediction:
         if form is not None and not isinstance(form, Mapping):
             raise BadRequest("form must be an object of the start node's form inputs")
         items = _validated(list(uploads), _UPLOADS, "uploads") if uploads is not None else None
+        for index, item in enumerate(items or ()):
+            if (problem := item.problem()) is not None:
+                raise BadRequest(f"uploads[{index}]: {problem}")
         reply = _validated(human_input, HumanInput, "humanInput") if human_input is not None else None
         approval = _validated(action, Action, "action") if action is not None else None
         has_audio = any(item.type == "audio" for item in items or ())

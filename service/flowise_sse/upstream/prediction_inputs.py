@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 UploadType = Literal["file", "url", "audio", "file:full", "file:rag"]
 # Types whose `data` is the file itself, as a base64 data URI, that Flowise stores under the chat.
@@ -43,26 +43,26 @@ class Upload(BaseModel):
                       "folder.")
     mime: str = Field(pattern=MIME_PATTERN, description="The file's media type, e.g. image/png, audio/webm")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Upload:
+    def problem(self) -> str | None:
+        """What makes this upload unsendable, beyond its fields' own shapes: its name, its data
+        for its type. A 400 rather than a 422: the document's schema cannot state these."""
         if _UNSAFE_NAME.search(self.name):
-            raise ValueError("name must be a plain file name: no /, \\, .. or control characters")
+            return "name must be a plain file name: no /, \\, .. or control characters"
         if self.type in STORED_TYPES:
             found = _DATA_URI.match(self.data)
             if found is None:
-                raise ValueError(f"data of a {self.type} upload must be a base64 data URI: data:<mime>;base64,<bytes>")
+                return f"data of a {self.type} upload must be a base64 data URI: data:<mime>;base64,<bytes>"
             if found[1].lower() != self.mime.lower():
-                raise ValueError(f"mime is {self.mime} but the data URI says {found[1][:100]}")
+                return f"mime is {self.mime} but the data URI says {found[1][:100]}"
             if not _BASE64.fullmatch(self.data, found.end()):
-                raise ValueError("data is not valid base64 after its data: prefix")
+                return "data is not valid base64 after its data: prefix"
         elif self.type == "url" and (
                 not re.match(r"https?://[^\s/?#]", self.data, re.IGNORECASE) or len(self.data) > MAX_URL_CHARS
                 or any(c.isspace() or ord(c) < 32 for c in self.data)):
-            raise ValueError(f"data of a url upload must be an http(s) URL of at most {MAX_URL_CHARS} "
-                             "characters, without spaces")
+            return f"data of a url upload must be an http(s) URL of at most {MAX_URL_CHARS} characters, without spaces"
         if self.type == "audio" and not self.mime.lower().startswith("audio/"):
-            raise ValueError("an audio upload's mime must be audio/...")
-        return self
+            return "an audio upload's mime must be audio/..."
+        return None
 
 
 class HumanInput(BaseModel):
