@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping
 
 import orjson
-
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import BadRequest, GatewayError, NotWaiting
