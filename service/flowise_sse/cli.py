@@ -108,7 +108,13 @@ def _worker_count(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import check_settings
     from .logging_setup import configure
+
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        return _fail(f"invalid settings: {exc}", 2)
 
     workers = args.workers or settings.workers
     if workers > 1:

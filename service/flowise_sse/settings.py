@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     override only where the chatflow's "Override Configuration" allows it."""
 
     # --- Access -----------------------------------------------------------------------------
+    override_config: str = "any"
+    """What callers may put in `overrideConfig`, on every route: `any` (passed on as is), `off`
+    (a body carrying it gets 400), or comma-separated key names, dots for nested keys
+    (`sessionId,vars.customer`). With `any`, a Flowise before 2.1.4 (no per-chatflow allowlist of
+    its own) lets a caller override any node input, a chat model's base URL included: the gateway
+    warns at start-up."""
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Gateway API keys (comma-separated), sent by clients as `Authorization: Bearer <key>`;
     each is a tenant of its own that may use every chatflow. With neither these nor `keys_file`
@@ -172,7 +178,9 @@ class Settings(BaseSettings):
     and metrics), `chatflows` (ids or names it may use; omitted: all), `flow_data` (may list
     chatflows with `?full=true`). See the tenancy docs."""
     cors_origins: Annotated[list[str], NoDecode] = []
-    """Origins allowed by CORS (comma-separated). Empty: no cross-origin access."""
+    """Origins allowed by CORS (comma-separated). Empty: no cross-origin access. `*`: every
+    origin, on an open gateway as on a keyed one (a key is a bearer header the page sets itself;
+    no cookie ever authorises anything here)."""
     token_secret: SecretStr | None = None
     """Signs the capability tokens of `eventsUrl`. Unset: a random one, drawn per process (the
     workers of one `serve --workers N` share one drawn at start); set it, the same on every

@@ -52,6 +52,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])  # the last of a repeated header: only single ones are read here
+        # Two Hosts: the check here would read one and the URLs the app builds (eventsUrl) or its
+        # same-origin check the other. RFC 9112 makes such a request a 400.
+        duplicate_host = len(headers) < len(scope["headers"]) and sum(
+            1 for name, _ in scope["headers"] if name == b"host") > 1
         path: str = scope["path"]
         is_page = not path.startswith("/v1/") and path not in PROBES and path != "/openapi.json"
 
@@ -64,6 +68,8 @@ class Guard:
             await send(message)
 
         try:
+            if duplicate_host:
+                raise BadRequest("the request has more than one Host header")
             self._check_host(headers, path)
             self._check_cross_site(scope, headers, path)
             declared = headers.get(b"content-length", b"")

@@ -92,6 +92,15 @@ def json_body(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+# Flowise prefixes its errors with the internal function that raised them
+# ("predictionsServices.buildChatflow - Error: ..."): noise to a client, and not its business.
+_SERVICE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\s+-\s+)+")
+
+
+def _without_service_names(message: str) -> str:
+    return _SERVICE_NAME.sub("", message)
+
+
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
     """Map a Flowise error answer to a gateway error.
 
@@ -106,7 +115,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
             message = str(parsed.get("message") or parsed.get("error") or message)
     except orjson.JSONDecodeError:
         pass
-    message = message[:2000]
+    message = _without_service_names(message[:2000])
     if status in (401, 403) or message.endswith("Unauthorized") or "Unauthorized Access" in message:
         return UpstreamUnauthorized(
             f"Flowise refused the gateway's credentials for {what} (HTTP {status}"
@@ -114,7 +123,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
         )
     lowered = message.lower()
     if status == 404 or ("chatflow" in lowered and "not found" in lowered):
-        return ChatflowNotFound(f"{what}: {message or 'not found'}")
+        return ChatflowNotFound(f"{what}: not found on Flowise")  # in the gateway's words, not Flowise's
     if status == 429:
         return UpstreamUnavailable(f"Flowise rate-limited {what} (HTTP 429)")
     return UpstreamError(f"Flowise failed {what} (HTTP {status}): {message or 'no message'}")

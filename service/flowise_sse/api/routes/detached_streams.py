@@ -9,7 +9,17 @@ from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
-from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
+from ..dependencies import (
+    AccessDep,
+    CallerDep,
+    Flowise,
+    Manager,
+    Overrides,
+    SeqOrLastEventId,
+    SettingsDep,
+    caller,
+    resume_position,
+)
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
 
@@ -33,8 +43,10 @@ _CREATED_LINKS = {
              responses=_CREATED_LINKS)
 async def create_stream(
     request: Request, body: CreateStream, manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
+    overrides: Overrides,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
+    overrides.check(body.overrideConfig)
     await allowed_chatflow(who, flowise, str(body.chatflowId))
     prediction = body.prediction()
     if who.tenant is not None:

@@ -32,7 +32,7 @@ from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
-from ..dependencies import CallerDep, Flowise, Manager, SettingsDep, caller
+from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
 from ..event_stream import KEEPALIVE
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
@@ -166,6 +166,7 @@ _SAMPLING = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxTo
              "max_completion_tokens": "maxTokens", "presence_penalty": "presencePenalty",
              "frequency_penalty": "frequencyPenalty", "stop": "stopSequence"}
 _SYSTEM_INPUTS = ("systemMessagePrompt", "systemMessage")
+_PASSED_INPUTS = frozenset(_SAMPLING.values()) | frozenset(_SYSTEM_INPUTS)
 _READ = {"model", "messages", "stream", "stream_options", "user", "n", "overrideConfig"}
 _CHAT_ID = TypeAdapter(Annotated[str, StringConstraints(pattern=CHAT_ID_PATTERN)])
 
@@ -178,6 +179,7 @@ async def chat_completions(
     flowise: Flowise,
     settings: SettingsDep,
     who: CallerDep,
+    overrides: Overrides,
     x_flowise_chat_id: Annotated[str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
 ) -> Response:
@@ -185,6 +187,13 @@ async def chat_completions(
     messages, system prompts, sampling parameters and the chat id map onto Flowise."""
     if body.n != 1:
         raise ParamError("n must be 1: a chatflow gives one answer", "n")
+    overrides.check(body.overrideConfig)
+    if body.overrideConfig and not settings.openai_pass_params:
+        # Off means the chatflow owns its sampling and its prompt: overrideConfig must not reopen that.
+        reopened = sorted(set(body.overrideConfig) & _PASSED_INPUTS)
+        if reopened:
+            raise ParamError(f"overrideConfig may not set {', '.join(reopened)} while FLOWISE_SSE_OPENAI_PASS_PARAMS "
+                             "is off (the chatflow owns its sampling and its prompt)", "overrideConfig")
     chatflow_id = await resolve_model(flowise, body.model, who)
     chat_id = _chat_id(x_flowise_chat_id, x_openwebui_chat_id, body.user)
     question, history, system = _conversation(body.messages)
@@ -204,7 +213,7 @@ async def chat_completions(
     completion_id, created = f"chatcmpl-{run.id}", int(time.time())
     headers = {"X-Flowise-Stream-Id": run.id, "X-Flowise-Chat-Id": prediction.visible_chat_id}
     if ignored:
-        headers["X-Flowise-Ignored-Params"] = ",".join(sorted(ignored))
+        headers["X-Flowise-Ignored-Params"] = ignored_params_header(ignored)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = ChunkEncoder(completion_id, created, body.model, include_usage)
@@ -290,6 +299,27 @@ def _overrides(body: ChatCompletionRequest, system: list[str], pass_params: bool
         ignored.add("messages[role=system]")
     override.update(body.overrideConfig or {})
     return override or None, ignored
+
+
+IGNORED_HEADER_BYTES = 300
+
+
+def ignored_params_header(names: set[str]) -> str:
+    """The ignored parameters' names as one header value a client can read: what is not printable
+    ASCII escaped (a name is the caller's text: a CR, a non-ASCII letter or a comma must neither
+    break the header nor fake another one), and past a few hundred bytes a count of the rest."""
+    shown: list[str] = []
+    size = 0
+    ordered = sorted(names)
+    for name in ordered:
+        safe = "".join(c if "!" <= c <= "~" and c not in ",\\" else c.encode("unicode_escape").decode()
+                       if ord(c) > 0x7f else f"\\x{ord(c):02x}" for c in name)[:100]
+        if shown and size + len(safe) + 1 > IGNORED_HEADER_BYTES:
+            break
+        shown.append(safe)
+        size += len(safe) + 1
+    more = len(ordered) - len(shown)
+    return ",".join(shown) + (f",... ({more} more)" if more else "")
 
 
 async def _answer(run: StreamRun) -> tuple[str, dict[str, int] | None]:
