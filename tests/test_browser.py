@@ -8,11 +8,7 @@ One browser per module, one context (fresh storage) per test (tests/page_driver.
 
 from __future__ import annotations
 
-import re
-import socket
-import threading
 import time
-from typing import Any, Self
 
 import httpx
 import pytest
@@ -23,6 +19,7 @@ from starlette.routing import Route as StarletteRoute
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
+from .cutting_proxy import CuttingProxy
 from .helpers import wait_until
 from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
     ARTIFACTS, PHONE, answer_text, ask, browser, flowise, gateway, open_chat, page, record_states, reply_to,
@@ -174,79 +171,6 @@ def test_sourcesAndTools_thenCollapsibleUnderTheAnswer(page: Page, gateway: Serv
     expect(tools).to_contain_text("42")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-sources.png")
-
-
-class CuttingProxy:
-    """A TCP proxy in threads in front of the gateway that can cut every open connection at once."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[str] = []  # every request head the browser sent
-        self._open: set[socket.socket] = set()
-        self._upstreams: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._running = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._running = False
-        self.listener.close()
-        self.cut()
-
-    def cut(self) -> int:
-        """Close every open connection (both sides); new ones are still accepted."""
-        with self._lock:
-            sockets, self._open = list(self._open), set()
-            upstreams, self._upstreams = self._upstreams, set()
-        # The gateway side goes first; each pump then ends its pair from its own thread.
-        for group in (upstreams, [sock for sock in sockets if sock not in upstreams]):
-            for sock in group:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        return len(sockets) // 2
-
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self._lock:
-                self._open |= {client, upstream}
-                self._upstreams.add(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if from_browser and re.match(rb"[A-Z]+ /", data):
-                    self.requests.append(data.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # shutdown() first: close() alone sends no FIN while the other pump thread is blocked
-            # in recv() on the same socket (the kernel keeps the file open for that call), and
-            # the browser would wait on a connection that looks alive forever.
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            with self._lock:
-                self._open -= {src, dst}
-                self._upstreams -= {src, dst}
 
 
 def test_connectionCut_midStream_thenResumesWithoutDuplicates(page: Page, gateway: ServerThread) -> None:
