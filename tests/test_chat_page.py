@@ -340,7 +340,8 @@ def test_showcase_thenScreenshotsAtDesktopAndPhoneWidths(browser: Browser, gatew
     """The screenshots of docs/chat.png and docs/chat-phone.png (copied from tests/artifacts/)."""
     sources = [{"pageContent": "Every event has event:, one JSON data: line and id:.",
                 "metadata": {"source": "sse-contract.md"}}]
-    for name, viewport in (("chat.png", DESKTOP), ("chat-phone.png", PHONE)):
+    # A little taller than the other tests' windows: the whole answer and its buttons in view.
+    for name, viewport in (("chat.png", DESKTOP | {"height": 900}), ("chat-phone.png", PHONE | {"height": 844})):
         context = browser.new_context(viewport=viewport, color_scheme="light")
         try:
             page = context.new_page()
