@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs, from scratch: Debian packages (curl, redis-server,
-# chromium, nginx, docker-compose), the Python environment (.venv, with the test extra: the test
-# tools and mkdocs for the documentation site), the openai npm SDK for the interop tests, and real
-# Flowise servers from npm (cached between runs).
+# chromium, nginx, docker-compose, prometheus), the Python environment (.venv, with the test extra:
+# the test tools and mkdocs for the documentation site), the openai npm SDK for the interop tests,
+# and real Flowise servers from npm (cached between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,8 @@ command -v npm >/dev/null || need+=(nodejs npm)
 # tests/test_deploy.py: the shipped nginx.conf runs for real; compose is validated by docker-compose.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+# tests/test_deploy.py: the compose file's Prometheus command and deploy/prometheus.yml scrape for real.
+command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -195,8 +195,9 @@ class Settings(BaseSettings):
     (probes use the pod's IP). Add your public host name when deploying."""
 
     metrics_token: SecretStr | None = None
-    """Bearer token for `GET /metrics` (what Prometheus sends); it opens nothing else. Unset: a
-    gateway API key is needed there, as on every other route (none when the gateway is open)."""
+    """Bearer token for `GET /metrics` (what Prometheus sends); it opens nothing else. Unset or
+    empty: a gateway API key is needed there, as on every other route (none when the gateway is
+    open)."""
 
     # --- Operations -------------------------------------------------------------------------
     workers: int = Field(1, ge=1)
@@ -206,6 +207,13 @@ class Settings(BaseSettings):
     holds up to N times each of them."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as text or as one JSON object per line (for a log pipeline)."""
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes an unset variable on as "" (`${FLOWISE_SSE_METRICS_TOKEN:-}`): that
+        # is no token, not a token nobody can send.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
