@@ -250,9 +250,8 @@ class FlowiseClient:
         A full pool makes the next request wait (up to connect_timeout, then 504), so the gateway
         never opens more upstream connections than this. Idle connections are dropped after 2 s,
         before Flowise's side (Node's and uvicorn's 5 s keep-alive timeout) closes them: a
-        connection reused just as the server closes it fails with "Server disconnected" -> 502
-        (`bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
-        another's request."""
+        connection reused just as the server closes it fails with "Server disconnected" -> 502.
+        No cookie jar: one user's cookie must never ride on another's request."""
         if self._pool is None:
             self._pool = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0,
