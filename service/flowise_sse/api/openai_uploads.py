@@ -40,40 +40,45 @@ class Upload:
 
 
 class UploadRefused(BadRequest):
+    """An image or audio part the gateway or the chatflow cannot take; `param` names it (OpenAI's field)."""
+
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
 
 
-def image_upload(url: str, number: int, param: str) -> Upload:
-    """An image part's URL or data URI as a Flowise upload (`number`: its place in the request)."""
+def image_upload(url: str, number: int, where: str, param: str | None = None) -> Upload:
+    """An image part's URL or data URI as a Flowise upload (`number`: its place in the request;
+    `where`: the part, for messages; `param`: the field to name, `where` by default)."""
+    param = param or where
     if url.startswith("data:"):
-        mime, size = _data_uri(url, param)
+        mime, size = _data_uri(url, where, param)
         if not mime.startswith("image/"):
-            raise UploadRefused(f"{param} is a {mime} data URI, not an image", param)
+            raise UploadRefused(f"{where} is a {mime} data URI, not an image", param)
         return Upload({"data": url, "type": "file", "name": f"image-{number}{_extension(mime)}", "mime": mime}, size)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UploadRefused(f"{param} must be an http(s) URL or a base64 data URI", param)
+        raise UploadRefused(f"{where} must be an http(s) URL or a base64 data URI", param)
     name = parts.path.rsplit("/", 1)[-1] or f"image-{number}"
     mime = mimetypes.guess_type(name)[0] or "image/png"  # Flowise's own default for a URL upload
     return Upload({"data": url, "type": "url", "name": name, "mime": mime}, 0)
 
 
-def audio_upload(data: str, audio_format: str, number: int, param: str) -> Upload:
+def audio_upload(data: str, audio_format: str, number: int, where: str, param: str | None = None) -> Upload:
     """An `input_audio` part (base64 and its format) as a Flowise `audio` upload."""
+    param = param or where
     mime = _AUDIO_MIMES.get(audio_format.lower())
     if mime is None:
-        raise UploadRefused(f"{param}.format must be one of {', '.join(_AUDIO_MIMES)}", param)
+        raise UploadRefused(f"{where}.format must be one of {', '.join(_AUDIO_MIMES)}", param)
     uri = f"data:{mime};base64,{data}"
-    _, size = _data_uri(uri, param)
+    _, size = _data_uri(uri, where, param)
     return Upload({"data": uri, "type": "audio", "name": f"audio-{number}.{audio_format.lower()}", "mime": mime}, size)
 
 
 async def checked_uploads(flowise: FlowiseClient, chatflow_id: str, uploads: list[Upload],
-                          max_bytes: int) -> list[dict[str, str]]:
+                          max_bytes: int, param: str) -> list[dict[str, str]]:
     """The uploads as Flowise takes them, once the chatflow's policy and the size cap allow them
-    all; otherwise a 400 naming the policy (or 413 over `max_bytes` in all)."""
+    all; otherwise a 400 naming the policy and `param` (or 413 over `max_bytes` in all)."""
     if not uploads:
         return []
     total = sum(upload.size for upload in uploads)
@@ -86,17 +91,17 @@ async def checked_uploads(flowise: FlowiseClient, chatflow_id: str, uploads: lis
             if policy.get("isSpeechToTextEnabled") is not True:
                 raise UploadRefused(
                     f"chatflow {chatflow_id} does not take audio: its upload policy (Flowise's chatbot config) "
-                    "has isSpeechToTextEnabled false; turn on its Speech to Text", "input_audio")
+                    "has isSpeechToTextEnabled false; turn on its Speech to Text", param)
             continue
         if policy.get("isImageUploadAllowed") is not True:
             raise UploadRefused(
                 f"chatflow {chatflow_id} does not take images: its upload policy (Flowise's chatbot config) has "
-                "isImageUploadAllowed false; turn on Allow Image Uploads on its chat model", "image_url")
-        _check_image(policy, upload, chatflow_id)
+                "isImageUploadAllowed false; turn on Allow Image Uploads on its chat model", param)
+        _check_image(policy, upload, chatflow_id, param)
     return [upload.item for upload in uploads]
 
 
-def _check_image(policy: dict[str, Any], upload: Upload, chatflow_id: str) -> None:
+def _check_image(policy: dict[str, Any], upload: Upload, chatflow_id: str, param: str) -> None:
     """Against `imgUploadSizeAndTypes` ({fileTypes, maxUploadSize in MB} entries), when given."""
     rules = [rule for rule in policy.get("imgUploadSizeAndTypes") or () if isinstance(rule, dict)]
     if not rules or upload.item["type"] != "file":  # a URL's type and size are Flowise's model's business
@@ -105,24 +110,24 @@ def _check_image(policy: dict[str, Any], upload: Upload, chatflow_id: str) -> No
     mime = upload.item["mime"]
     if types and mime not in types:
         raise UploadRefused(f"chatflow {chatflow_id} takes images of types {', '.join(sorted(types))} "
-                            f"(its upload policy), not {mime}", "image_url")
+                            f"(its upload policy), not {mime}", param)
     sizes = [rule["maxUploadSize"] for rule in rules if isinstance(rule.get("maxUploadSize"), int | float)]
     if sizes and upload.size > max(sizes) * _MB:
         raise UploadRefused(f"chatflow {chatflow_id} takes images up to {max(sizes):g} MB (its upload policy); "
-                            f"{upload.item['name']} is {upload.size} bytes", "image_url")
+                            f"{upload.item['name']} is {upload.size} bytes", param)
 
 
-def _data_uri(uri: str, param: str) -> tuple[str, int]:
+def _data_uri(uri: str, where: str, param: str) -> tuple[str, int]:
     """(mime, decoded size) of a base64 data URI, whose base64 is checked whole."""
     match = _DATA_URI.match(uri)
     if match is None:
-        raise UploadRefused(f"{param} must be a base64 data URI (data:<type>;base64,<data>)", param)
+        raise UploadRefused(f"{where} must be a base64 data URI (data:<type>;base64,<data>)", param)
     try:
         data = binascii.a2b_base64(uri[match.end():], strict_mode=True)
     except binascii.Error:
-        raise UploadRefused(f"{param}: the data URI's base64 is not valid", param) from None
+        raise UploadRefused(f"{where}: the data URI's base64 is not valid", param) from None
     if not data:
-        raise UploadRefused(f"{param}: the data URI is empty", param)
+        raise UploadRefused(f"{where}: the data URI is empty", param)
     return match["mime"].lower(), len(data)
 
 

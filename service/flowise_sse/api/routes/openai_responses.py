@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from ...errors import BadRequest, PayloadTooLarge, StreamNotFound, error_from_event
+from ...errors import BadRequest, StreamNotFound, error_from_event
 from ...events import ERROR, TERMINAL, Event
 from ...streams import StreamRun
 from ...streams.sse_encoder import KEEPALIVE, json_bytes
@@ -46,6 +46,7 @@ from .openai_compat import (
     OpenAIRoute,
     ParamError,
     _until_client_leaves,
+    check_body_size,
     resolve_model,
 )
 
@@ -106,8 +107,8 @@ async def create_response(
         [item["content"] for item in history], "input") or json_problem(override, "overrideConfig")
     if problem:
         raise BadRequest(problem)
-    uploads = await checked_uploads(flowise, chatflow_id, turns.uploads, settings.max_upload_bytes)
-    _check_body_size(request, settings.max_body_bytes, bool(uploads))
+    uploads = await checked_uploads(flowise, chatflow_id, turns.uploads, settings.max_upload_bytes, "input")
+    check_body_size(request, settings.max_body_bytes, bool(uploads))
     prediction = Prediction.build(turns.question, history, chat_id, override, uploads)
     if who.tenant is not None:
         prediction = prediction.namespaced(who.upstream_chat_id)
@@ -151,14 +152,6 @@ def _named_chat(conversation: str) -> str:
     except ValueError:
         raise ParamError("conversation must be 1-128 characters of A-Z a-z 0-9 . _ : @ - (it names the Flowise "
                          "chat)", "conversation") from None
-
-
-def _check_body_size(request: Request, max_body: int, has_uploads: bool) -> None:
-    """The guard let this route's body up to `max_upload_bytes`: that is for images and audio."""
-    declared = request.headers.get("content-length", "")
-    if not has_uploads and declared.isdigit() and int(declared) > max_body:
-        raise PayloadTooLarge(f"the request body is {declared} bytes, over the limit of {max_body} without images "
-                              "or audio (FLOWISE_SSE_MAX_BODY_BYTES)")
 
 
 def _overrides(body: CreateResponse, system: list[str], pass_params: bool) -> tuple[dict[str, Any] | None, set[str]]:
@@ -266,13 +259,13 @@ class _Turns:
             if not isinstance(url, str):
                 raise UploadRefused(f"{where}.image_url must be a URL or a data URI (file_id is not supported)",
                                     "input")
-            self.uploads.append(image_upload(url, number, where))
+            self.uploads.append(image_upload(url, number, where, "input"))
             return {"type": "input_image", "image_url": None if url.startswith("data:") else url,
                     "detail": part.get("detail", "auto")}
         audio = part.get("input_audio")
         if not isinstance(audio, dict) or not all(isinstance(audio.get(key), str) for key in ("data", "format")):
             raise UploadRefused(f"{where}.input_audio must be {{data: <base64>, format}}", "input")
-        self.uploads.append(audio_upload(audio["data"], audio["format"], number, where))
+        self.uploads.append(audio_upload(audio["data"], audio["format"], number, where, "input"))
         return {"type": "input_audio", "format": audio["format"]}
 
 
