@@ -129,15 +129,19 @@ class ResponseRecords:
 
     async def events(self, record: ResponseRecord) -> list[Event] | None:
         """The response's events so far (a point-in-time read of its stream's log, from memory on
-        the replica that runs it, from Redis on the others); None when the log is gone."""
+        the replica that runs it, from Redis on the others: maybe none yet, its first frames on
+        their way there); None when the log is gone."""
         log = self._manager.store.get(record.stream_id)
         if log is not None:
             frames = list(log.frames)
-        elif self._redis is not None:
+        elif self._redis is not None and self._manager.mirror is not None:
             frames = await self._redis.frames(record.stream_id)
+            # None yet: just started (its keys are made at admission), or expired before its record.
+            if not frames and not await self._manager.mirror.exists(record.stream_id):
+                return None
         else:
             return None
-        return [decode(frame) for frame in frames] if frames else None
+        return [decode(frame) for frame in frames]
 
     def _readable(self, stream_id: str) -> bool:
         return stream_id in self._manager.runs or self._manager.store.get(stream_id) is not None

@@ -295,10 +295,8 @@ def _conversation(
     media: list[Upload] = []
     left_out: set[str] = set()
     question = _text(messages[last], last, media, left_out, asked=True)
-    if not question.strip():
-        if not media:
-            raise ParamError("the last user message has no text", "messages")
-        question = " "  # an image or audio alone: Flowise needs a question (audio becomes it)
+    if not question.strip() and not media:
+        raise ParamError("the last user message has no text", "messages")
     history: list[dict[str, str]] = []
     system: list[str] = []
     for index, message in enumerate(messages[:last]):

@@ -207,8 +207,6 @@ class _Turns:
                 self.history.append({"role": str(role), "content": text})
         if not self.question.strip() and not self.uploads:
             raise ParamError("the last user message has no text", "input")
-        if not self.question.strip():
-            self.question = " "  # an image or audio alone: Flowise needs a question (audio becomes it)
 
     @staticmethod
     def _is_message(index: int, item: Any) -> bool:
