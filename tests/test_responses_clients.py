@@ -51,7 +51,7 @@ def words(text: str) -> list[str]:
 
 
 # --- the OpenAI Agents SDK -------------------------------------------------------------------------
-def agent(gateway: ServerThread, model: str = DEMO_CHATFLOW_ID) -> Agent[Any]:
+def agent(gateway: Any, model: str = DEMO_CHATFLOW_ID) -> Agent[Any]:
     client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0, timeout=20)
     return Agent(name="chatflow", instructions="You answer questions.",
                  model=OpenAIResponsesModel(model=model, openai_client=client), model_settings=ModelSettings())
@@ -81,7 +81,7 @@ async def test_agentsSdk_whenPreviousResponseId_thenTheSameFlowiseChat(gateway, 
 
 
 # --- the Vercel AI SDK -----------------------------------------------------------------------------
-async def ai_sdk(gateway: ServerThread, prompt: str, mode: str = "stream", **case: Any) -> dict[str, Any]:
+async def ai_sdk(gateway: Any, prompt: str, mode: str = "stream", **case: Any) -> dict[str, Any]:
     assert (AI_SDK / "node_modules" / "ai").is_dir(), "the AI SDK is missing: run bash tests/setup.sh"
     case = {"baseURL": gateway.url + "/v1", "apiKey": KEY, "model": DEMO_CHATFLOW_ID, "prompt": prompt,
             "mode": mode, **case}
@@ -134,12 +134,13 @@ async def test_aiSdk_whenTheLLMFails_thenAnErrorPartWithFlowisesMessage(gateway)
 
 
 # --- Codex CLI -------------------------------------------------------------------------------------
-async def codex(gateway: ServerThread, home: Path, *args: str) -> list[dict[str, Any]]:
-    """`codex exec --json` with the gateway as its model provider; its JSONL events."""
+async def codex(gateway: Any, home: Path, *args: str, model: str = DEMO_CHATFLOW_ID) -> list[dict[str, Any]]:
+    """`codex exec --json` with the gateway as its model provider (docs/openai-responses.md's
+    config); its JSONL events."""
     assert CODEX.exists(), "Codex CLI is missing: run bash tests/setup.sh"
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(
-        f'model = "{DEMO_CHATFLOW_ID}"\nmodel_provider = "flowise"\n\n[model_providers.flowise]\n'
+        f'model = "{model}"\nmodel_provider = "flowise"\n\n[model_providers.flowise]\n'
         f'name = "Flowise gateway"\nbase_url = "{gateway.url}/v1"\nwire_api = "responses"\n'
         'env_key = "FLOWISE_GATEWAY_KEY"\n')
     work = home.parent / "work"
