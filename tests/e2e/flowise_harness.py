@@ -282,6 +282,7 @@ class Chatflows:
     tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
     agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
     sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
+    vision: str | None = None  # the conversation chain with its chat model's "Allow Image Uploads" on
 
 
 @dataclass
@@ -375,6 +376,8 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         unstreamable=(chatflow("e2e-unstreamable", "chatOpenAI", streaming=False) if model_can_stop_streaming
                       else chatflow("e2e-unstreamable", "chatOpenAICustom")),
     )
+    if any(i["name"] == "allowImageUploads" for i in definitions["chatOpenAI"]["inputs"]):
+        flows.vision = chatflow("e2e-vision", "chatOpenAI", allowImageUploads=True)
     if release.tool_agent:
         flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
     if release.agentflow:
@@ -382,7 +385,8 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
     if release.sequential_agent:
         flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
-    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent) if flow}
+    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent, flows.vision)
+                 if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
