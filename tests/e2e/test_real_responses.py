@@ -16,7 +16,7 @@ from agents import Runner
 
 from ..test_responses_clients import agent, agent_messages, ai_sdk, codex, words
 from .flowise_harness import FlowiseDeployment, GatewayFactory
-from .mock_llm import MockLLM, RecordedRequest, reply_for, reply_tokens
+from .mock_llm import MockLLM, RecordedRequest, reply_for, reply_tokens, thought_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.releases("3.1.4")]
 
@@ -121,6 +121,27 @@ def test_images_reach_the_llm_from_both_apis(real_flowise: FlowiseDeployment, ga
         api.chat.completions.create(model=real_flowise.chatflows.open, messages=[{"role": "user", "content": [
             {"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": PNG}}]}])
     assert "isImageUploadAllowed" in refused.value.message
+
+
+def test_flowise_thinking_is_reasoning_on_both_apis(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
+                                                     mock_llm: MockLLM) -> None:
+    # An Agentflow's LLM node on a reasoning model: Flowise 3.1 streams its summary as `thinking`.
+    assert real_flowise.chatflows.reasoning
+    api = sdk(gateways(real_flowise))
+    question = f"Think first {marker()}"
+    events = list(api.responses.create(model=real_flowise.chatflows.reasoning, input=question, stream=True))
+    assert mock_llm.requests_for(question)[0].body.get("reasoning")  # the Responses API, asked to sum up
+    done = events[-1].response
+    assert [item.type for item in done.output] == ["reasoning", "message"]
+    assert done.output[0].summary[0].text == thought_for(question) and done.output_text == reply_for(question)
+    deltas = [e.delta for e in events if e.type == "response.reasoning_summary_text.delta"]
+    assert "".join(deltas) == thought_for(question)
+    chat_question = f"Think again {marker()}"
+    chunks = list(api.chat.completions.create(model=real_flowise.chatflows.reasoning, stream=True,
+                                              messages=[{"role": "user", "content": chat_question}]))
+    deltas = [c.choices[0].delta.model_dump() for c in chunks if c.choices]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == thought_for(chat_question)
+    assert "".join(d.get("content") or "" for d in deltas) == reply_for(chat_question)
 
 
 def test_agents_sdk_run_streamed(real_flowise: FlowiseDeployment, gateways: GatewayFactory) -> None:
