@@ -59,6 +59,17 @@ def test_openai_sdk_streams_and_returns_flowises_answer_exactly(real_flowise: Fl
     assert whole.output_text == reply_for(whole_question)
     assert api.responses.retrieve(whole.id).model_dump() == whole.model_dump()
 
+    async def with_async_client() -> tuple[list[str], str]:
+        async with openai.AsyncOpenAI(base_url=api.base_url, api_key="any", max_retries=0, timeout=60) as client:
+            stream = await client.responses.create(model=real_flowise.chatflows.open, input=async_question, stream=True)
+            deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+            return deltas, (await client.responses.create(model=real_flowise.chatflows.open,
+                                                          input=async_question)).output_text
+
+    async_question = f"Hello async Responses {marker()}"
+    deltas, text = asyncio.run(with_async_client())
+    assert deltas == reply_tokens(async_question) and text == reply_for(async_question)
+
 
 def test_previous_response_id_continues_flowises_memory(real_flowise: FlowiseDeployment, gateways: GatewayFactory,
                                                         mock_llm: MockLLM) -> None:
