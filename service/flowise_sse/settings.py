@@ -161,6 +161,15 @@ class Settings(BaseSettings):
     the input names of its chat model and prompt nodes. Off: they are ignored (the chatflow owns
     its model and prompt) and listed in `X-Flowise-Ignored-Params`. Flowise 3.x applies an
     override only where the chatflow's "Override Configuration" allows it."""
+    openai_reasoning: bool = True
+    """On `/v1/chat/completions`: send Flowise's `thinking` (a reasoning model's thoughts, 3.1+)
+    as `delta.reasoning_content` and `delta.reasoning` in the stream, and as
+    `message.reasoning_content` in a whole completion. Off for a client that cannot take fields
+    OpenAI's own API does not send; the Responses API always has them as reasoning items."""
+    max_upload_bytes: int = 25 * 1024 * 1024
+    """Largest body of an OpenAI request (`/v1/chat/completions`, `/v1/responses`) that carries
+    images or audio, and the most their decoded bytes may add up to; other bodies keep
+    `max_body_bytes`. Flowise's chatflow has its own cap per image (its upload policy)."""
 
     # --- Access -----------------------------------------------------------------------------
     override_config: str = "any"

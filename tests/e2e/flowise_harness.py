@@ -282,6 +282,8 @@ class Chatflows:
     tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
     agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
     sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
+    vision: str | None = None  # the conversation chain with its chat model's "Allow Image Uploads" on
+    reasoning: str | None = None  # Agentflow V2: Start -> LLM, a reasoning model that sums up its thoughts
 
 
 @dataclass
@@ -375,14 +377,18 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         unstreamable=(chatflow("e2e-unstreamable", "chatOpenAI", streaming=False) if model_can_stop_streaming
                       else chatflow("e2e-unstreamable", "chatOpenAICustom")),
     )
+    if any(i["name"] == "allowImageUploads" for i in definitions["chatOpenAI"]["inputs"]):
+        flows.vision = chatflow("e2e-vision", "chatOpenAI", allowImageUploads=True)
     if release.tool_agent:
         flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
     if release.agentflow:
         flows.agentflow = _create_agentflow(admin, release, llm_base_url, credential_id)
+        flows.reasoning = _create_reasoning_agentflow(admin, release, llm_base_url, credential_id)
     if release.sequential_agent:
         flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
-    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent) if flow}
+    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent, flows.vision,
+                                         flows.reasoning) if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
@@ -441,6 +447,26 @@ def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, 
     )
     flow.follow(start, agent)
     return _save_chatflow(admin, release, "e2e-agentflow", flow, kind="AGENTFLOW")
+
+
+def _create_reasoning_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V2: Start -> LLM, on a reasoning model's name (`o3-mini`) with a reasoning summary:
+    LangChain's ChatOpenAI then calls the mock's Responses API, whose summary Flowise streams as
+    `thinking` events (only an Agentflow's LLM and Agent nodes stream them)."""
+    definitions = _node_definitions(admin, ("startAgentflow", "llmAgentflow"))
+    model_config = {
+        "modelName": "o3-mini", "reasoningEffort": "low", "reasoningSummary": "auto", "streaming": True,
+        "basepath": llm_base_url, "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id,
+        "llmModel": "chatOpenAI",
+    }
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    llm = flow.add(definitions["llmAgentflow"], node_type="agentFlow", llmModel="chatOpenAI",
+                   llmMessages=[{"role": "system", "content": SYSTEM_PROMPT}], llmEnableMemory=True,
+                   llmMemoryType="allMessages", llmReturnResponseAs="userMessage",
+                   extra_inputs={"llmModelConfig": model_config})
+    flow.follow(start, llm)
+    return _save_chatflow(admin, release, "e2e-reasoning", flow, kind="AGENTFLOW")
 
 
 def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:

@@ -29,7 +29,8 @@ from .override_policy import FLOWISE_ALLOWLIST_SINCE, OverridePolicy
 from .openapi import openapi_document
 from .redaction import install_log_redaction
 from .request_context import RequestContext
-from .routes import chatflows, detached_streams, health, openai_compat, prometheus
+from .response_records import ResponseRecords
+from .routes import chatflows, detached_streams, health, openai_compat, openai_responses, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
         app.state.upstream, app.state.manager = upstream, manager
+        app.state.responses = ResponseRecords(manager)
         install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
         if access.open:
@@ -91,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.set_build_info(__version__)
     install_error_handlers(app)
     for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
-                   prometheus.router):
+                   openai_responses.router, prometheus.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)

@@ -36,12 +36,16 @@ DATA_CSP = b"default-src 'none'; frame-ancestors 'none'"
 PROBES = ("/healthz", "/readyz")
 # GETs that start a prediction: a cross-site <img> or no-cors fetch must not reach them.
 STARTS_ON_GET = "/stream"
+# OpenAI requests may carry images and audio inline: their bodies may be up to max_upload_bytes
+# (the route holds a body without any to max_body_bytes).
+UPLOAD_PATHS = frozenset({"/v1/chat/completions", "/v1/responses"})
 
 
 class Guard:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.max_body = settings.max_body_bytes
+        self.max_upload_body = max(settings.max_body_bytes, settings.max_upload_bytes)
         self.body_timeout = settings.body_timeout
         hosts = {h.strip().lower().strip("[]") for h in settings.allowed_hosts}
         self.any_host = "*" in hosts
@@ -73,10 +77,10 @@ class Guard:
             self._check_host(headers, path)
             self._check_cross_site(scope, headers, path)
             declared = headers.get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_body:
+            limit, setting = self._limit(path)
+            if declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLarge(
-                    f"the request body is {int(declared)} bytes, over the limit of {self.max_body} "
-                    "(FLOWISE_SSE_MAX_BODY_BYTES)"
+                    f"the request body is {int(declared)} bytes, over the limit of {limit} ({setting})"
                 )
         except GatewayError as exc:
             await _answer(send_with_headers, exc, close=exc.status == 413)
@@ -84,7 +88,12 @@ class Guard:
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared and b"transfer-encoding" not in headers:
             await self.app(scope, receive, send_with_headers)
             return
-        await self._with_bounded_body(scope, receive, send_with_headers)
+        await self._with_bounded_body(scope, receive, send_with_headers, *self._limit(path))
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        if path in UPLOAD_PATHS and self.max_upload_body > self.max_body:
+            return self.max_upload_body, "FLOWISE_SSE_MAX_UPLOAD_BYTES"
+        return self.max_body, "FLOWISE_SSE_MAX_BODY_BYTES"
 
     def _check_host(self, headers: dict[bytes, bytes], path: str) -> None:
         if self.any_host or path in PROBES:
@@ -105,7 +114,7 @@ class Guard:
         if headers.get(b"sec-fetch-site", b"") in (b"cross-site", b"same-site"):
             raise Forbidden("a cross-site request without CORS cannot start a prediction")
 
-    async def _with_bounded_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _with_bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: int, setting: str) -> None:
         """The body counted as it arrives (a chunked body has no Content-Length to trust) and
         given `body_timeout` in all. The refusal is an HTTPException: FastAPI's body reading
         passes those on as they are (anything else it turns into a 400)."""
@@ -125,9 +134,9 @@ class Guard:
                                     "(FLOWISE_SSE_BODY_TIMEOUT)", headers=_CLOSE) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise HTTPException(413, f"the request body is over the limit of {self.max_body} bytes "
-                                        "(FLOWISE_SSE_MAX_BODY_BYTES)", headers=_CLOSE)
+                if received > limit:
+                    raise HTTPException(413, f"the request body is over the limit of {limit} bytes ({setting})",
+                                        headers=_CLOSE)
                 complete = not message.get("more_body", False)
             return message
 

@@ -8,6 +8,7 @@ the JSON answer (≤2.0.x), or the JSON answer alone (prediction_run.py).
 
 from __future__ import annotations
 
+import base64
 import uuid
 from dataclasses import dataclass
 from functools import partial
@@ -78,6 +79,7 @@ class Emulator(Records):
             Route("/api/v1/chatflows", self._list_chatflows),
             Route("/api/v1/chatflows/{id}", self._get_chatflow),
             Route("/api/v1/chatflows-streaming/{id}", self._streaming_check),
+            Route("/api/v1/public-chatbotConfig/{id}", self._chatbot_config),
             Route("/api/v1/prediction/{id}", self._predict, methods=["POST"]),
             Route("/api/v1/chatmessage/{id}", self._chat_messages),
             Route("/__emulator/state", self._state, methods=["GET", "DELETE"]),
@@ -121,6 +123,16 @@ class Emulator(Records):
             return unknown_streaming_chatflow(self.quirks, flow_id)
         return json_response({"isStreaming": flow.streaming})
 
+    async def _chatbot_config(self, request: Request) -> Response:
+        """Public: the chatflow's chatbot config (none here) with its upload policy."""
+        flow = CHATFLOWS.get(request.path_params["id"])
+        if flow is None:
+            return unknown_chatflow(self.quirks, request.path_params["id"])
+        config: dict[str, Any] = {"uploads": flow.uploads()}
+        if self.quirks.chatbot_config_flow_data:
+            config |= {"flowData": flow.flow_data, "isTTSEnabled": False}
+        return json_response(config)
+
     async def _chat_messages(self, request: Request) -> Response:
         """The stored answers of a chatflow, filtered by `chatId` and `messageId` like Flowise's."""
         query = request.query_params
@@ -152,6 +164,12 @@ class Emulator(Records):
         overrides = _mapping(body.get("overrideConfig"))
         question = str(body.get("question") or "")
         flow = CHATFLOWS.get(flow_id)
+        uploads = [u for u in body.get("uploads") or () if isinstance(u, dict)]
+        images = [str(u.get("data")) for u in uploads if u.get("type") in ("file", "url")
+                  and str(u.get("mime", "image/png")).startswith("image/")] if flow and flow.images else []
+        heard = [u for u in uploads if u.get("type") == "audio"] if flow and flow.speech_to_text else []
+        if heard:  # the speech-to-text provider's transcription replaces the question
+            question = transcription(str(heard[0].get("data", "")))
         streaming = body.get("streaming")
         streaming_requested = streaming is True or streaming == "true"
         streamable = flow is not None and flow.streaming
@@ -162,7 +180,7 @@ class Emulator(Records):
             transport = "socketio" if streamable and sid else "json"
         self.add_request({
             "chatflowId": flow_id, "body": body, "headers": dict(request.headers),
-            "llm_messages": llm_messages(question, body.get("history"), quirks), "transport": transport,
+            "llm_messages": llm_messages(question, body.get("history"), quirks, images), "transport": transport,
         })
         controls = _mapping(overrides.get("emulator"))
         if controls.get("hang"):
@@ -196,6 +214,14 @@ class Emulator(Records):
 
 def create_emulator_app(config: EmulatorConfig | None = None) -> Emulator:
     return Emulator(config or EmulatorConfig())
+
+
+def transcription(data_uri: str) -> str:
+    """The mock speech-to-text: audio whose bytes are UTF-8 text "says" that text."""
+    try:
+        return base64.b64decode(data_uri.partition(",")[2]).decode("utf-8", "replace")
+    except ValueError:
+        return ""
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -63,6 +63,11 @@ class Quirks:
     history_role_content: bool
     history_type_as_empty_ai: bool
     history_type_as_empty_user: bool
+    # A reasoning model's thoughts stream as `thinking` events (`{event, data}`, then a closing
+    # one with empty data and a `duration`), before the answer's tokens (FlowiseAI/Flowise#5893).
+    thinking_events: bool
+    # `public-chatbotConfig` adds the sanitised `flowData` and `isTTSEnabled` to `uploads`.
+    chatbot_config_flow_data: bool
 
 
 def quirks_for(version: str) -> Quirks:
@@ -76,7 +81,7 @@ def quirks_for(version: str) -> Quirks:
     sse = since(2, 1, 0)  # PR #3125: SSE on the prediction POST replaces socket.io; JSON gains isStreamValid
     version_whitelisted = since(2, 1, 2)  # also the first with the X-Accel-Buffering header
     colon_everywhere = since(3, 1, 2)  # end/error frames get `message:` like the others; heartbeat comments
-    whitelist = ["/api/v1/prediction/", "/api/v1/chatflows-streaming"]
+    whitelist = ["/api/v1/prediction/", "/api/v1/chatflows-streaming", "/api/v1/public-chatbotConfig"]
     whitelist += ["/api/v1/ping"] if since(1, 8, 2) else []
     whitelist += ["/api/v1/version"] if version_whitelisted else []
     whitelist += ["/api/v1/chatmessage/abort"] if since(3, 1, 0) else []
@@ -103,6 +108,8 @@ def quirks_for(version: str) -> Quirks:
         history_role_content=controllers,
         history_type_as_empty_ai=since(2, 0, 2),  # a {type: apiMessage} history item counts (with empty content)
         history_type_as_empty_user=since(3, 0, 0),  # a {type: userMessage} history item counts too
+        thinking_events=since(3, 1, 0),  # SSEStreamer.streamThinkingEvent
+        chatbot_config_flow_data=since(3, 0, 0),
     )
 
 

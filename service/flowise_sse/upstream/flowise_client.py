@@ -242,6 +242,7 @@ class FlowiseClient:
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+        self._upload_policies: dict[str, tuple[dict[str, Any], float]] = {}
         self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -486,6 +487,24 @@ class FlowiseClient:
             streaming, time.monotonic() + self.settings.chatflow_cache_ttl
         )
         return streaming
+
+    async def upload_policy(self, chatflow_id: str) -> dict[str, Any]:
+        """The `uploads` part of `GET /api/v1/public-chatbotConfig/{id}` (public on every line
+        from 1.6): `isImageUploadAllowed`, `imgUploadSizeAndTypes`, `isSpeechToTextEnabled`, ...;
+        {} when Flowise says nothing. Remembered for `chatflow_cache_ttl`, as the streaming check is."""
+        seen = self._upload_policies.get(chatflow_id)
+        if seen and time.monotonic() < seen[1]:
+            return seen[0]
+        answer = await self.request(
+            "GET", f"/api/v1/public-chatbotConfig/{quote(chatflow_id, safe='')}", f"the upload policy of {chatflow_id}",
+            operation="chatbot_config", management=False,
+        )
+        uploads = answer.get("uploads") if isinstance(answer, dict) else None  # "OK": no config at all
+        policy = uploads if isinstance(uploads, dict) else {}
+        if len(self._upload_policies) > 10000:
+            self._upload_policies.clear()
+        self._upload_policies[chatflow_id] = (policy, time.monotonic() + self.settings.chatflow_cache_ttl)
+        return policy
 
     async def list_chatflows(self, *, cached: bool = False) -> list[dict[str, Any]]:
         """Flowise's chatflows. `cached`: a listing up to `chatflow_cache_ttl` old will do (name

@@ -50,6 +50,8 @@ class Prediction:
     # caller's chats are namespaced: api/tenants.py); None: the same as Flowise's.
     client_chat_id: str | None = None
     client_session_id: str | None = None
+    # Flowise's `uploads` (`{data, type, name, mime}` items: images, audio), checked by the caller.
+    uploads: list[dict[str, str]] | None = None
 
     @classmethod
     def build(
@@ -58,10 +60,13 @@ class Prediction:
         history: Iterable[Mapping[str, Any]] | None = None,
         chat_id: str | None = None,
         override_config: Mapping[str, Any] | None = None,
+        uploads: list[dict[str, str]] | None = None,
     ) -> Prediction:
         """Validate the caller's input; a fresh chatId unless one is given, because Flowise
         prepends `history` to what it already stored under that chatId."""
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str) or not (question.strip() or uploads):
+            # With uploads the question may be empty: speech-to-text makes one of audio, and an
+            # image can be the whole of a question.
             raise BadRequest("question must be a non-empty string")
         if override_config is not None and not isinstance(override_config, Mapping):
             raise BadRequest("overrideConfig must be an object")
@@ -70,6 +75,7 @@ class Prediction:
             history=portable_history(history),
             chat_id=chat_id or str(uuid.uuid4()),
             override_config=dict(override_config) if override_config is not None else None,
+            uploads=uploads or None,
         )
 
     @property
@@ -123,5 +129,7 @@ class Prediction:
             body["history"] = self.history
         if self.override_config is not None:
             body["overrideConfig"] = self.override_config
+        if self.uploads:
+            body["uploads"] = self.uploads
         body.update(extra)
         return body
