@@ -100,9 +100,10 @@ def test_compose_flowiseOfficialImageTwoGatewaysAndRedis():
         gateway = services[name]
         assert gateway["build"] == "."
         env = gateway["environment"]
-        assert env["FLOWISE_URL"] == "http://flowise:3000"
-        assert env["FLOWISE_SSE_REDIS_URL"].startswith("redis://redis:")
-        assert set(gateway["depends_on"]) == {"flowise", "redis"}
+        # The bundled Flowise and Redis by default; another one from the environment.
+        assert env["FLOWISE_URL"] == "${FLOWISE_URL:-http://flowise:3000}"
+        assert env["FLOWISE_SSE_REDIS_URL"].startswith("${FLOWISE_SSE_REDIS_URL:-redis://redis:")
+        assert "depends_on" not in gateway  # they may be another installation's (tests/test_deploy.py)
 
 
 def test_readme_twoCommands_andCiRunsTheTestOne_afterBuildingTheDocs():

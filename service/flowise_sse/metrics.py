@@ -2,7 +2,7 @@
 
 The data path never touches a metric object: it calls these functions, at most once per stream
 for what it counts per token (a run counts its tokens in a plain int and adds them at its end),
-so the per-token cost is an integer increment (measured in `bench/metrics_cost.py`).
+so the per-token cost is an integer increment (measured in `bench/micro/test_observability.py`).
 
 Metrics live in prometheus-client's default registry, beside its process and Python collectors;
 `/metrics` serves them (`api/routes/prometheus.py`). Under `serve --workers N` the parent sets

@@ -81,9 +81,11 @@ async def demo_flowise(flowise_version: str) -> AsyncIterator[tuple[str, str]]:
                 await task  # it failed to start: say why
                 raise RuntimeError("the demo's emulated Flowise did not start")
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", (
-            f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} (not a real one, "
-            f"no LLM); try chatflow {DEMO_CHATFLOW_ID}"
+        # Its URL is in the banner: the library examples talk to it directly (FLOWISE_URL).
+        url = f"http://127.0.0.1:{port}"
+        yield url, (
+            f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} at {url} (not a "
+            f"real one, no LLM); try chatflow {DEMO_CHATFLOW_ID}"
         )
     finally:
         server.should_exit = True

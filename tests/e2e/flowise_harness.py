@@ -287,10 +287,14 @@ class Chatflows:
     tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
     agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
     sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
-    vision: str | None = None  # ChatOpenAI taking images + memory -> chain; a chatbot config (CHATBOT_CONFIG)
+    # The conversation chain with its chat model's "Allow Image Uploads" on, a chatbot config
+    # (CHATBOT_CONFIG) and, on 3.x, speech-to-text: the conversation's uploads and the OpenAI
+    # routes' images and audio both go to it.
+    vision: str | None = None
     human_input: str | None = None  # Agentflow V2: Start -> LLM -> Human Input -> proceed: LLM, reject: reply
     form: str | None = None  # Agentflow V2: a form start -> LLM told the form's values
     tool_approval: str | None = None  # Agentflow V2: Start -> Agent whose calculator needs approval
+    reasoning: str | None = None  # Agentflow V2: Start -> LLM, a reasoning model that sums up its thoughts
 
 
 @dataclass
@@ -390,6 +394,7 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
     if release.agentflow:
         flows.agentflow = _create_agentflow(admin, release, llm_base_url, credential_id)
+        flows.reasoning = _create_reasoning_agentflow(admin, release, llm_base_url, credential_id)
     if release.sequential_agent:
         flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
     if release.vision:
@@ -405,7 +410,8 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         _create_conversation_agentflows(admin, release, llm_base_url, credential_id, flows)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
     expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent, flows.vision,
-                                         flows.human_input, flows.form, flows.tool_approval) if flow}
+                                         flows.human_input, flows.form, flows.tool_approval, flows.reasoning)
+                                         if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
@@ -537,6 +543,26 @@ def _create_conversation_agentflows(admin: httpx.Client, release: Release, llm_b
     )
     flow.follow(start, agent)
     flows.tool_approval = _save_chatflow(admin, release, "e2e-tool-approval", flow, kind="AGENTFLOW")
+
+
+def _create_reasoning_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V2: Start -> LLM, on a reasoning model's name (`o3-mini`) with a reasoning summary:
+    LangChain's ChatOpenAI then calls the mock's Responses API, whose summary Flowise streams as
+    `thinking` events (only an Agentflow's LLM and Agent nodes stream them)."""
+    definitions = _node_definitions(admin, ("startAgentflow", "llmAgentflow"))
+    model_config = {
+        "modelName": "o3-mini", "reasoningEffort": "low", "reasoningSummary": "auto", "streaming": True,
+        "basepath": llm_base_url, "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id,
+        "llmModel": "chatOpenAI",
+    }
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    llm = flow.add(definitions["llmAgentflow"], node_type="agentFlow", llmModel="chatOpenAI",
+                   llmMessages=[{"role": "system", "content": SYSTEM_PROMPT}], llmEnableMemory=True,
+                   llmMemoryType="allMessages", llmReturnResponseAs="userMessage",
+                   extra_inputs={"llmModelConfig": model_config})
+    flow.follow(start, llm)
+    return _save_chatflow(admin, release, "e2e-reasoning", flow, kind="AGENTFLOW")
 
 
 def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:

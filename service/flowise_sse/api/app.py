@@ -19,34 +19,46 @@ from ..errors import GatewayError
 from ..settings import Settings
 from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
+from ..upstream.flowise_client import parse_version
 from .access import Access
 from .chat_page import mount_chat_page
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
+from .override_policy import FLOWISE_ALLOWLIST_SINCE, OverridePolicy
 from .openapi import openapi_document
 from .redaction import install_log_redaction
 from .request_context import RequestContext
-from .routes import chatflows, conversation, detached_streams, health, openai_compat, prometheus
+from .response_records import ResponseRecords
+from .routes import chatflows, conversation, detached_streams, health, openai_compat, openai_responses, prometheus
 from .schemas import ERROR_RESPONSES
 
 logger = logging.getLogger("flowise_sse")
 
 
+def check_settings(settings: Settings) -> None:
+    """Raises ValueError saying what is wrong with the settings that only the app reads (the keys
+    file, the override policy): `serve` calls it before it starts anything."""
+    Access(settings)
+    OverridePolicy(settings.override_config)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     access = Access(settings)
+    override_policy = OverridePolicy(settings.override_config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
         app.state.upstream, app.state.manager = upstream, manager
+        app.state.responses = ResponseRecords(manager)
         install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
         if access.open:
             logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
-        warm = asyncio.create_task(_warm_up(upstream))
+        warm = asyncio.create_task(_warm_up(upstream, override_policy))
         try:
             yield
         finally:
@@ -66,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_log_redaction()
     app.state.settings = settings
     app.state.access = access
+    app.state.override_policy = override_policy
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -80,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.set_build_info(__version__)
     install_error_handlers(app)
     for router in (health.router, chatflows.router, conversation.router, detached_streams.router,
-                   openai_compat.router, prometheus.router):
+                   openai_compat.router, openai_responses.router, prometheus.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)
@@ -88,8 +101,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _warm_up(upstream: Upstream) -> None:
+async def _warm_up(upstream: Upstream, override_policy: OverridePolicy) -> None:
     try:
         await upstream.warm_up()
+        version = await upstream.flowise.version()
     except GatewayError as exc:
         logger.warning("flowise-sse: Flowise not reachable yet (%s); will retry per request", exc.message)
+        return
+    if override_policy.open and (version.version is None or parse_version(version.version) < FLOWISE_ALLOWLIST_SINCE):
+        logger.warning(
+            "flowise-sse: FLOWISE_SSE_OVERRIDE_CONFIG=any and Flowise %s has no override allowlist of its own "
+            "(from 2.1.4): any caller can override any node input, a chat model's base URL included; set "
+            "FLOWISE_SSE_OVERRIDE_CONFIG=off or the keys your clients need", version.version or "(version unknown)")

@@ -17,6 +17,7 @@ from ..streams.sse_encoder import parse_event_id, parse_seq
 from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access, Caller
+from .override_policy import OverridePolicy
 from .schemas import LAST_EVENT_ID_PATTERN, SEQ_OR_LAST_EVENT_ID_PATTERN
 
 
@@ -41,11 +42,16 @@ async def _upstream(request: Request) -> Upstream:
     return request.app.state.upstream
 
 
+async def _override_policy(request: Request) -> OverridePolicy:
+    return request.app.state.override_policy
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 AccessDep = Annotated[Access, Depends(_access)]
 Manager = Annotated[StreamManager, Depends(_manager)]
 Flowise = Annotated[FlowiseClient, Depends(_flowise)]
 UpstreamDep = Annotated[Upstream, Depends(_upstream)]
+Overrides = Annotated[OverridePolicy, Depends(_override_policy)]
 
 
 async def caller(request: Request, access: AccessDep) -> Caller:

@@ -9,7 +9,7 @@ from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import metrics
-from ..errors import GatewayError
+from ..errors import GatewayError, Overloaded, TooManyReaders
 
 
 # RFC 9110: a 401 names the scheme that would work.
@@ -19,8 +19,14 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}
 def error_headers(exc: GatewayError) -> dict[str, str] | None:
     if exc.status == 401:
         return CHALLENGE
-    retry_after = getattr(exc, "retry_after", None)
-    return {"Retry-After": str(retry_after)} if retry_after else None
+    headers: dict[str, str] = {}
+    if retry_after := getattr(exc, "retry_after", None):
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, TooManyReaders | Overloaded):
+        # Refused for want of room: the connection goes too, or a client that keeps it open
+        # (and retries on it) would hold the very descriptor the cap is there to keep free.
+        headers["Connection"] = "close"
+    return headers or None
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:

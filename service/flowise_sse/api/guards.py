@@ -37,15 +37,18 @@ DATA_CSP = b"default-src 'none'; frame-ancestors 'none'"
 PROBES = ("/healthz", "/readyz")
 # GETs that start a prediction: a cross-site <img> or no-cors fetch must not reach them.
 STARTS_ON_GET = "/stream"
-# POSTs whose body may carry files (a prediction's `uploads`, attachments, RAG upserts): they get
-# `max_upload_bytes`, every other body `max_body_bytes`. Decided on the path, before any byte of
-# the body is read, so the cap applies while it arrives.
-UPLOAD_ROUTES = re.compile(r"^/v1/(streams|chatflows/[^/]+/(stream|prediction|attachments|upsert))$")
+# POSTs whose body may carry files (a prediction's `uploads`, attachments, RAG upserts, an OpenAI
+# request's images and audio): they get `max_upload_bytes`, every other body `max_body_bytes`.
+# Decided on the path, before any byte of the body is read, so the cap applies while it arrives;
+# a JSON body over `max_body_bytes` that carries no upload is refused once read (`bodies.py`).
+UPLOAD_ROUTES = re.compile(
+    r"^/v1/(streams|chat/completions|responses|chatflows/[^/]+/(stream|prediction|attachments|upsert))$")
 
 
 def body_cap(settings: Settings, method: str, path: str) -> tuple[int, str]:
-    """The body limit of a request, and the setting that sets it (for the 413's message)."""
-    if method == "POST" and UPLOAD_ROUTES.match(path):
+    """The body limit of a request, and the setting that sets it (for the 413's message). A
+    route that takes uploads never has less than the ordinary limit."""
+    if method == "POST" and UPLOAD_ROUTES.match(path) and settings.max_upload_bytes > settings.max_body_bytes:
         return settings.max_upload_bytes, "FLOWISE_SSE_MAX_UPLOAD_BYTES"
     return settings.max_body_bytes, "FLOWISE_SSE_MAX_BODY_BYTES"
 
@@ -64,6 +67,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])  # the last of a repeated header: only single ones are read here
+        # Two Hosts: the check here would read one and the URLs the app builds (eventsUrl) or its
+        # same-origin check the other. RFC 9112 makes such a request a 400.
+        duplicate_host = len(headers) < len(scope["headers"]) and sum(
+            1 for name, _ in scope["headers"] if name == b"host") > 1
         path: str = scope["path"]
         is_page = not path.startswith("/v1/") and path not in PROBES and path != "/openapi.json"
 
@@ -77,6 +84,8 @@ class Guard:
 
         cap, setting = body_cap(self.settings, scope["method"], path)
         try:
+            if duplicate_host:
+                raise BadRequest("the request has more than one Host header")
             self._check_host(headers, path)
             self._check_cross_site(scope, headers, path)
             declared = headers.get(b"content-length", b"")

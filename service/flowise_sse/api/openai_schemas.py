@@ -8,16 +8,31 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TextPart(BaseModel):
+class ImageUrl(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = Field(description="Only `text` parts are read; any other part is refused with a 400.")
+    url: str = Field(description="An http(s) URL (a Flowise `url` upload) or a base64 data URI (a `file` upload).")
+    detail: str | None = None
+
+
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    data: str = Field(description="Base64 audio: a Flowise `audio` upload, for a chatflow with speech to text.")
+    format: str = Field(description="wav, mp3, webm, ogg, mp4, m4a or flac.")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field(description="`text`, `image_url` and `input_audio` parts are read (images and audio of the "
+                                  "last user message only); any other part is refused with a 400.")
     text: str | None = None
+    image_url: ImageUrl | None = None
+    input_audio: InputAudio | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -60,6 +75,8 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
+    reasoning_content: str | None = Field(
+        None, description="Flowise's `thinking`, when there was some (FLOWISE_SSE_OPENAI_REASONING).")
 
 
 class Choice(BaseModel):
@@ -81,6 +98,9 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = Field(None, description="A piece of Flowise's `thinking` (and the same as "
+                                                            "`reasoning`, the name some clients read).")
+    reasoning: str | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -5,7 +5,7 @@ Not part of the gateway's data path; nothing outside tests, the benchmark and `-
     flowise_routes.py      Emulator: the ASGI app, its configuration, the routes a version serves
     quirks.py              the version table: every behaviour that differs, resolved once per version
     auth_gate.py           the auth middleware in front of /api/v1 (basic auth, API keys, whitelist)
-    emulated_chatflows.py  the fixed chatflows (and 3.x Agentflows) and their entity JSON
+    emulated_chatflows.py  the fixed chatflows (and 3.x Agentflows), their entity JSON and upload policy
     conversation_state.py  the rest of a chat: uploads, forms, human input, feedback, files, config
     mock_llm.py            the fake LLM: its input (system prompt, replayed history) and its plan per
                            request (words, delays, errors, stalls, extra events: `overrideConfig.emulator`)

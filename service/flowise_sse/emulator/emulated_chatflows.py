@@ -13,8 +13,9 @@ from .quirks import Quirks
 DEMO_CHATFLOW_ID = "3c9866f3-f7de-4cf0-bcca-26807ac532c4"
 KEYED_CHATFLOW_ID = "a11fa90f-86df-4ab3-9f78-30d246bf5254"
 NONSTREAMING_CHATFLOW_ID = "d3b059cf-c070-4f62-a55e-5304b4d2c05f"
-# A chatflow with everything a chat front-end uses switched on: a vision model, speech-to-text,
-# full-file uploads, RAG uploads, starter prompts, feedback, leads.
+# A chatflow with everything a chat front-end (or an OpenAI client's images and audio) uses
+# switched on: a vision model, speech-to-text, full-file uploads, RAG uploads, starter prompts,
+# feedback, leads.
 UPLOADS_CHATFLOW_ID = "5b1f7e0c-2a6d-4c8e-9f31-7d2e4a6b8c90"
 # Agentflows V2 (3.x only): one that stops at a Human Input node, one that starts with a form.
 HUMAN_INPUT_AGENTFLOW_ID = "8e4d2b1a-6c3f-4e7a-b5d9-0f1e2c3a4b5d"
@@ -35,8 +36,8 @@ class Chatflow:
     kind: str = "CHATFLOW"  # "AGENTFLOW": an Agentflow V2
     start: str = "chatInput"  # an Agentflow V2's start input: chatInput or formInput
     human_input: bool = False  # an Agentflow V2 that stops at a Human Input node
-    images: bool = False  # its chat model takes image uploads
-    speech_to_text: bool = False
+    images: bool = False  # its chat model's "Allow Image Uploads"
+    speech_to_text: bool = False  # a speech-to-text provider turned on
     chatbot_config: dict[str, Any] | None = None  # as stored (a JSON string in the entity)
 
     @property
@@ -45,16 +46,24 @@ class Chatflow:
 
     @property
     def uploads_config(self) -> dict[str, Any]:
-        """What Flowise's getUploadsConfig says of the chatflow."""
+        """The `uploads` of its public chatbot config (Flowise's getUploadsConfig)."""
         config = (self.chatbot_config or {})
         return {
             "isSpeechToTextEnabled": self.speech_to_text,
             "isImageUploadAllowed": self.images,
             "isRAGFileUploadAllowed": bool(config.get("ragFileUpload")),
-            "imgUploadSizeAndTypes": [{"fileTypes": ["image/gif", "image/jpeg", "image/png", "image/webp"],
+            # Flowise splits "image/gif;image/jpeg;image/png;image/webp;" on ";": hence the "".
+            "imgUploadSizeAndTypes": [{"fileTypes": ["image/gif", "image/jpeg", "image/png", "image/webp", ""],
                                        "maxUploadSize": 5}] if self.images else [],
             "fileUploadSizeAndTypes": [],
         }
+
+    @property
+    def speech_to_text_config(self) -> str | None:
+        """Its `speechToText` column: the provider turned on (a JSON string, as stored)."""
+        if not self.speech_to_text:
+            return None
+        return orjson.dumps({"openAIWhisper": {"status": True, "credentialId": _APIKEY_ID}}).decode()
 
     @property
     def flow_data(self) -> str:
@@ -72,8 +81,11 @@ class Chatflow:
         model = "chatOpenAI" if self.streaming else "chatOpenAICustom"
         nodes = [(f"{model}_0", model, "Chat Models"), ("bufferMemory_0", "bufferMemory", "Memory"),
                  ("conversationChain_0", "conversationChain", "Chains")]
+        inputs = {"allowImageUploads": True} if self.images else {}
         return orjson.dumps({
-            "nodes": [{"id": id_, "data": {"name": name, "category": category}} for id_, name, category in nodes],
+            "nodes": [{"id": id_, "data": {"name": name, "category": category,
+                                           "inputs": inputs if category == "Chat Models" else {}}}
+                      for id_, name, category in nodes],
             "edges": [{"source": source, "target": "conversationChain_0"} for source, _, _ in nodes[:2]],
         }).decode()
 
@@ -83,7 +95,7 @@ class Chatflow:
             "id": self.id, "name": self.name, "flowData": self.flow_data, "deployed": False, "isPublic": False,
             "apikeyid": _APIKEY_ID if self.keyed else None,
             "chatbotConfig": orjson.dumps(self.chatbot_config).decode() if self.chatbot_config else None,
-            "apiConfig": None, "analytic": None, "speechToText": None,
+            "apiConfig": None, "analytic": None, "speechToText": self.speech_to_text_config,
         }
         if not quirks.entity_type_column:  # 1.x databases got `category` from a later migration, hence last
             return entity | {"createdDate": _CREATED, "updatedDate": _UPDATED, "category": None}

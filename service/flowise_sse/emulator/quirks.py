@@ -82,6 +82,9 @@ class Quirks:
     public_config_sanitised: bool
     # get-upload-file answers a missing file with a 500 (before: 404 "File <name> not found").
     missing_file_500: bool
+    # A reasoning model's thoughts stream as `thinking` events (`{event, data}`, then a closing
+    # one with empty data and a `duration`), before the answer's tokens (FlowiseAI/Flowise#5893).
+    thinking_events: bool
 
 
 def quirks_for(version: str) -> Quirks:
@@ -135,6 +138,7 @@ def quirks_for(version: str) -> Quirks:
         feedback_checked=since(2, 2, 8),  # first release seen checking (2.0.7 does not)
         public_config_sanitised=since(3, 0, 0),
         missing_file_500=controllers,  # "Error: streamStorageFile"
+        thinking_events=since(3, 1, 0),  # SSEStreamer.streamThinkingEvent
     )
 
 

@@ -8,7 +8,8 @@ events Redis does not take in time ends with `error` `store_unavailable` instead
 
 `RedisMirror` is what the stream manager sees; each of its parts lives in `streams/redis/`:
 the writer (`writer.py`), the reader (`reader.py`), the heartbeat (`replicas.py`), the chat
-lock (`claims.py`), the abort channel (`aborts.py`), on the keys of `keys.py`.
+lock (`claims.py`), the abort channel (`aborts.py`), the Responses API's records
+(`responses.py`), on the keys of `keys.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .redis.calls import connect
 from .redis.claims import ChatClaims
 from .redis.reader import MirrorReader
 from .redis.replicas import ReplicaHeartbeat
+from .redis.responses import ResponseRecords
 from .redis.writer import MirrorWriter
 
 logger = logging.getLogger("flowise_sse")
@@ -48,6 +50,7 @@ class RedisMirror:
         self._reader = MirrorReader(shared, settings)
         self._claims = ChatClaims(shared, settings)
         self._aborts = AbortChannel(shared, on_abort)
+        self.responses = ResponseRecords(shared, settings)  # the Responses API's records
 
     async def open(self) -> None:
         # A Redis that is down at start-up is an outage like any other, not a reason to crash-loop:

@@ -92,6 +92,15 @@ def json_body(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+# Flowise prefixes its errors with the internal function that raised them
+# ("predictionsServices.buildChatflow - Error: ..."): noise to a client, and not its business.
+_SERVICE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\s+-\s+)+")
+
+
+def _without_service_names(message: str) -> str:
+    return _SERVICE_NAME.sub("", message)
+
+
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
     """Map a Flowise error answer to a gateway error.
 
@@ -106,7 +115,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
             message = str(parsed.get("message") or parsed.get("error") or message)
     except orjson.JSONDecodeError:
         pass
-    message = message[:2000]
+    message = _without_service_names(message[:2000])
     if status in (401, 403) or message.endswith("Unauthorized") or "Unauthorized Access" in message:
         return UpstreamUnauthorized(
             f"Flowise refused the gateway's credentials for {what} (HTTP {status}"
@@ -114,7 +123,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
         )
     lowered = message.lower()
     if status == 404 or ("chatflow" in lowered and "not found" in lowered):
-        return ChatflowNotFound(f"{what}: {message or 'not found'}")
+        return ChatflowNotFound(f"{what}: not found on Flowise")  # in the gateway's words, not Flowise's
     if status == 429:
         return UpstreamUnavailable(f"Flowise rate-limited {what} (HTTP 429)")
     return UpstreamError(f"Flowise failed {what} (HTTP {status}): {message or 'no message'}")
@@ -233,6 +242,7 @@ class FlowiseClient:
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+        self._upload_policies: dict[str, tuple[dict[str, Any], float]] = {}
         self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -241,9 +251,8 @@ class FlowiseClient:
         A full pool makes the next request wait (up to connect_timeout, then 504), so the gateway
         never opens more upstream connections than this. Idle connections are dropped after 2 s,
         before Flowise's side (Node's and uvicorn's 5 s keep-alive timeout) closes them: a
-        connection reused just as the server closes it fails with "Server disconnected" -> 502
-        (`bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
-        another's request."""
+        connection reused just as the server closes it fails with "Server disconnected" -> 502.
+        No cookie jar: one user's cookie must never ride on another's request."""
         if self._pool is None:
             self._pool = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0,
@@ -442,11 +451,11 @@ class FlowiseClient:
     # --- the conversation's side routes (whitelisted on every release, but the stored messages and,
     # from 2.0.6, RAG upserts): what a chat front-end calls besides the prediction -------------
     async def chatbot_config(self, chatflow_id: str) -> dict[str, Any]:
-        """`public-chatbotConfig`: the chatbot config and upload policy (`{}` when it has none:
-        Flowise answers the text `OK` then)."""
+        """`public-chatbotConfig` (public on every line from 1.6): the chatbot config and its
+        upload policy (`{}` when it has none: Flowise answers the text `OK` then)."""
         what = f"the chatbot config of {chatflow_id}"
-        content = await self.request_bytes("GET", f"/api/v1/public-chatbotConfig/{chatflow_id}", what,
-                                           operation="chatbot_config", management=False)
+        content = await self.request_bytes("GET", f"/api/v1/public-chatbotConfig/{quote(chatflow_id, safe='')}",
+                                           what, operation="chatbot_config", management=False)
         if content.strip() in (b"OK", b'"OK"'):
             return {}
         try:
@@ -456,6 +465,21 @@ class FlowiseClient:
         if not isinstance(config, dict):
             raise UpstreamError(f"Flowise's answer to {what} is not an object")
         return config
+
+    async def upload_policy(self, chatflow_id: str) -> dict[str, Any]:
+        """The `uploads` part of the chatbot config: `isImageUploadAllowed`, `imgUploadSizeAndTypes`,
+        `isSpeechToTextEnabled`, `isRAGFileUploadAllowed`, ...; {} when Flowise says nothing.
+        Remembered for `chatflow_cache_ttl`, as the streaming check is: it is asked on every
+        request that carries an OpenAI image or a RAG upsert, and only this part is kept."""
+        seen = self._upload_policies.get(chatflow_id)
+        if seen and time.monotonic() < seen[1]:
+            return seen[0]
+        uploads = (await self.chatbot_config(chatflow_id)).get("uploads")
+        policy = uploads if isinstance(uploads, dict) else {}
+        if len(self._upload_policies) > 10000:
+            self._upload_policies.clear()
+        self._upload_policies[chatflow_id] = (policy, time.monotonic() + self.settings.chatflow_cache_ttl)
+        return policy
 
     async def create_feedback(self, chatflow_id: str, body: dict[str, Any]) -> Any:
         return await self.request("POST", f"/api/v1/feedback/{chatflow_id}", "the feedback",

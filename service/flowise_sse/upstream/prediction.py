@@ -103,9 +103,10 @@ class Prediction:
         prepends `history` to what it already stored under that chatId.
 
         `question` may be left out when `form`, `humanInput` or an audio upload (speech-to-text
-        makes it the question) stands in for it. `session_id` goes where every release reads it,
-        `overrideConfig.sessionId` (3.1.4 ignores a top-level `sessionId`): Flowise keys the
-        memory, and a stopped Agentflow's resume, by it, and by the chatId without it."""
+        makes it the question) stands in for it, and may be empty when uploads come with it.
+        `session_id` goes where every release reads it, `overrideConfig.sessionId` (3.1.4 ignores
+        a top-level `sessionId`): Flowise keys the memory, and a stopped Agentflow's resume, by
+        it, and by the chatId without it."""
         if override_config is not None and not isinstance(override_config, Mapping):
             raise BadRequest("overrideConfig must be an object")
         if form is not None and not isinstance(form, Mapping):
@@ -120,7 +121,9 @@ class Prediction:
         if question is None:
             if form is None and reply is None and not has_audio:
                 raise BadRequest("question is required, unless form, humanInput or an audio upload is given")
-        elif not isinstance(question, str) or not question.strip():
+        elif not isinstance(question, str) or not (question.strip() or items):
+            # With uploads the question may be empty: speech-to-text makes one of audio, and an
+            # image can be the whole of a question.
             raise BadRequest("question must be a non-empty string")
         if question is not None and form is not None:
             raise BadRequest("question and form cannot be sent together (Flowise refuses it): a form starts "
@@ -136,7 +139,7 @@ class Prediction:
             history=portable_history(history),
             chat_id=chat_id or str(uuid.uuid4()),
             override_config=override,
-            uploads=[dumped(item) for item in items] if items is not None else None,
+            uploads=[dumped(item) for item in items] if items else None,  # none: no `uploads` sent
             form=dict(form) if form is not None else None,
             human_input=dumped(reply) if reply is not None else None,
             action=dumped(approval) if approval is not None else None,

@@ -27,8 +27,19 @@ from .prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
-_ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arrived
-_DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
+class _Marker:
+    """A queue entry of the gateway's own, beside Flowise's events: an object, never a string, so
+    that no event name Flowise (or anything on its socket) sends can pass for one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_ANSWER = _Marker("answer")  # the HTTP answer (or its failure) has arrived
+_DROPPED = _Marker("dropped")  # the socket went away mid-prediction
 
 
 class _InlineEngineIOClient(engineio.AsyncClient):
@@ -53,7 +64,7 @@ class _Socket:
 
     def __init__(self) -> None:
         self.client = _SocketIOClient(reconnection=False)
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str | _Marker, Any]] = asyncio.Queue()
         self.client.on("*", self._on_event)
         self.client.on("disconnect", self._on_disconnect)
 
@@ -204,11 +215,11 @@ async def stream_socketio(
         yield normalizer.start()
         while True:
             name, data = await queue.get()
-            if name == _ANSWER:
+            if isinstance(name, _Marker):
+                if name is _DROPPED:
+                    raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
                 answer = data
                 break
-            if name == _DROPPED:
-                raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
             if name in (END, "abort"):  # `end` fires once per LLM call: not the end
                 continue
             event = normalizer.feed(name, data)

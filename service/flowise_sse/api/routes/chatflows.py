@@ -16,17 +16,18 @@ from sse_starlette import EventSourceResponse
 from ...errors import BadRequest, ClientLeft, Forbidden, GatewayError, UpstreamError
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
+from ..bodies import read_model
 from ..dependencies import (
     CallerDep,
     Flowise,
     LastEventId,
     Manager,
+    Overrides,
     SettingsDep,
     UpstreamDep,
     caller,
     resume_position,
 )
-from ..bodies import read_model
 from ..event_stream import event_stream
 from ..schemas import (
     CHAT_ID_PATTERN,
@@ -77,9 +78,10 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -
              openapi_extra=json_body_of(StreamRequest))
 async def stream_post(
     chatflow_id: UUID, body: StreamBody, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
-    who: CallerDep, flowise: Flowise,
+    who: CallerDep, flowise: Flowise, overrides: Overrides,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
+    overrides.check(body.overrideConfig)
     return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who)
 
 
@@ -123,9 +125,10 @@ async def stream_get(
 )
 async def prediction(
     request: Request, chatflow_id: UUID, body: StreamBody, flowise: Flowise, manager: Manager,
-    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep,
+    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep, overrides: Overrides,
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
+    overrides.check(body.overrideConfig)
     pred = body.prediction().namespaced(who.upstream_chat_id) if who.tenant else body.prediction()
     await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes

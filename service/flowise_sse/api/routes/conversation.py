@@ -169,8 +169,7 @@ async def upsert(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, flowi
     `uploads.isRAGFileUploadAllowed`)."""
     flow = str(chatflow_id)
     await allowed_chatflow(who, flowise, flow)
-    policy = (await flowise.chatbot_config(flow)).get("uploads")
-    if not (isinstance(policy, dict) and policy.get("isRAGFileUploadAllowed")):
+    if not (await flowise.upload_policy(flow)).get("isRAGFileUploadAllowed"):
         raise UploadNotAllowed("this chatflow does not take RAG file uploads (its file upload setting is off)")
     chat = who.upstream_chat_id(chatId)
     async with AsyncExitStack() as stack:

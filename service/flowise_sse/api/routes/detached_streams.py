@@ -9,8 +9,18 @@ from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
-from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
 from ..bodies import read_model
+from ..dependencies import (
+    AccessDep,
+    CallerDep,
+    Flowise,
+    Manager,
+    Overrides,
+    SeqOrLastEventId,
+    SettingsDep,
+    caller,
+    resume_position,
+)
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated, json_body_of
 
@@ -37,9 +47,11 @@ async def _create_stream_body(request: Request) -> CreateStream:
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],
              responses=_CREATED_LINKS, openapi_extra=json_body_of(CreateStream))
 async def create_stream(
-    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
+    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], manager: Manager,
+    access: AccessDep, who: CallerDep, flowise: Flowise, overrides: Overrides,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
+    overrides.check(body.overrideConfig)
     await allowed_chatflow(who, flowise, str(body.chatflowId))
     prediction = body.prediction()
     if who.tenant is not None:

@@ -2,16 +2,38 @@
 //
 // One question at a time. The answer is built from `token` events only: when the connection
 // drops, EventSource reconnects by itself with Last-Event-ID and the gateway replays exactly what
-// followed it, so appending every token received is exact (no duplicate, no gap).
+// followed it, so appending every token received is exact (no duplicate, no gap). It is shown as
+// Markdown while it streams (markdown.js), redrawn at most once per frame.
+//
+//   api.js           the gateway's JSON API and its errors; the API key (this tab only)
+//   conversation.js  the conversation per chatflow in localStorage; chatId and history sent
+//   markdown.js      Markdown to sanitised DOM, copy buttons on code
+//   activity.js      reasoning, agent steps, sources and tools, collapsible
+//   clipboard.js     copy, and say so
 
-const KEY_STORAGE = "flowise-sse.apiKey";
-const FLOW_STORAGE = "flowise-sse.chatflow";
+import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
+import { ApiError, api, apiKey, apiUrl, authHeaders, setApiKey } from "./api.js";
+import { copyText } from "./clipboard.js";
+import {
+  clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
+  saveConversation,
+} from "./conversation.js";
+import { renderMarkdown } from "./markdown.js";
+
 const STOP_GRACE_MS = 3000; // after a DELETE, how long to wait for the stream's own `aborted` event
-const PREVIEW_CHARS = 600;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// Relayed Flowise events the page shows (activity.js); EventSource has no "any event" listener.
+const ACTIVITY_EVENTS = [
+  "thinking", "agentReasoning", "nextAgent", "nextAgentFlow", "agent_trace", "calledTools", "sourceDocuments",
+  "usedTools",
+];
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  chatflowField: $("chatflow-field"),
   chatflow: $("chatflow"),
+  chatflowIdField: $("chatflow-id-field"),
+  chatflowId: $("chatflow-id"),
   apiKey: $("api-key"),
   newChat: $("new-chat"),
   conversation: $("conversation"),
@@ -25,76 +47,318 @@ const ui = {
 };
 
 const state = {
-  history: [], // [{role: "user" | "assistant", content}], oldest first
+  flowId: "", // the chatflow asked: picked from the listing, or typed when there is none
+  conversation: emptyConversation(),
+  views: [], // the DOM of each turn of the conversation, in order
   run: null, // the question being answered
 };
 
-// --- HTTP ------------------------------------------------------------------------------------
+// --- status, errors --------------------------------------------------------------------------
 
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
+function setStatus(kind, text) {
+  ui.status.dataset.state = kind;
+  ui.status.textContent = text;
+}
+
+// The banner is for what is not a turn's (the listing, a typed id); a turn's failure is shown
+// once, in the turn, with its Retry.
+function showError(message, detail) {
+  ui.error.replaceChildren(message);
+  if (detail) ui.error.append(" ", el("span", "error-code", `(${detail})`));
+  ui.error.hidden = false;
+}
+
+function clearError() {
+  ui.error.replaceChildren();
+  ui.error.hidden = true;
+}
+
+/** A failure in the gateway's words: its JSON error's (or `error` event's) message and code. */
+function failure(err) {
+  if (!(err instanceof ApiError)) return { code: "error", message: String(err && err.message ? err.message : err) };
+  const hint = err.status === 401 ? " Enter it under “Gateway API key”." : "";
+  return { code: err.status ? `${err.status} ${err.code}` : err.code, message: sentence(err.message) + hint };
+}
+
+function sentence(text) {
+  const s = String(text || "").trim();
+  if (!s) return "The request failed.";
+  return /[.!?…)]$/.test(s) ? s : `${s}.`;
+}
+
+function setBusy(busy) {
+  ui.send.disabled = busy;
+  ui.stop.disabled = !busy;
+  ui.newChat.disabled = busy;
+  ui.chatflow.disabled = busy;
+  ui.chatflowId.disabled = busy;
+}
+
+// --- chatflows -------------------------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function option(value, text) {
+  const node = el("option", "", text);
+  node.value = value;
+  return node;
+}
+
+async function loadChatflows() {
+  setStatus("loading", "Loading chatflows…");
+  let flows;
+  try {
+    flows = await api("GET", "v1/chatflows");
+  } catch (err) {
+    listingUnavailable(err);
+    return false;
+  }
+  clearError();
+  ui.chatflowIdField.hidden = true;
+  ui.chatflowField.hidden = false;
+  const wanted = state.flowId || rememberedChatflow();
+  ui.chatflow.replaceChildren(
+    ...(flows.length ? flows.map((f) => option(f.id, f.name || f.id)) : [option("", "No chatflows")]),
+  );
+  if (wanted && flows.some((f) => f.id === wanted)) ui.chatflow.value = wanted;
+  switchTo(ui.chatflow.value);
+  setStatus("idle", flows.length ? "Ready" : "Flowise has no chatflows");
+  return flows.length > 0;
+}
+
+function listingUnavailable(err) {
+  const { code, message } = failure(err);
+  ui.chatflow.replaceChildren(option("", "Unavailable"));
+  if (err instanceof ApiError && err.status === 401) {
+    // Every /v1/ route wants the key: a chatflow id typed by hand would not help.
+    ui.chatflowIdField.hidden = true;
+    ui.chatflowField.hidden = false;
+    showError(`The chatflows could not be listed: ${message}`, code);
+    setStatus("error", "A gateway API key is needed");
+    return;
+  }
+  // Asking may still work where listing does not (Flowise 2.x and 3.x list only with
+  // FLOWISE_API_KEY, but stream an open chatflow without it): let the id be typed.
+  ui.chatflowField.hidden = true;
+  ui.chatflowIdField.hidden = false;
+  showError(`The chatflows could not be listed: ${message} Type a chatflow id instead.`, code);
+  if (!ui.chatflowId.value) ui.chatflowId.value = state.flowId || rememberedChatflow();
+  if (UUID.test(ui.chatflowId.value.trim())) switchTo(ui.chatflowId.value.trim().toLowerCase());
+  if (state.flowId) setStatus("idle", "Ready");
+  else setStatus("error", "No chatflow");
+}
+
+function takeTypedId() {
+  const id = ui.chatflowId.value.trim();
+  if (!UUID.test(id)) {
+    showError("A chatflow id is a UUID, like 3c9866f3-f7de-4cf0-bcca-26807ac532c4.");
+    ui.chatflowId.focus();
+    return false;
+  }
+  switchTo(id.toLowerCase());
+  setStatus("idle", "Ready");
+  return true;
+}
+
+/** The chatflow to ask, found now if there is none yet; false (and why, shown) when there is none. */
+async function chatflowToAsk() {
+  if (state.flowId) return true;
+  if (!ui.chatflowIdField.hidden) return takeTypedId();
+  await loadChatflows();
+  if (!state.flowId && !ui.chatflowIdField.hidden) ui.chatflowId.focus();
+  return Boolean(state.flowId);
+}
+
+/** Show the conversation kept with `flowId`. */
+function switchTo(flowId) {
+  if (state.run || flowId === state.flowId) return;
+  state.flowId = flowId;
+  if (flowId) rememberChatflow(flowId);
+  state.conversation = flowId ? loadConversation(flowId) : emptyConversation();
+  renderConversation();
+}
+
+// --- the conversation ------------------------------------------------------------------------
+
+function nearBottom() {
+  const c = ui.conversation;
+  return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
+}
+
+function renderConversation() {
+  for (const view of state.views) {
+    view.user.remove();
+    view.bot.remove();
+  }
+  state.views = state.conversation.turns.map((turn) => addTurnView(turn));
+  ui.empty.hidden = state.views.length > 0;
+  refreshTurnControls();
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+function smallButton(text) {
+  const button = el("button", "secondary small", text);
+  button.type = "button";
+  return button;
+}
+
+function addTurnView(turn) {
+  ui.empty.hidden = true;
+  const user = el("article", "turn user");
+  user.setAttribute("aria-label", "You");
+  user.append(el("div", "bubble", turn.question));
+
+  const bot = el("article", "turn assistant");
+  bot.setAttribute("aria-label", "Answer");
+  const before = el("div", "activity"); // reasoning and agent steps: what came before the answer
+  const bubble = el("div", "bubble");
+  const answer = el("div", "answer markdown");
+  const note = el("p", "note");
+  note.hidden = true;
+  const extras = el("div", "extras"); // sources and tools (and, later, a paused run's approve/reject)
+  const actions = el("div", "turn-actions"); // (and, later, feedback thumbs)
+  const copy = smallButton("Copy");
+  copy.dataset.testid = "copy-answer";
+  copy.setAttribute("aria-label", "Copy the answer (Markdown)");
+  const again = smallButton("Regenerate");
+  actions.append(copy, again);
+  bubble.append(answer);
+  bot.append(before, bubble, note, extras, actions);
+  ui.conversation.append(user, bot);
+
+  const view = { user, bot, before, answer, note, extras, actions, copy, again, sections: {} };
+  copy.addEventListener("click", () => copyText(turn.answer, copy));
+  again.addEventListener("click", askAgain);
+  showTurn(view, turn, false);
+  return view;
+}
+
+function showTurn(view, turn, streaming) {
+  renderMarkdown(view.answer, turn.answer);
+  renderActivity(view, turn.activity, streaming);
+  view.bot.classList.toggle("streaming", streaming);
+  view.bot.dataset.outcome = streaming ? "streaming" : turn.outcome;
+  view.bot.classList.toggle("is-empty", !streaming && !turn.answer);
+  view.bot.setAttribute("aria-busy", String(streaming));
+  if (streaming) {
+    view.note.hidden = true;
+  } else if (turn.outcome === "stopped") {
+    setNote(view, "stopped", "Stopped.");
+  } else if (turn.outcome === "error" && turn.error) {
+    setNote(view, "failed", turn.error.message, turn.error.code);
+  } else {
+    view.note.hidden = true;
   }
 }
 
-function apiKey() {
-  try {
-    return sessionStorage.getItem(KEY_STORAGE) || "";
-  } catch {
-    return "";
-  }
+function setNote(view, kind, text, code) {
+  view.note.className = `note ${kind}`;
+  view.note.replaceChildren(text);
+  if (code) view.note.append(" ", el("span", "error-code", `(${code})`));
+  view.note.hidden = false;
 }
 
-function remember(key, value) {
-  try {
-    if (value) sessionStorage.setItem(key, value);
-    else sessionStorage.removeItem(key);
-  } catch {
-    /* storage disabled: the value just lives as long as the page */
-  }
-}
-
-async function api(method, path, body, options = {}) {
-  const headers = {};
-  const key = apiKey();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
-  try {
-    response = await fetch(new URL(path, document.baseURI), {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ...options,
-    });
-  } catch {
-    throw new ApiError(0, "network_error", "Could not reach the gateway (offline, or the browser blocked the request).");
-  }
-  if (response.ok) return response.status === 204 ? null : response.json();
-  let code = `http_${response.status}`;
-  let message = response.statusText || "the request failed";
-  try {
-    const data = await response.json();
-    if (data && data.error) {
-      code = data.error.code || code;
-      message = data.error.message || message;
+// The last turn can be asked again: Retry after a failure, Regenerate otherwise. Test ids go
+// on the latest turn only, so that tests find the one they mean.
+function refreshTurnControls() {
+  const last = state.views.length - 1;
+  state.views.forEach((view, i) => {
+    const turn = state.conversation.turns[i];
+    const latest = i === last;
+    const failed = turn.outcome === "error";
+    view.again.hidden = !latest || turn === (state.run && state.run.turn);
+    view.again.disabled = Boolean(state.run);
+    view.again.textContent = failed ? "Retry" : "Regenerate";
+    view.copy.hidden = !turn.answer || turn === (state.run && state.run.turn);
+    const ids = [[view.answer, "answer"], [view.note, "turn-note"], [view.again, failed ? "retry" : "regenerate"]];
+    for (const [node, testid] of ids) {
+      if (latest) node.dataset.testid = testid;
+      else delete node.dataset.testid;
     }
-  } catch {
-    /* not JSON: keep the status line */
-  }
-  throw new ApiError(response.status, code, message);
+  });
 }
 
-function describe(err) {
-  if (!(err instanceof ApiError)) return String(err && err.message ? err.message : err);
-  if (err.status === 0) return err.message;
-  const label = `HTTP ${err.status} ${err.code}`;
-  if (err.status === 401) {
-    return `${label}: this gateway needs an API key. Enter it under “Gateway API key”. (${err.message})`;
+// --- one question ----------------------------------------------------------------------------
+
+async function send(question, fromTheBox = false) {
+  if (state.run) return;
+  if (!question.trim()) {
+    ui.question.focus();
+    return;
   }
-  return `${label}: ${err.message}`;
+  if (!(await chatflowToAsk())) return;
+  clearError();
+  const { conversation, flowId } = state;
+  const body = { chatflowId: flowId, question };
+  if (conversation.chatId) body.chatId = conversation.chatId;
+  const history = historyOf(conversation);
+  if (history.length) body.history = history;
+
+  const turn = { question, answer: "", outcome: "streaming", error: null, activity: newActivity() };
+  conversation.turns.push(turn);
+  const view = addTurnView(turn);
+  state.views.push(view);
+  showTurn(view, turn, true);
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+  if (fromTheBox) ui.question.value = "";
+
+  const run = {
+    flowId, conversation, turn, view, text: "", es: null, streamId: null, stopping: false, done: false, timer: 0,
+    frame: 0,
+  };
+  state.run = run;
+  setBusy(true);
+  refreshTurnControls();
+  setStatus("sending", "Sending…");
+
+  let created;
+  try {
+    created = await api("POST", "v1/streams", body);
+  } catch (err) {
+    finish(run, "error", failure(err));
+    return;
+  }
+  run.streamId = created.streamId;
+  view.bot.dataset.streamId = created.streamId;
+  if (!conversation.chatId) conversation.chatId = created.chatId;
+  saveConversation(flowId, conversation);
+  if (run.stopping) {
+    deleteStream(run);
+    return;
+  }
+  listen(run, new EventSource(eventsUrl(created.eventsUrl)));
+}
+
+/** Ask the last question again, in place of its answer. */
+function askAgain() {
+  const { conversation } = state;
+  const last = conversation.turns[conversation.turns.length - 1];
+  if (state.run || !last) return;
+  conversation.turns.pop();
+  const view = state.views.pop();
+  view.user.remove();
+  view.bot.remove();
+  if (last.outcome !== "error") {
+    // Flowise stored the answer being replaced (a stopped one too: a chain runs on to its end)
+    // under this chatId: go on under a fresh one, carrying the turns before as history.
+    conversation.chatId = null;
+    conversation.carried = conversation.turns.length;
+  }
+  saveConversation(state.flowId, conversation);
+  send(last.question);
+}
+
+// The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
+// trust, that is http:// for an https:// page, which the browser would block as mixed content.
+function eventsUrl(raw) {
+  const url = new URL(raw, document.baseURI);
+  if (url.host === location.host && url.protocol === "http:" && location.protocol === "https:") url.protocol = "https:";
+  return url.toString();
 }
 
 function parse(event) {
@@ -105,214 +369,17 @@ function parse(event) {
   }
 }
 
-// --- status, errors ----------------------------------------------------------------------------
-
-function setStatus(kind, text) {
-  ui.status.dataset.state = kind;
-  ui.status.textContent = text;
-}
-
-function showError(text) {
-  ui.error.textContent = text;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.textContent = "";
-  ui.error.hidden = true;
-}
-
-function setBusy(busy) {
-  ui.send.disabled = busy;
-  ui.stop.disabled = !busy;
-  ui.newChat.disabled = busy;
-  ui.chatflow.disabled = busy;
-}
-
-// --- chatflows -------------------------------------------------------------------------------
-
-function option(value, text) {
-  const el = document.createElement("option");
-  el.value = value;
-  el.textContent = text;
-  return el;
-}
-
-async function loadChatflows() {
-  setStatus("loading", "Loading chatflows…");
-  let flows;
-  try {
-    flows = await api("GET", "v1/chatflows");
-  } catch (err) {
-    ui.chatflow.replaceChildren(option("", "Unavailable"));
-    showError(describe(err));
-    setStatus("error", "Could not load the chatflows");
-    return false;
-  }
-  clearError();
-  const wanted = ui.chatflow.value || sessionStorageGet(FLOW_STORAGE);
-  ui.chatflow.replaceChildren(
-    ...(flows.length ? flows.map((f) => option(f.id, f.name || f.id)) : [option("", "No chatflows")]),
-  );
-  if (wanted && flows.some((f) => f.id === wanted)) ui.chatflow.value = wanted;
-  setStatus("idle", flows.length ? "Ready" : "Flowise has no chatflows");
-  return flows.length > 0;
-}
-
-function sessionStorageGet(key) {
-  try {
-    return sessionStorage.getItem(key);
-  } catch {
-    return null;
-  }
-}
-
-// --- the conversation ------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function nearBottom() {
-  const c = ui.conversation;
-  return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
-}
-
-function follow(wasNear) {
-  if (wasNear) ui.conversation.scrollTop = ui.conversation.scrollHeight;
-}
-
-function addTurn(question) {
-  ui.empty.hidden = true;
-  // Only the latest turn's answer carries the test id.
-  for (const old of ui.conversation.querySelectorAll('[data-testid="answer"]')) old.removeAttribute("data-testid");
-
-  const user = el("article", "turn user");
-  user.setAttribute("aria-label", "You");
-  user.append(el("div", "bubble", question));
-
-  const bot = el("article", "turn assistant streaming");
-  bot.setAttribute("aria-label", "Answer");
-  bot.setAttribute("aria-busy", "true");
-  const bubble = el("div", "bubble");
-  const answer = el("div", "answer");
-  answer.dataset.testid = "answer";
-  const note = el("p", "note");
-  note.dataset.testid = "turn-note";
-  note.hidden = true;
-  const extras = el("div", "extras");
-  bubble.append(answer);
-  bot.append(bubble, note, extras);
-
-  ui.conversation.append(user, bot);
-  ui.conversation.scrollTop = ui.conversation.scrollHeight;
-  return { bot, answer, note, extras, sections: {} };
-}
-
-function setNote(turn, kind, text) {
-  turn.note.className = `note ${kind}`;
-  turn.note.textContent = text;
-  turn.note.hidden = false;
-}
-
-function preview(text) {
-  const s = typeof text === "string" ? text : JSON.stringify(text, null, 2);
-  return s && s.length > PREVIEW_CHARS ? `${s.slice(0, PREVIEW_CHARS)}…` : s || "";
-}
-
-function section(turn, kind, title, count) {
-  let entry = turn.sections[kind];
-  if (!entry) {
-    const details = el("details", `extra ${kind}`);
-    details.dataset.testid = kind;
-    const summary = el("summary");
-    const list = el("ol");
-    details.append(summary, list);
-    turn.extras.append(details);
-    entry = turn.sections[kind] = { summary, list };
-  }
-  entry.summary.textContent = `${title} (${count})`;
-  entry.list.replaceChildren();
-  return entry.list;
-}
-
-function showSources(turn, docs) {
-  const items = Array.isArray(docs) ? docs : [docs];
-  if (!items.length) return;
-  const list = section(turn, "sourceDocuments", items.length === 1 ? "Source" : "Sources", items.length);
-  items.forEach((doc, i) => {
-    const meta = (doc && doc.metadata) || {};
-    const li = el("li");
-    li.append(
-      el("p", "source-name", String(meta.source || meta.title || meta.url || `Document ${i + 1}`)),
-      el("blockquote", "", preview(doc && doc.pageContent !== undefined ? doc.pageContent : doc)),
-    );
-    list.append(li);
+// Tokens come faster than frames: the answer is redrawn once per frame, whatever came in it.
+function redraw(run) {
+  if (run.frame) return;
+  run.frame = requestAnimationFrame(() => {
+    run.frame = 0;
+    if (run.done) return;
+    const wasNear = nearBottom();
+    run.turn.answer = run.text;
+    showTurn(run.view, run.turn, true);
+    if (wasNear) ui.conversation.scrollTop = ui.conversation.scrollHeight;
   });
-}
-
-function showTools(turn, tools) {
-  const items = Array.isArray(tools) ? tools : [tools];
-  if (!items.length) return;
-  const list = section(turn, "usedTools", items.length === 1 ? "Tool used" : "Tools used", items.length);
-  for (const tool of items) {
-    const li = el("li");
-    li.append(el("p", "tool-name", String((tool && tool.tool) || "tool")));
-    if (tool && tool.toolInput !== undefined) {
-      li.append(el("p", "label", "Input"), el("pre", "", preview(tool.toolInput)));
-    }
-    if (tool && tool.toolOutput !== undefined) {
-      li.append(el("p", "label", "Output"), el("pre", "", preview(tool.toolOutput)));
-    }
-    list.append(li);
-  }
-}
-
-// --- one question ----------------------------------------------------------------------------
-
-async function ask() {
-  if (state.run) return;
-  const question = ui.question.value;
-  if (!question.trim()) {
-    ui.question.focus();
-    return;
-  }
-  if (!ui.chatflow.value && !(await loadChatflows())) return;
-  const chatflowId = ui.chatflow.value;
-  clearError();
-  const turn = addTurn(question);
-  ui.question.value = "";
-  const run = { turn, question, text: "", es: null, streamId: null, stopping: false, done: false, timer: 0 };
-  state.run = run;
-  setBusy(true);
-  setStatus("sending", "Sending…");
-
-  let created;
-  try {
-    created = await api("POST", "v1/streams", { chatflowId, question, history: state.history });
-  } catch (err) {
-    finish(run, "error", describe(err));
-    return;
-  }
-  run.streamId = created.streamId;
-  run.turn.bot.dataset.streamId = created.streamId;
-  run.turn.bot.dataset.chatId = created.chatId;
-  if (run.stopping) {
-    deleteStream(run);
-    return;
-  }
-  listen(run, new EventSource(eventsUrl(created.eventsUrl)));
-}
-
-// The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
-// trust, that is http:// for an https:// page, which the browser would block as mixed content.
-function eventsUrl(raw) {
-  const url = new URL(raw, document.baseURI);
-  if (url.host === location.host && url.protocol === "http:" && location.protocol === "https:") url.protocol = "https:";
-  return url.toString();
 }
 
 function listen(run, es) {
@@ -331,43 +398,32 @@ function listen(run, es) {
   on("token", (event) => {
     const data = parse(event);
     if (!data || typeof data.text !== "string") return;
-    const wasNear = nearBottom();
     run.text += data.text;
-    run.turn.answer.textContent = run.text;
     if (ui.status.dataset.state === "reconnecting") setStatus("streaming", "Streaming…");
-    follow(wasNear);
+    redraw(run);
   });
-  on("metadata", (event) => {
-    run.metadata = parse(event);
-  });
-  on("sourceDocuments", (event) => showSources(run.turn, parse(event)));
-  on("usedTools", (event) => showTools(run.turn, parse(event)));
+  for (const name of ACTIVITY_EVENTS) {
+    on(name, (event) => {
+      if (takeEvent(run.turn.activity, name, parse(event) ?? event.data)) redraw(run);
+    });
+  }
   on("end", (event) => {
     const data = parse(event) || {};
-    if (!run.text && typeof data.text === "string") {
-      run.text = data.text; // nothing streamed (should not happen: the gateway sends one token at least)
-      run.turn.answer.textContent = run.text;
-    }
-    if (!run.turn.sections.sourceDocuments && Array.isArray(data.sourceDocuments)) showSources(run.turn, data.sourceDocuments);
-    if (!run.turn.sections.usedTools && Array.isArray(data.usedTools)) showTools(run.turn, data.usedTools);
+    if (!run.text && typeof data.text === "string") run.text = data.text; // a chatflow that streamed nothing
+    takeEnd(run.turn.activity, data);
     finish(run, "done");
   });
   on("error", (event) => {
     if (event.data) {
       // The contract's `error` event: the stream is over.
       const data = parse(event) || {};
-      if (data.code === "aborted") {
-        finish(run, "stopped");
-      } else {
-        const code = data.code || "error";
-        const hint = data.retryable ? " You can try again." : "";
-        finish(run, "error", `${data.message || "The answer failed."} (${code})${hint}`);
-      }
+      if (data.code === "aborted") finish(run, "stopped");
+      else finish(run, "error", { code: String(data.code || "error"), message: sentence(data.message || "The answer failed.") });
       return;
     }
     // EventSource's own connection error: it reconnects with Last-Event-ID unless it gave up.
     if (es.readyState === EventSource.CLOSED) {
-      finish(run, "error", "The stream could not be read (the gateway refused or lost it).");
+      finish(run, "error", { code: "stream_lost", message: "The stream could not be read (the gateway refused or lost it)." });
     } else if (!run.stopping) {
       setStatus("reconnecting", "Connection lost, reconnecting…");
     }
@@ -381,14 +437,17 @@ async function stop() {
   ui.stop.disabled = true;
   setStatus("stopping", "Stopping…");
   if (run.streamId) await deleteStream(run);
-  // else: the POST is still in flight; ask() stops the stream as soon as it has its id
+  // else: the POST is still in flight; send() stops the stream as soon as it has its id
 }
 
 async function deleteStream(run) {
   try {
     await api("DELETE", `v1/streams/${encodeURIComponent(run.streamId)}`);
   } catch (err) {
-    if (!run.done) finish(run, "error", `Could not stop the answer: ${describe(err)}`);
+    if (!run.done) {
+      const { code, message } = failure(err);
+      finish(run, "error", { code, message: `The answer could not be stopped: ${message}` });
+    }
     return;
   }
   if (!run.es) {
@@ -399,44 +458,35 @@ async function deleteStream(run) {
   run.timer = setTimeout(() => finish(run, "stopped"), STOP_GRACE_MS);
 }
 
-function finish(run, outcome, message) {
+function finish(run, outcome, error = null) {
   if (run.done) return;
   run.done = true;
   clearTimeout(run.timer);
+  cancelAnimationFrame(run.frame);
   if (run.es) run.es.close();
   if (state.run === run) state.run = null;
 
-  const { bot } = run.turn;
-  bot.classList.remove("streaming");
-  bot.classList.add(`is-${outcome}`);
-  if (!run.text) bot.classList.add("is-empty");
-  bot.setAttribute("aria-busy", "false");
-
-  if (outcome === "done") {
-    state.history.push({ role: "user", content: run.question }, { role: "assistant", content: run.text });
-    setStatus("done", "Done");
-  } else if (outcome === "stopped") {
-    if (run.text) {
-      // Keep what was said: the next question may refer to it.
-      state.history.push({ role: "user", content: run.question }, { role: "assistant", content: run.text });
-    }
-    setNote(run.turn, "stopped", "Stopped.");
-    setStatus("stopped", "Stopped");
-  } else {
-    setNote(run.turn, "failed", message);
-    showError(message);
-    setStatus("error", "Failed");
-  }
+  const { turn, view } = run;
+  turn.answer = run.text;
+  turn.outcome = outcome;
+  turn.error = outcome === "error" ? error : null;
+  showTurn(view, turn, false);
+  saveConversation(run.flowId, run.conversation);
   setBusy(false);
+  refreshTurnControls();
+
+  if (outcome === "done") setStatus("done", "Done");
+  else if (outcome === "stopped") setStatus("stopped", "Stopped");
+  else setStatus("error", "Failed");
   const focused = document.activeElement;
   if (!focused || focused === document.body || focused === ui.stop || focused === ui.send) ui.question.focus();
 }
 
 function newChat() {
   if (state.run) return;
-  state.history = [];
-  ui.conversation.replaceChildren(ui.empty);
-  ui.empty.hidden = false;
+  clearConversation(state.flowId);
+  state.conversation = emptyConversation();
+  renderConversation();
   clearError();
   setStatus("idle", "Ready");
   ui.question.focus();
@@ -446,13 +496,13 @@ function newChat() {
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  ask();
+  send(ui.question.value, true);
 });
 
 ui.question.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
-    ask();
+    send(ui.question.value, true);
   }
 });
 
@@ -462,11 +512,17 @@ document.addEventListener("keydown", (event) => {
 
 ui.stop.addEventListener("click", stop);
 ui.newChat.addEventListener("click", newChat);
-
-ui.chatflow.addEventListener("change", () => remember(FLOW_STORAGE, ui.chatflow.value));
+ui.chatflow.addEventListener("change", () => switchTo(ui.chatflow.value));
+ui.chatflowId.addEventListener("change", takeTypedId);
+ui.chatflowId.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    event.preventDefault();
+    if (takeTypedId()) ui.question.focus();
+  }
+});
 
 ui.apiKey.value = apiKey();
-ui.apiKey.addEventListener("input", () => remember(KEY_STORAGE, ui.apiKey.value.trim()));
+ui.apiKey.addEventListener("input", () => setApiKey(ui.apiKey.value.trim()));
 ui.apiKey.addEventListener("change", () => loadChatflows());
 ui.apiKey.addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
@@ -475,16 +531,23 @@ ui.apiKey.addEventListener("keydown", (event) => {
   }
 });
 
-// Leaving the page abandons the answer: stop it rather than let it run on for nobody.
+// Leaving the page abandons the answer: stop it rather than let it run on for nobody, and keep
+// what had come of it.
 window.addEventListener("pagehide", () => {
   const run = state.run;
-  if (!run || !run.streamId) return;
-  const key = apiKey();
-  fetch(new URL(`v1/streams/${encodeURIComponent(run.streamId)}`, document.baseURI), {
+  if (!run) return;
+  run.turn.answer = run.text;
+  run.turn.outcome = "stopped";
+  saveConversation(run.flowId, run.conversation);
+  if (!run.streamId) return;
+  fetch(apiUrl(`v1/streams/${encodeURIComponent(run.streamId)}`), {
     method: "DELETE",
     keepalive: true,
-    headers: key ? { Authorization: `Bearer ${key}` } : {},
+    headers: authHeaders(),
   }).catch(() => {});
 });
+
+// Later, with the gateway's routes for them: the chatflow's starter prompts and welcome message
+// in the empty conversation (#empty), and attachments within its upload policy in the composer.
 
 loadChatflows();

@@ -6,6 +6,8 @@ changes here alone.
 
 - `fss:{streamId}:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
 - `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream.
+- `fss:{streamId}:response`: a hash; the Responses API's record of the response run as that
+  stream (its chat, model and input: `record`), and `cancelled` once a client cancelled it.
 - `fss:chat:{chatId}`: the chat lock, holding the id of the stream that uses the chat.
 - `fss:replica:{replicaId}`: present while that replica is alive.
 - `fss:abort`: the pub/sub channel carrying the ids of streams to abort.
@@ -25,6 +27,14 @@ def events(stream_id: str) -> str:
 
 def meta(stream_id: str) -> str:
     return f"fss:{stream_id}:meta"
+
+
+def response(stream_id: str) -> str:
+    return f"fss:{stream_id}:response"
+
+
+RECORD_FIELD = "record"  # in a response hash: the record's JSON
+CANCELLED_FIELD = "cancelled"  # in a response hash: present once the response was cancelled
 
 
 def chat_lock(chat_id: str) -> str:

@@ -1,0 +1,109 @@
+// The conversation with each chatflow, kept in localStorage across reloads, and what the next
+// question sends so that Flowise's memory follows it.
+//
+// A conversation keeps one Flowise chatId until "New chat": the page sends that chatId and no
+// history, and the chatflow's memory (keyed by chatId) holds the conversation, as in Flowise's
+// own chat. Regenerating an answer is the exception: Flowise has stored the answer it replaces,
+// so the conversation moves to a fresh chatId and from then on sends the turns before it as
+// `history` (`carried`), which Flowise puts before what it stores under the new chatId.
+
+import { isActivity, newActivity } from "./activity.js";
+
+const PREFIX = "flowise-sse.conversation.";
+const CHATFLOW_KEY = "flowise-sse.chatflow";
+const MAX_TURNS = 200;
+const OUTCOMES = new Set(["done", "stopped", "error"]);
+
+export function emptyConversation() {
+  return { chatId: null, carried: 0, turns: [] };
+}
+
+function storage() {
+  try {
+    return window.localStorage;
+  } catch {
+    return null; // disabled: the conversation lasts as long as the page
+  }
+}
+
+function validTurn(turn) {
+  return Boolean(turn) && typeof turn === "object" && typeof turn.question === "string"
+    && typeof turn.answer === "string";
+}
+
+/** The stored conversation with `chatflowId`, or an empty one (also for a record it cannot read). */
+export function loadConversation(chatflowId) {
+  const store = storage();
+  let data = null;
+  try {
+    data = JSON.parse((store && store.getItem(PREFIX + chatflowId)) || "null");
+  } catch {
+    data = null;
+  }
+  if (!data || typeof data !== "object" || !Array.isArray(data.turns)) return emptyConversation();
+  const turns = data.turns.filter(validTurn).map((turn) => ({
+    question: turn.question,
+    answer: turn.answer,
+    // A turn still streaming when the page went away was stopped by it (see app.js's pagehide).
+    outcome: OUTCOMES.has(turn.outcome) ? turn.outcome : "stopped",
+    error: turn.error && typeof turn.error.message === "string"
+      ? { code: String(turn.error.code || "error"), message: turn.error.message } : null,
+    activity: isActivity(turn.activity) ? turn.activity : newActivity(),
+  }));
+  return {
+    chatId: typeof data.chatId === "string" && data.chatId ? data.chatId : null,
+    carried: Math.min(Number.isInteger(data.carried) && data.carried > 0 ? data.carried : 0, turns.length),
+    turns,
+  };
+}
+
+/** Store it; when the browser's quota is reached, the oldest turns go first. */
+export function saveConversation(chatflowId, conversation) {
+  const store = storage();
+  if (!store || !chatflowId) return;
+  let { turns, carried } = conversation;
+  if (turns.length > MAX_TURNS) {
+    carried = Math.max(0, carried - (turns.length - MAX_TURNS));
+    turns = turns.slice(-MAX_TURNS);
+  }
+  for (;;) {
+    try {
+      store.setItem(PREFIX + chatflowId, JSON.stringify({ chatId: conversation.chatId, carried, turns }));
+      return;
+    } catch {
+      if (!turns.length) return;
+      turns = turns.slice(1);
+      carried = Math.max(0, carried - 1);
+    }
+  }
+}
+
+export function clearConversation(chatflowId) {
+  const store = storage();
+  if (store && chatflowId) store.removeItem(PREFIX + chatflowId);
+}
+
+/** What the next question sends as history: the carried turns that have an answer. */
+export function historyOf(conversation) {
+  const history = [];
+  for (const turn of conversation.turns.slice(0, conversation.carried)) {
+    if (turn.outcome === "error" || !turn.answer) continue;
+    history.push({ role: "user", content: turn.question }, { role: "assistant", content: turn.answer });
+  }
+  return history;
+}
+
+export function rememberedChatflow() {
+  const store = storage();
+  return (store && store.getItem(CHATFLOW_KEY)) || "";
+}
+
+export function rememberChatflow(chatflowId) {
+  const store = storage();
+  try {
+    if (chatflowId) store.setItem(CHATFLOW_KEY, chatflowId);
+    else store.removeItem(CHATFLOW_KEY);
+  } catch {
+    /* full or disabled: the choice lasts as long as the page */
+  }
+}
