@@ -400,7 +400,7 @@ def test_images_whenTheChatflowTakesNone_then400NamingItsUploadPolicy(keyed_gate
 @pytest.mark.parametrize("api", ["responses", "chat"])
 def test_audio_whenSpeechToTextChatflow_thenTheAudioIsTheQuestion(keyed_gateway, flowise, api):
     spoken = base64.b64encode(b"what time is it").decode()
-    audio = {"data": spoken, "format": "wav"}
+    audio = {"data": spoken, "format": "webm"}
     if api == "responses":
         answer = client(keyed_gateway).responses.create(model=UPLOADS_CHATFLOW_ID, input=[
             {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}]).output_text
@@ -408,8 +408,25 @@ def test_audio_whenSpeechToTextChatflow_thenTheAudioIsTheQuestion(keyed_gateway,
         answer = client(keyed_gateway).chat.completions.create(model=UPLOADS_CHATFLOW_ID, messages=[
             {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}]).choices[0].message.content
     assert flowise.app.requests[-1]["body"]["uploads"] == [
-        {"data": "data:audio/wav;base64," + spoken, "type": "audio", "name": "audio-1.wav", "mime": "audio/wav"}]
+        {"data": "data:audio/webm;base64," + spoken, "type": "audio", "name": "audio-1.webm", "mime": "audio/webm"}]
     assert answer == REPLY + "what time is it"
+
+
+@pytest.mark.parametrize("version", ["3.1.4"])
+@pytest.mark.parametrize("api", ["responses", "chat"])
+def test_audio_whenAFormatFlowiseDoesNotTranscribe_then400NamingTheFormats(keyed_gateway, flowise, api):
+    # Flowise's speech to text reads webm, mp4 and ogg only: wav would reach the LLM as an empty question.
+    audio = {"data": base64.b64encode(b"what time is it").decode(), "format": "wav"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        if api == "responses":
+            client(keyed_gateway).responses.create(model=UPLOADS_CHATFLOW_ID, input=[
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}])
+        else:
+            client(keyed_gateway).chat.completions.create(model=UPLOADS_CHATFLOW_ID, messages=[
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": audio}]}])
+    assert "webm, ogg, mp4, m4a" in refused.value.message
+    assert refused.value.body["param"] == ("input" if api == "responses" else "messages[0].content")
+    assert len(flowise.app.requests) == 0
 
 
 @pytest.mark.parametrize("version", ["3.1.4"])

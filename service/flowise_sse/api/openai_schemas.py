@@ -17,7 +17,8 @@ class ImageUrl(BaseModel):
 class InputAudio(BaseModel):
     model_config = ConfigDict(extra="ignore")
     data: str = Field(description="Base64 audio: a Flowise `audio` upload, for a chatflow with speech to text.")
-    format: str = Field(description="wav, mp3, webm, ogg, mp4, m4a or flac.")
+    format: str = Field(description="webm, ogg, mp4 or m4a: what Flowise's speech to text reads (not OpenAI's "
+                        "wav or mp3: a 400).")
 
 
 class ContentPart(BaseModel):

@@ -51,7 +51,7 @@ from ..openai_schemas import (
     Model,
     ModelList,
 )
-from ..openai_uploads import Upload, UploadRefused, audio_upload, checked_uploads, image_upload
+from ..openai_uploads import Media, UploadRefused, audio_upload, checked_uploads, image_upload
 from ..schemas import CHAT_ID_PATTERN, json_problem
 
 
@@ -260,7 +260,7 @@ def check_body_size(request: Request, max_body: int, has_uploads: bool) -> None:
                               "or audio (FLOWISE_SSE_MAX_BODY_BYTES)")
 
 
-def _text(message: ChatMessage, index: int, media: list[Upload], left_out: set[str], asked: bool = False) -> str:
+def _text(message: ChatMessage, index: int, media: list[Media], left_out: set[str], asked: bool = False) -> str:
     """A message's text; the images and audio of the question (`asked`) go to `media`; an earlier
     turn's, which Flowise has no place for, are left out, and said so in `left_out`."""
     content = message.content
@@ -289,14 +289,14 @@ def _text(message: ChatMessage, index: int, media: list[Upload], left_out: set[s
 
 def _conversation(
     messages: list[ChatMessage],
-) -> tuple[str, list[dict[str, str]], list[str], list[Upload], set[str]]:
+) -> tuple[str, list[dict[str, str]], list[str], list[Media], set[str]]:
     """(question, history, system texts, the question's images and audio, what was left out): the
     last message must be the user's question; earlier user and assistant turns are the history;
     tool and function results have no Flowise form."""
     last = len(messages) - 1
     if messages[last].role != "user":
         raise ParamError(f"the last message must be the user's (it is {messages[last].role!r})", "messages")
-    media: list[Upload] = []
+    media: list[Media] = []
     left_out: set[str] = set()
     question = _text(messages[last], last, media, left_out, asked=True)
     if not question.strip() and not media:

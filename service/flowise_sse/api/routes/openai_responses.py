@@ -36,7 +36,7 @@ from ..openai_response_schemas import (
     ResponseObject,
 )
 from ..openai_schemas import OPENAI_ERROR_RESPONSES
-from ..openai_uploads import Upload, UploadRefused, audio_upload, checked_uploads, image_upload
+from ..openai_uploads import Media, UploadRefused, audio_upload, checked_uploads, image_upload
 from ..response_records import ResponseNotFound, ResponseRecord, ResponseRecords, decode_frames
 from ..schemas import json_problem
 from .openai_compat import (
@@ -186,7 +186,7 @@ class _Turns:
     def __init__(self, given: str | list[dict[str, Any]]) -> None:
         self.history: list[dict[str, str]] = []
         self.system: list[str] = []
-        self.uploads: list[Upload] = []
+        self.uploads: list[Media] = []
         self.ignored: set[str] = set()
         self.items: list[dict[str, Any]] = []
         if isinstance(given, str):
