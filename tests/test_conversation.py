@@ -289,6 +289,13 @@ async def test_uploadRoutes_takeBodiesPastTheBodyCap_upToTheUploadCap_then413Wit
         feedback = await client.post(f"/v1/chatflows/{UPLOADS_CHATFLOW_ID}/feedback", content=b"x" * 100_000,
                                      headers={"content-type": "application/json"})
         assert feedback.status_code == 413 and "FLOWISE_SSE_MAX_BODY_BYTES" in feedback.json()["error"]["message"]
+        # The upload cap is for files: a body past the body cap that carries none is refused once read.
+        for path, body in ((f"/v1/chatflows/{UPLOADS_CHATFLOW_ID}/stream", {"question": "x" * 100_000}),
+                           (f"/v1/chatflows/{UPLOADS_CHATFLOW_ID}/prediction", {"question": "x" * 100_000}),
+                           ("/v1/streams", {"chatflowId": UPLOADS_CHATFLOW_ID, "question": "x" * 100_000})):
+            wordy = await client.post(path, json=body)
+            assert wordy.status_code == 413 and wordy.json()["error"]["code"] == "payload_too_large", path
+            assert "FLOWISE_SSE_MAX_BODY_BYTES" in wordy.json()["error"]["message"], path
     assert flowise.app.requests_seen == before
 
 

@@ -7,7 +7,9 @@ besides the model's. Here the body is read once into one buffer (sized from Cont
 it is not copied as it grows), parsed straight into its model (pydantic's JSON parser, no dict
 in between) and the buffer dropped; the model's strings are what the prediction sends, and
 `Prediction.encoded_body` lets go of them once they are encoded. The size is bounded before a
-byte of it is read (`guards.py` counts it as it arrives).
+byte of it is read (`guards.py` counts it as it arrives, up to `max_upload_bytes` on these
+routes); once read, a body past `max_body_bytes` must carry uploads (`check_body_size`): the
+larger limit is for files, not for anything else a body may hold.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from ..errors import BadRequest
+from ..errors import BadRequest, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +31,7 @@ async def read_model(request: Request, model: type[M]) -> M:
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise BadRequest(f"the body must be application/json, not {content_type[:100]}")
     buffer = await _read(request)
+    request.state.body_bytes = len(buffer)  # for `check_body_size`, once the model says what it carries
     try:
         return model.model_validate_json(buffer)
     except ValidationError as exc:
@@ -38,6 +41,18 @@ async def read_model(request: Request, model: type[M]) -> M:
         raise RequestValidationError(errors) from None
     finally:
         del buffer
+
+
+def check_body_size(request: Request, max_body: int, has_uploads: bool) -> None:
+    """The guard lets an upload route's body up to `max_upload_bytes`: one that carries no
+    upload keeps `max_body_bytes` (its size as read, else as declared)."""
+    size = getattr(request.state, "body_bytes", None)
+    if size is None:
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else 0
+    if not has_uploads and size > max_body:
+        raise PayloadTooLarge(f"the request body is {size} bytes, over the limit of {max_body} without uploads, "
+                              "images or audio (FLOWISE_SSE_MAX_BODY_BYTES)")
 
 
 async def _read(request: Request) -> bytearray:

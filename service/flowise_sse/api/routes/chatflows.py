@@ -16,7 +16,7 @@ from sse_starlette import EventSourceResponse
 from ...errors import BadRequest, ClientLeft, Forbidden, GatewayError, UpstreamError
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
-from ..bodies import read_model
+from ..bodies import check_body_size, read_model
 from ..dependencies import (
     CallerDep,
     Flowise,
@@ -43,8 +43,10 @@ from ..schemas import (
 router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(caller)])
 
 
-async def _stream_request(request: Request) -> StreamRequest:
-    return await read_model(request, StreamRequest)
+async def _stream_request(request: Request, settings: SettingsDep) -> StreamRequest:
+    body = await read_model(request, StreamRequest)
+    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    return body
 
 
 # Read by `read_model`, not FastAPI: a body with uploads is held once (see bodies.py).

@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
-from ..bodies import read_model
+from ..bodies import check_body_size, read_model
 from ..dependencies import (
     AccessDep,
     CallerDep,
@@ -40,8 +40,10 @@ _CREATED_LINKS = {
 }
 
 
-async def _create_stream_body(request: Request) -> CreateStream:
-    return await read_model(request, CreateStream)  # held once: see bodies.py
+async def _create_stream_body(request: Request, settings: SettingsDep) -> CreateStream:
+    body = await read_model(request, CreateStream)  # held once: see bodies.py
+    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    return body
 
 
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],

@@ -29,7 +29,6 @@ from ...errors import (
     BadRequest,
     ChatflowNotFound,
     GatewayError,
-    PayloadTooLarge,
     UpstreamError,
     error_from_event,
 )
@@ -39,6 +38,7 @@ from ...streams.sse_encoder import json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
+from ..bodies import check_body_size
 from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
 from ..override_policy import OverridePolicy
 from ..event_stream import KEEPALIVE
@@ -250,14 +250,6 @@ def _chat_id(*candidates: str | None) -> str | None:
                     f"{param} must be 1-128 characters of A-Z a-z 0-9 . _ : @ - (it names the Flowise chat)", param
                 ) from None
     return None
-
-
-def check_body_size(request: Request, max_body: int, has_uploads: bool) -> None:
-    """The guard lets the OpenAI routes' bodies up to `max_upload_bytes`: that is for images and audio."""
-    declared = request.headers.get("content-length", "")
-    if not has_uploads and declared.isdigit() and int(declared) > max_body:
-        raise PayloadTooLarge(f"the request body is {declared} bytes, over the limit of {max_body} without images "
-                              "or audio (FLOWISE_SSE_MAX_BODY_BYTES)")
 
 
 def _text(message: ChatMessage, index: int, media: list[Media], left_out: set[str], asked: bool = False) -> str:

@@ -25,6 +25,7 @@ from ...events import ERROR, TERMINAL, Event
 from ...streams import StreamRun
 from ...streams.sse_encoder import KEEPALIVE, json_bytes
 from ...upstream.prediction import Prediction
+from ..bodies import check_body_size, read_model
 from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
 from ..openai_response_events import ResponseEncoder, sse
 from ..openai_response_schemas import (
@@ -38,7 +39,7 @@ from ..openai_response_schemas import (
 from ..openai_schemas import OPENAI_ERROR_RESPONSES
 from ..openai_uploads import Media, UploadRefused, audio_upload, checked_uploads, image_upload
 from ..response_records import ResponseNotFound, ResponseRecord, ResponseRecords, decode_frames
-from ..schemas import json_problem
+from ..schemas import json_body_of, json_problem
 from .openai_compat import (
     _CHAT_ID,
     _SYSTEM_INPUTS,
@@ -46,7 +47,6 @@ from .openai_compat import (
     OpenAIRoute,
     ParamError,
     _until_client_leaves,
-    check_body_size,
     check_caller_override,
     ignored_params_header,
     resolve_model,
@@ -76,10 +76,15 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text"})
 
 
 # --- create -------------------------------------------------------------------------------------
-@router.post("/responses", responses=RESPONSE_RESPONSES, response_model=None)
+async def _create_response_body(request: Request) -> CreateResponse:
+    return await read_model(request, CreateResponse)  # held once: see bodies.py
+
+
+@router.post("/responses", responses=RESPONSE_RESPONSES, response_model=None,
+             openapi_extra=json_body_of(CreateResponse))
 async def create_response(
-    request: Request, body: CreateResponse, manager: Manager, flowise: Flowise, settings: SettingsDep,
-    who: CallerDep, records: Records, overrides: Overrides,
+    request: Request, body: Annotated[CreateResponse, Depends(_create_response_body)], manager: Manager,
+    flowise: Flowise, settings: SettingsDep, who: CallerDep, records: Records, overrides: Overrides,
 ) -> Response:
     """A chatflow's answer as an OpenAI `response`, streamed with `stream: true`, returned at once
     with `background: true`. See the docs' Responses page for how each field maps onto Flowise."""
