@@ -120,6 +120,28 @@ async def test_sessionId_goesWhereEveryLineReadsIt_overrideConfigSessionId(emula
     assert next(e.data for e in events if e.event == "metadata")["sessionId"] == "memory-7"
 
 
+async def test_sessionId_underAnOverridePolicyOff_thenTakenAndNamespaced_whileOverrideConfigIsRefused(
+        emulators, gateways):
+    # The override policy judges the caller's own overrideConfig: a top-level sessionId is a field
+    # of its own, in the key's chat space, though it travels as overrideConfig.sessionId.
+    flowise = emulators("3.1.4")
+    gateway = gateways(flowise.url, api_keys=[KEY_A], override_config="off")
+    status, events = await post_stream(gateway, key=KEY_A, question="hi", chatId="c-1", sessionId="memory-7")
+    assert status == 200 and events[-1].event == "end", events
+    sent = last_sent(flowise)["body"]["overrideConfig"]["sessionId"]
+    assert sent != "memory-7" and sent.endswith("memory-7")  # namespaced per key
+    assert next(e.data for e in events if e.event == "metadata")["sessionId"] == "memory-7"
+    before = flowise.app.requests_seen
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20, headers=headers) as client:
+        for path, body in ((f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {}),
+                           (f"/v1/chatflows/{DEMO_CHATFLOW_ID}/prediction", {}),
+                           ("/v1/streams", {"chatflowId": DEMO_CHATFLOW_ID})):
+            refused = await client.post(path, json={**body, "question": "hi", "overrideConfig": {"sessionId": "s"}})
+            assert refused.status_code == 400 and "FLOWISE_SSE_OVERRIDE_CONFIG" in refused.json()["error"]["message"]
+    assert flowise.app.requests_seen == before
+
+
 @pytest.mark.parametrize(("body", "why"), [
     ({}, "question is required"),
     ({"form": {"name": "Ada"}, "question": "hi"}, "question and form cannot be sent together"),
@@ -485,6 +507,12 @@ async def test_library_sameFieldsSameChecks(emulators):
     assert events[-1].event == "end" and events[-1].data["text"] == REPLY + "name=Ada"
     with pytest.raises(BadRequest, match="plain file name"):
         async for _ in astream_prediction(UPLOADS_CHATFLOW_ID, "q", uploads=[image(name="../x")], settings=settings):
+            pass
+    # An empty question may come with uploads (an image can be the whole of it), not without.
+    shown = [e async for e in astream_prediction(UPLOADS_CHATFLOW_ID, "", uploads=[image()], settings=settings)]
+    assert shown[-1].event == "end" and last_sent(emulators("3.1.4"))["body"]["question"] == ""
+    with pytest.raises(BadRequest, match="question must be a non-empty string"):
+        async for _ in astream_prediction(UPLOADS_CHATFLOW_ID, " ", settings=settings):
             pass
     old = Settings(flowise_url=emulators("2.1.0").url)
     from flowise_sse.errors import NotSupportedByFlowise

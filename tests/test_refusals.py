@@ -99,7 +99,9 @@ async def test_oversizedHeaders_fromARawSocketThatKeepsSending_then431JsonEveryT
 
 
 def test_refusedClient_whenItTricklesForever_thenItGetsTheAnswerAndIsClosedAtTheLingerTimeout(gateways):
-    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, linger_timeout=1.0)
+    # The stream route takes uploads: its cap is max_upload_bytes (as in the fixture above).
+    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, max_upload_bytes=1024,
+                       linger_timeout=1.0)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(HEAD + b"Content-Length: 100000\r\n\r\n")
         sock.settimeout(5)
@@ -117,8 +119,8 @@ def test_refusedClient_whenItTricklesForever_thenItGetsTheAnswerAndIsClosedAtThe
 
 
 def test_refusedClient_whenItSendsPastMaxLingerBytes_thenClosedWithoutWaitingForTheTimeout(gateways):
-    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, linger_timeout=60,
-                       max_linger_bytes=1024 * 1024)
+    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, max_upload_bytes=1024,
+                       linger_timeout=60, max_linger_bytes=1024 * 1024)
     sent = 0
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(HEAD + b"Content-Length: 1000000000\r\n\r\n")
