@@ -29,9 +29,13 @@ tests/contracts/test_uvicorn_contract.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Callable
 
+from .logging_setup import fields
 from .settings import Settings
+
+logger = logging.getLogger("flowise_sse")
 
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
@@ -56,8 +60,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     # Connections not yet served or already answered: still sending headers, or lingering after a
     # refusal. Oldest first (a dict keeps insertion order); past the cap the oldest is closed.
     pending: dict[Any, None] = {}
-    too_big = _error(_431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
-                     "or FLOWISE_SSE_MAX_HEADERS")
+    too_big = _error(_431, "headers_too_large", "the request line and headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
+                     "or FLOWISE_SSE_MAX_HEADERS; a long history goes in a POST body (POST /v1/streams, then read "
+                     "its eventsUrl), or continue the chat by its chatId")
     too_slow = _error(_408, "request_timeout", "the request headers did not arrive within "
                       "FLOWISE_SSE_HEADER_TIMEOUT")
 
@@ -121,6 +126,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             pending.pop(self, None)
             if not self.transport.is_closing():
                 if self._head_bytes:  # something was sent: say why it ends
+                    _log_refusal(408, "request_timeout", "the request headers did not arrive within "
+                                 "FLOWISE_SSE_HEADER_TIMEOUT")
                     self.transport.write(too_slow)
                 self.transport.close()
 
@@ -139,6 +146,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         def _refuse(self) -> None:
             self._head_done()
             if not self.transport.is_closing():
+                _log_refusal(431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
+                             "or FLOWISE_SSE_MAX_HEADERS")
                 self.transport.write(too_big)
                 self.transport.close()
 
@@ -216,6 +225,11 @@ class Lingering:
 
     def cancel(self) -> None:
         self.timer.cancel()
+
+
+def _log_refusal(status: int, code: str, reason: str) -> None:
+    """The refusals answered here, before any request exists, logged as the app logs its own."""
+    logger.info("request refused", extra=fields(status=status, code=code, reason=reason))
 
 
 def _close_delimited(cycle: Any) -> None:

@@ -54,7 +54,7 @@ from pydantic import SecretStr
 
 from . import metrics
 from .logging_setup import configure
-from .server import demo_flowise, gateway_server, show_banner
+from .server import demo_flowise, gateway_server, show_banner, startup_problem
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")
@@ -138,7 +138,8 @@ async def _serve_worker(server: Any, sock: socket.socket, ready: Connection, par
 async def _watch(server: Any, ready: Connection, parent: int, stop_asked: list[int]) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
-    ready.send(os.getpid())  # the parent shows the banner once every worker serves
+    # The parent shows the banner once every worker serves, "ready" only if Flowise answered.
+    ready.send((os.getpid(), await startup_problem(server)))
     if stop_asked:  # a SIGTERM between the check before `serve` and uvicorn taking the signals
         server.handle_exit(signal.SIGTERM, None)
     while True:
@@ -158,6 +159,7 @@ class _Worker:
     ready: Connection
     started_at: float = field(default_factory=time.monotonic)
     serving: bool = False
+    problem: str | None = None  # why Flowise was not usable when it started serving
 
 
 class Supervisor:
@@ -189,7 +191,7 @@ class Supervisor:
     def _ready(self, worker: _Worker) -> None:
         self.loop.remove_reader(worker.ready.fileno())
         try:
-            worker.ready.recv()
+            _, worker.problem = worker.ready.recv()
             worker.serving = True
         except (EOFError, OSError):
             pass  # it died before it served: its sentinel says so
@@ -376,7 +378,8 @@ async def supervise(settings: Settings, host: str, port: int, count: int, *, dem
         await _when_serving(supervisor, run)
         if not run.done():
             pids = ", ".join(str(w.process.pid) for w in supervisor.workers.values())
-            show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})")
+            problem = next((w.problem for w in supervisor.workers.values() if w.problem), None)
+            show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})", problem)
         return await run
     return 1  # not reached
 

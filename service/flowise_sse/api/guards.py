@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import BadRequest, Forbidden, GatewayError, PayloadTooLarge
 from ..settings import Settings
+from .error_handlers import log_refusal
 
 # Sent with every answer: nothing here is meant to be framed, sniffed or to leak its URL onward.
 COMMON_HEADERS = [
@@ -83,6 +84,8 @@ class Guard:
                     f"the request body is {int(declared)} bytes, over the limit of {limit} ({setting})"
                 )
         except GatewayError as exc:
+            log_refusal(scope["method"], path, exc.status, "host_not_allowed" if isinstance(exc, BadRequest) else exc.code,
+                        exc.message)
             await _answer(send_with_headers, exc, close=exc.status == 413)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared and b"transfer-encoding" not in headers:
