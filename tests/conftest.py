@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from flowise_sse.api import create_app
-from flowise_sse.server import gateway_config
 from flowise_sse.emulator import EmulatorConfig, create_emulator_app
+from flowise_sse.server import gateway_config
 from flowise_sse.settings import Settings
 from flowise_sse.streams import memory_store
 

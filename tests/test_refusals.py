@@ -140,7 +140,7 @@ def test_bodyTimeout_whenTheBodyTrickles_then408ThenClosedAtTheLingerTimeout(gat
                 sock.settimeout(0.05)
                 try:
                     answer += sock.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     pass
             while time.monotonic() - started < 5:
                 sock.sendall(b" ")

@@ -210,8 +210,8 @@ async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClo
 
     from flowise_sse.api.access import OPEN
     from flowise_sse.api.event_stream import event_stream
-    from flowise_sse.streams.manager import Reading
     from flowise_sse.settings import Settings
+    from flowise_sse.streams.manager import Reading
 
     closed = asyncio.Event()
 

@@ -2,7 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .library import astream_prediction, stream_prediction
 from .errors import (
     GatewayError,
     StreamAborted,
@@ -12,6 +11,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .events import Event
+from .library import astream_prediction, stream_prediction
 from .settings import Settings
 from .upstream import Upstream
 

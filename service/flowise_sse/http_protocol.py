@@ -29,7 +29,8 @@ tests/contracts/test_uvicorn_contract.py.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .settings import Settings
 

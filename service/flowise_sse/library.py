@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Awaitable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .errors import BadRequest
 from .events import Event

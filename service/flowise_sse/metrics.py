@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,

@@ -250,7 +250,7 @@ class Supervisor:
     async def _changed(self, timeout: float | None = None) -> None:
         try:
             await asyncio.wait_for(self.changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self.changed.clear()
 

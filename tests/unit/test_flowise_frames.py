@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import example, given
 from hypothesis import strategies as st
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from flowise_sse.upstream.flowise_frames import event_payloads
 

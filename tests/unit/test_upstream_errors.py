@@ -12,7 +12,7 @@ import socket
 import struct
 import subprocess
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest

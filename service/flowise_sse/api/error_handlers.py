@@ -5,12 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from .. import metrics
 from ..errors import GatewayError
-
 
 # RFC 9110: a 401 names the scheme that would work.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Response
 from sse_starlette import EventSourceResponse
@@ -17,11 +18,10 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from ..settings import Settings
-from .access import Caller
 from ..streams import StreamManager
 from ..streams.sse_encoder import KEEPALIVE
 from ..watchdog import Watchdog
-
+from .access import Caller
 
 logger = logging.getLogger("flowise_sse")
 

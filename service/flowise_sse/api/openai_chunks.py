@@ -12,7 +12,8 @@ nodes), or the per-node usage in the last `agentFlowExecutedData`, which covers 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import GatewayError
 from ..events import END, ERROR, TOKEN, Event

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Union
 from uuid import UUID
-
-import math
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -66,7 +65,7 @@ class StreamRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _sendable(self) -> "StreamRequest":
+    def _sendable(self) -> StreamRequest:
         # What JSON parsing lets through but cannot be sent on (a 500 at encoding otherwise).
         problem = json_problem(self.question, "question") or json_problem(
             [item.content for item in self.history], "history"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # The chat ids a keyed caller names are its own: Flowise gets `<tenant prefix>.<chatId>`, so two
 # keys' "alice" are two Flowise chats (and memory sessions). The prefix is fixed-length: no chat id

@@ -8,7 +8,8 @@ share the log's frame objects and copy at most `READ_BATCH_BYTES` each.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import StreamTooLarge
 from ..events import ERROR, Event

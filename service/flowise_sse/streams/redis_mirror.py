@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as redis
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, aclosing
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .. import metrics
 from ..errors import GatewayError, StreamAborted, UpstreamError

@@ -7,8 +7,8 @@ socket.io pool, the remembered version), picks the transport per version and bou
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import AsyncIterator
 
 from ..events import TERMINAL, Event
 from ..settings import Settings

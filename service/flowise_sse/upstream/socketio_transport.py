@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import engineio
 import socketio
@@ -103,7 +104,7 @@ class SocketPool:
                 socketio_path=path,
                 wait_timeout=self.flowise.settings.connect_timeout,
             )
-        except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, socketio.exceptions.ConnectionError, OSError) as exc:
             await sock.close()
             metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
                                   UpstreamUnavailable.code)

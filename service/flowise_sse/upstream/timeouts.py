@@ -6,7 +6,7 @@ To `start` (connect), from `start` to the first event, between two events (idle)
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..errors import UpstreamTimeout
 from ..events import START, Event

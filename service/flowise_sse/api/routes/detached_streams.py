@@ -9,7 +9,16 @@ from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
-from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
+from ..dependencies import (
+    AccessDep,
+    CallerDep,
+    Flowise,
+    Manager,
+    SeqOrLastEventId,
+    SettingsDep,
+    caller,
+    resume_position,
+)
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
 

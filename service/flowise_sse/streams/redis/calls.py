@@ -9,8 +9,8 @@ client's request waits on, whose failure is that request's `store_unavailable`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import redis.asyncio as redis
 
