@@ -65,7 +65,7 @@ def _field_docs() -> dict[str, str]:
     body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings").body
     docs: dict[str, str] = {}
     waiting: list[str] = []
-    for statement, following in zip(body, body[1:] + [None]):
+    for statement, following in zip(body, body[1:] + [None], strict=True):
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
             waiting.append(statement.target.id)
             if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):

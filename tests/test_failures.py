@@ -29,12 +29,14 @@ def silent_server():
 
 
 async def post_stream(gateway, body, timeout=20.0):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as client:
-        async with client.stream("POST", STREAM, json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                return r, []
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as client,
+        client.stream("POST", STREAM, json=body) as r,
+    ):
+        if r.status_code != 200:
+            await r.aread()
+            return r, []
+        return r, await aread_sse(r)
 
 
 @pytest.mark.parametrize("transport", ["auto", "socketio", "sse"])
@@ -93,9 +95,11 @@ def open_fds() -> int:
 
 async def leave_midway(gateway, chat_id: str) -> None:
     slow = {"question": "slow one", "chatId": chat_id, "overrideConfig": {"emulator": {"delay": 0.3}}}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json=slow) as r:
-            first = await aread_sse(r, limit=3)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", STREAM, json=slow) as r,
+    ):
+        first = await aread_sse(r, limit=3)
     assert [e.event for e in first] == ["start", "token", "token"]
 
 

@@ -243,9 +243,11 @@ async def test_wire_whenStreaming_thenOnlyDataLinesWithASpaceAndDoneLast(gateway
     gateway = gateways(flowise.url, keepalive_interval=0.02)
     body = {"model": DEMO_CHATFLOW_ID, "messages": user("raw wire"), "stream": True,
             "stream_options": {"include_usage": True}, **emulator(delay=0.05)}
-    async with httpx.AsyncClient(timeout=20) as http:
-        async with http.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r:
-            raw = (await r.aread()).decode()
+    async with (
+        httpx.AsyncClient(timeout=20) as http,
+        http.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r,
+    ):
+        raw = (await r.aread()).decode()
     assert r.headers["content-type"].startswith("text/event-stream")
     lines = [line for line in raw.split("\n") if line]
     assert any(line.startswith(":") for line in lines)  # keep-alives: comments only

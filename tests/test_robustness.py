@@ -38,12 +38,14 @@ async def until(condition, timeout=5.0):
 
 
 async def post_stream(gateway, body, **kwargs):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json=body, **kwargs) as r:
-            if r.status_code != 200:
-                await r.aread()
-                return r, []
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", STREAM, json=body, **kwargs) as r,
+    ):
+        if r.status_code != 200:
+            await r.aread()
+            return r, []
+        return r, await aread_sse(r)
 
 
 # --- item 2: input that passes JSON parsing but cannot be sent on ---------------------------------
@@ -228,10 +230,12 @@ async def test_flowiseUrlCredentials_thenSentAsBasicAuthOnEveryUpstreamCall(emul
 
     flowise = emulators(version)
     gateway = gateways(flowise.url.replace("http://", "http://proxy%40user:p%3Ass@"), flowise_api_key="flowkey")
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                                 json={"question": "credentials ride along"}) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                      json={"question": "credentials ride along"}) as r,
+    ):
+        events = await aread_sse(r)
     assert r.status_code == 200 and events[-1].event == "end"
     expected = "Basic " + base64.b64encode(b"proxy@user:p:ss").decode()
     sent = [req["headers"].get("authorization") for req in list(flowise.app.requests)  # shared with other tests

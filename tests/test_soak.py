@@ -64,7 +64,7 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     rounds = {"fresh": [], "full": []}
     for name in ["fresh", "full", "full", "fresh", "fresh", "full"]:
         rounds[name].append(await _measure((fresh if name == "fresh" else full).url, 6))
-    for rate, _, tally in rounds["fresh"] + rounds["full"]:
+    for _rate, _, tally in rounds["fresh"] + rounds["full"]:
         assert tally.completed == tally.exact and not tally.failures, (tally.failures, tally.inexact)
     fresh_rate, full_rate = (max(r[0] for r in rounds[name]) for name in ("fresh", "full"))
     fresh_ft, full_ft = (min(r[1] for r in rounds[name]) for name in ("fresh", "full"))

@@ -17,10 +17,12 @@ from .servers import aread_sse, joined, parse_sse
 
 
 async def stream(gateway, question="Hello there", flow=DEMO_CHATFLOW_ID, **body):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{flow}/stream", json={"question": question, **body}) as r:
-            assert r.status_code == 200, (await r.aread())
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{flow}/stream", json={"question": question, **body}) as r,
+    ):
+        assert r.status_code == 200, (await r.aread())
+        return r, await aread_sse(r)
 
 
 async def test_stream_whenFlowiseStreams_thenStartTokensMetadataEndInOrder(gateway, flowise, version):
@@ -55,9 +57,11 @@ async def test_stream_whenStartCarriesFirstToken_thenItIsNotDuplicated(emulators
 async def test_stream_getForEventSource_thenSameContractAndHistorySent(gateway, flowise, version):
     history = [{"role": "user", "content": "My name is Ada"}, {"role": "assistant", "content": "Hi Ada"}]
     params = {"question": "What is my name?", "history": json.dumps(history), "chatId": "chat-get-1"}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params=params) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params=params) as r,
+    ):
+        events = await aread_sse(r)
     assert joined(events) == REPLY + "What is my name?"
     assert events[0].data["chatId"] == "chat-get-1"
     sent = flowise.app.requests[-1]

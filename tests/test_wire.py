@@ -41,10 +41,12 @@ def test_relayedNames_whenEmptyOrReserved_thenMappedUnderFlowisePrefix() -> None
 async def test_stream_whenFlowiseSendsCollidingNames_thenRelayedUnderDocumentedNames(emulators, gateways):
     gateway = gateways(emulators("3.1.4").url)
     extra = [{"event": "message", "data": "m"}, {"event": "", "data": "unnamed"}, {"event": "open", "data": 1}]
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={
-                "question": "names", "overrideConfig": {"emulator": {"tokens": ["x"], "events": extra}}}) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={
+            "question": "names", "overrideConfig": {"emulator": {"tokens": ["x"], "events": extra}}}) as r,
+    ):
+        events = await aread_sse(r)
     relayed_events = [(e.event, e.data) for e in events if e.event.startswith("flowise.")]
     assert relayed_events == [("flowise.message", "m"), ("flowise.message", "unnamed"), ("flowise.open", 1)]
     assert events[-1].event == "end"

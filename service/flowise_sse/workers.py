@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -208,10 +208,8 @@ class Supervisor:
 
     def signal_all(self, sig: int) -> None:
         for worker in self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(worker.process.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """The first signal drains every worker; a second SIGINT is passed on (forced exit)."""
@@ -248,10 +246,8 @@ class Supervisor:
         return await self._drain()
 
     async def _changed(self, timeout: float | None = None) -> None:
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            pass
         self.changed.clear()
 
     async def _all_serving(self) -> bool:

@@ -218,7 +218,7 @@ def test_call_whenASendRaisesSendTimeoutError_thenItLeavesBareAndTheFramesGenera
         return Recording(frames(), ping=0.05, ping_message_factory=lambda: b": ping\n\n", sep="\n",
                          fail_on=fail_on)
 
-    with serving(make) as (server, seen), get(server) as sock:
+    with serving(make) as (server, seen), get(server):
         wait_until(lambda: seen.get("returned"), what="the response returns")
     assert type(seen.get("raised")) is SendTimeoutError, \
         broken(f"a SendTimeoutError from a send leaves __call__ as {seen.get('raised')!r}")

@@ -12,6 +12,7 @@ EventSources in one page, side by side) and each test then checks its cell.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -178,10 +179,8 @@ class CutProxy:
             pass
         finally:
             for sock in (src, dst):  # shutdown first: see tests/test_browser.py CuttingProxy._pump
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 
@@ -332,7 +331,7 @@ def matrix(stacks, node_modules, page_server) -> dict[tuple[str, str, str], Cell
     keys = [(upstream, client, s) for upstream in UPSTREAMS for client in CLIENT_NAMES for s in SCENARIOS]
     with ThreadPoolExecutor(max_workers=16) as pool:
         prepared = list(pool.map(lambda k: _prepare(k[2], stacks[k[0]], k[1]), keys))
-    cells = {(u, c, s.name): cell for (u, c, s), cell in zip(keys, prepared)}
+    cells = {(u, c, s.name): cell for (u, c, s), cell in zip(keys, prepared, strict=True)}
     runners = [threading.Thread(target=_run_node, args=(cells, node_modules)),
                threading.Thread(target=_run_python, args=(cells,))]
     for runner in runners:

@@ -43,7 +43,7 @@ def parse(chunks: list[bytes]) -> list[bytes]:
 
 def cut(raw: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(point, len(raw)) for point in cuts})
-    return [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)])]
+    return [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
 
 
 # Values: any text but line breaks (those end the line), with the characters that matter here.

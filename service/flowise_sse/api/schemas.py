@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Union
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -180,7 +180,7 @@ class RelayedEvent(_Frame):
     data: Any = Field(description="Flowise's payload (double-encoded JSON strings decoded).")
 
 
-StreamEvent = Union[StartEvent, TokenEvent, EndEvent, ErrorEvent, RelayedEvent]
+StreamEvent = StartEvent | TokenEvent | EndEvent | ErrorEvent | RelayedEvent
 
 SSE_DESCRIPTION = """\
 A `text/event-stream`. Every event is `event:`, one JSON `data:` line, then `id:` (last, so a frame cut

@@ -12,6 +12,7 @@ tests/contracts/test_engineio_contract.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -65,10 +66,9 @@ class _Socket:
         self.queue.put_nowait((_DROPPED, None))
 
     async def close(self) -> None:
-        try:
+        # A socket that is already gone has nothing left to close.
+        with contextlib.suppress(Exception):
             await self.client.disconnect()
-        except Exception:  # a socket that is already gone has nothing left to close
-            pass
 
 
 class SocketPool:

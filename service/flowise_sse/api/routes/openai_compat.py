@@ -226,7 +226,7 @@ async def chat_completions(
 
 def _chat_id(*candidates: str | None) -> str | None:
     """The first chat id given: `X-Flowise-Chat-Id`, `X-OpenWebUI-Chat-Id`, then `user`."""
-    for value, param in zip(candidates, ("X-Flowise-Chat-Id", "X-OpenWebUI-Chat-Id", "user")):
+    for value, param in zip(candidates, ("X-Flowise-Chat-Id", "X-OpenWebUI-Chat-Id", "user"), strict=True):
         if value:
             try:
                 return _CHAT_ID.validate_python(value)
