@@ -91,7 +91,8 @@ def test_docsBuild_whenARepositoryLinkIsBroken_thenStrictBuildFails(tmp_path):
         (docs / "hooks" / hook).write_text((DOCS / "hooks" / hook).read_text())
     (docs / "configuration.md").write_text("# C\n<!-- settings:start -->\n<!-- settings:end -->\n")
     (docs / "page.md").write_text("# P\n\nSee [the results](../bench/NO_SUCH_FILE.md).\n")
-    config = (ROOT / "mkdocs.yml").read_text().split("\nnav:")[0] + "\nnav:\n  - index.md\n  - page.md\n  - configuration.md\n"
+    config = ((ROOT / "mkdocs.yml").read_text().split("\nnav:")[0]
+              + "\nnav:\n  - index.md\n  - page.md\n  - configuration.md\n")
     (tmp_path / "mkdocs.yml").write_text(config.replace("extra_css:\n  - stylesheets/extra.css\n", ""))
     # The hooks find the repository from their own path: the copies point at tmp_path, whose
     # README and settings.py are linked in from the real checkout.

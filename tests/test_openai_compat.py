@@ -105,7 +105,8 @@ def test_sdkSync_whenNotStreaming_thenFlowiseAnswerAndStreamIdHeader(keyed_gatew
 
 
 def test_sdkSync_whenStreaming_thenOneIdRoleFirstFinishLastAndFlowiseText(keyed_gateway, flowise):
-    stream = client(keyed_gateway).chat.completions.create(model=DEMO_CHATFLOW_ID, messages=user("Hello stream"), stream=True)
+    stream = client(keyed_gateway).chat.completions.create(
+        model=DEMO_CHATFLOW_ID, messages=user("Hello stream"), stream=True)
     chunks = list(stream)
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"

@@ -25,7 +25,8 @@ def test_prediction_whenChatIdBusyOnAnotherReplica_then409_andFreedWhenItsClient
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "s"}
     with GatewayProcess(env) as a, GatewayProcess(env) as b:
-        hanging = json.dumps({"question": "hang", "chatId": "shared-chat", "overrideConfig": {"emulator": {"hang": True}}})
+        hanging = json.dumps(
+            {"question": "hang", "chatId": "shared-chat", "overrideConfig": {"emulator": {"hang": True}}})
         holder = socket.create_connection(("127.0.0.1", a.port))
         holder.sendall(f"POST {PREDICTION} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        f"Content-Length: {len(hanging)}\r\n\r\n{hanging}".encode())

@@ -67,7 +67,8 @@ async def test_input_whenNotSendableJson_then422AndNothingReachesFlowise(faulty,
             r = await client.post(path, content=body, headers={"content-type": "application/json"})
             assert r.status_code == 422, r.text
             assert r.json()["error"]["code"] == "invalid_request"
-        r = await client.post("/v1/streams", content=body.replace(b"{", b'{"chatflowId": "%s", ' % CHATFLOW.encode(), 1),
+        r = await client.post("/v1/streams",
+                              content=body.replace(b"{", b'{"chatflowId": "%s", ' % CHATFLOW.encode(), 1),
                               headers={"content-type": "application/json"})
         assert r.status_code == 422, r.text
     assert faulty.app.predictions == before
@@ -282,8 +283,8 @@ def test_servedProcess_whenAsked_thenNoQuestionTokenOrUpstreamUrlInItsLog(faulty
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        with httpx.stream("GET", url + STREAM, params={"question": "ok", "history": '[{"role":"user","content":"my-private-words"}]'},
-                          timeout=10) as r:
+        history = '[{"role":"user","content":"my-private-words"}]'
+        with httpx.stream("GET", url + STREAM, params={"question": "ok", "history": history}, timeout=10) as r:
             r.read()
         created = httpx.post(url + "/v1/streams", json={"chatflowId": CHATFLOW, "question": "ok"}, timeout=10).json()
         httpx.get(created["eventsUrl"], timeout=10)
@@ -439,7 +440,8 @@ def test_openapi_documentsEveryStatusAndTheFormats():
     doc = create_app(Settings()).openapi()
     stream = doc["paths"]["/v1/chatflows/{chatflow_id}/stream"]
     for method in ("get", "post"):
-        assert {"400", "401", "403", "404", "409", "413", "422", "429", "502", "503", "504"} <= set(stream[method]["responses"])
+        assert {"400", "401", "403", "404", "409", "413", "422", "429", "502", "503", "504"} \
+            <= set(stream[method]["responses"])
         params = {p["name"]: p for p in stream[method]["parameters"]}
         assert params["last-event-id"]["schema"]["pattern"] == params["lastEventId"]["schema"]["pattern"]
     assert "JSON array" in {p["name"]: p for p in stream["get"]["parameters"]}["history"]["description"]

@@ -226,7 +226,8 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
     gateway = gateways(emulators("3.1.4").url, keepalive_interval=0.2)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                              json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
+                              json={"question": "slow",
+                                    "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
     # A comment line alone, never followed by a blank line of its own: no client makes it an event.
     assert r.text.count("\n: keep-alive\n") >= 2 and ": keep-alive\n\n" not in r.text
     assert [e.event for e in parse_sse(r)][-1] == "end"

@@ -94,7 +94,8 @@ async def test_getStream_withRequestId_thenDistinctAsksAreDistinctStreams(emulat
     url = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         async def ask(request_id: str) -> str:
-            async with client.stream("GET", url, params={"question": "[[delay=30]] same", "requestId": request_id}) as r:
+            params = {"question": "[[delay=30]] same", "requestId": request_id}
+            async with client.stream("GET", url, params=params) as r:
                 return (await aread_sse(r))[0].data["streamId"]
         a, b, a_again = await asyncio.gather(ask("1"), ask("2"), ask("1"))
     assert a != b and a == a_again  # the same request joined; another requestId asked anew
@@ -136,7 +137,8 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
     big = ["x" * 200_000] * 40
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "stall",
-                                     "overrideConfig": {"emulator": {"tokens": big + ["never"], "hangAfter": 40}}})).json()
+                                     "overrideConfig": {"emulator": {"tokens": big + ["never"],
+                                                                     "hangAfter": 40}}})).json()
     manager = gateway.app.state.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
@@ -177,7 +179,8 @@ async def test_reader_whenTheExitSignalCutsItsBlockedWrite_thenNothingIsSentAfte
     big = ["x" * 200_000] * 40
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "cut",
-                                     "overrideConfig": {"emulator": {"tokens": big + ["never"], "hangAfter": 40}}})).json()
+                                     "overrideConfig": {"emulator": {"tokens": big + ["never"],
+                                                                     "hangAfter": 40}}})).json()
     manager = gateway.app.state.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")

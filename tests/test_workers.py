@@ -93,8 +93,8 @@ class Workers(GatewayProcess):
     def served_by(self, request_id: str) -> int:
         """The pid of the worker that answered this request (its access line)."""
         def line() -> dict | None:
-            return next((rec for rec in self.lines() if rec["msg"] == "request" and rec.get("request_id") == request_id),
-                        None)
+            return next((rec for rec in self.lines()
+                         if rec["msg"] == "request" and rec.get("request_id") == request_id), None)
 
         wait_until(lambda: line() is not None, what=f"the access line of {request_id}")
         return line()["pid"]  # type: ignore[index]
@@ -102,7 +102,8 @@ class Workers(GatewayProcess):
     def owner(self, stream_id: str) -> int:
         wait_until(lambda: any(rec.get("stream_id") == stream_id and rec["msg"] == "stream started"
                                for rec in self.lines()), what="the stream's start logged")
-        return next(rec["pid"] for rec in self.lines() if rec.get("stream_id") == stream_id and rec["msg"] == "stream started")
+        return next(rec["pid"] for rec in self.lines()
+                    if rec.get("stream_id") == stream_id and rec["msg"] == "stream started")
 
     @contextmanager
     def only(self, pid: int) -> Iterator[None]:
@@ -207,7 +208,9 @@ def test_twoWorkers_streamStartedOnOne_thenReadResumedAndDeletedOnTheOther(env, 
         assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
         assert events[-1].event == "end" and joined(events) == events[-1].data["text"] == REPLY + QUESTION
         mine = [rec for rec in gateway.lines() if rec.get("stream_id") == stream_id]
-        assert {(rec["msg"], rec["source"], rec["pid"]) for rec in mine if rec["msg"] in ("stream read", "stream resumed")} >= {
+        reads = {(rec["msg"], rec["source"], rec["pid"]) for rec in mine
+                 if rec["msg"] in ("stream read", "stream resumed")}
+        assert reads >= {
             ("stream read", "redis", two), ("stream resumed", "memory", one), ("stream resumed", "redis", two)}
 
         # DELETE on the worker that does not run the stream: the owner stops it (Redis pub/sub).

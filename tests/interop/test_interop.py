@@ -104,7 +104,8 @@ def _inside_large(seen: bytes) -> int | None:
 
 SCENARIOS = [
     Scenario("adversarial-tokens", emulator={"tokens": ADVERSARIAL}, expect_tokens=ADVERSARIAL),
-    Scenario("large-token", emulator={"tokens": ["before ", LARGE, " after"]}, expect_tokens=["before ", LARGE, " after"]),
+    Scenario("large-token", emulator={"tokens": ["before ", LARGE, " after"]},
+             expect_tokens=["before ", LARGE, " after"]),
     # Live: the GET route starts its stream when the client connects (the eventsUrl streams may
     # be over by the time ~200 clients are ready, and are then replayed).
     Scenario("cut-mid-id-line", get_query={"question": "[[delay=50]] cut me live"},
@@ -355,13 +356,15 @@ def _tokens(events: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 @pytest.mark.parametrize("client", CLIENT_NAMES)
 @pytest.mark.parametrize("upstream", list(UPSTREAMS))
-def test_client_whenScenario_thenExactlyTheContract(matrix, stacks, upstream: str, client: str, scenario: Scenario) -> None:
+def test_client_whenScenario_thenExactlyTheContract(
+    matrix, stacks, upstream: str, client: str, scenario: Scenario,
+) -> None:
     cell = matrix[(upstream, client, scenario.name)]
     result = cell.result
     assert result is not None, "the client did not report"
     events = result["events"]
-    summary = f"{client} on {upstream}: status={result['status']} error={result['error']} connects={result['connects']} " \
-              f"events={[e['event'] for e in events][:40]}"
+    summary = (f"{client} on {upstream}: status={result['status']} error={result['error']} "
+               f"connects={result['connects']} events={[e['event'] for e in events][:40]}")
 
     if scenario.expect_status is not None:
         assert events == [], summary

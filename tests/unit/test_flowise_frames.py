@@ -56,7 +56,8 @@ LINE = st.one_of(
     st.just("data"),  # a field name alone: an empty value
     st.just("message:"), st.just("message"),
     st.builds(lambda v: ":" + v, VALUE),  # a comment
-    st.builds(lambda name, v: name + v, st.sampled_from(["event:", "id:", "retry:", "datax:", " data:", "Data:"]), VALUE),
+    st.builds(lambda name, v: name + v,
+              st.sampled_from(["event:", "id:", "retry:", "datax:", " data:", "Data:"]), VALUE),
 )
 
 

@@ -74,7 +74,8 @@ class Guard:
         except GatewayError as exc:
             await _answer(send_with_headers, exc, close=exc.status == 413)
             return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared and b"transfer-encoding" not in headers:
+        if (scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared
+                and b"transfer-encoding" not in headers):
             await self.app(scope, receive, send_with_headers)
             return
         await self._with_bounded_body(scope, receive, send_with_headers)

@@ -62,7 +62,8 @@ class UsageReport:
             return None
         prompt = sum(_count(r, "input_tokens") for r in reports)
         completion = sum(_count(r, "output_tokens") for r in reports)
-        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens") for r in reports)
+        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens")
+                    for r in reports)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 

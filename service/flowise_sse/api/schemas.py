@@ -91,7 +91,8 @@ class StreamCreated(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
+    code: str = Field(
+        description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
     message: str
     retryable: bool
 
@@ -146,7 +147,8 @@ class EndData(BaseModel):
 
 
 class _Frame(BaseModel):
-    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. Send it back as Last-Event-ID to resume.")
+    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. "
+                               "Send it back as Last-Event-ID to resume.")
 
 
 class StartEvent(_Frame):

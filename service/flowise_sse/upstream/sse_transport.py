@@ -51,7 +51,9 @@ async def stream_sse(
             yield event
 
 
-async def _events(flowise: FlowiseClient, response: aiohttp.ClientResponse, normalizer: Normalizer) -> AsyncIterator[Event]:
+async def _events(
+    flowise: FlowiseClient, response: aiohttp.ClientResponse, normalizer: Normalizer,
+) -> AsyncIterator[Event]:
     payloads = event_payloads(response.content.iter_any(), flowise.settings.max_upstream_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none

@@ -82,7 +82,8 @@ async def stream_get(
     flowise: Flowise,
     question: Annotated[str, Query(min_length=1)],
     history: Annotated[str, Query(
-        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
+        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), '
+                    'oldest first',
         examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
     )] = None,  # type: ignore[assignment]
     chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
@@ -117,7 +118,8 @@ async def prediction(
     await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
     async with manager.prediction_slot(pred.chat_id, who.tenant_id):
-        answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
+        answer = asyncio.ensure_future(
+            flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
         try:
             await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)

@@ -73,7 +73,8 @@ class OpenAIRoute(APIRoute):
                 return _error_response(400, body, False)
             except StarletteHTTPException as exc:  # a body that is not text, too big (413), too slow (408)
                 code = {408: "request_timeout", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
-                response = _error_response(exc.status_code, openai_error(exc.status_code, code, str(exc.detail), False, None), False)
+                response = _error_response(
+                    exc.status_code, openai_error(exc.status_code, code, str(exc.detail), False, None), False)
                 response.headers.update(exc.headers or {})
                 return response
 
@@ -179,7 +180,8 @@ async def chat_completions(
     flowise: Flowise,
     settings: SettingsDep,
     who: CallerDep,
-    x_flowise_chat_id: Annotated[str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
+    x_flowise_chat_id: Annotated[
+        str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
 ) -> Response:
     """A chatflow's answer in OpenAI's shape, streamed with `stream: true`. See the README for how
@@ -274,7 +276,9 @@ def _conversation(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]
     return question, history, system
 
 
-def _overrides(body: ChatCompletionRequest, system: list[str], pass_params: bool) -> tuple[dict[str, Any] | None, set[str]]:
+def _overrides(
+    body: ChatCompletionRequest, system: list[str], pass_params: bool,
+) -> tuple[dict[str, Any] | None, set[str]]:
     """Flowise's `overrideConfig` from the request, and the names of the parameters not used."""
     given = body.model_dump(exclude_unset=True, exclude_none=True)
     ignored = {name for name in given if name not in _READ}

@@ -214,8 +214,9 @@ class MirrorWriter:
         now = time.monotonic()
         for stream_id, backlog in self._backlogs.items():
             if backlog.bytes and not backlog.failed and now - backlog.since > self._settings.redis_timeout:
-                self._fail(stream_id, backlog, f"its events could not be written for {self._settings.redis_timeout:g} s "
-                                               "(FLOWISE_SSE_REDIS_TIMEOUT)")
+                self._fail(stream_id, backlog,
+                           f"its events could not be written for {self._settings.redis_timeout:g} s "
+                           "(FLOWISE_SSE_REDIS_TIMEOUT)")
 
 
 def _written(answers: list) -> tuple[int, Exception | None]:
