@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -44,7 +44,7 @@ async def astream_prediction(
     override_config: Mapping[str, Any] | None = None,
     settings: Settings | None = None,
     upstream: Upstream | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Yield `start`, `token`s and relayed Flowise events, then `end`.
 
     Pass a long-lived `upstream` to share connections between predictions; otherwise one is made

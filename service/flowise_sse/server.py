@@ -57,7 +57,7 @@ def gateway_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])  # (host, port): typed Any
 
 
 @asynccontextmanager

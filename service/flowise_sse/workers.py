@@ -169,7 +169,9 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
         self.deaths: list[float] = []
-        self.stopping = False
+        # Set by `stop`, from a signal handler while `run` awaits: an Event, so that each check reads
+        # it anew (mypy carries a plain bool's narrowed value across an await).
+        self.stopping = asyncio.Event()
         self.failed = False
         self.changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -213,11 +215,11 @@ class Supervisor:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """The first signal drains every worker; a second SIGINT is passed on (forced exit)."""
-        if self.stopping:
+        if self.stopping.is_set():
             if sig == signal.SIGINT:
                 self.signal_all(signal.SIGINT)
             return
-        self.stopping = True
+        self.stopping.set()
         log.info("stopping: %d workers drain (up to FLOWISE_SSE_SHUTDOWN_GRACE, %gs)", len(self.alive()),
                  self.settings.shutdown_grace)
         self.signal_all(signal.SIGTERM)
@@ -234,14 +236,14 @@ class Supervisor:
             self.failed = True
             self.stop()
             return await self._drain()
-        while not self.stopping:
+        while not self.stopping.is_set():
             await self._changed()
-            if self.stopping:
+            if self.stopping.is_set():
                 break
             for worker in list(self.workers.values()):
                 if worker.process.exitcode is not None:
                     await self._replace(worker)
-                    if self.stopping:
+                    if self.stopping.is_set():
                         break
         return await self._drain()
 
@@ -252,7 +254,7 @@ class Supervisor:
 
     async def _all_serving(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not self.stopping:
+        while not self.stopping.is_set():
             if all(w.serving for w in self.workers.values()):
                 return True
             dead = [w for w in self.workers.values() if w.process.exitcode is not None]
@@ -284,7 +286,7 @@ class Supervisor:
         pause = worker.started_at + 1.0 - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        if not self.stopping:
+        if not self.stopping.is_set():
             self.start(worker.number)
             log.info("worker %d (was pid %d) restarted: pid %d", worker.number, pid,
                      self.workers[worker.number].process.pid)
@@ -374,7 +376,6 @@ async def supervise(settings: Settings, host: str, port: int, count: int, *, dem
             pids = ", ".join(str(w.process.pid) for w in supervisor.workers.values())
             show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})")
         return await run
-    return 1  # not reached
 
 
 async def _when_serving(supervisor: Supervisor, run: asyncio.Task[int]) -> None:

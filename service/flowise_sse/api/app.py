@@ -24,7 +24,7 @@ from .chat_page import mount_chat_page
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
-from .openapi import openapi_document
+from .openapi import GatewayApp
 from .redaction import install_log_redaction
 from .request_context import RequestContext
 from .routes import chatflows, detached_streams, health, openai_compat, prometheus
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.close()
             await upstream.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="flowise-sse",
         version=__version__,
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
@@ -84,7 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)
-    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 

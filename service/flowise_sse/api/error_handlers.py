@@ -66,6 +66,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    # The decorator form of add_exception_handler: Starlette types a handler as taking any
+    # Exception, which these (each for its own class) are not; the decorator takes any callable.
+    app.exception_handler(GatewayError)(_gateway_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)

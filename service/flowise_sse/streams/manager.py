@@ -166,7 +166,8 @@ class StreamManager:
         run = self.runs.get(stream_id)
         if run and run.owner == owner:
             run.abort("stopped by DELETE")
-            await asyncio.gather(run.task, return_exceptions=True)  # type: ignore[arg-type]
+            if run.task is not None:  # always: a registered run is launched
+                await asyncio.gather(run.task, return_exceptions=True)
             return True
         log = self.store.get(stream_id)
         if log is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 async def stream_sse(
     flowise: FlowiseClient, chatflow_id: str, prediction: Prediction
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     normalizer = Normalizer(chatflow_id, prediction, "sse")
     async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
         content_type = response.headers.get("content-type", "")

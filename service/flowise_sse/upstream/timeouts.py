@@ -33,7 +33,9 @@ async def bounded(events: AsyncIterator[Event], settings: Settings) -> AsyncIter
             except asyncio.CancelledError:
                 if not watchdog.fired:
                     raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                task = asyncio.current_task()
+                assert task is not None  # a coroutine is always run by a task
+                task.uncancel()
                 if loop.time() >= overall:
                     limit, phase = settings.total_timeout, "within the total limit of {:g} s"
                 raise UpstreamTimeout("Flowise took too long " + phase.format(limit)) from None

@@ -29,12 +29,11 @@ from ... import metrics
 from ...errors import BadRequest, ChatflowNotFound, GatewayError, UpstreamError, error_from_event
 from ...events import END, ERROR, TERMINAL
 from ...streams import StreamRun
-from ...streams.sse_encoder import json_bytes
+from ...streams.sse_encoder import KEEPALIVE, json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..dependencies import CallerDep, Flowise, Manager, SettingsDep, caller
-from ..event_stream import KEEPALIVE
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
     COMPLETION_RESPONSES,

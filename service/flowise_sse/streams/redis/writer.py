@@ -182,7 +182,7 @@ class MirrorWriter:
             share.backlog.frames[:0] = share.frames
             self._queued[share.stream_id] = None
 
-    def _account(self, shares: list[_Share], answers: list) -> Exception | None:
+    def _account(self, shares: list[_Share], answers: list[Any]) -> Exception | None:
         """Each stream's answers, read through its share: its frames up to the first one Redis
         refused are done, that one and the rest are queued again, at the front of its backlog.
         Returns the first refusal of the batch, if any."""
@@ -219,7 +219,7 @@ class MirrorWriter:
                            "(FLOWISE_SSE_REDIS_TIMEOUT)")
 
 
-def _written(answers: list) -> tuple[int, Exception | None]:
+def _written(answers: list[Any]) -> tuple[int, Exception | None]:
     """How many of a stream's XADDs, in order, put their entry in Redis (one whose id was taken
     did: the entry is there), and the refusal that stopped the rest."""
     for index, answer in enumerate(answers):
