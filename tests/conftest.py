@@ -11,7 +11,7 @@ from flowise_sse.server import gateway_config
 from flowise_sse.settings import Settings
 from flowise_sse.streams import memory_store
 
-from .servers import ServerThread
+from .servers import ServerThread, stop_all
 
 SOCKETIO_VERSIONS = ["1.6.2", "2.0.7"]
 SSE_VERSIONS = ["2.1.0", "3.1.4"]
@@ -32,8 +32,7 @@ def emulators() -> Iterator[Callable[..., ServerThread]]:
         return running[key]
 
     yield get
-    for server in running.values():
-        server.__exit__(None, None, None)
+    stop_all(running.values())
 
 
 @pytest.fixture(params=VERSIONS)
@@ -65,8 +64,7 @@ def gateways() -> Iterator[Callable[..., ServerThread]]:
         return server
 
     yield start
-    for server in started:
-        server.__exit__(None, None, None)
+    stop_all(started)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,8 +56,7 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        stop_all([self])
 
     @property
     def port(self) -> int:
@@ -70,6 +69,16 @@ class ServerThread:
     def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine on the server's loop (to look at its tasks, its state)."""
         return asyncio.run_coroutine_threadsafe(fn(), self.loop).result(10)
+
+
+def stop_all(servers: Iterable[ServerThread]) -> None:
+    """Stop servers together: each takes uvicorn's shutdown ticks (about 0.15 s) in its own
+    thread, so asking them all first and then waiting costs one shutdown, not one each."""
+    servers = list(servers)
+    for server in servers:
+        server.server.should_exit = True
+    for server in servers:
+        server.thread.join(10)
 
 
 @dataclass

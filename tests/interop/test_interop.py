@@ -35,7 +35,7 @@ from flowise_sse.api import create_app
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 
-from ..servers import ServerThread, parse_sse
+from ..servers import ServerThread, parse_sse, stop_all
 from .py_clients import CLIENTS as PY_CLIENTS
 
 pytestmark = pytest.mark.interop
@@ -199,7 +199,6 @@ def page_server() -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 def stacks(page_server: ServerThread) -> Iterator[dict[str, dict[str, ServerThread]]]:
     """Per upstream kind: its emulated Flowise, an open gateway and one with API keys."""
-    started: list[ServerThread] = []
     out: dict[str, dict[str, ServerThread]] = {}
     for label, version in UPSTREAMS.items():
         flowise = ServerThread(create_emulator_app(EmulatorConfig(version=version)), lifespan="off").__enter__()
@@ -212,11 +211,10 @@ def stacks(page_server: ServerThread) -> Iterator[dict[str, dict[str, ServerThre
                 "cors_origins": [page_server.url], "socketio_late_frames": 3.0, "connect_timeout": 30.0}
         open_gw = ServerThread(create_app(Settings(**base))).__enter__()
         keyed_gw = ServerThread(create_app(Settings(**base, api_keys=[KEY]))).__enter__()
-        started += [flowise, open_gw, keyed_gw]
         out[label] = {"flowise": flowise, "open": open_gw, "keyed": keyed_gw}
     yield out
-    for server in reversed(started):
-        server.__exit__(None, None, None)
+    stop_all(stack[kind] for stack in out.values() for kind in ("open", "keyed"))  # the gateways first
+    stop_all(stack["flowise"] for stack in out.values())
 
 
 @pytest.fixture(scope="session")
