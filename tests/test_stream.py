@@ -1,4 +1,5 @@
-"""The streaming contract through a real gateway, in front of every emulated Flowise version."""
+"""The streaming contract through a real gateway, in front of every emulated Flowise version (one of
+each transport where the gateway's behaviour is above it: conftest.ONE_PER_TRANSPORT)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
-from .conftest import SSE_VERSIONS, TRANSPORT
+from .conftest import ONE_PER_TRANSPORT, SSE_VERSIONS, TRANSPORT
 from .helpers import REPLY
 from .servers import aread_sse, joined, parse_sse
 
@@ -82,6 +83,7 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenTokensAreAdversarial_thenRelayedLosslessly(gateway, flowise, version):
     _, events = await stream(gateway, "adversarial", overrideConfig={"emulator": {"tokens": ADVERSARIAL}})
     tokens = [e.data["text"] for e in events if e.event == "token"]
@@ -89,6 +91,7 @@ async def test_stream_whenTokensAreAdversarial_thenRelayedLosslessly(gateway, fl
     assert events[-1].event == "end" and events[-1].data["text"] == "".join(ADVERSARIAL)
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flowise, version):
     url = f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream?question=curl+me"
     proc = await asyncio.create_subprocess_exec(
@@ -104,6 +107,7 @@ async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flo
     assert '"text":"' + REPLY + 'curl me"' in text
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenFlowiseSendsOtherEvents_thenRelayedUnderTheirNames(gateway, flowise, version):
     docs = [{"pageContent": "Ada Lovelace", "metadata": {"source": "a.txt"}}]
     tools = [{"tool": "calculator", "toolInput": {"x": 1}, "toolOutput": "2"}]
@@ -170,6 +174,7 @@ async def test_stream_whenChatflowUnknown_then404BeforeAnyStream(gateway, flowis
     assert r.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenSameChatIdRunning_then409ForTheSecond(gateway, flowise, version):
     slow = {"question": "slow", "chatId": "busy-chat", "overrideConfig": {"emulator": {"delay": 0.1}}}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
