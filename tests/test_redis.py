@@ -16,7 +16,7 @@ from httpx_sse import EventSource
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
 from .helpers import REPLY, wait_until
-from .servers import GatewayProcess, RedisServer, Sse, joined
+from .servers import GatewayProcess, RedisServer, Sse, joined, started_together
 
 pytestmark = pytest.mark.redis
 QUESTION = "one two three four five six seven eight nine ten"
@@ -35,7 +35,7 @@ def replicas(redis_url, emulators):
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret",
            "FLOWISE_SSE_SHUTDOWN_GRACE": "10"}
-    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+    with started_together(GatewayProcess(env), GatewayProcess(env)) as (a, b):
         yield a, b, flowise
 
 
@@ -225,7 +225,8 @@ async def test_moreRemoteReadersThanRedisConnections_thenTheyWaitForOne_andEvery
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret"}
     # B: 3 connections, one of them the abort subscription: 2 for 12 readers.
-    with GatewayProcess(env) as a, GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"}) as b:
+    with started_together(GatewayProcess(env),
+                          GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"})) as (a, b):
         async with httpx.AsyncClient(timeout=30) as client:
             created = (await client.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID,
                                                                       **_tokens(40, 0.05)})).json()

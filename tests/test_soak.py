@@ -20,7 +20,7 @@ import pytest
 
 from flowise_sse.events import END, Event
 
-from .servers import GatewayProcess
+from .servers import GatewayProcess, started_together
 from .test_redis import redis_url  # noqa: F401  (the fixture: a redis-server of the module's own)
 
 pytestmark = pytest.mark.soak
@@ -94,7 +94,7 @@ async def test_twoReplicasOnRedis_resumesAcrossAndASigterm_thenEveryAnswerExact_
            "FLOWISE_SSE_SHUTDOWN_GRACE": "10", "FLOWISE_SSE_STREAM_RETENTION": "20",
            "FLOWISE_SSE_CONNECT_TIMEOUT": "30"}  # a starved emulator is not what this checks
     seconds = 45.0
-    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+    with started_together(GatewayProcess(env), GatewayProcess(env)) as (a, b):
         replicas = [a, b]
         rss: list[float] = []
 
