@@ -137,7 +137,9 @@ def test_metrics_whenTheStoreIsFull_thenTheOpenAIRoutesRefusalIsCountedToo(emula
 
 def test_metrics_whenRedisGoesDown_thenRedisErrorsAndTheLimitAreCounted(emulators, gateways):
     with RedisServer() as redis_server:
-        gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url)
+        # A second, not the default 10: the gateway's shutdown gives a Redis that is gone this long
+        # to take the last events (the first stream's, cut by the stop), and the teardown waits it.
+        gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url, redis_timeout=1.0)
         with httpx.stream("POST", gateway.url + STREAM, json={"question": "up"}) as r:
             r.read()
         assert parse_sse(r)[-1].event == "end"

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from .logging_setup import fields
 from .settings import Settings
@@ -41,7 +42,10 @@ _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s"
 )
-_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+)
 
 
 def _error(template: bytes, code: str, message: str) -> bytes:
@@ -66,7 +70,7 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     too_slow = _error(_408, "request_timeout", "the request headers did not arrive within "
                       "FLOWISE_SSE_HEADER_TIMEOUT")
 
-    class GatewayHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class GatewayHttpProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _refused = False
@@ -75,7 +79,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             # uvicorn closes through the transport it was given: that one's close may linger.
-            super().connection_made(LingeringTransport(transport, self._close))
+            # LingeringTransport stands in for the transport (its attributes are the real one's).
+            super().connection_made(cast(asyncio.Transport, LingeringTransport(transport, self._close)))
             self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -97,10 +102,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             self._lingering = Lingering(transport, self.loop, settings.linger_timeout, settings.max_linger_bytes)
             self._hold_pending()
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> None:
             if self._lingering is not None:
                 self._lingering.transport.close()  # the client has sent all it will: nothing is unread
-            return None
 
         def _hold_pending(self) -> None:
             pending[self] = None
@@ -235,9 +239,9 @@ def _log_refusal(status: int, code: str, reason: str) -> None:
 def _close_delimited(cycle: Any) -> None:
     """An HTTP/1.0 response without Content-Length: no chunked encoding (HTTP/1.0 does not have
     it); the body runs until the connection closes, which ends it."""
-    send: Callable[[dict], Any] = cycle.send
+    send: Callable[[dict[str, Any]], Any] = cycle.send
 
-    async def send_unchunked(message: dict) -> None:
+    async def send_unchunked(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             names = {name.lower() for name, _ in message.get("headers", ())}
             if b"content-length" not in names and b"transfer-encoding" not in names:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -56,7 +57,7 @@ def gateway_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])  # (host, port): typed Any
 
 
 @asynccontextmanager

@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -171,7 +171,9 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
         self.deaths: list[float] = []
-        self.stopping = False
+        # Set by `stop`, from a signal handler while `run` awaits: an Event, so that each check reads
+        # it anew (mypy carries a plain bool's narrowed value across an await).
+        self.stopping = asyncio.Event()
         self.failed = False
         self.changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -210,18 +212,16 @@ class Supervisor:
 
     def signal_all(self, sig: int) -> None:
         for worker in self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(worker.process.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """The first signal drains every worker; a second SIGINT is passed on (forced exit)."""
-        if self.stopping:
+        if self.stopping.is_set():
             if sig == signal.SIGINT:
                 self.signal_all(signal.SIGINT)
             return
-        self.stopping = True
+        self.stopping.set()
         log.info("stopping: %d workers drain (up to FLOWISE_SSE_SHUTDOWN_GRACE, %gs)", len(self.alive()),
                  self.settings.shutdown_grace)
         self.signal_all(signal.SIGTERM)
@@ -238,27 +238,25 @@ class Supervisor:
             self.failed = True
             self.stop()
             return await self._drain()
-        while not self.stopping:
+        while not self.stopping.is_set():
             await self._changed()
-            if self.stopping:
+            if self.stopping.is_set():
                 break
             for worker in list(self.workers.values()):
                 if worker.process.exitcode is not None:
                     await self._replace(worker)
-                    if self.stopping:
+                    if self.stopping.is_set():
                         break
         return await self._drain()
 
     async def _changed(self, timeout: float | None = None) -> None:
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         self.changed.clear()
 
     async def _all_serving(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not self.stopping:
+        while not self.stopping.is_set():
             if all(w.serving for w in self.workers.values()):
                 return True
             dead = [w for w in self.workers.values() if w.process.exitcode is not None]
@@ -290,7 +288,7 @@ class Supervisor:
         pause = worker.started_at + 1.0 - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        if not self.stopping:
+        if not self.stopping.is_set():
             self.start(worker.number)
             log.info("worker %d (was pid %d) restarted: pid %d", worker.number, pid,
                      self.workers[worker.number].process.pid)
@@ -381,7 +379,6 @@ async def supervise(settings: Settings, host: str, port: int, count: int, *, dem
             problem = next((w.problem for w in supervisor.workers.values() if w.problem), None)
             show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})", problem)
         return await run
-    return 1  # not reached
 
 
 async def _when_serving(supervisor: Supervisor, run: asyncio.Task[int]) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -23,8 +23,8 @@ from .chat_page import mount_chat_page
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
+from .openapi import GatewayApp
 from .override_policy import OverridePolicy
-from .openapi import openapi_document
 from .redaction import install_log_redaction
 from .request_context import RequestContext
 from .response_records import ResponseRecords
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.close()
             await upstream.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="flowise-sse",
         version=__version__,
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
@@ -95,7 +95,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)
-    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 

@@ -7,8 +7,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from .. import metrics
 from ..errors import GatewayError, Overloaded, TooManyReaders
@@ -34,7 +34,6 @@ def log_refusal(method: str, path: str, status: int, code: str, message: str) ->
         return  # an upstream failure: logged where it happened, with its detail
     logger.info("request refused", extra=fields(
         method=method, path=path, status=status, code=code, reason=message if code in _OWN_WORDS else None))
-
 
 # RFC 9110: a 401 names the scheme that would work.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}
@@ -99,6 +98,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    # The decorator form of add_exception_handler: Starlette types a handler as taking any
+    # Exception, which these (each for its own class) are not; the decorator takes any callable.
+    app.exception_handler(GatewayError)(_gateway_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)

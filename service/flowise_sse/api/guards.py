@@ -11,9 +11,8 @@ import asyncio
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadRequest, Forbidden, GatewayError, PayloadTooLarge
 from ..settings import Settings
@@ -88,7 +87,8 @@ class Guard:
                         exc.message)
             await _answer(send_with_headers, exc, close=exc.status == 413)
             return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared and b"transfer-encoding" not in headers:
+        if (scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared
+                and b"transfer-encoding" not in headers):
             await self.app(scope, receive, send_with_headers)
             return
         await self._with_bounded_body(scope, receive, send_with_headers, *self._limit(path))

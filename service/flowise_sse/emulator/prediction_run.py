@@ -51,7 +51,7 @@ async def answer_json(turn: Turn, quirks: Quirks, run_llm: Callable[[Plan], Awai
             await forever()
         response = build_failure(quirks, exc)
     else:
-        answer = {"text": turn.plan.text}
+        answer: dict[str, Any] = {"text": turn.plan.text}
         answer |= {e["event"]: e.get("data") for e in turn.plan.events if e["event"] in _ANSWER_FIELDS}
         answer |= {"question": turn.question, "chatId": turn.chat_id, "chatMessageId": turn.message_id}
         if quirks.stream_valid_field:

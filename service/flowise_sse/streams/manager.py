@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack, aclosing, asynccontextmanager
-from typing import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from .. import metrics
 from ..errors import GatewayError, ShuttingDown, StoreUnavailable, StreamNotFound
@@ -24,8 +24,8 @@ from ..upstream.prediction import Prediction
 from .admission import ChatClaims, OwnerSlots
 from .event_log import StreamLog
 from .memory_store import MemoryStore
-from .redis_mirror import RedisMirror
 from .readers import ReaderLimits
+from .redis_mirror import RedisMirror
 from .rejoin import RejoinRegistry
 from .run import EventSource, StreamRun
 
@@ -166,7 +166,8 @@ class StreamManager:
         run = self.runs.get(stream_id)
         if run and run.owner == owner:
             run.abort("stopped by DELETE")
-            await asyncio.gather(run.task, return_exceptions=True)  # type: ignore[arg-type]
+            if run.task is not None:  # always: a registered run is launched
+                await asyncio.gather(run.task, return_exceptions=True)
             return True
         log = self.store.get(stream_id)
         if log is not None:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import redis.asyncio as redis
 
@@ -118,6 +118,6 @@ class RedisMirror:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         return await self._reader.ended_by(stream_id, seq)
 
-    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
         """The stream's frames after `after`, live to its terminal event (see `MirrorReader.follow`)."""
         return self._reader.follow(stream_id, after, should_stop)

@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -559,14 +560,12 @@ class FlowiseClient:
         version = self._version
         if version and not version.has_abort:
             return
-        try:
+        with suppress(GatewayError):
             await self.request(
                 "PUT", f"/api/v1/chatmessage/abort/{quote(chatflow_id, safe='')}/{quote(chat_id, safe='')}",
                 "the abort", operation="abort",
                 timeout=5.0,
             )
-        except GatewayError:
-            pass
 
 
 def prediction_answer(content: bytes) -> dict[str, Any]:
