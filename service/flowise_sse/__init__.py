@@ -3,6 +3,7 @@ client for the gateway."""
 
 __version__ = "0.1.0"
 
+from .client import AsyncGatewayClient, CreatedStream, GatewayClient, GatewayUnreachable
 from .errors import (
     GatewayError,
     StreamAborted,
@@ -14,7 +15,6 @@ from .errors import (
 )
 from .events import Event
 from .library import astream_prediction, stream_prediction
-from .client import AsyncGatewayClient, CreatedStream, GatewayClient, GatewayUnreachable
 from .settings import Settings
 from .upstream import Upstream
 

@@ -49,7 +49,8 @@ async def _upstream(request: Request) -> Upstream:
 
 
 async def _override_policy(request: Request) -> OverridePolicy:
-    return request.app.state.override_policy
+    policy: OverridePolicy = request.app.state.override_policy
+    return policy
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

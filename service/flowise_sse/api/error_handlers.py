@@ -14,7 +14,6 @@ from .. import metrics
 from ..errors import GatewayError, Overloaded, TooManyReaders
 from ..logging_setup import fields
 
-
 logger = logging.getLogger("flowise_sse")
 
 # Refusals whose message the gateway wrote from its own settings and the request's framing: safe

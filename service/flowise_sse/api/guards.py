@@ -83,8 +83,8 @@ class Guard:
                     f"the request body is {int(declared)} bytes, over the limit of {limit} ({setting})"
                 )
         except GatewayError as exc:
-            log_refusal(scope["method"], path, exc.status, "host_not_allowed" if isinstance(exc, BadRequest) else exc.code,
-                        exc.message)
+            code = "host_not_allowed" if isinstance(exc, BadRequest) else exc.code
+            log_refusal(scope["method"], path, exc.status, code, exc.message)
             await _answer(send_with_headers, exc, close=exc.status == 413)
             return
         if (scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared

@@ -60,7 +60,8 @@ async def report_startup(settings: Settings, access: Access, policy: OverridePol
     except GatewayError as exc:
         logger.warning("flowise-sse: Flowise not reachable yet (%s); will retry per request", exc.message)
         return exc.message
-    logger.info("flowise-sse: Flowise %s, streaming over %s", version.version or "(version not said)", version.transport)
+    logger.info("flowise-sse: Flowise %s, streaming over %s", version.version or "(version not said)",
+                version.transport)
     try:
         await upstream.flowise.list_chatflows()
     except UpstreamUnauthorized:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import ExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass
 
@@ -38,7 +38,7 @@ class Reading:
     stream's readers. The frames' own end releases it; whoever serves them must release it too
     when the response ends (a generator that never started never runs its `finally`)."""
 
-    frames: AsyncIterator[bytes]
+    frames: AsyncGenerator[bytes, None]
     release: Callable[[], None]
 
 
@@ -223,7 +223,7 @@ class StreamManager:
 
     async def _follow_memory(
         self, log: StreamLog, run: StreamRun | None, after: int, release_place: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         release = run.hold(self.settings.on_client_disconnect == "abort") if run else None
         metrics.reader_joined("memory", after > 0)
         sent = 0
@@ -242,7 +242,7 @@ class StreamManager:
 
     async def _follow_redis(
         self, mirror: RedisMirror, stream_id: str, after: int, release_place: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         metrics.reader_joined("redis", after > 0)
         sent = 0
         try:

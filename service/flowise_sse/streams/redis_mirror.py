@@ -22,9 +22,9 @@ from collections.abc import AsyncGenerator, Callable
 
 import redis.asyncio as redis
 
+from ..errors import StoreUnavailable
 from ..settings import Settings
 from .redis.aborts import AbortChannel
-from ..errors import StoreUnavailable
 from .redis.calls import connect, store_call
 from .redis.claims import ChatClaims
 from .redis.reader import MirrorReader

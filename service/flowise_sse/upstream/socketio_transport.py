@@ -40,6 +40,9 @@ class _Marker:
         return f"<{self.name}>"
 
 
+# Flowise's events (name, payload) and the gateway's own markers, in arrival order.
+_EventQueue = asyncio.Queue[tuple[str | _Marker, Any]]
+
 _ANSWER = _Marker("answer")  # the HTTP answer (or its failure) has arrived
 _DROPPED = _Marker("dropped")  # the socket went away mid-prediction
 
@@ -66,7 +69,7 @@ class _Socket:
 
     def __init__(self) -> None:
         self.client = _SocketIOClient(reconnection=False)
-        self.queue: asyncio.Queue[tuple[str | _Marker, Any]] = asyncio.Queue()
+        self.queue: _EventQueue = asyncio.Queue()
         self.client.on("*", self._on_event)
         self.client.on("disconnect", self._on_disconnect)
 
@@ -209,7 +212,7 @@ async def stream_socketio(
     normalizer = Normalizer(chatflow_id, prediction, "socketio")
     sock = await pool.lease() if streams else None
     body = prediction.body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.body()
-    queue = sock.queue if sock else asyncio.Queue()
+    queue: _EventQueue = sock.queue if sock else asyncio.Queue()
     post = asyncio.get_running_loop().create_task(_post(flowise, chatflow_id, body, queue))
     clean = False
     try:
@@ -244,7 +247,7 @@ async def stream_socketio(
 
 
 async def _late_frames(
-    answer: dict[str, Any], normalizer: Normalizer, queue: asyncio.Queue[tuple[str, Any]], grace: float
+    answer: dict[str, Any], normalizer: Normalizer, queue: _EventQueue, grace: float
 ) -> AsyncIterator[Event]:
     """The answer and the socket frames travel on different connections: wait briefly for frames
     still in flight, then emit whatever the stream missed of the answer's text. Without an answer
@@ -270,7 +273,7 @@ async def _late_frames(
 
 
 async def _post(
-    flowise: FlowiseClient, chatflow_id: str, body: dict[str, Any], queue: asyncio.Queue[tuple[str, Any]]
+    flowise: FlowiseClient, chatflow_id: str, body: dict[str, Any], queue: _EventQueue
 ) -> None:
     """The prediction POST; its outcome (the answer, or its failure) joins the socket events in
     the same queue. Unbounded here: the stream's own timeouts apply."""

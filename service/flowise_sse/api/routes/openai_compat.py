@@ -41,7 +41,6 @@ from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
-from ..override_policy import OverridePolicy
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
     COMPLETION_RESPONSES,
@@ -52,6 +51,7 @@ from ..openai_schemas import (
     ModelList,
 )
 from ..openai_uploads import Upload, UploadRefused, audio_upload, checked_uploads, image_upload
+from ..override_policy import OverridePolicy
 from ..schemas import CHAT_ID_PATTERN, json_problem
 
 
