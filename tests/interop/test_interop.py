@@ -306,7 +306,7 @@ CHROMIUM_SCRIPT = """async ({jobs, names}) => {
 def _run_chromium(cells: dict[tuple[str, str], Cell], page_url: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from ..test_browser import CHROMIUM, CHROMIUM_ARGS
+    from ..page_driver import CHROMIUM, CHROMIUM_ARGS
 
     jobs = [{"key": "|".join(key), "url": cell.url} for key, cell in cells.items() if key[-2] == "chromium"]
     with sync_playwright() as playwright:
