@@ -4,6 +4,7 @@ gateway client)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -46,10 +47,8 @@ class CuttingProxy:
         # The gateway side goes first; each pump then ends its pair from its own thread.
         for group in (upstreams, [sock for sock in sockets if sock not in upstreams]):
             for sock in group:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         return len(sockets) // 2
 
     def _accept(self) -> None:
@@ -78,10 +77,8 @@ class CuttingProxy:
             # in recv() on the same socket (the kernel keeps the file open for that call), and
             # the browser would wait on a connection that looks alive forever.
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             with self._lock:
                 self._open -= {src, dst}

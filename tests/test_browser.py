@@ -22,8 +22,20 @@ from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from .cutting_proxy import CuttingProxy
 from .helpers import wait_until
 from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
-    ARTIFACTS, PHONE, answer_text, ask, browser, flowise, gateway, open_chat, page, record_states, reply_to,
-    script_answers, start_gateway, wait_state,
+    ARTIFACTS,
+    PHONE,
+    answer_text,
+    ask,
+    browser,
+    flowise,
+    gateway,
+    open_chat,
+    page,
+    record_states,
+    reply_to,
+    script_answers,
+    start_gateway,
+    wait_state,
 )
 from .servers import ServerThread, parse_sse
 
@@ -148,7 +160,8 @@ def test_sourcesAndTools_thenCollapsibleUnderTheAnswer(page: Page, gateway: Serv
     # The emulated Flowise sends these events after the answer's tokens.
     extra = [
         {"event": "sourceDocuments", "data": [
-            {"pageContent": "Server-sent events let a server push text over HTTP.", "metadata": {"source": "sse-spec.html"}},
+            {"pageContent": "Server-sent events let a server push text over HTTP.",
+             "metadata": {"source": "sse-spec.html"}},
             {"pageContent": "EventSource reconnects by itself.", "metadata": {"source": "mdn-eventsource.html"}}]},
         {"event": "usedTools", "data": [{"tool": "calculator", "toolInput": {"input": "6*7"}, "toolOutput": "42"}]},
     ]

@@ -54,8 +54,8 @@ async def test_crossSiteNoCorsGet_onOpenGateway_thenNoPredictionStarts(emulators
     before = flowise.app.requests_seen
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         for site in ("cross-site", "same-site"):  # an <img src>, a no-cors fetch: no Origin header
-            r = await client.get(STREAM, params={"question": "via an img"},
-                                 headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+            headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+            r = await client.get(STREAM, params={"question": "via an img"}, headers=headers)
             assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         assert flowise.app.requests_seen == before
         # The chat page's own EventSource (same-origin, no Origin) and curl (no fetch metadata) work.

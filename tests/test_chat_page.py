@@ -19,8 +19,20 @@ from playwright.sync_api import Browser, Page, expect
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 
 from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
-    ARTIFACTS, DESKTOP, PHONE, answer_text, ask, browser, flowise, gateway, open_chat, page, reply_to,
-    script_answers, start_gateway, wait_state,
+    ARTIFACTS,
+    DESKTOP,
+    PHONE,
+    answer_text,
+    ask,
+    browser,
+    flowise,
+    gateway,
+    open_chat,
+    page,
+    reply_to,
+    script_answers,
+    start_gateway,
+    wait_state,
 )
 from .servers import ServerThread
 
@@ -284,9 +296,12 @@ ACTIVITY = [
     {"event": "agent_trace", "data": {"step": "tool_start", "name": "search", "input": "release 1.2", "runId": "r1"}},
     {"event": "agent_trace", "data": {"step": "tool_end", "output": "3 open issues", "runId": "r1"}},
     {"event": "nextAgentFlow", "data": {"nodeId": "llm_0", "nodeLabel": "Planner", "status": "FINISHED"}},
-    {"event": "agentReasoning", "data": [{"agentName": "Reviewer", "messages": ["Looks ready"], "nodeName": "seqAgent"}]},
-    {"event": "usedTools", "data": [{"tool": "search", "toolInput": {"q": "release 1.2"}, "toolOutput": "3 open issues"}]},
-    {"event": "sourceDocuments", "data": [{"pageContent": "Release 1.2 ships on Friday.", "metadata": {"source": "plan.md"}}]},
+    {"event": "agentReasoning",
+     "data": [{"agentName": "Reviewer", "messages": ["Looks ready"], "nodeName": "seqAgent"}]},
+    {"event": "usedTools",
+     "data": [{"tool": "search", "toolInput": {"q": "release 1.2"}, "toolOutput": "3 open issues"}]},
+    {"event": "sourceDocuments",
+     "data": [{"pageContent": "Release 1.2 ships on Friday.", "metadata": {"source": "plan.md"}}]},
 ]
 
 

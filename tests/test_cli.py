@@ -185,7 +185,7 @@ def test_docsLibraryExamples_asWritten_thenEachRunsAgainstTheDemo(demo):
     assert len(blocks) == len(LIBRARY_EXAMPLES)
     # FLOWISE_URL as the page says: the URL the demo's banner prints.
     env = {**os.environ, "FLOWISE_URL": demo.flowise_url}
-    for block, prints_what_it_should in zip(blocks, LIBRARY_EXAMPLES):
+    for block, prints_what_it_should in zip(blocks, LIBRARY_EXAMPLES, strict=True):
         out = subprocess.run([sys.executable, "-c", block.replace("8080", str(demo.port))], capture_output=True,
                              text=True, timeout=60, env=env)
         assert out.returncode == 0 and out.stderr == "", (block, out.stderr)
@@ -211,7 +211,8 @@ def test_serveDemo_eachFlowiseVersion_thenOneBannerAndNoEmulatorLines(demos, ver
     log = demo.log()
     assert ready == {"status": "ready", "flowiseVersion": version, "transport": transport}
     assert events[0].data["transport"] == transport and events[-1].event == "end"
-    assert log.count("Uvicorn running on") == 1 and f":{demo.port}" in log.split("Uvicorn running on")[1].splitlines()[0]
+    assert log.count("Uvicorn running on") == 1
+    assert f":{demo.port}" in log.split("Uvicorn running on")[1].splitlines()[0]
     assert log.count(" ready on ") == 1 and log.count("DEMO MODE") == 1 and f"emulated Flowise {version}" in log
     # The emulator's own lines (its requests from the gateway, its socket.io) are not shown.
     assert "/api/v1/" not in log and "socket.io" not in log and "WebSocket" not in log

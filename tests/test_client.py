@@ -9,7 +9,12 @@ import threading
 import pytest
 
 from flowise_sse import (
-    AsyncGatewayClient, GatewayClient, GatewayUnreachable, StreamAborted, StreamNotFound, UpstreamError,
+    AsyncGatewayClient,
+    GatewayClient,
+    GatewayUnreachable,
+    StreamAborted,
+    StreamNotFound,
+    UpstreamError,
 )
 from flowise_sse.client import GatewayRefused
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from flowise_sse.emulator import (
     DEMO_CHATFLOW_ID,
     FORM_AGENTFLOW_ID,

@@ -91,7 +91,7 @@ def nginx_front(tmp_path):
         check = subprocess.run([exe, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
                                 "-g", f"pid {tmp_path}/nginx.pid;"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
-        log = open(tmp_path / "nginx-access.log", "wb")
+        log = open(tmp_path / "nginx-access.log", "wb")  # noqa: SIM115 - nginx writes it until the test ends
         procs.append((subprocess.Popen(
             [exe, "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
              "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], stdout=log), log))
@@ -172,23 +172,23 @@ def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedA
 
     # JSON logs: the stream followed across both replicas by its id.
     lines = {}
-    for name, path in zip(("one", "two"), logs):
+    for name, path in zip(("one", "two"), logs, strict=True):
         text = path.read_text()
         assert "compose-key-1" not in text and "a-long-random" not in text and "alpha beta" not in text
         assert "token=" not in text
         lines[name] = [json.loads(line) for line in text.splitlines()]
-    mine = {name: [l for l in entries if l.get("stream_id") == stream_id] for name, entries in lines.items()}
-    owner = "one" if any(l["msg"] == "stream started" for l in mine["one"]) else "two"
+    mine = {name: [line for line in entries if line.get("stream_id") == stream_id] for name, entries in lines.items()}
+    owner = "one" if any(line["msg"] == "stream started" for line in mine["one"]) else "two"
     other = "two" if owner == "one" else "one"
-    ended = next(l for l in mine[owner] if l["msg"] == "stream ended")
+    ended = next(line for line in mine[owner] if line["msg"] == "stream ended")
     assert ended["outcome"] == "completed" and ended["tokens"] == len([e for e in events if e.event == "token"])
     assert ended["transport"] == "sse" and ended["chatflow_id"] == DEMO_CHATFLOW_ID
     assert ended["first_token_ms"] > 0 and ended["duration_ms"] >= ended["first_token_ms"]
     assert ended["request_id"] == "create-1"  # the request that started it
-    assert any(l["msg"] in ("stream read", "stream resumed") and l["source"] == "redis" for l in mine[other])
-    access_lines = [l for entries in lines.values() for l in entries if l["msg"] == "request"]
-    assert {l["request_id"] for l in access_lines} >= {"create-1", "read-1", "read-2"}
-    assert all("?" not in l["path"] for l in access_lines)
+    assert any(line["msg"] in ("stream read", "stream resumed") and line["source"] == "redis" for line in mine[other])
+    access_lines = [line for entries in lines.values() for line in entries if line["msg"] == "request"]
+    assert {line["request_id"] for line in access_lines} >= {"create-1", "read-1", "read-2"}
+    assert all("?" not in line["path"] for line in access_lines)
 
 
 def test_nginxConf_headerLimits_areTheGatewaysDefaults():

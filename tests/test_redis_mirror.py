@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import AsyncIterator
 
 import pytest
 import redis
@@ -222,9 +222,8 @@ async def test_redisCall_whenTheCallFails_thenItsOperationsErrorCountsOne_andEve
     op = unique("probe")
     client = aioredis.Redis.from_url(redis_url)
     try:
-        with pytest.raises(redis.ResponseError):
-            with redis_call(op):
-                await client.xadd(text_key, {"f": b"x"})
+        with pytest.raises(redis.ResponseError), redis_call(op):
+            await client.xadd(text_key, {"f": b"x"})
         assert metric("flowise_sse_redis_errors_total", operation=op) == 1
         assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 1
         with redis_call(op):
@@ -233,9 +232,8 @@ async def test_redisCall_whenTheCallFails_thenItsOperationsErrorCountsOne_andEve
         assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 2
 
         blocking = unique("blocking")
-        with pytest.raises(redis.ResponseError):
-            with redis_call(blocking, timed=False):
-                await client.xread({text_key: "0-0"}, block=100)
+        with pytest.raises(redis.ResponseError), redis_call(blocking, timed=False):
+            await client.xread({text_key: "0-0"}, block=100)
         assert metric("flowise_sse_redis_errors_total", operation=blocking) == 1
         assert metric("flowise_sse_redis_call_seconds_count", operation=blocking) == 0
 

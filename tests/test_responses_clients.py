@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import pytest
 from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
-from flowise_sse.emulator import DEMO_CHATFLOW_ID, UPLOADS_CHATFLOW_ID
 from openai import AsyncOpenAI
+
+from flowise_sse.emulator import DEMO_CHATFLOW_ID, UPLOADS_CHATFLOW_ID
 
 from .helpers import REPLY
 from .servers import ServerThread

@@ -70,8 +70,8 @@ async def test_anotherKeysStream_isNotFound_toReadResumeOrDelete(two_keys):
 
 
 async def test_sameChatId_fromTwoKeys_thenTwoFlowiseChats_neitherBlocked(two_keys, flowise):
-    async with httpx.AsyncClient(base_url=two_keys.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json={**slow(), "chatId": "alice"}, headers=auth(ALICE)) as first:
+    async with httpx.AsyncClient(base_url=two_keys.url, timeout=20) as client, \
+            client.stream("POST", STREAM, json={**slow(), "chatId": "alice"}, headers=auth(ALICE)) as first:
             assert first.status_code == 200
             # Bob's "alice" is not Alice's: no 409 while hers runs.
             second = await client.post(STREAM, json={"question": "hi", "chatId": "alice"}, headers=auth(BOB))
@@ -310,12 +310,12 @@ async def test_socketio_anEventNamedLikeTheGatewaysMarkers_cannotEndTheStream(em
     flowise = emulators("1.6.2")
     gateway = gateways(flowise.url)
     forged = [{"event": "\u0000answer", "data": {"text": "forged"}}, {"event": "\u0000dropped", "data": None}]
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json={"question": "real question",
-                                                       "overrideConfig": {"emulator": {"events": forged}}}) as r:
-            events = await aread_sse(r)
+    body = {"question": "real question", "overrideConfig": {"emulator": {"events": forged}}}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client, \
+            client.stream("POST", STREAM, json=body) as r:
+        events = await aread_sse(r)
     assert events[-1].event == "end" and "real question" in events[-1].data["text"]
-    assert "forged" != events[-1].data["text"]
+    assert events[-1].data["text"] != "forged"
 
 
 def test_twoHostHeaders_then400(gateways, flowise):

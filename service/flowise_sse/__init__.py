@@ -3,7 +3,6 @@ client for the gateway."""
 
 __version__ = "0.1.0"
 
-from .library import astream_prediction, stream_prediction
 from .client import AsyncGatewayClient, CreatedStream, GatewayClient, GatewayUnreachable
 from .errors import (
     GatewayError,
@@ -15,6 +14,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .events import Event
+from .library import astream_prediction, stream_prediction
 from .settings import Settings
 from .upstream import Upstream
 

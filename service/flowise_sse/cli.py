@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from . import __version__
 from .errors import GatewayError
@@ -94,7 +96,7 @@ def _main(argv: list[str] | None) -> int:
         print(json.dumps(create_app(Settings()).openapi(), indent=2, ensure_ascii=False))
         return 0
     try:
-        settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=args.env_file)
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
@@ -227,7 +229,8 @@ async def _flowise_flows(settings: Settings) -> list[dict[str, Any]]:
         verdicts = await asyncio.gather(*(streaming(str(f.get("id"))) for f in flows))
     finally:
         await flowise.aclose()
-    return [{"id": f.get("id"), "name": f.get("name") or "", "streaming": v} for f, v in zip(flows, verdicts)]
+    return [{"id": f.get("id"), "name": f.get("name") or "", "streaming": v}
+            for f, v in zip(flows, verdicts, strict=True)]
 
 
 def _gateway_flows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -346,10 +349,8 @@ def _ask_gateway(args: argparse.Namespace, history: Any, shown: _Shown) -> None:
         except (BrokenPipeError, KeyboardInterrupt):
             # Nobody reads the answer any more: stop it rather than let Flowise run on for nobody.
             if stream_id:
-                try:
+                with contextlib.suppress(GatewayError):
                     gateway.delete_stream(str(stream_id))
-                except GatewayError:
-                    pass
             raise
 
 

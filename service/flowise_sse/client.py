@@ -218,9 +218,11 @@ class AsyncGatewayClient:
 
     # --- streams --------------------------------------------------------------------------
 
-    def stream(self, chatflow_id: str, question: str | None, *, history: Sequence[Mapping[str, Any]] | None = None,
-               chat_id: str | None = None, override_config: Mapping[str, Any] | None = None,
-               **fields: Unpack[PredictionFields]) -> AsyncGenerator[Event, None]:
+    def stream(
+        self, chatflow_id: str, question: str | None, *, history: Sequence[Mapping[str, Any]] | None = None,
+        chat_id: str | None = None, override_config: Mapping[str, Any] | None = None,
+        **fields: Unpack[PredictionFields],
+    ) -> AsyncGenerator[Event, None]:
         """Ask a chatflow and yield the answer's events (`POST /v1/chatflows/{id}/stream`):
         `start`, `token`s and relayed Flowise events, `end`. A connection cut after the first
         event is resumed; one cut before it raises `GatewayUnreachable` (the stream's id is not

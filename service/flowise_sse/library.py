@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Awaitable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .errors import BadRequest
 from .events import Event
@@ -50,7 +51,7 @@ async def astream_prediction(
     stop_node_id: str | None = None,
     settings: Settings | None = None,
     upstream: Upstream | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Yield `start`, `token`s and relayed Flowise events, then `end`.
 
     Flowise's other fields go under its names in snake case (`uploads`, `form`, `human_input`,

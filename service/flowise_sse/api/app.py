@@ -8,30 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__, metrics
-from ..errors import GatewayError
 from ..settings import Settings
 from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
-from ..upstream.flowise_client import parse_version
 from .access import Access
 from .chat_page import mount_chat_page
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
-from .override_policy import FLOWISE_ALLOWLIST_SINCE, OverridePolicy
-from .openapi import openapi_document
+from .openapi import GatewayApp
+from .override_policy import OverridePolicy
 from .redaction import install_log_redaction
 from .request_context import RequestContext
 from .response_records import ResponseRecords
 from .routes import chatflows, conversation, detached_streams, health, openai_compat, openai_responses, prometheus
 from .schemas import ERROR_RESPONSES
+from .startup_report import report_startup
 
 logger = logging.getLogger("flowise_sse")
 
@@ -56,9 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.responses = ResponseRecords(manager)
         install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
-        if access.open:
-            logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
-        warm = asyncio.create_task(_warm_up(upstream, override_policy))
+        # What works and what does not, said once; the banner waits for it (flowise_problem).
+        warm = app.state.startup = asyncio.create_task(report_startup(settings, access, override_policy, upstream))
         try:
             yield
         finally:
@@ -66,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.close()
             await upstream.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="flowise-sse",
         version=__version__,
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
@@ -97,19 +95,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)
-    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
-async def _warm_up(upstream: Upstream, override_policy: OverridePolicy) -> None:
+async def flowise_problem(app: FastAPI, wait: float) -> str | None:
+    """Why Flowise is not usable, once the start-up report knows (None: it answered); waits up to
+    `wait` seconds for the report."""
+    task: asyncio.Task[str | None] | None = getattr(app.state, "startup", None)
+    if task is None:
+        return None
     try:
-        await upstream.warm_up()
-        version = await upstream.flowise.version()
-    except GatewayError as exc:
-        logger.warning("flowise-sse: Flowise not reachable yet (%s); will retry per request", exc.message)
-        return
-    if override_policy.open and (version.version is None or parse_version(version.version) < FLOWISE_ALLOWLIST_SINCE):
-        logger.warning(
-            "flowise-sse: FLOWISE_SSE_OVERRIDE_CONFIG=any and Flowise %s has no override allowlist of its own "
-            "(from 2.1.4): any caller can override any node input, a chat model's base URL included; set "
-            "FLOWISE_SSE_OVERRIDE_CONFIG=off or the keys your clients need", version.version or "(version unknown)")
+        return await asyncio.wait_for(asyncio.shield(task), wait)
+    except TimeoutError:
+        return f"it did not answer within {wait:g} s"

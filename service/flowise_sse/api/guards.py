@@ -12,12 +12,12 @@ import re
 from typing import Any
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import BadRequest, Forbidden, GatewayError, PayloadTooLarge
 from ..settings import Settings
+from .error_handlers import log_refusal
 
 # Sent with every answer: nothing here is meant to be framed, sniffed or to leak its URL onward.
 COMMON_HEADERS = [
@@ -94,9 +94,12 @@ class Guard:
                     f"the request body is {int(declared)} bytes, over the limit of {cap} ({setting})"
                 )
         except GatewayError as exc:
+            code = "host_not_allowed" if isinstance(exc, BadRequest) else exc.code
+            log_refusal(scope["method"], path, exc.status, code, exc.message)
             await _answer(send_with_headers, exc, close=exc.status == 413)
             return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared and b"transfer-encoding" not in headers:
+        if (scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE") and not declared
+                and b"transfer-encoding" not in headers):
             await self.app(scope, receive, send_with_headers)
             return
         await self._with_bounded_body(scope, receive, send_with_headers, cap, setting)

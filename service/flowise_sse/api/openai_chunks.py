@@ -16,7 +16,8 @@ nodes), or the per-node usage in the last `agentFlowExecutedData`, which covers 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import GatewayError
 from ..events import END, ERROR, TOKEN, Event
@@ -65,7 +66,8 @@ class UsageReport:
             return None
         prompt = sum(_count(r, "input_tokens") for r in reports)
         completion = sum(_count(r, "output_tokens") for r in reports)
-        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens") for r in reports)
+        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens")
+                    for r in reports)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 

@@ -168,7 +168,8 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Bad or malformed input (OpenAI's status for both; never 422 here)",
         401: "Missing or wrong gateway API key (the OpenAI api_key)",
-        404: "Unknown model (chatflow)", 409: "The chat id has a prediction running", 502: "Flowise is down, failed, or refused the gateway's credentials",
+        404: "Unknown model (chatflow)", 409: "The chat id has a prediction running",
+        502: "Flowise is down, failed, or refused the gateway's credentials",
         503: "Shutting down or full", 504: "Flowise did not answer in time",
     }.items()
 }

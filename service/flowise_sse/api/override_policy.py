@@ -14,7 +14,8 @@ sends with it. So the gateway has a policy of its own:
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import BadRequest
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
-from uuid import UUID
-
 import math
+from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -103,7 +102,7 @@ class StreamRequest(BaseModel):
                                    description="Passed on as is (Flowise reads it for vector upserts only).")
 
     @model_validator(mode="after")
-    def _sendable(self) -> "StreamRequest":
+    def _sendable(self) -> StreamRequest:
         # What JSON parsing lets through but cannot be sent on (a 500 at encoding otherwise).
         problem = json_problem(self.question, "question") or json_problem(
             [item.content for item in self.history], "history"
@@ -148,7 +147,8 @@ class StreamCreated(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
+    code: str = Field(
+        description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
     message: str
     retryable: bool
 
@@ -203,7 +203,8 @@ class EndData(BaseModel):
 
 
 class _Frame(BaseModel):
-    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. Send it back as Last-Event-ID to resume.")
+    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. "
+                               "Send it back as Last-Event-ID to resume.")
 
 
 class StartEvent(_Frame):
@@ -237,7 +238,7 @@ class RelayedEvent(_Frame):
     data: Any = Field(description="Flowise's payload (double-encoded JSON strings decoded).")
 
 
-StreamEvent = Union[StartEvent, TokenEvent, EndEvent, ErrorEvent, RelayedEvent]
+StreamEvent = StartEvent | TokenEvent | EndEvent | ErrorEvent | RelayedEvent
 
 SSE_DESCRIPTION = """\
 A `text/event-stream`. Every event is `event:`, one JSON `data:` line, then `id:` (last, so a frame cut

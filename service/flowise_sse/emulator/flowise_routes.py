@@ -153,7 +153,7 @@ class Emulator(Records):
 
     # Prediction
 
-    async def _predict(self, request: Request) -> Response:
+    async def _predict(self, request: Request) -> Response | PredictionResponse:
         quirks = self.quirks
         flow_id = request.path_params["id"]
         try:
@@ -221,6 +221,7 @@ class Emulator(Records):
         if transport == "sse":
             work = partial(self._sse, turn)
         elif transport == "socketio":
+            assert sid  # the transport is socket.io only for a request that names its socket
             work = partial(answer_json, turn, quirks, partial(self._socketio.stream_to, sid))
         else:
             work = partial(answer_json, turn, quirks, run_silently)

@@ -52,7 +52,7 @@ async def answer_json(turn: Turn, quirks: Quirks, run_llm: Callable[[Plan], Awai
             await forever()
         response = build_failure(quirks, exc)
     else:
-        answer = {"text": turn.plan.text}
+        answer: dict[str, Any] = {"text": turn.plan.text}
         answer |= {e["event"]: e.get("data") for e in turn.plan.events if e["event"] in _ANSWER_FIELDS}
         if quirks.action_field:  # a stopped run's action is in the JSON answer too
             answer |= {e["event"]: e.get("data") for e in turn.plan.events if e["event"] == "action"}

@@ -18,13 +18,14 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import redis.asyncio as redis
 
+from ..errors import StoreUnavailable
 from ..settings import Settings
 from .redis.aborts import AbortChannel
-from .redis.calls import connect
+from .redis.calls import connect, store_call
 from .redis.claims import ChatClaims
 from .redis.reader import MirrorReader
 from .redis.replicas import ReplicaHeartbeat
@@ -51,6 +52,16 @@ class RedisMirror:
         self._claims = ChatClaims(shared, settings)
         self._aborts = AbortChannel(shared, on_abort)
         self.responses = ResponseRecords(shared, settings)  # the Responses API's records
+
+    async def ping(self, timeout: float) -> None:
+        """Raises `StoreUnavailable` unless Redis answers within `timeout` (readiness: a replica
+        whose Redis is away refuses every stream, so it must not say it is ready)."""
+        try:
+            with store_call("ping"):
+                async with asyncio.timeout(timeout):
+                    await self._clients[1].ping()
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {timeout:g} s") from None
 
     async def open(self) -> None:
         # A Redis that is down at start-up is an outage like any other, not a reason to crash-loop:
@@ -107,6 +118,6 @@ class RedisMirror:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         return await self._reader.ended_by(stream_id, seq)
 
-    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
         """The stream's frames after `after`, live to its terminal event (see `MirrorReader.follow`)."""
         return self._reader.follow(stream_id, after, should_stop)

@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -514,7 +515,9 @@ class FlowiseClient:
             "the upsert")
 
     @asynccontextmanager
-    async def upload_file(self, chatflow_id: str, chat_id: str, file_name: str) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def upload_file(
+        self, chatflow_id: str, chat_id: str, file_name: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """`get-upload-file`: a file stored under a chat, its response open for streaming."""
         what, operation = f"the file {file_name[:100]!r}", "upload_file"
         started = time.monotonic()
@@ -644,14 +647,12 @@ class FlowiseClient:
         version = self._version
         if version and not version.has_abort:
             return
-        try:
+        with suppress(GatewayError):
             await self.request(
                 "PUT", f"/api/v1/chatmessage/abort/{quote(chatflow_id, safe='')}/{quote(chat_id, safe='')}",
                 "the abort", operation="abort",
                 timeout=5.0,
             )
-        except GatewayError:
-            pass
 
 
 def _json_answer(content: bytes, what: str) -> Any:

@@ -9,7 +9,8 @@ the stream did not carry them (1.x, or a flow that cannot stream).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 

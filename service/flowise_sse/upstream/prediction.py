@@ -6,8 +6,9 @@ rest of Flowise's fields under Flowise's names (`prediction_inputs.py` validates
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -34,7 +35,7 @@ def portable_history(history: Iterable[Mapping[str, Any]] | None) -> list[dict[s
     for index, item in enumerate(history or ()):
         if not isinstance(item, Mapping):
             raise BadRequest(f"history[{index}] must be an object with role and content")
-        role = _ROLES.get(item.get("role", item.get("type")))  # type: ignore[arg-type]
+        role = _ROLES.get(item.get("role", item.get("type")))
         content = item.get("content", item.get("message"))
         if role is None:
             raise BadRequest(
@@ -164,8 +165,8 @@ class Prediction:
         tenant's space: `scope` maps a caller's name to Flowise's."""
         override = self.override_config
         session = override.get("sessionId") if override else None
-        if isinstance(session, str):
-            override = {**override, "sessionId": scope(session)}  # type: ignore[dict-item]
+        if override is not None and isinstance(session, str):  # (a session implies an override)
+            override = {**override, "sessionId": scope(session)}
         return replace(self, chat_id=scope(self.chat_id), override_config=override,
                        client_chat_id=self.chat_id, client_session_id=session if isinstance(session, str) else None)
 

@@ -18,6 +18,7 @@ from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..bodies import check_body_size, read_model
 from ..dependencies import (
+    ABSENT,
     CallerDep,
     Flowise,
     LastEventId,
@@ -64,7 +65,8 @@ async def list_chatflows(flowise: Flowise, who: CallerDep, full: bool = False) -
     fields = LISTED_FIELDS + (("flowData",) if full else ())
     listed = [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
     try:  # checked here: a listing that is not what it claims is Flowise's fault (502), not a 500
-        return _LISTING.dump_python(_LISTING.validate_python(listed), exclude_unset=True)
+        checked: list[dict[str, Any]] = _LISTING.dump_python(_LISTING.validate_python(listed), exclude_unset=True)
+        return checked
     except (ValidationError, ValueError) as exc:
         raise UpstreamError(f"Flowise's chatflow listing is not in its usual shape: {str(exc)[:300]}") from None
 
@@ -98,10 +100,11 @@ async def stream_get(
     flowise: Flowise,
     question: Annotated[str, Query(min_length=1)],
     history: Annotated[str, Query(
-        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
+        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), '
+                    'oldest first',
         examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
-    )] = None,  # type: ignore[assignment]
-    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
+    )] = ABSENT,
+    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = ABSENT,
     requestId: Annotated[str | None, Query(
         max_length=200, description="Makes this ask distinct from an identical one (a \"regenerate\"): "
         "the same GET joins the same stream (see the README)")] = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
@@ -11,6 +11,7 @@ from ...errors import StreamNotFound
 from ..access import allowed_chatflow
 from ..bodies import check_body_size, read_model
 from ..dependencies import (
+    ABSENT,
     AccessDep,
     CallerDep,
     Flowise,
@@ -30,7 +31,7 @@ StreamId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 # OpenAPI links: what a client (and schemathesis's stateful phase) does with a new stream's id.
-_CREATED_LINKS = {
+_CREATED_LINKS: dict[int | str, dict[str, Any]] = {
     201: {"links": {
         "ReadEvents": {"operationId": "stream_events_v1_streams__stream_id__events_get",
                        "parameters": {"stream_id": "$response.body#/streamId"}},
@@ -71,7 +72,7 @@ async def stream_events(
     settings: SettingsDep,
     access: AccessDep,
     last_event_id: SeqOrLastEventId,
-    token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = None,  # type: ignore[assignment]
+    token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = ABSENT,
 ) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from datetime import datetime
-from typing import Annotated, Any, AsyncIterator, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -34,14 +35,12 @@ from ...errors import (
 )
 from ...events import END, ERROR, TERMINAL
 from ...streams import StreamRun
-from ...streams.sse_encoder import json_bytes
+from ...streams.sse_encoder import KEEPALIVE, json_bytes
 from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..bodies import check_body_size
 from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
-from ..override_policy import OverridePolicy
-from ..event_stream import KEEPALIVE
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
     COMPLETION_RESPONSES,
@@ -52,6 +51,7 @@ from ..openai_schemas import (
     ModelList,
 )
 from ..openai_uploads import Media, UploadRefused, audio_upload, checked_uploads, image_upload
+from ..override_policy import OverridePolicy
 from ..schemas import CHAT_ID_PATTERN, json_problem
 
 
@@ -81,7 +81,8 @@ class OpenAIRoute(APIRoute):
                 return _error_response(400, body, False)
             except StarletteHTTPException as exc:  # a body that is not text, too big (413), too slow (408)
                 code = {408: "request_timeout", 413: "payload_too_large"}.get(exc.status_code, "invalid_request")
-                response = _error_response(exc.status_code, openai_error(exc.status_code, code, str(exc.detail), False, None), False)
+                response = _error_response(
+                    exc.status_code, openai_error(exc.status_code, code, str(exc.detail), False, None), False)
                 response.headers.update(exc.headers or {})
                 return response
 
@@ -189,7 +190,8 @@ async def chat_completions(
     settings: SettingsDep,
     who: CallerDep,
     overrides: Overrides,
-    x_flowise_chat_id: Annotated[str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
+    x_flowise_chat_id: Annotated[
+        str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
 ) -> Response:
     """A chatflow's answer in OpenAI's shape, streamed with `stream: true`. See the README for how
@@ -241,7 +243,7 @@ async def chat_completions(
 
 def _chat_id(*candidates: str | None) -> str | None:
     """The first chat id given: `X-Flowise-Chat-Id`, `X-OpenWebUI-Chat-Id`, then `user`."""
-    for value, param in zip(candidates, ("X-Flowise-Chat-Id", "X-OpenWebUI-Chat-Id", "user")):
+    for value, param in zip(candidates, ("X-Flowise-Chat-Id", "X-OpenWebUI-Chat-Id", "user"), strict=True):
         if value:
             try:
                 return _CHAT_ID.validate_python(value)
@@ -307,7 +309,9 @@ def _conversation(
     return question, history, system, media, left_out
 
 
-def _overrides(body: ChatCompletionRequest, system: list[str], pass_params: bool) -> tuple[dict[str, Any] | None, set[str]]:
+def _overrides(
+    body: ChatCompletionRequest, system: list[str], pass_params: bool,
+) -> tuple[dict[str, Any] | None, set[str]]:
     """Flowise's `overrideConfig` from the request, and the names of the parameters not used."""
     given = body.model_dump(exclude_unset=True, exclude_none=True)
     ignored = {name for name in given if name not in _READ}

@@ -14,7 +14,7 @@ A response without `background` is its connection's: when the client leaves, the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Annotated, Any
 
@@ -362,7 +362,7 @@ async def _live_events(run: StreamRun, encoder: ResponseEncoder, records: Respon
         release()
 
 
-async def _replayed_events(frames: AsyncIterator[bytes], encoder: ResponseEncoder, records: ResponseRecords,
+async def _replayed_events(frames: AsyncGenerator[bytes, None], encoder: ResponseEncoder, records: ResponseRecords,
                            record: ResponseRecord, after: int) -> AsyncIterator[bytes]:
     """The stream's log from its first event through a fresh encoder: the events numbered after
     `after`, then live."""

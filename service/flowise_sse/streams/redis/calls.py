@@ -9,8 +9,8 @@ client's request waits on, whose failure is that request's `store_unavailable`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import redis.asyncio as redis
 
@@ -23,8 +23,9 @@ def connect(settings: Settings, max_connections: int) -> redis.Redis:
     """A client on a pool of at most `max_connections`: a blocking pool, so a burst waits (up to
     `redis_timeout`) for a connection instead of failing with "Too many connections" (redis-py's
     default pool). A `?max_connections=` in the URL overrides it."""
+    assert settings.redis_url is not None  # the mirror, the one caller, exists only when it is set
     pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout,  # type: ignore[arg-type]
+        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout,
         socket_timeout=settings.redis_timeout, socket_connect_timeout=min(5.0, settings.redis_timeout))
     return redis.Redis(connection_pool=pool)
 

@@ -15,6 +15,8 @@ changes here alone.
 
 from __future__ import annotations
 
+from redis.typing import EncodableT, FieldT
+
 from ...settings import Settings
 
 ABORT_CHANNEL = "fss:abort"
@@ -56,7 +58,12 @@ def entry_seq(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-def entry(frame: bytes, terminal: bool) -> dict[str, bytes | int]:
+# An entry as XREAD and XREVRANGE return it on the gateway's connections (RESP2, bytes: no
+# decode_responses). redis-py types their answers for every protocol and decoding at once.
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def entry(frame: bytes, terminal: bool) -> dict[FieldT, EncodableT]:
     return {"f": frame, "t": 1} if terminal else {"f": frame}
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import cast
 
 import redis.asyncio as redis
 
@@ -38,10 +39,12 @@ class MirrorReader:
     async def ended_by(self, stream_id: str, seq: int) -> bool:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         with store_call("ended_by"):
-            last = await self._redis.xrevrange(keys.events(stream_id), count=1)
+            last = cast("list[keys.Entry]", await self._redis.xrevrange(keys.events(stream_id), count=1))
         return bool(last) and keys.entry_is_terminal(last[0][1]) and keys.entry_seq(last[0][0]) <= seq
 
-    async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    async def follow(
+        self, stream_id: str, after: int, should_stop: Callable[[], bool]
+    ) -> AsyncGenerator[bytes, None]:
         """The stream's frames after `after`, live to its terminal event. If Redis stays away
         for `redis_timeout`, an `error` `store_unavailable` carrying the last position read (a
         resume from it later loses nothing) ends the response."""
@@ -50,8 +53,8 @@ class MirrorReader:
         while not should_stop():
             try:
                 with redis_call("read", timed=False):
-                    answer = await self._redis.xread({key: keys.entry_id(last)}, block=_READ_BLOCK_MS,
-                                                     count=_READ_COUNT)
+                    answer = cast("list[tuple[bytes, list[keys.Entry]]]", await self._redis.xread(
+                        {key: keys.entry_id(last)}, block=_READ_BLOCK_MS, count=_READ_COUNT))
                 if not answer and not await owner_alive(self._redis, stream_id):
                     await self._close_orphan(stream_id, last)  # read back on the next turn
             except redis.RedisError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 import redis.asyncio as redis
 
@@ -53,5 +54,5 @@ class ReplicaHeartbeat:
 
 async def owner_alive(client: redis.Redis, stream_id: str) -> bool:
     with redis_call("owner_alive"):
-        owner = await client.hget(keys.meta(stream_id), keys.OWNER_FIELD)
+        owner = cast("bytes | None", await client.hget(keys.meta(stream_id), keys.OWNER_FIELD))  # no decoding
         return owner is not None and bool(await client.exists(keys.replica(owner.decode())))

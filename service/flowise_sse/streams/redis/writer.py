@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as redis
 
@@ -181,7 +182,7 @@ class MirrorWriter:
             share.backlog.frames[:0] = share.frames
             self._queued[share.stream_id] = None
 
-    def _account(self, shares: list[_Share], answers: list) -> Exception | None:
+    def _account(self, shares: list[_Share], answers: list[Any]) -> Exception | None:
         """Each stream's answers, read through its share: its frames up to the first one Redis
         refused are done, that one and the rest are queued again, at the front of its backlog.
         Returns the first refusal of the batch, if any."""
@@ -213,11 +214,12 @@ class MirrorWriter:
         now = time.monotonic()
         for stream_id, backlog in self._backlogs.items():
             if backlog.bytes and not backlog.failed and now - backlog.since > self._settings.redis_timeout:
-                self._fail(stream_id, backlog, f"its events could not be written for {self._settings.redis_timeout:g} s "
-                                               "(FLOWISE_SSE_REDIS_TIMEOUT)")
+                self._fail(stream_id, backlog,
+                           f"its events could not be written for {self._settings.redis_timeout:g} s "
+                           "(FLOWISE_SSE_REDIS_TIMEOUT)")
 
 
-def _written(answers: list) -> tuple[int, Exception | None]:
+def _written(answers: list[Any]) -> tuple[int, Exception | None]:
     """How many of a stream's XADDs, in order, put their entry in Redis (one whose id was taken
     did: the entry is there), and the refusal that stopped the rest."""
     for index, answer in enumerate(answers):
