@@ -420,7 +420,7 @@ async def test_feedback_writtenAndChanged_onTheKeysOwnChatOnly(emulators, gatewa
         down = {"chatId": "fb-1", "rating": "THUMBS_DOWN"}
         hijack = await client.patch(f"{url}/{feedback['id']}", headers=b, json=down)
         changed = await client.patch(f"{url}/{feedback['id']}", headers=a, json=down)
-    assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "not_found"
+    assert stolen.status_code == 404 and stolen.json()["error"]["code"] == "chat_not_found"
     assert created.status_code == 200, created.text
     assert feedback["chatId"] == "fb-1" and feedback["messageId"] == message and feedback["rating"] == "THUMBS_UP"
     assert hijack.status_code == 404

@@ -74,9 +74,10 @@ class StreamNotFound(GatewayError):
 
 
 class ChatNotFound(GatewayError):
-    """A chat, message or feedback this key has none of (another key's is not this key's)."""
+    """A chat, message or feedback this key has none of (another key's is not this key's). Its
+    own code: a client tells it apart from an unknown chatflow."""
 
-    code, status = "not_found", 404
+    code, status = "chat_not_found", 404
 
 
 class FileNotFound(GatewayError):
