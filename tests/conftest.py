@@ -92,3 +92,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     monkeypatch.setattr(memory_store, "time", clock)
     return clock
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The e2e tests run one real Flowise at a time (a core and a gigabyte each): under
+    pytest-xdist (`-n`, with `--dist loadgroup`) they all go to one worker, in their order, while
+    the other tests share the rest."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
