@@ -3,6 +3,8 @@
 // tools (`usedTools`). Each goes into a small, plain-JSON record per turn (kept with the
 // conversation, so previews only), shown as collapsed <details> sections.
 
+import { el } from "./dom.js";
+
 const PREVIEW_CHARS = 600;
 
 export function newActivity() {
@@ -108,13 +110,6 @@ export function isActivity(value) {
 }
 
 // --- showing it ----------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // One <details> per kind, made once and then only refilled, so one the user opened stays open.
 function section(view, where, kind, title) {

@@ -5,19 +5,21 @@
 // followed it, so appending every token received is exact (no duplicate, no gap). It is shown as
 // Markdown while it streams (markdown.js), redrawn at most once per frame.
 //
-//   api.js           the gateway's JSON API and its errors; the API key (this tab only)
+//   api.js           the gateway's API and its errors; the API key (this tab only)
 //   conversation.js  the conversation per chatflow in localStorage; chatId and history sent
 //   markdown.js      Markdown to sanitised DOM, copy buttons on code
 //   activity.js      reasoning, agent steps, sources and tools, collapsible
 //   clipboard.js     copy, and say so
+//   dom.js           DOM helpers and icons
 
 import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
-import { ApiError, api, apiKey, apiUrl, authHeaders, setApiKey } from "./api.js";
+import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
 import { copyText } from "./clipboard.js";
 import {
   clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
   saveConversation,
 } from "./conversation.js";
+import { button, el } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STOP_GRACE_MS = 3000; // after a DELETE, how long to wait for the stream's own `aborted` event
@@ -73,19 +75,6 @@ function clearError() {
   ui.error.hidden = true;
 }
 
-/** A failure in the gateway's words: its JSON error's (or `error` event's) message and code. */
-function failure(err) {
-  if (!(err instanceof ApiError)) return { code: "error", message: String(err && err.message ? err.message : err) };
-  const hint = err.status === 401 ? " Enter it under “Gateway API key”." : "";
-  return { code: err.status ? `${err.status} ${err.code}` : err.code, message: sentence(err.message) + hint };
-}
-
-function sentence(text) {
-  const s = String(text || "").trim();
-  if (!s) return "The request failed.";
-  return /[.!?…)]$/.test(s) ? s : `${s}.`;
-}
-
 function setBusy(busy) {
   ui.send.disabled = busy;
   ui.stop.disabled = !busy;
@@ -95,13 +84,6 @@ function setBusy(busy) {
 }
 
 // --- chatflows -------------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function option(value, text) {
   const node = el("option", "", text);
@@ -132,7 +114,7 @@ async function loadChatflows() {
 }
 
 function listingUnavailable(err) {
-  const { code, message } = failure(err);
+  const { code, message } = failureOf(err);
   ui.chatflow.replaceChildren(option("", "Unavailable"));
   if (err instanceof ApiError && err.status === 401) {
     // Every /v1/ route wants the key: a chatflow id typed by hand would not help.
@@ -201,12 +183,6 @@ function renderConversation() {
   ui.conversation.scrollTop = ui.conversation.scrollHeight;
 }
 
-function smallButton(text) {
-  const button = el("button", "secondary small", text);
-  button.type = "button";
-  return button;
-}
-
 function addTurnView(turn) {
   ui.empty.hidden = true;
   const user = el("article", "turn user");
@@ -222,10 +198,10 @@ function addTurnView(turn) {
   note.hidden = true;
   const extras = el("div", "extras"); // sources and tools (and, later, a paused run's approve/reject)
   const actions = el("div", "turn-actions"); // (and, later, feedback thumbs)
-  const copy = smallButton("Copy");
+  const copy = button("Copy");
   copy.dataset.testid = "copy-answer";
   copy.setAttribute("aria-label", "Copy the answer (Markdown)");
-  const again = smallButton("Regenerate");
+  const again = button("Regenerate");
   actions.append(copy, again);
   bubble.append(answer);
   bot.append(before, bubble, note, extras, actions);
@@ -320,7 +296,7 @@ async function send(question, fromTheBox = false) {
   try {
     created = await api("POST", "v1/streams", body);
   } catch (err) {
-    finish(run, "error", failure(err));
+    finish(run, "error", failureOf(err));
     return;
   }
   run.streamId = created.streamId;
@@ -445,7 +421,7 @@ async function deleteStream(run) {
     await api("DELETE", `v1/streams/${encodeURIComponent(run.streamId)}`);
   } catch (err) {
     if (!run.done) {
-      const { code, message } = failure(err);
+      const { code, message } = failureOf(err);
       finish(run, "error", { code, message: `The answer could not be stopped: ${message}` });
     }
     return;
