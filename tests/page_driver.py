@@ -90,6 +90,12 @@ def open_chat(page: Page, base_url: str) -> None:
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle")
 
 
+def open_flow(page: Page, base_url: str, flow_id: str) -> None:
+    """The chat page on another chatflow than the demo's."""
+    open_chat(page, base_url)
+    page.get_by_test_id("chatflow").select_option(flow_id)
+
+
 def ask(page: Page, question: str) -> None:
     """Type the question as a user would (Shift+Enter for new lines) and send it with Enter."""
     box = page.get_by_test_id("question")
@@ -142,3 +148,4 @@ def script_answers(page: Page, *plans: dict[str, Any] | None) -> list[dict[str, 
 
     page.route("**/v1/streams", add_plan)
     return posted
+

@@ -5,21 +5,30 @@
 // followed it, so appending every token received is exact (no duplicate, no gap). It is shown as
 // Markdown while it streams (markdown.js), redrawn at most once per frame.
 //
-//   api.js           the gateway's API and its errors; the API key (this tab only)
-//   conversation.js  the conversation per chatflow in localStorage; chatId and history sent
-//   markdown.js      Markdown to sanitised DOM, copy buttons on code
-//   activity.js      reasoning, agent steps, sources and tools, collapsible
-//   clipboard.js     copy, and say so
-//   dom.js           DOM helpers and icons
+// Besides the question, what the chatflow's config offers (chatflow-settings.js): its welcome
+// message and starter prompts, or its start form, in an empty conversation; feedback on answers.
+//
+//   api.js                the gateway's API and its errors; the API key (this tab only)
+//   conversation.js       the conversation per chatflow in localStorage; chatId and history sent
+//   chatflow-settings.js  a chatflow's chatbot config, as far as the page uses it
+//   markdown.js           Markdown to sanitised DOM, copy buttons on code
+//   activity.js           reasoning, agent steps, sources and tools, collapsible
+//   feedback.js           thumbs up/down and a comment on an answer
+//   form-start.js         an Agentflow's start form
+//   clipboard.js          copy, and say so
+//   dom.js                DOM helpers and icons
 
 import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
 import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
+import { NO_SETTINGS, chatflowSettings, forgetSettings } from "./chatflow-settings.js";
 import { copyText } from "./clipboard.js";
 import {
   clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
   saveConversation,
 } from "./conversation.js";
 import { button, el } from "./dom.js";
+import { feedbackControls } from "./feedback.js";
+import { formValues, renderFormStart } from "./form-start.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STOP_GRACE_MS = 3000; // after a DELETE, how long to wait for the stream's own `aborted` event
@@ -40,6 +49,10 @@ const ui = {
   newChat: $("new-chat"),
   conversation: $("conversation"),
   empty: $("empty"),
+  emptyHint: $("empty-hint"),
+  welcome: $("welcome"),
+  formStart: $("form-start"),
+  starters: $("starters"),
   error: $("error"),
   form: $("ask"),
   question: $("question"),
@@ -51,6 +64,7 @@ const ui = {
 const state = {
   flowId: "", // the chatflow asked: picked from the listing, or typed when there is none
   conversation: emptyConversation(),
+  settings: NO_SETTINGS, // what its chatbot config offers (chatflow-settings.js)
   views: [], // the DOM of each turn of the conversation, in order
   run: null, // the question being answered
 };
@@ -75,8 +89,13 @@ function clearError() {
   ui.error.hidden = true;
 }
 
-function setBusy(busy) {
-  ui.send.disabled = busy;
+function refreshComposer() {
+  const busy = Boolean(state.run);
+  // An Agentflow that starts with a form starts with it: the question box waits for the first turn.
+  const formFirst = Boolean(state.settings.form) && state.conversation.turns.length === 0;
+  ui.question.disabled = formFirst;
+  ui.question.placeholder = formFirst ? "Fill in the form above to start" : "Ask something…";
+  ui.send.disabled = busy || formFirst;
   ui.stop.disabled = !busy;
   ui.newChat.disabled = busy;
   ui.chatflow.disabled = busy;
@@ -156,13 +175,31 @@ async function chatflowToAsk() {
   return Boolean(state.flowId);
 }
 
-/** Show the conversation kept with `flowId`. */
+/** Show the conversation kept with `flowId`, and what its config offers. */
 function switchTo(flowId) {
   if (state.run || flowId === state.flowId) return;
   state.flowId = flowId;
   if (flowId) rememberChatflow(flowId);
   state.conversation = flowId ? loadConversation(flowId) : emptyConversation();
+  useSettings(NO_SETTINGS);
   renderConversation();
+  loadSettings();
+}
+
+function loadSettings() {
+  const flowId = state.flowId;
+  if (!flowId) return;
+  chatflowSettings(flowId).then((settings) => {
+    if (state.flowId !== flowId || settings === state.settings) return;
+    useSettings(settings);
+    renderEmpty();
+    refreshTurnControls();
+  });
+}
+
+function useSettings(settings) {
+  state.settings = settings;
+  refreshComposer();
 }
 
 // --- the conversation ------------------------------------------------------------------------
@@ -178,16 +215,42 @@ function renderConversation() {
     view.bot.remove();
   }
   state.views = state.conversation.turns.map((turn) => addTurnView(turn));
-  ui.empty.hidden = state.views.length > 0;
+  renderEmpty();
   refreshTurnControls();
+  refreshComposer();
   ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+/** An empty conversation shows the chatflow's welcome message and starter prompts, or its start
+ * form; without them, how to begin. */
+function renderEmpty() {
+  const { settings } = state;
+  ui.empty.hidden = state.conversation.turns.length > 0;
+  ui.emptyHint.hidden = Boolean(settings.welcome || settings.form);
+  ui.welcome.hidden = !settings.welcome;
+  if (settings.welcome) renderMarkdown(ui.welcome, settings.welcome);
+  ui.formStart.hidden = !settings.form;
+  if (settings.form) renderFormStart(ui.formStart, settings.form, (fields) => send({ form: fields }));
+  else ui.formStart.replaceChildren();
+  // A form start has no question to suggest.
+  const starters = settings.form ? [] : settings.starters;
+  ui.starters.hidden = starters.length === 0;
+  ui.starters.replaceChildren(...starters.map((prompt) => {
+    const starter = button(prompt, "secondary starter");
+    starter.dataset.testid = "starter-prompt";
+    starter.addEventListener("click", () => send({ question: prompt }));
+    return starter;
+  }));
 }
 
 function addTurnView(turn) {
   ui.empty.hidden = true;
+  const { flowId, conversation } = state;
   const user = el("article", "turn user");
   user.setAttribute("aria-label", "You");
-  user.append(el("div", "bubble", turn.question));
+  const said = el("div", "bubble");
+  showUser(said, turn);
+  user.append(said);
 
   const bot = el("article", "turn assistant");
   bot.setAttribute("aria-label", "Answer");
@@ -196,22 +259,37 @@ function addTurnView(turn) {
   const answer = el("div", "answer markdown");
   const note = el("p", "note");
   note.hidden = true;
-  const extras = el("div", "extras"); // sources and tools (and, later, a paused run's approve/reject)
-  const actions = el("div", "turn-actions"); // (and, later, feedback thumbs)
+  const extras = el("div", "extras"); // sources and tools
+  const actions = el("div", "turn-actions");
   const copy = button("Copy");
   copy.dataset.testid = "copy-answer";
   copy.setAttribute("aria-label", "Copy the answer (Markdown)");
   const again = button("Regenerate");
-  actions.append(copy, again);
+  const feedback = feedbackControls(turn, { flowId, save: () => saveConversation(flowId, conversation) });
+  actions.append(copy, again, feedback.buttons);
   bubble.append(answer);
-  bot.append(before, bubble, note, extras, actions);
+  bot.append(before, bubble, note, extras, actions, feedback.panel);
   ui.conversation.append(user, bot);
 
-  const view = { user, bot, before, answer, note, extras, actions, copy, again, sections: {} };
+  const view = { user, bot, before, answer, note, extras, actions, copy, again, feedback, sections: {} };
   copy.addEventListener("click", () => copyText(turn.answer, copy));
   again.addEventListener("click", askAgain);
   showTurn(view, turn, false);
   return view;
+}
+
+/** What the user said: the question as typed, or a form's values. */
+function showUser(bubble, turn) {
+  if (turn.form) {
+    bubble.classList.add("form");
+    for (const field of turn.form) {
+      const line = el("div");
+      line.append(el("span", "form-label", `${field.label}: `), String(field.value));
+      bubble.append(line);
+    }
+  } else {
+    bubble.textContent = turn.question;
+  }
 }
 
 function showTurn(view, turn, streaming) {
@@ -243,14 +321,18 @@ function setNote(view, kind, text, code) {
 // on the latest turn only, so that tests find the one they mean.
 function refreshTurnControls() {
   const last = state.views.length - 1;
+  const running = state.run && state.run.turn;
   state.views.forEach((view, i) => {
     const turn = state.conversation.turns[i];
     const latest = i === last;
     const failed = turn.outcome === "error";
-    view.again.hidden = !latest || turn === (state.run && state.run.turn);
+    view.again.hidden = !latest || turn === running;
     view.again.disabled = Boolean(state.run);
     view.again.textContent = failed ? "Retry" : "Regenerate";
-    view.copy.hidden = !turn.answer || turn === (state.run && state.run.turn);
+    view.copy.hidden = !turn.answer || turn === running;
+    // Feedback needs the message Flowise stored the answer as.
+    view.feedback.refresh(state.settings.feedback && turn.outcome === "done" && turn !== running
+      && Boolean(turn.messageId && turn.chatId));
     const ids = [[view.answer, "answer"], [view.note, "turn-note"], [view.again, failed ? "retry" : "regenerate"]];
     for (const [node, testid] of ids) {
       if (latest) node.dataset.testid = testid;
@@ -261,21 +343,29 @@ function refreshTurnControls() {
 
 // --- one question ----------------------------------------------------------------------------
 
-async function send(question, fromTheBox = false) {
+/**
+ * Ask: `ask` is {question} or {form} (an Agentflow's start form: [{name, label, value}]).
+ */
+async function send(ask, { fromTheBox = false } = {}) {
   if (state.run) return;
-  if (!question.trim()) {
+  if (!ask.form && !ask.question.trim()) {
     ui.question.focus();
     return;
   }
   if (!(await chatflowToAsk())) return;
   clearError();
   const { conversation, flowId } = state;
-  const body = { chatflowId: flowId, question };
+  const body = { chatflowId: flowId };
+  if (ask.form) body.form = formValues(ask.form);
+  else body.question = ask.question;
   if (conversation.chatId) body.chatId = conversation.chatId;
   const history = historyOf(conversation);
   if (history.length) body.history = history;
 
-  const turn = { question, answer: "", outcome: "streaming", error: null, activity: newActivity() };
+  const turn = {
+    question: ask.form ? "" : ask.question, form: ask.form || null, answer: "", outcome: "streaming", error: null,
+    activity: newActivity(), chatId: null, messageId: null, feedback: null,
+  };
   conversation.turns.push(turn);
   const view = addTurnView(turn);
   state.views.push(view);
@@ -288,7 +378,7 @@ async function send(question, fromTheBox = false) {
     frame: 0,
   };
   state.run = run;
-  setBusy(true);
+  refreshComposer();
   refreshTurnControls();
   setStatus("sending", "Sending…");
 
@@ -301,6 +391,7 @@ async function send(question, fromTheBox = false) {
   }
   run.streamId = created.streamId;
   view.bot.dataset.streamId = created.streamId;
+  turn.chatId = created.chatId;
   if (!conversation.chatId) conversation.chatId = created.chatId;
   saveConversation(flowId, conversation);
   if (run.stopping) {
@@ -326,7 +417,7 @@ function askAgain() {
     conversation.carried = conversation.turns.length;
   }
   saveConversation(state.flowId, conversation);
-  send(last.question);
+  send({ question: last.question, form: last.form });
 }
 
 // The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
@@ -387,6 +478,7 @@ function listen(run, es) {
     const data = parse(event) || {};
     if (!run.text && typeof data.text === "string") run.text = data.text; // a chatflow that streamed nothing
     takeEnd(run.turn.activity, data);
+    if (typeof data.chatMessageId === "string") run.turn.messageId = data.chatMessageId; // what feedback rates
     finish(run, "done");
   });
   on("error", (event) => {
@@ -448,7 +540,7 @@ function finish(run, outcome, error = null) {
   turn.error = outcome === "error" ? error : null;
   showTurn(view, turn, false);
   saveConversation(run.flowId, run.conversation);
-  setBusy(false);
+  refreshComposer();
   refreshTurnControls();
 
   if (outcome === "done") setStatus("done", "Done");
@@ -470,17 +562,20 @@ function newChat() {
 
 // --- wiring ----------------------------------------------------------------------------------
 
+const askFromTheBox = () => send({ question: ui.question.value }, { fromTheBox: true });
+
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  send(ui.question.value, true);
+  askFromTheBox();
 });
 
 ui.question.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
-    send(ui.question.value, true);
+    askFromTheBox();
   }
 });
+
 
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.run) stop();
@@ -499,11 +594,16 @@ ui.chatflowId.addEventListener("keydown", (event) => {
 
 ui.apiKey.value = apiKey();
 ui.apiKey.addEventListener("input", () => setApiKey(ui.apiKey.value.trim()));
-ui.apiKey.addEventListener("change", () => loadChatflows());
+// Another key may see other chatflows, and their configs.
+const keyChanged = () => {
+  forgetSettings();
+  loadChatflows().then(loadSettings);
+};
+ui.apiKey.addEventListener("change", keyChanged);
 ui.apiKey.addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
     event.preventDefault();
-    loadChatflows();
+    keyChanged();
   }
 });
 
@@ -522,8 +622,5 @@ window.addEventListener("pagehide", () => {
     headers: authHeaders(),
   }).catch(() => {});
 });
-
-// Later, with the gateway's routes for them: the chatflow's starter prompts and welcome message
-// in the empty conversation (#empty), and attachments within its upload policy in the composer.
 
 loadChatflows();
