@@ -1,10 +1,12 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests/page_driver.py and named again as the tests' arguments)
 """The whole conversation on the chat page, in real headless Chromium against a real gateway and
 the emulated Flowise 3.1.4: the chatbot config's welcome message and starter prompts, feedback on
-answers, and an Agentflow's start form.
+answers, image and file attachments within the upload policy (and refusals before sending), and
+an Agentflow's start form.
 
-What reached Flowise is read from the emulator: the prediction bodies (`flowise.app.requests`), its
-stored feedback and messages (`flowise.app.conversation`, `flowise.app.answers`).
+What reached Flowise is read from the emulator: the prediction bodies (`flowise.app.requests`),
+the images handed to its LLM (`llm_messages`), its stored feedback, files and messages
+(`flowise.app.conversation`, `flowise.app.answers`).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixt
     answer_text,
     ask,
     browser,
+    data_uri,
     flowise,
     gateway,
     open_chat,
     open_flow,
     page,
+    png,
     reply_to,
     script_answers,
+    start_gateway,
     wait_state,
 )
 from .servers import ServerThread
@@ -35,6 +40,7 @@ pytestmark = pytest.mark.browser
 
 WELCOME = "Hello! Send a picture, a recording or a file."
 STARTERS = ["What is in this picture?", "Summarise my file"]
+CHART = png(48, 32, lambda x, y: (36, 86, 201) if y > 31 - (x // 12 + 1) * 7 else (255, 255, 255))
 
 
 def test_emptyConversation_thenWelcomeAndStarterPrompts_andAClickAsksThePrompt(
@@ -103,6 +109,126 @@ def test_feedback_thumbsUpWithAComment_thenChangedAfterAReload_onTheSameFeedback
     wait_state(page, "done")
     expect(page.get_by_test_id("copy-answer")).to_be_visible()
     expect(page.get_by_test_id("thumbs-up")).to_be_hidden()
+
+
+def test_imageAttached_thenFlowisesLlmGetsIt_andAfterAReloadItIsFetchedBackWithTheKey(
+        page: Page, flowise: ServerThread) -> None:
+    # With gateway keys: the stored image can only come back through a request that carries the
+    # key (an <img src> could not), and only to the key that sent it.
+    gateway = start_gateway(flowise.url, api_keys=["k1"])
+    try:
+        posted = script_answers(page)
+        page.goto(gateway.url + "/")
+        page.get_by_test_id("api-key").fill("k1")
+        page.get_by_test_id("api-key").press("Enter")
+        expect(page.get_by_test_id("chatflow")).to_have_value(DEMO_CHATFLOW_ID)
+        page.get_by_test_id("chatflow").select_option(UPLOADS_CHATFLOW_ID)
+        expect(page.get_by_test_id("attach")).to_be_visible()
+
+        page.get_by_test_id("file-input").set_input_files(
+            [{"name": "chart.png", "mimeType": "image/png", "buffer": CHART}])
+        chip = page.get_by_test_id("attachment")
+        expect(chip).to_have_attribute("data-status", "ready")
+        expect(chip).to_contain_text("chart.png")
+        expect(chip.locator("img")).to_have_attribute("src", data_uri("image/png", CHART))  # its preview
+        # Leaving the key's field changes it again, which reads the configs again: what is attached stays.
+        with page.expect_response(lambda r: r.url.endswith("/config")):
+            page.get_by_test_id("api-key").dispatch_event("change")
+        expect(chip).to_have_count(1)
+        ask(page, STARTERS[0])
+        wait_state(page, "done")
+        expect(page.get_by_test_id("attachment")).to_have_count(0)  # went with the question
+
+        image = data_uri("image/png", CHART)
+        assert posted[-1]["uploads"] == [{"data": image, "type": "file", "name": "chart.png", "mime": "image/png"}]
+        llm = flowise.app.requests[-1]["llm_messages"]
+        assert llm[-1]["content"] == [{"type": "image_url", "image_url": {"url": image}}]  # the vision model's
+        sent = page.locator(".turn.user").get_by_test_id("sent-image").locator("img")
+        expect(sent).to_have_attribute("src", image)
+
+        with page.expect_response(lambda r: "/files?" in r.url) as fetched:
+            page.reload()
+        assert fetched.value.status == 200 and "fileName=chart.png" in fetched.value.url
+        assert fetched.value.request.all_headers()["authorization"] == "Bearer k1"
+        expect(sent).to_have_attribute("src", image)  # byte for byte, as Flowise stored it
+        assert sent.evaluate("(img) => img.complete && img.naturalWidth") == 48
+    finally:
+        gateway.__exit__(None, None, None)
+
+
+def test_fileAndImageLink_thenTheFilesTextAsFileFull_andTheLinkAsUrl(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    posted = script_answers(page)
+    open_flow(page, gateway.url, UPLOADS_CHATFLOW_ID)
+    expect(page.get_by_test_id("attach")).to_be_visible()
+    notes = "Quarterly numbers: up 12%."
+    with page.expect_response(lambda r: "/attachments?" in r.url) as uploaded:
+        page.get_by_test_id("file-input").set_input_files(
+            [{"name": "notes.txt", "mimeType": "text/plain", "buffer": notes.encode()}])
+    assert uploaded.value.status == 200
+    chip = page.get_by_test_id("attachment")
+    expect(chip).to_have_attribute("data-status", "ready")
+
+    page.get_by_test_id("link").click()
+    page.get_by_test_id("link-url").fill("ftp://example.com/cat.jpg")
+    page.get_by_test_id("link-add").click()
+    expect(page.get_by_test_id("attach-note")).to_contain_text("http(s) address")
+    page.get_by_test_id("link-url").fill("https://example.com/photos/cat.jpg")
+    page.get_by_test_id("link-add").click()
+    expect(chip).to_have_count(2)
+    expect(page.get_by_test_id("attach-note")).to_be_hidden()
+
+    ask(page, STARTERS[1])
+    wait_state(page, "done")
+    link = "https://example.com/photos/cat.jpg"
+    assert posted[-1]["uploads"] == [
+        {"data": notes, "type": "file:full", "name": "notes.txt", "mime": "text/plain"},
+        {"data": link, "type": "url", "name": "cat.jpg", "mime": "image/jpeg"},
+    ]
+    # The file went to Flowise's attachments under the chat the question then asked in (the page
+    # made the chat's id for it), and its text before the question.
+    chat_id = posted[-1]["chatId"]
+    assert flowise.app.conversation.files[(UPLOADS_CHATFLOW_ID, chat_id, "notes.txt")] == (notes.encode(), "text/plain")
+    llm = flowise.app.requests[-1]["llm_messages"]
+    assert llm[-2]["content"].startswith(f"<doc name='notes.txt'>{notes}</doc>")
+    assert llm[-1]["content"] == [{"type": "image_url", "image_url": {"url": link}}]
+    user = page.locator(".turn.user")
+    expect(user.get_by_test_id("sent-file")).to_have_text("notes.txt")
+    expect(user.get_by_test_id("sent-link")).to_have_attribute("href", link)
+    expect(user.get_by_test_id("sent-link")).to_have_attribute("rel", "noopener noreferrer")
+
+
+def test_refusedFiles_thenTheReasonBeforeSending_andNothingLeavesThePage(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url) if r.method == "POST" else None)
+    open_flow(page, gateway.url, UPLOADS_CHATFLOW_ID)
+    expect(page.get_by_test_id("attach")).to_be_visible()
+    big = png(8, 8, lambda x, y: (0, 0, 0)) + b"\0" * (6 * 1024 * 1024)  # a 6 MB "image"
+    page.get_by_test_id("file-input").set_input_files([
+        {"name": "report.pdf", "mimeType": "application/pdf", "buffer": b"%PDF-1.7"},
+        {"name": "big.png", "mimeType": "image/png", "buffer": big},
+    ])
+    note = page.get_by_test_id("attach-note")
+    expect(note).to_contain_text(
+        "report.pdf (application/pdf) cannot be attached: this chatflow takes images (GIF, JPEG, PNG, WEBP, "
+        "up to 5 MB) and files of type text/plain, text/csv, application/json.")
+    expect(note).to_contain_text("big.png is 6 MB: this chatflow takes images up to 5 MB.")
+    expect(page.get_by_test_id("attachment")).to_have_count(0)
+
+    # A chatflow that takes no attachments offers none, and says so of a file dropped on the page.
+    page.get_by_test_id("chatflow").select_option(DEMO_CHATFLOW_ID)
+    expect(page.get_by_test_id("attach")).to_be_hidden()
+    expect(note).to_be_hidden()
+    files = page.evaluate_handle("""() => {
+        const data = new DataTransfer();
+        data.items.add(new File(['hello'], 'hello.txt', {type: 'text/plain'}));
+        return data;
+    }""")
+    page.dispatch_event("#conversation", "drop", {"dataTransfer": files})
+    expect(note).to_have_text("hello.txt (text/plain) cannot be attached: this chatflow takes no attachments.")
+    expect(page.get_by_test_id("attachment")).to_have_count(0)
+    assert calls == [] and list(flowise.app.requests) == []
 
 
 def test_formStart_thenItsValuesSentAsFormWithoutAQuestion(

@@ -6,13 +6,15 @@
 // Markdown while it streams (markdown.js), redrawn at most once per frame.
 //
 // Besides the question, what the chatflow's config offers (chatflow-settings.js): its welcome
-// message and starter prompts, or its start form, in an empty conversation; feedback on answers.
+// message and starter prompts, or its start form, in an empty conversation; attachments; feedback
+// on answers.
 //
 //   api.js                the gateway's API and its errors; the API key (this tab only)
 //   conversation.js       the conversation per chatflow in localStorage; chatId and history sent
 //   chatflow-settings.js  a chatflow's chatbot config, as far as the page uses it
 //   markdown.js           Markdown to sanitised DOM, copy buttons on code
 //   activity.js           reasoning, agent steps, sources and tools, collapsible
+//   attachments.js        images and files within the upload policy; those a turn sent
 //   feedback.js           thumbs up/down and a comment on an answer
 //   form-start.js         an Agentflow's start form
 //   clipboard.js          copy, and say so
@@ -20,13 +22,14 @@
 
 import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
 import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
+import { Tray, renderSent } from "./attachments.js";
 import { NO_SETTINGS, chatflowSettings, forgetSettings } from "./chatflow-settings.js";
 import { copyText } from "./clipboard.js";
 import {
   clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
   saveConversation,
 } from "./conversation.js";
-import { button, el } from "./dom.js";
+import { button, el, icon } from "./dom.js";
 import { feedbackControls } from "./feedback.js";
 import { formValues, renderFormStart } from "./form-start.js";
 import { renderMarkdown } from "./markdown.js";
@@ -68,6 +71,26 @@ const state = {
   views: [], // the DOM of each turn of the conversation, in order
   run: null, // the question being answered
 };
+// The uploads each turn sent, data and all, for as long as the page lives: they show its images
+// without a round trip and let Regenerate send them again. The conversation keeps their names only.
+const sentUploads = new WeakMap();
+
+const tray = new Tray({
+  list: $("attachments"),
+  note: $("attach-note"),
+  input: $("file-input"),
+  attach: $("attach"),
+  link: $("link"),
+  linkRow: $("link-row"),
+  linkUrl: $("link-url"),
+  linkAdd: $("link-add"),
+  linkCancel: $("link-cancel"),
+}, {
+  flowId: () => state.flowId,
+  chatId: () => chatIdForFiles(),
+  takenNames: () => state.conversation.turns.flatMap((turn) => turn.attachments.map((a) => a.name)),
+  changed: () => refreshComposer(),
+});
 
 // --- status, errors --------------------------------------------------------------------------
 
@@ -95,7 +118,7 @@ function refreshComposer() {
   const formFirst = Boolean(state.settings.form) && state.conversation.turns.length === 0;
   ui.question.disabled = formFirst;
   ui.question.placeholder = formFirst ? "Fill in the form above to start" : "Ask something…";
-  ui.send.disabled = busy || formFirst;
+  ui.send.disabled = busy || formFirst || tray.busy;
   ui.stop.disabled = !busy;
   ui.newChat.disabled = busy;
   ui.chatflow.disabled = busy;
@@ -181,6 +204,7 @@ function switchTo(flowId) {
   state.flowId = flowId;
   if (flowId) rememberChatflow(flowId);
   state.conversation = flowId ? loadConversation(flowId) : emptyConversation();
+  tray.clear(); // what was attached was for the other chatflow's chat
   useSettings(NO_SETTINGS);
   renderConversation();
   loadSettings();
@@ -199,7 +223,23 @@ function loadSettings() {
 
 function useSettings(settings) {
   state.settings = settings;
+  tray.setPolicy(settings);
   refreshComposer();
+}
+
+/** The conversation's chat, made now if it has none yet: the attachments route stores files
+ * under a chat before its first question. */
+function chatIdForFiles() {
+  const { conversation, flowId } = state;
+  if (!conversation.chatId) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16)); // crypto.randomUUID needs https
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    conversation.chatId = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+    saveConversation(flowId, conversation);
+  }
+  return conversation.chatId;
 }
 
 // --- the conversation ------------------------------------------------------------------------
@@ -238,7 +278,7 @@ function renderEmpty() {
   ui.starters.replaceChildren(...starters.map((prompt) => {
     const starter = button(prompt, "secondary starter");
     starter.dataset.testid = "starter-prompt";
-    starter.addEventListener("click", () => send({ question: prompt }));
+    starter.addEventListener("click", () => send({ question: prompt }, { withTray: true }));
     return starter;
   }));
 }
@@ -248,9 +288,11 @@ function addTurnView(turn) {
   const { flowId, conversation } = state;
   const user = el("article", "turn user");
   user.setAttribute("aria-label", "You");
+  const sent = el("div", "sent");
   const said = el("div", "bubble");
   showUser(said, turn);
-  user.append(said);
+  user.append(sent, said);
+  renderSent(sent, turn.attachments, { flowId, chatId: turn.chatId, local: localImages(turn) });
 
   const bot = el("article", "turn assistant");
   bot.setAttribute("aria-label", "Answer");
@@ -292,6 +334,12 @@ function showUser(bubble, turn) {
   }
 }
 
+/** The images a turn sent from this page, by name (after a reload, they are fetched back). */
+function localImages(turn) {
+  const uploads = sentUploads.get(turn);
+  return uploads ? new Map(uploads.filter((u) => u.type === "file").map((u) => [u.name, u.data])) : null;
+}
+
 function showTurn(view, turn, streaming) {
   renderMarkdown(view.answer, turn.answer);
   renderActivity(view, turn.activity, streaming);
@@ -326,7 +374,7 @@ function refreshTurnControls() {
     const turn = state.conversation.turns[i];
     const latest = i === last;
     const failed = turn.outcome === "error";
-    view.again.hidden = !latest || turn === running;
+    view.again.hidden = !latest || turn === running || !canAskAgain(turn);
     view.again.disabled = Boolean(state.run);
     view.again.textContent = failed ? "Retry" : "Regenerate";
     view.copy.hidden = !turn.answer || turn === running;
@@ -341,31 +389,42 @@ function refreshTurnControls() {
   });
 }
 
+function canAskAgain(turn) {
+  // Its attachments' data went with the page that sent them.
+  return !turn.attachments.length || sentUploads.has(turn);
+}
+
 // --- one question ----------------------------------------------------------------------------
 
 /**
- * Ask: `ask` is {question} or {form} (an Agentflow's start form: [{name, label, value}]).
+ * Ask: `ask` is {question} or {form} (an Agentflow's start form: [{name, label, value}]), with
+ * the `uploads` and `attachments` of a turn asked again;
+ * `withTray`: take the composer's attachments along.
  */
-async function send(ask, { fromTheBox = false } = {}) {
+async function send(ask, { fromTheBox = false, withTray = false } = {}) {
   if (state.run) return;
   if (!ask.form && !ask.question.trim()) {
     ui.question.focus();
     return;
   }
+  if (withTray && tray.busy) return; // Send is disabled until the attachments are read
   if (!(await chatflowToAsk())) return;
   clearError();
   const { conversation, flowId } = state;
+  const sent = withTray ? tray.take() : { uploads: ask.uploads || [], attachments: ask.attachments || [] };
   const body = { chatflowId: flowId };
   if (ask.form) body.form = formValues(ask.form);
   else body.question = ask.question;
+  if (sent.uploads.length) body.uploads = sent.uploads;
   if (conversation.chatId) body.chatId = conversation.chatId;
   const history = historyOf(conversation);
   if (history.length) body.history = history;
 
   const turn = {
-    question: ask.form ? "" : ask.question, form: ask.form || null, answer: "", outcome: "streaming", error: null,
-    activity: newActivity(), chatId: null, messageId: null, feedback: null,
+    question: ask.form ? "" : ask.question, form: ask.form || null, attachments: sent.attachments, answer: "",
+    outcome: "streaming", error: null, activity: newActivity(), chatId: null, messageId: null, feedback: null,
   };
+  if (sent.uploads.length) sentUploads.set(turn, sent.uploads);
   conversation.turns.push(turn);
   const view = addTurnView(turn);
   state.views.push(view);
@@ -405,7 +464,7 @@ async function send(ask, { fromTheBox = false } = {}) {
 function askAgain() {
   const { conversation } = state;
   const last = conversation.turns[conversation.turns.length - 1];
-  if (state.run || !last) return;
+  if (state.run || !last || !canAskAgain(last)) return;
   conversation.turns.pop();
   const view = state.views.pop();
   view.user.remove();
@@ -417,7 +476,9 @@ function askAgain() {
     conversation.carried = conversation.turns.length;
   }
   saveConversation(state.flowId, conversation);
-  send({ question: last.question, form: last.form });
+  send({
+    question: last.question, form: last.form, uploads: sentUploads.get(last), attachments: last.attachments,
+  });
 }
 
 // The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
@@ -554,6 +615,7 @@ function newChat() {
   if (state.run) return;
   clearConversation(state.flowId);
   state.conversation = emptyConversation();
+  tray.clear(); // what was attached went to the chat just left
   renderConversation();
   clearError();
   setStatus("idle", "Ready");
@@ -562,7 +624,7 @@ function newChat() {
 
 // --- wiring ----------------------------------------------------------------------------------
 
-const askFromTheBox = () => send({ question: ui.question.value }, { fromTheBox: true });
+const askFromTheBox = () => send({ question: ui.question.value }, { fromTheBox: true, withTray: true });
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -576,6 +638,29 @@ ui.question.addEventListener("keydown", (event) => {
   }
 });
 
+// Files come by the picker, by dropping them anywhere on the page, or pasted into the question.
+// A file dropped where the chatflow takes none is refused with the reason, not opened by the
+// browser in place of the page.
+ui.question.addEventListener("paste", (event) => {
+  const files = event.clipboardData && event.clipboardData.files;
+  if (files && files.length) {
+    event.preventDefault();
+    tray.addFiles(files);
+  }
+});
+const carriesFiles = (event) => Boolean(event.dataTransfer) && [...event.dataTransfer.types].includes("Files");
+document.addEventListener("dragover", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  event.dataTransfer.dropEffect = "copy";
+});
+document.addEventListener("drop", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  tray.addFiles(event.dataTransfer.files);
+});
+$("attach").append(icon("paperclip"));
+$("link").append(icon("link"));
 
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.run) stop();

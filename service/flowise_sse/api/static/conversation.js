@@ -7,7 +7,8 @@
 // so the conversation moves to a fresh chatId and from then on sends the turns before it as
 // `history` (`carried`), which Flowise puts before what it stores under the new chatId.
 //
-// A turn is what was asked (a question or a form start) and what came back: the answer, its outcome, its activity, the chat and message Flowise stored it under
+// A turn is what was asked (a question or a form start; and what was attached, by name) and what
+// came back: the answer, its outcome, its activity, the chat and message Flowise stored it under
 // (for feedback), and the feedback given.
 
 import { isActivity, newActivity } from "./activity.js";
@@ -18,6 +19,7 @@ const CHATFLOW_KEY = "flowise-sse.chatflow";
 const MAX_TURNS = 200;
 const OUTCOMES = new Set(["done", "stopped", "error"]);
 const RATINGS = new Set(["THUMBS_UP", "THUMBS_DOWN"]);
+const UPLOAD_TYPES = new Set(["file", "url", "file:full"]);
 
 export function emptyConversation() {
   return { chatId: null, carried: 0, turns: [] };
@@ -38,6 +40,11 @@ function validTurn(turn) {
 
 function text(value) {
   return typeof value === "string" && value ? value : null;
+}
+
+function validAttachment(item) {
+  return Boolean(item) && typeof item === "object" && UPLOAD_TYPES.has(item.type) && typeof item.name === "string"
+    && typeof item.mime === "string" && (item.type !== "url" || /^https?:\/\//i.test(String(item.url)));
 }
 
 function formOf(value) {
@@ -67,6 +74,7 @@ export function loadConversation(chatflowId) {
     return {
       question: turn.question,
       form: formOf(turn.form),
+      attachments: Array.isArray(turn.attachments) ? turn.attachments.filter(validAttachment) : [],
       answer: turn.answer,
       // A turn still streaming when the page went away was stopped by it (see app.js's pagehide).
       outcome: OUTCOMES.has(turn.outcome) ? turn.outcome : "stopped",
