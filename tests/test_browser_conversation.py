@@ -1,8 +1,8 @@
 # ruff: noqa: F811  (pytest fixtures imported from tests/page_driver.py and named again as the tests' arguments)
 """The whole conversation on the chat page, in real headless Chromium against a real gateway and
 the emulated Flowise 3.1.4: the chatbot config's welcome message and starter prompts, feedback on
-answers, image and file attachments within the upload policy (and refusals before sending), and
-an Agentflow's start form.
+answers, image and file attachments within the upload policy (and refusals before sending), an
+Agentflow's start form, and approve/reject for a run that stopped for a human.
 
 What reached Flowise is read from the emulator: the prediction bodies (`flowise.app.requests`),
 the images handed to its LLM (`llm_messages`), its stored feedback, files and messages
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from flowise_sse.emulator import DEMO_CHATFLOW_ID, FORM_AGENTFLOW_ID, UPLOADS_CHATFLOW_ID
+from flowise_sse.emulator import DEMO_CHATFLOW_ID, FORM_AGENTFLOW_ID, HUMAN_INPUT_AGENTFLOW_ID, UPLOADS_CHATFLOW_ID
 
 from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
     answer_text,
@@ -29,6 +29,7 @@ from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixt
     open_flow,
     page,
     png,
+    record_states,
     reply_to,
     script_answers,
     start_gateway,
@@ -41,6 +42,10 @@ pytestmark = pytest.mark.browser
 WELCOME = "Hello! Send a picture, a recording or a file."
 STARTERS = ["What is in this picture?", "Summarise my file"]
 CHART = png(48, 32, lambda x, y: (36, 86, 201) if y > 31 - (x // 12 + 1) * 7 else (255, 255, 255))
+
+
+def turns(page: Page) -> Any:
+    return page.locator(".turn.assistant")
 
 
 def test_emptyConversation_thenWelcomeAndStarterPrompts_andAClickAsksThePrompt(
@@ -253,3 +258,77 @@ def test_formStart_thenItsValuesSentAsFormWithoutAQuestion(
     page.reload()
     expect(page.locator(".turn.user")).to_have_text(["Name: AdaAge: 36"])
     expect(page.get_by_test_id("form-start")).to_be_hidden()
+
+
+def test_pausedRun_approvedWithFeedback_afterAReload_thenTheRestStreamsIntoTheConversation(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    posted = script_answers(page)
+    open_flow(page, gateway.url, HUMAN_INPUT_AGENTFLOW_ID)
+    ask(page, "Deploy to production?")
+    wait_state(page, "done")
+    approval = page.get_by_test_id("approval")
+    expect(approval).to_contain_text("The run is waiting for your decision at Human Input.")
+    expect(page.get_by_test_id("status")).to_have_text("Waiting for your decision")
+    chat_id = flowise.app.requests[-1]["body"]["chatId"]
+
+    page.reload()  # a paused run waits in the conversation kept
+    expect(approval).to_be_visible()
+    record_states(page)
+    page.get_by_test_id("approval-feedback").fill("Ship it")
+    page.get_by_test_id("approve").click()
+    wait_state(page, "done")
+
+    assert posted[-1] == {"chatflowId": HUMAN_INPUT_AGENTFLOW_ID, "chatId": chat_id, "humanInput": {
+        "type": "proceed", "startNodeId": "humanInputAgentflow_0", "feedback": "Ship it"}}
+    assert "question" not in flowise.app.requests[-1]["body"]
+    assert "streaming" in page.evaluate("window.__states")  # the rest of the run streamed in
+    assert answer_text(page) == reply_to("proceed: Ship it")
+    expect(turns(page)).to_have_count(2)
+    expect(page.locator(".turn.user").last).to_have_text("Proceed Ship it")
+    expect(page.get_by_test_id("approval")).to_have_count(2)  # one per answer, both hidden now
+    expect(page.get_by_test_id("approval").first).to_be_hidden()
+    expect(page.get_by_test_id("regenerate")).to_be_hidden()  # the run went on: no sending it twice
+    steps = turns(page).last.get_by_test_id("steps")
+    steps.locator("summary").click()
+    expect(steps).to_contain_text("Human Input")
+    expect(steps).to_contain_text("finished")
+
+
+def test_pausedRun_rejected_thenTheRejectionReachesFlowise(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    posted = script_answers(page)
+    open_flow(page, gateway.url, HUMAN_INPUT_AGENTFLOW_ID)
+    ask(page, "Delete the database?")
+    wait_state(page, "done")
+    page.get_by_test_id("reject").click()
+    wait_state(page, "done")
+    assert posted[-1]["humanInput"] == {"type": "reject", "startNodeId": "humanInputAgentflow_0"}
+    assert answer_text(page) == reply_to("reject:")
+    expect(page.locator(".turn.user").last).to_have_text("Reject")
+    expect(page.get_by_test_id("approval").last).to_be_hidden()
+
+
+SEQUENTIAL_ACTION = {
+    "id": "b7c8a1e2-0f3d-4c5b-9a6e-1d2c3b4a5f60",
+    "mapping": {"approve": "Yes", "reject": "No", "toolCalls": [{"name": "send_email", "args": {"to": "ops"}}]},
+    "elements": [{"type": "approve-button", "label": "Yes"}, {"type": "reject-button", "label": "No"}],
+}
+
+
+def test_sequentialAgentAction_thenTheChosenLabelGoesBackWithTheAction(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    # Flowise 2.x sequential agents stop with an `action` of their own kind: the reply is the
+    # button's label as the question, with the action sent back (no feedback text).
+    posted = script_answers(page, {"events": [{"event": "action", "data": SEQUENTIAL_ACTION}]})
+    open_chat(page, gateway.url)
+    ask(page, "Email the ops team")
+    wait_state(page, "done")
+    expect(page.get_by_test_id("approve")).to_have_text("Yes")
+    expect(page.get_by_test_id("reject")).to_have_text("No")
+    expect(page.get_by_test_id("approval-feedback")).to_have_count(0)
+    chat_id = flowise.app.requests[-1]["body"]["chatId"]
+    page.get_by_test_id("approve").click()
+    wait_state(page, "done")
+    assert posted[-1] == {"chatflowId": DEMO_CHATFLOW_ID, "question": "Yes", "action": SEQUENTIAL_ACTION,
+                          "chatId": chat_id}
+    assert answer_text(page) == reply_to("Yes")

@@ -88,8 +88,8 @@ export function takeEvent(activity, name, data) {
         else step(activity, null, { title: String(data.step || "Agent step"), detail: preview(data.action || data.messages || "") });
       }
       return true;
-    // Later: `action` (a run paused for a human's approve or reject) is shown by its own
-    // buttons under the answer, once the gateway has the route that resumes such a run.
+    // Not `action`: a run that stopped for a human sends it again in its `end`, where
+    // app.js takes it for the approve/reject buttons (approval.js).
     default:
       return false;
   }

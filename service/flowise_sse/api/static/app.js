@@ -7,7 +7,7 @@
 //
 // Besides the question, what the chatflow's config offers (chatflow-settings.js): its welcome
 // message and starter prompts, or its start form, in an empty conversation; attachments; feedback
-// on answers.
+// on answers; and approve/reject for a run that stopped for a human.
 //
 //   api.js                the gateway's API and its errors; the API key (this tab only)
 //   conversation.js       the conversation per chatflow in localStorage; chatId and history sent
@@ -16,12 +16,14 @@
 //   activity.js           reasoning, agent steps, sources and tools, collapsible
 //   attachments.js        images and files within the upload policy; those a turn sent
 //   feedback.js           thumbs up/down and a comment on an answer
+//   approval.js           approve/reject a run waiting for a human
 //   form-start.js         an Agentflow's start form
 //   clipboard.js          copy, and say so
 //   dom.js                DOM helpers and icons
 
 import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
 import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
+import { pausedAction, renderApproval, replyFields } from "./approval.js";
 import { Tray, renderSent } from "./attachments.js";
 import { NO_SETTINGS, chatflowSettings, forgetSettings } from "./chatflow-settings.js";
 import { copyText } from "./clipboard.js";
@@ -302,6 +304,9 @@ function addTurnView(turn) {
   const note = el("p", "note");
   note.hidden = true;
   const extras = el("div", "extras"); // sources and tools
+  const approval = el("div", "approval"); // a paused run's approve/reject
+  approval.dataset.testid = "approval";
+  approval.hidden = true;
   const actions = el("div", "turn-actions");
   const copy = button("Copy");
   copy.dataset.testid = "copy-answer";
@@ -310,19 +315,23 @@ function addTurnView(turn) {
   const feedback = feedbackControls(turn, { flowId, save: () => saveConversation(flowId, conversation) });
   actions.append(copy, again, feedback.buttons);
   bubble.append(answer);
-  bot.append(before, bubble, note, extras, actions, feedback.panel);
+  bot.append(before, bubble, note, extras, approval, actions, feedback.panel);
   ui.conversation.append(user, bot);
 
-  const view = { user, bot, before, answer, note, extras, actions, copy, again, feedback, sections: {} };
+  const view = { user, bot, before, answer, note, extras, approval, actions, copy, again, feedback, sections: {} };
   copy.addEventListener("click", () => copyText(turn.answer, copy));
   again.addEventListener("click", askAgain);
   showTurn(view, turn, false);
   return view;
 }
 
-/** What the user said: the question as typed, or a form's values. */
+/** What the user said: the question as typed, a form's values, or the reply to a paused run. */
 function showUser(bubble, turn) {
-  if (turn.form) {
+  if (turn.reply) {
+    bubble.classList.add("reply");
+    bubble.append(el("strong", "", turn.reply.label));
+    if (turn.reply.feedback) bubble.append("\n", turn.reply.feedback);
+  } else if (turn.form) {
     bubble.classList.add("form");
     for (const field of turn.form) {
       const line = el("div");
@@ -381,6 +390,9 @@ function refreshTurnControls() {
     // Feedback needs the message Flowise stored the answer as.
     view.feedback.refresh(state.settings.feedback && turn.outcome === "done" && turn !== running
       && Boolean(turn.messageId && turn.chatId));
+    const paused = latest && turn.waiting && !state.run;
+    if (paused && view.approval.hidden) renderApproval(view.approval, turn.action, (reply) => send({ reply }));
+    view.approval.hidden = !paused;
     const ids = [[view.answer, "answer"], [view.note, "turn-note"], [view.again, failed ? "retry" : "regenerate"]];
     for (const [node, testid] of ids) {
       if (latest) node.dataset.testid = testid;
@@ -391,19 +403,21 @@ function refreshTurnControls() {
 
 function canAskAgain(turn) {
   // Its attachments' data went with the page that sent them.
-  return !turn.attachments.length || sentUploads.has(turn);
+  if (turn.attachments.length && !sentUploads.has(turn)) return false;
+  // A reply that reached the paused run cannot reach it again: the run went on.
+  return !turn.reply || turn.outcome === "error";
 }
 
 // --- one question ----------------------------------------------------------------------------
 
 /**
- * Ask: `ask` is {question} or {form} (an Agentflow's start form: [{name, label, value}]), with
- * the `uploads` and `attachments` of a turn asked again;
+ * Ask: `ask` is {question}, {form} (an Agentflow's start form: [{name, label, value}]) or {reply}
+ * (to a paused run: approval.js), with the `uploads` and `attachments` of a turn asked again;
  * `withTray`: take the composer's attachments along.
  */
 async function send(ask, { fromTheBox = false, withTray = false } = {}) {
   if (state.run) return;
-  if (!ask.form && !ask.question.trim()) {
+  if (!ask.form && !ask.reply && !ask.question.trim()) {
     ui.question.focus();
     return;
   }
@@ -413,16 +427,20 @@ async function send(ask, { fromTheBox = false, withTray = false } = {}) {
   const { conversation, flowId } = state;
   const sent = withTray ? tray.take() : { uploads: ask.uploads || [], attachments: ask.attachments || [] };
   const body = { chatflowId: flowId };
-  if (ask.form) body.form = formValues(ask.form);
+  if (ask.reply) Object.assign(body, replyFields(ask.reply));
+  else if (ask.form) body.form = formValues(ask.form);
   else body.question = ask.question;
   if (sent.uploads.length) body.uploads = sent.uploads;
   if (conversation.chatId) body.chatId = conversation.chatId;
   const history = historyOf(conversation);
   if (history.length) body.history = history;
 
+  // A new turn answers a paused run, or passes it over: its buttons go.
+  for (const earlier of conversation.turns) earlier.waiting = false;
   const turn = {
-    question: ask.form ? "" : ask.question, form: ask.form || null, attachments: sent.attachments, answer: "",
-    outcome: "streaming", error: null, activity: newActivity(), chatId: null, messageId: null, feedback: null,
+    question: ask.reply || ask.form ? "" : ask.question, form: ask.form || null, reply: ask.reply || null,
+    attachments: sent.attachments, answer: "", outcome: "streaming", error: null, activity: newActivity(),
+    chatId: null, messageId: null, feedback: null, action: null, waiting: false,
   };
   if (sent.uploads.length) sentUploads.set(turn, sent.uploads);
   conversation.turns.push(turn);
@@ -477,7 +495,8 @@ function askAgain() {
   }
   saveConversation(state.flowId, conversation);
   send({
-    question: last.question, form: last.form, uploads: sentUploads.get(last), attachments: last.attachments,
+    question: last.question, form: last.form, reply: last.reply, uploads: sentUploads.get(last),
+    attachments: last.attachments,
   });
 }
 
@@ -540,6 +559,11 @@ function listen(run, es) {
     if (!run.text && typeof data.text === "string") run.text = data.text; // a chatflow that streamed nothing
     takeEnd(run.turn.activity, data);
     if (typeof data.chatMessageId === "string") run.turn.messageId = data.chatMessageId; // what feedback rates
+    const action = pausedAction(data);
+    if (action) {
+      run.turn.action = action;
+      run.turn.waiting = true;
+    }
     finish(run, "done");
   });
   on("error", (event) => {
@@ -604,7 +628,7 @@ function finish(run, outcome, error = null) {
   refreshComposer();
   refreshTurnControls();
 
-  if (outcome === "done") setStatus("done", "Done");
+  if (outcome === "done") setStatus("done", turn.waiting ? "Waiting for your decision" : "Done");
   else if (outcome === "stopped") setStatus("stopped", "Stopped");
   else setStatus("error", "Failed");
   const focused = document.activeElement;

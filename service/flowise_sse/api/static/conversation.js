@@ -7,9 +7,10 @@
 // so the conversation moves to a fresh chatId and from then on sends the turns before it as
 // `history` (`carried`), which Flowise puts before what it stores under the new chatId.
 //
-// A turn is what was asked (a question or a form start; and what was attached, by name) and what
-// came back: the answer, its outcome, its activity, the chat and message Flowise stored it under
-// (for feedback), and the feedback given.
+// A turn is what was asked (a question, a form start, or the reply to a paused run; and what was
+// attached, by name) and what came back: the answer, its outcome, its activity, the chat and
+// message Flowise stored it under (for feedback), the feedback given, and the action of a run
+// that waits for a reply.
 
 import { isActivity, newActivity } from "./activity.js";
 import { formText } from "./form-start.js";
@@ -54,8 +55,17 @@ function formOf(value) {
   return fields.length ? fields : null;
 }
 
-/** What the user said in a turn, as text: the question, or the form's values. */
+function replyOf(value) {
+  if (!value || typeof value !== "object" || typeof value.label !== "string") return null;
+  const humanInput = value.humanInput && typeof value.humanInput === "object" ? value.humanInput : null;
+  const action = value.action && typeof value.action === "object" ? value.action : null;
+  if (!humanInput && !action) return null;
+  return { label: value.label, feedback: typeof value.feedback === "string" ? value.feedback : "", humanInput, action };
+}
+
+/** What the user said in a turn, as text: the question, the form's values, or the reply. */
 export function userText(turn) {
+  if (turn.reply) return turn.reply.feedback ? `${turn.reply.label}: ${turn.reply.feedback}` : turn.reply.label;
   if (turn.form) return formText(turn.form);
   return turn.question;
 }
@@ -71,9 +81,11 @@ export function loadConversation(chatflowId) {
   }
   if (!data || typeof data !== "object" || !Array.isArray(data.turns)) return emptyConversation();
   const turns = data.turns.filter(validTurn).map((turn) => {
+    const action = turn.action && typeof turn.action === "object" ? turn.action : null;
     return {
       question: turn.question,
       form: formOf(turn.form),
+      reply: replyOf(turn.reply),
       attachments: Array.isArray(turn.attachments) ? turn.attachments.filter(validAttachment) : [],
       answer: turn.answer,
       // A turn still streaming when the page went away was stopped by it (see app.js's pagehide).
@@ -85,6 +97,8 @@ export function loadConversation(chatflowId) {
       messageId: text(turn.messageId),
       feedback: turn.feedback && text(turn.feedback.id) && RATINGS.has(turn.feedback.rating)
         ? { id: turn.feedback.id, rating: turn.feedback.rating, content: text(turn.feedback.content) } : null,
+      action,
+      waiting: turn.waiting === true && action !== null,
     };
   });
   return {
