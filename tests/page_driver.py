@@ -5,9 +5,12 @@ drives it. The page only talks to the gateway; tests look at what reached the em
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,12 @@ def open_chat(page: Page, base_url: str) -> None:
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle")
 
 
+def open_flow(page: Page, base_url: str, flow_id: str) -> None:
+    """The chat page on another chatflow than the demo's."""
+    open_chat(page, base_url)
+    page.get_by_test_id("chatflow").select_option(flow_id)
+
+
 def ask(page: Page, question: str) -> None:
     """Type the question as a user would (Shift+Enter for new lines) and send it with Enter."""
     box = page.get_by_test_id("question")
@@ -142,3 +151,22 @@ def script_answers(page: Page, *plans: dict[str, Any] | None) -> list[dict[str, 
 
     page.route("**/v1/streams", add_plan)
     return posted
+
+
+# --- files to attach -------------------------------------------------------------------------------
+
+
+def png(width: int, height: int, pixel: Callable[[int, int], tuple[int, int, int]]) -> bytes:
+    """A real PNG (8-bit RGB) whose pixel (x, y) is `pixel(x, y)`: Chromium decodes it, and the
+    tests need no imaging library to make one."""
+    rows = b"".join(b"\x00" + b"".join(bytes(pixel(x, y)) for x in range(width)) for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def data_uri(mime: str, content: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(content).decode()}"

@@ -16,7 +16,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID, EmulatorConfig, create_emulator_app
+from flowise_sse.emulator import (
+    DEMO_CHATFLOW_ID,
+    NONSTREAMING_CHATFLOW_ID,
+    UPLOADS_CHATFLOW_ID,
+    EmulatorConfig,
+    create_emulator_app,
+)
 
 from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
     ARTIFACTS,
@@ -28,7 +34,9 @@ from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixt
     flowise,
     gateway,
     open_chat,
+    open_flow,
     page,
+    png,
     reply_to,
     script_answers,
     start_gateway,
@@ -340,35 +348,51 @@ def test_agentActivity_thenReasoningAndStepsCollapsedAboveTheAnswer_keptAcrossRe
 
 
 SHOWCASE_ANSWER = [
-    "## Streaming a chatflow from Python\n\n",
-    "Use the gateway's client: it **resumes by itself** when the connection drops.\n\n",
-    "```python\n", "from flowise_sse import GatewayClient\n\n",
-    "with GatewayClient(\"http://127.0.0.1:8080\") as gateway:\n",
-    "    for event in gateway.stream(flow_id, \"Hello\"):\n", "        print(event.text, end=\"\")\n", "```\n\n",
-    "| route | for |\n", "|---|---|\n", "| `POST /v1/streams` | a stream read later |\n",
-    "| `GET …/stream` | `EventSource` |\n\n",
-    "See [the SSE contract](https://example.com/sse-contract) for every event.",
+    "## Sales by quarter\n\n",
+    "The chart shows **steady growth**: each quarter beats the last, and Q4 is ", "more than twice Q1.\n\n",
+    "| quarter | sales | change |\n", "|---|--:|--:|\n", "| Q1 | 52 | |\n", "| Q2 | 74 | +42% |\n",
+    "| Q3 | 96 | +30% |\n", "| Q4 | 124 | +29% |\n\n",
+    "The same total from `sales-2026.csv`:\n\n",
+    "```python\n", "import csv\n", "rows = csv.DictReader(open(\"sales-2026.csv\"))\n",
+    "print(sum(int(row[\"sales\"]) for row in rows))\n", "```\n",
 ]
+SALES = b"quarter,sales\nQ1,52\nQ2,74\nQ3,96\nQ4,124\n"
+
+
+def sales_chart(x: int, y: int) -> tuple[int, int, int]:
+    """A small bar chart of SALES: four bars on a light grid."""
+    base = 136
+    for i, value in enumerate((52, 74, 96, 124)):
+        if 22 + i * 54 <= x < 56 + i * 54 and base - value <= y < base:
+            return (36, 86, 201)
+    if (base <= y < base + 2 and 10 <= x < 230) or (y % 34 == 0 and 10 <= x < 230):
+        return (200, 207, 216) if y >= base else (232, 236, 241)
+    return (255, 255, 255)
 
 
 def test_showcase_thenScreenshotsAtDesktopAndPhoneWidths(browser: Browser, gateway: ServerThread) -> None:
-    """The screenshots of docs/chat.png and docs/chat-phone.png (copied from tests/artifacts/)."""
-    sources = [{"pageContent": "Every event has event:, one JSON data: line and id:.",
-                "metadata": {"source": "sse-contract.md"}}]
-    # A little taller than the other tests' windows: the whole answer and its buttons in view.
+    """The screenshots of docs/chat.png and docs/chat-phone.png (copied from tests/artifacts/): a
+    chart and its data attached, the answer in Markdown, rated."""
+    chart = png(240, 150, sales_chart)
     for name, viewport in (("chat.png", DESKTOP | {"height": 900}), ("chat-phone.png", PHONE | {"height": 844})):
         context = browser.new_context(viewport=viewport, color_scheme="light")
         try:
             page = context.new_page()
-            script_answers(page, None, {"tokens": SHOWCASE_ANSWER, "delay": 0,
-                                        "events": ACTIVITY[:2] + [{"event": "sourceDocuments", "data": sources}]})
-            open_chat(page, gateway.url)
-            ask(page, "Hello!")
+            script_answers(page, {"tokens": SHOWCASE_ANSWER, "delay": 0})
+            open_flow(page, gateway.url, UPLOADS_CHATFLOW_ID)
+            expect(page.get_by_test_id("starter-prompt")).to_have_count(2)
+            page.get_by_test_id("file-input").set_input_files([
+                {"name": "chart.png", "mimeType": "image/png", "buffer": chart},
+                {"name": "sales-2026.csv", "mimeType": "text/csv", "buffer": SALES},
+            ])
+            expect(page.locator("[data-testid=attachment][data-status=ready]")).to_have_count(2)
+            ask(page, "What does this chart show?")
             wait_state(page, "done")
-            ask(page, "How do I stream a chatflow from Python?")
-            wait_state(page, "done")
+            page.get_by_test_id("thumbs-up").click()
+            expect(page.get_by_test_id("thumbs-up")).to_have_attribute("aria-pressed", "true")
+            page.get_by_test_id("feedback-comment").get_by_role("button", name="Close").click()
             assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]  # no sideways scroll
-            # The last question at the top, its answer below it.
+            # The question at the top, its answer below it.
             page.locator(".turn.user").last.evaluate("(turn) => turn.scrollIntoView({block: 'start'})")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=ARTIFACTS / name)

@@ -3,6 +3,8 @@
 // tools (`usedTools`). Each goes into a small, plain-JSON record per turn (kept with the
 // conversation, so previews only), shown as collapsed <details> sections.
 
+import { el } from "./dom.js";
+
 const PREVIEW_CHARS = 600;
 
 export function newActivity() {
@@ -86,8 +88,8 @@ export function takeEvent(activity, name, data) {
         else step(activity, null, { title: String(data.step || "Agent step"), detail: preview(data.action || data.messages || "") });
       }
       return true;
-    // Later: `action` (a run paused for a human's approve or reject) is shown by its own
-    // buttons under the answer, once the gateway has the route that resumes such a run.
+    // Not `action`: a run that stopped for a human sends it again in its `end`, where
+    // app.js takes it for the approve/reject buttons (approval.js).
     default:
       return false;
   }
@@ -108,13 +110,6 @@ export function isActivity(value) {
 }
 
 // --- showing it ----------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // One <details> per kind, made once and then only refilled, so one the user opened stays open.
 function section(view, where, kind, title) {

@@ -5,19 +5,35 @@
 // followed it, so appending every token received is exact (no duplicate, no gap). It is shown as
 // Markdown while it streams (markdown.js), redrawn at most once per frame.
 //
-//   api.js           the gateway's JSON API and its errors; the API key (this tab only)
-//   conversation.js  the conversation per chatflow in localStorage; chatId and history sent
-//   markdown.js      Markdown to sanitised DOM, copy buttons on code
-//   activity.js      reasoning, agent steps, sources and tools, collapsible
-//   clipboard.js     copy, and say so
+// Besides the question, what the chatflow's config offers (chatflow-settings.js): its welcome
+// message and starter prompts, or its start form, in an empty conversation; attachments; feedback
+// on answers; and approve/reject for a run that stopped for a human.
+//
+//   api.js                the gateway's API and its errors; the API key (this tab only)
+//   conversation.js       the conversation per chatflow in localStorage; chatId and history sent
+//   chatflow-settings.js  a chatflow's chatbot config, as far as the page uses it
+//   markdown.js           Markdown to sanitised DOM, copy buttons on code
+//   activity.js           reasoning, agent steps, sources and tools, collapsible
+//   attachments.js        images and files within the upload policy; those a turn sent
+//   feedback.js           thumbs up/down and a comment on an answer
+//   approval.js           approve/reject a run waiting for a human
+//   form-start.js         an Agentflow's start form
+//   clipboard.js          copy, and say so
+//   dom.js                DOM helpers and icons
 
 import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
-import { ApiError, api, apiKey, apiUrl, authHeaders, setApiKey } from "./api.js";
+import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
+import { pausedAction, renderApproval, replyFields } from "./approval.js";
+import { Tray, renderSent } from "./attachments.js";
+import { NO_SETTINGS, chatflowSettings, forgetSettings } from "./chatflow-settings.js";
 import { copyText } from "./clipboard.js";
 import {
   clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
   saveConversation,
 } from "./conversation.js";
+import { button, el, icon } from "./dom.js";
+import { feedbackControls } from "./feedback.js";
+import { formValues, renderFormStart } from "./form-start.js";
 import { renderMarkdown } from "./markdown.js";
 
 const STOP_GRACE_MS = 3000; // after a DELETE, how long to wait for the stream's own `aborted` event
@@ -38,6 +54,10 @@ const ui = {
   newChat: $("new-chat"),
   conversation: $("conversation"),
   empty: $("empty"),
+  emptyHint: $("empty-hint"),
+  welcome: $("welcome"),
+  formStart: $("form-start"),
+  starters: $("starters"),
   error: $("error"),
   form: $("ask"),
   question: $("question"),
@@ -49,9 +69,30 @@ const ui = {
 const state = {
   flowId: "", // the chatflow asked: picked from the listing, or typed when there is none
   conversation: emptyConversation(),
+  settings: NO_SETTINGS, // what its chatbot config offers (chatflow-settings.js)
   views: [], // the DOM of each turn of the conversation, in order
   run: null, // the question being answered
 };
+// The uploads each turn sent, data and all, for as long as the page lives: they show its images
+// without a round trip and let Regenerate send them again. The conversation keeps their names only.
+const sentUploads = new WeakMap();
+
+const tray = new Tray({
+  list: $("attachments"),
+  note: $("attach-note"),
+  input: $("file-input"),
+  attach: $("attach"),
+  link: $("link"),
+  linkRow: $("link-row"),
+  linkUrl: $("link-url"),
+  linkAdd: $("link-add"),
+  linkCancel: $("link-cancel"),
+}, {
+  flowId: () => state.flowId,
+  chatId: () => chatIdForFiles(),
+  takenNames: () => state.conversation.turns.flatMap((turn) => turn.attachments.map((a) => a.name)),
+  changed: () => refreshComposer(),
+});
 
 // --- status, errors --------------------------------------------------------------------------
 
@@ -73,21 +114,13 @@ function clearError() {
   ui.error.hidden = true;
 }
 
-/** A failure in the gateway's words: its JSON error's (or `error` event's) message and code. */
-function failure(err) {
-  if (!(err instanceof ApiError)) return { code: "error", message: String(err && err.message ? err.message : err) };
-  const hint = err.status === 401 ? " Enter it under “Gateway API key”." : "";
-  return { code: err.status ? `${err.status} ${err.code}` : err.code, message: sentence(err.message) + hint };
-}
-
-function sentence(text) {
-  const s = String(text || "").trim();
-  if (!s) return "The request failed.";
-  return /[.!?…)]$/.test(s) ? s : `${s}.`;
-}
-
-function setBusy(busy) {
-  ui.send.disabled = busy;
+function refreshComposer() {
+  const busy = Boolean(state.run);
+  // An Agentflow that starts with a form starts with it: the question box waits for the first turn.
+  const formFirst = Boolean(state.settings.form) && state.conversation.turns.length === 0;
+  ui.question.disabled = formFirst;
+  ui.question.placeholder = formFirst ? "Fill in the form above to start" : "Ask something…";
+  ui.send.disabled = busy || formFirst || tray.busy;
   ui.stop.disabled = !busy;
   ui.newChat.disabled = busy;
   ui.chatflow.disabled = busy;
@@ -95,13 +128,6 @@ function setBusy(busy) {
 }
 
 // --- chatflows -------------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function option(value, text) {
   const node = el("option", "", text);
@@ -132,7 +158,7 @@ async function loadChatflows() {
 }
 
 function listingUnavailable(err) {
-  const { code, message } = failure(err);
+  const { code, message } = failureOf(err);
   ui.chatflow.replaceChildren(option("", "Unavailable"));
   if (err instanceof ApiError && err.status === 401) {
     // Every /v1/ route wants the key: a chatflow id typed by hand would not help.
@@ -174,13 +200,48 @@ async function chatflowToAsk() {
   return Boolean(state.flowId);
 }
 
-/** Show the conversation kept with `flowId`. */
+/** Show the conversation kept with `flowId`, and what its config offers. */
 function switchTo(flowId) {
   if (state.run || flowId === state.flowId) return;
   state.flowId = flowId;
   if (flowId) rememberChatflow(flowId);
   state.conversation = flowId ? loadConversation(flowId) : emptyConversation();
+  tray.clear(); // what was attached was for the other chatflow's chat
+  useSettings(NO_SETTINGS);
   renderConversation();
+  loadSettings();
+}
+
+function loadSettings() {
+  const flowId = state.flowId;
+  if (!flowId) return;
+  chatflowSettings(flowId).then((settings) => {
+    if (state.flowId !== flowId || settings === state.settings) return;
+    useSettings(settings);
+    renderEmpty();
+    refreshTurnControls();
+  });
+}
+
+function useSettings(settings) {
+  state.settings = settings;
+  tray.setPolicy(settings);
+  refreshComposer();
+}
+
+/** The conversation's chat, made now if it has none yet: the attachments route stores files
+ * under a chat before its first question. */
+function chatIdForFiles() {
+  const { conversation, flowId } = state;
+  if (!conversation.chatId) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16)); // crypto.randomUUID needs https
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    conversation.chatId = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+    saveConversation(flowId, conversation);
+  }
+  return conversation.chatId;
 }
 
 // --- the conversation ------------------------------------------------------------------------
@@ -196,22 +257,44 @@ function renderConversation() {
     view.bot.remove();
   }
   state.views = state.conversation.turns.map((turn) => addTurnView(turn));
-  ui.empty.hidden = state.views.length > 0;
+  renderEmpty();
   refreshTurnControls();
+  refreshComposer();
   ui.conversation.scrollTop = ui.conversation.scrollHeight;
 }
 
-function smallButton(text) {
-  const button = el("button", "secondary small", text);
-  button.type = "button";
-  return button;
+/** An empty conversation shows the chatflow's welcome message and starter prompts, or its start
+ * form; without them, how to begin. */
+function renderEmpty() {
+  const { settings } = state;
+  ui.empty.hidden = state.conversation.turns.length > 0;
+  ui.emptyHint.hidden = Boolean(settings.welcome || settings.form);
+  ui.welcome.hidden = !settings.welcome;
+  if (settings.welcome) renderMarkdown(ui.welcome, settings.welcome);
+  ui.formStart.hidden = !settings.form;
+  if (settings.form) renderFormStart(ui.formStart, settings.form, (fields) => send({ form: fields }));
+  else ui.formStart.replaceChildren();
+  // A form start has no question to suggest.
+  const starters = settings.form ? [] : settings.starters;
+  ui.starters.hidden = starters.length === 0;
+  ui.starters.replaceChildren(...starters.map((prompt) => {
+    const starter = button(prompt, "secondary starter");
+    starter.dataset.testid = "starter-prompt";
+    starter.addEventListener("click", () => send({ question: prompt }, { withTray: true }));
+    return starter;
+  }));
 }
 
 function addTurnView(turn) {
   ui.empty.hidden = true;
+  const { flowId, conversation } = state;
   const user = el("article", "turn user");
   user.setAttribute("aria-label", "You");
-  user.append(el("div", "bubble", turn.question));
+  const sent = el("div", "sent");
+  const said = el("div", "bubble");
+  showUser(said, turn);
+  user.append(sent, said);
+  renderSent(sent, turn.attachments, { flowId, chatId: turn.chatId, local: localImages(turn) });
 
   const bot = el("article", "turn assistant");
   bot.setAttribute("aria-label", "Answer");
@@ -220,22 +303,50 @@ function addTurnView(turn) {
   const answer = el("div", "answer markdown");
   const note = el("p", "note");
   note.hidden = true;
-  const extras = el("div", "extras"); // sources and tools (and, later, a paused run's approve/reject)
-  const actions = el("div", "turn-actions"); // (and, later, feedback thumbs)
-  const copy = smallButton("Copy");
+  const extras = el("div", "extras"); // sources and tools
+  const approval = el("div", "approval"); // a paused run's approve/reject
+  approval.dataset.testid = "approval";
+  approval.hidden = true;
+  const actions = el("div", "turn-actions");
+  const copy = button("Copy");
   copy.dataset.testid = "copy-answer";
   copy.setAttribute("aria-label", "Copy the answer (Markdown)");
-  const again = smallButton("Regenerate");
-  actions.append(copy, again);
+  const again = button("Regenerate");
+  const feedback = feedbackControls(turn, { flowId, save: () => saveConversation(flowId, conversation) });
+  actions.append(copy, again, feedback.buttons);
   bubble.append(answer);
-  bot.append(before, bubble, note, extras, actions);
+  bot.append(before, bubble, note, extras, approval, actions, feedback.panel);
   ui.conversation.append(user, bot);
 
-  const view = { user, bot, before, answer, note, extras, actions, copy, again, sections: {} };
+  const view = { user, bot, before, answer, note, extras, approval, actions, copy, again, feedback, sections: {} };
   copy.addEventListener("click", () => copyText(turn.answer, copy));
   again.addEventListener("click", askAgain);
   showTurn(view, turn, false);
   return view;
+}
+
+/** What the user said: the question as typed, a form's values, or the reply to a paused run. */
+function showUser(bubble, turn) {
+  if (turn.reply) {
+    bubble.classList.add("reply");
+    bubble.append(el("strong", "", turn.reply.label));
+    if (turn.reply.feedback) bubble.append("\n", turn.reply.feedback);
+  } else if (turn.form) {
+    bubble.classList.add("form");
+    for (const field of turn.form) {
+      const line = el("div");
+      line.append(el("span", "form-label", `${field.label}: `), String(field.value));
+      bubble.append(line);
+    }
+  } else {
+    bubble.textContent = turn.question;
+  }
+}
+
+/** The images a turn sent from this page, by name (after a reload, they are fetched back). */
+function localImages(turn) {
+  const uploads = sentUploads.get(turn);
+  return uploads ? new Map(uploads.filter((u) => u.type === "file").map((u) => [u.name, u.data])) : null;
 }
 
 function showTurn(view, turn, streaming) {
@@ -267,14 +378,21 @@ function setNote(view, kind, text, code) {
 // on the latest turn only, so that tests find the one they mean.
 function refreshTurnControls() {
   const last = state.views.length - 1;
+  const running = state.run && state.run.turn;
   state.views.forEach((view, i) => {
     const turn = state.conversation.turns[i];
     const latest = i === last;
     const failed = turn.outcome === "error";
-    view.again.hidden = !latest || turn === (state.run && state.run.turn);
+    view.again.hidden = !latest || turn === running || !canAskAgain(turn);
     view.again.disabled = Boolean(state.run);
     view.again.textContent = failed ? "Retry" : "Regenerate";
-    view.copy.hidden = !turn.answer || turn === (state.run && state.run.turn);
+    view.copy.hidden = !turn.answer || turn === running;
+    // Feedback needs the message Flowise stored the answer as.
+    view.feedback.refresh(state.settings.feedback && turn.outcome === "done" && turn !== running
+      && Boolean(turn.messageId && turn.chatId));
+    const paused = latest && turn.waiting && !state.run;
+    if (paused && view.approval.hidden) renderApproval(view.approval, turn.action, (reply) => send({ reply }));
+    view.approval.hidden = !paused;
     const ids = [[view.answer, "answer"], [view.note, "turn-note"], [view.again, failed ? "retry" : "regenerate"]];
     for (const [node, testid] of ids) {
       if (latest) node.dataset.testid = testid;
@@ -283,23 +401,48 @@ function refreshTurnControls() {
   });
 }
 
+function canAskAgain(turn) {
+  // Its attachments' data went with the page that sent them.
+  if (turn.attachments.length && !sentUploads.has(turn)) return false;
+  // A reply that reached the paused run cannot reach it again: the run went on.
+  return !turn.reply || turn.outcome === "error";
+}
+
 // --- one question ----------------------------------------------------------------------------
 
-async function send(question, fromTheBox = false) {
+/**
+ * Ask: `ask` is {question}, {form} (an Agentflow's start form: [{name, label, value}]) or {reply}
+ * (to a paused run: approval.js), with the `uploads` and `attachments` of a turn asked again;
+ * `withTray`: take the composer's attachments along.
+ */
+async function send(ask, { fromTheBox = false, withTray = false } = {}) {
   if (state.run) return;
-  if (!question.trim()) {
+  if (!ask.form && !ask.reply && !ask.question.trim()) {
     ui.question.focus();
     return;
   }
+  if (withTray && tray.busy) return; // Send is disabled until the attachments are read
   if (!(await chatflowToAsk())) return;
   clearError();
   const { conversation, flowId } = state;
-  const body = { chatflowId: flowId, question };
+  const sent = withTray ? tray.take() : { uploads: ask.uploads || [], attachments: ask.attachments || [] };
+  const body = { chatflowId: flowId };
+  if (ask.reply) Object.assign(body, replyFields(ask.reply));
+  else if (ask.form) body.form = formValues(ask.form);
+  else body.question = ask.question;
+  if (sent.uploads.length) body.uploads = sent.uploads;
   if (conversation.chatId) body.chatId = conversation.chatId;
   const history = historyOf(conversation);
   if (history.length) body.history = history;
 
-  const turn = { question, answer: "", outcome: "streaming", error: null, activity: newActivity() };
+  // A new turn answers a paused run, or passes it over: its buttons go.
+  for (const earlier of conversation.turns) earlier.waiting = false;
+  const turn = {
+    question: ask.reply || ask.form ? "" : ask.question, form: ask.form || null, reply: ask.reply || null,
+    attachments: sent.attachments, answer: "", outcome: "streaming", error: null, activity: newActivity(),
+    chatId: null, messageId: null, feedback: null, action: null, waiting: false,
+  };
+  if (sent.uploads.length) sentUploads.set(turn, sent.uploads);
   conversation.turns.push(turn);
   const view = addTurnView(turn);
   state.views.push(view);
@@ -312,7 +455,7 @@ async function send(question, fromTheBox = false) {
     frame: 0,
   };
   state.run = run;
-  setBusy(true);
+  refreshComposer();
   refreshTurnControls();
   setStatus("sending", "Sending…");
 
@@ -320,11 +463,12 @@ async function send(question, fromTheBox = false) {
   try {
     created = await api("POST", "v1/streams", body);
   } catch (err) {
-    finish(run, "error", failure(err));
+    finish(run, "error", failureOf(err));
     return;
   }
   run.streamId = created.streamId;
   view.bot.dataset.streamId = created.streamId;
+  turn.chatId = created.chatId;
   if (!conversation.chatId) conversation.chatId = created.chatId;
   saveConversation(flowId, conversation);
   if (run.stopping) {
@@ -338,7 +482,7 @@ async function send(question, fromTheBox = false) {
 function askAgain() {
   const { conversation } = state;
   const last = conversation.turns[conversation.turns.length - 1];
-  if (state.run || !last) return;
+  if (state.run || !last || !canAskAgain(last)) return;
   conversation.turns.pop();
   const view = state.views.pop();
   view.user.remove();
@@ -350,7 +494,10 @@ function askAgain() {
     conversation.carried = conversation.turns.length;
   }
   saveConversation(state.flowId, conversation);
-  send(last.question);
+  send({
+    question: last.question, form: last.form, reply: last.reply, uploads: sentUploads.get(last),
+    attachments: last.attachments,
+  });
 }
 
 // The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
@@ -411,6 +558,12 @@ function listen(run, es) {
     const data = parse(event) || {};
     if (!run.text && typeof data.text === "string") run.text = data.text; // a chatflow that streamed nothing
     takeEnd(run.turn.activity, data);
+    if (typeof data.chatMessageId === "string") run.turn.messageId = data.chatMessageId; // what feedback rates
+    const action = pausedAction(data);
+    if (action) {
+      run.turn.action = action;
+      run.turn.waiting = true;
+    }
     finish(run, "done");
   });
   on("error", (event) => {
@@ -445,7 +598,7 @@ async function deleteStream(run) {
     await api("DELETE", `v1/streams/${encodeURIComponent(run.streamId)}`);
   } catch (err) {
     if (!run.done) {
-      const { code, message } = failure(err);
+      const { code, message } = failureOf(err);
       finish(run, "error", { code, message: `The answer could not be stopped: ${message}` });
     }
     return;
@@ -472,10 +625,10 @@ function finish(run, outcome, error = null) {
   turn.error = outcome === "error" ? error : null;
   showTurn(view, turn, false);
   saveConversation(run.flowId, run.conversation);
-  setBusy(false);
+  refreshComposer();
   refreshTurnControls();
 
-  if (outcome === "done") setStatus("done", "Done");
+  if (outcome === "done") setStatus("done", turn.waiting ? "Waiting for your decision" : "Done");
   else if (outcome === "stopped") setStatus("stopped", "Stopped");
   else setStatus("error", "Failed");
   const focused = document.activeElement;
@@ -486,6 +639,7 @@ function newChat() {
   if (state.run) return;
   clearConversation(state.flowId);
   state.conversation = emptyConversation();
+  tray.clear(); // what was attached went to the chat just left
   renderConversation();
   clearError();
   setStatus("idle", "Ready");
@@ -494,17 +648,43 @@ function newChat() {
 
 // --- wiring ----------------------------------------------------------------------------------
 
+const askFromTheBox = () => send({ question: ui.question.value }, { fromTheBox: true, withTray: true });
+
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  send(ui.question.value, true);
+  askFromTheBox();
 });
 
 ui.question.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
-    send(ui.question.value, true);
+    askFromTheBox();
   }
 });
+
+// Files come by the picker, by dropping them anywhere on the page, or pasted into the question.
+// A file dropped where the chatflow takes none is refused with the reason, not opened by the
+// browser in place of the page.
+ui.question.addEventListener("paste", (event) => {
+  const files = event.clipboardData && event.clipboardData.files;
+  if (files && files.length) {
+    event.preventDefault();
+    tray.addFiles(files);
+  }
+});
+const carriesFiles = (event) => Boolean(event.dataTransfer) && [...event.dataTransfer.types].includes("Files");
+document.addEventListener("dragover", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  event.dataTransfer.dropEffect = "copy";
+});
+document.addEventListener("drop", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  tray.addFiles(event.dataTransfer.files);
+});
+$("attach").append(icon("paperclip"));
+$("link").append(icon("link"));
 
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.run) stop();
@@ -523,11 +703,16 @@ ui.chatflowId.addEventListener("keydown", (event) => {
 
 ui.apiKey.value = apiKey();
 ui.apiKey.addEventListener("input", () => setApiKey(ui.apiKey.value.trim()));
-ui.apiKey.addEventListener("change", () => loadChatflows());
+// Another key may see other chatflows, and their configs.
+const keyChanged = () => {
+  forgetSettings();
+  loadChatflows().then(loadSettings);
+};
+ui.apiKey.addEventListener("change", keyChanged);
 ui.apiKey.addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
     event.preventDefault();
-    loadChatflows();
+    keyChanged();
   }
 });
 
@@ -546,8 +731,5 @@ window.addEventListener("pagehide", () => {
     headers: authHeaders(),
   }).catch(() => {});
 });
-
-// Later, with the gateway's routes for them: the chatflow's starter prompts and welcome message
-// in the empty conversation (#empty), and attachments within its upload policy in the composer.
 
 loadChatflows();
