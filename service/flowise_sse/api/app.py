@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -16,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__, metrics
 from ..errors import GatewayError
-from ..settings import Settings
+from ..settings import Settings, unknown_variables
 from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
 from .access import Access
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await manager.open()
         if access.open:
             logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
+        if unknown := unknown_variables(os.environ):
+            logger.warning("flowise-sse: unknown settings ignored (misspelt, or not of this version): %s",
+                           ", ".join(unknown))
         warm = asyncio.create_task(_warm_up(upstream))
         try:
             yield
