@@ -310,7 +310,7 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
         import redis
 
         with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
-            last = store.xrevrange(f"fss:{stream_id}:events", count=1)[0][1]
+            last = store.xrevrange(f"fss:{{{stream_id}}}:events", count=1)[0][1]
         assert last[b"f"].startswith(b"event: end")
 
 

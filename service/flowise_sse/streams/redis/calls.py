@@ -1,32 +1,101 @@
-"""Calling Redis: the clients, every call reported the same way, and the one error that is an answer.
+"""Calling Redis: the clients, every call reported the same way, and the answers that mean something.
 
 Every call site wraps its Redis call in `redis_call(operation)`, so none is missing from the
 metrics: a failure counts in `flowise_sse_redis_errors_total`, and the call's duration goes to
 `flowise_sse_redis_call_seconds`, both by operation. `store_call` is the same for a call a
-client's request waits on, whose failure is that request's `store_unavailable`.
+client's request waits on, whose failure is that request's `store_unavailable`, or, when Redis'
+answer says the gateway is set up for the wrong kind of Redis, its `store_misconfigured`.
+
+One client per use, in one of three modes: standalone (`redis_url`), Redis Cluster
+(`redis_cluster`: redis-py's cluster client, which routes each key to its slot's primary and
+follows MOVED answers and failovers), Sentinel (`redis_sentinels`: a pool that asks the sentinels
+for the primary on every new connection, and drops its connections when the primary changes).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Union
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import AskError, ClusterCrossSlotError, RedisClusterException
 
 from ... import metrics
-from ...errors import StoreUnavailable
+from ...errors import StoreMisconfigured, StoreUnavailable
 from ...settings import Settings
 
+Client = Union[redis.Redis, RedisCluster]
+# What a failing Redis call raises: redis-py's errors, a socket's, and the cluster client's own
+# (which is no RedisError: "Cluster mode is not enabled on this node", a slot no node serves).
+REDIS_ERRORS = (redis.RedisError, OSError, RedisClusterException)
 
-def connect(settings: Settings, max_connections: int) -> redis.Redis:
-    """A client on a pool of at most `max_connections`: a blocking pool, so a burst waits (up to
-    `redis_timeout`) for a connection instead of failing with "Too many connections" (redis-py's
-    default pool). A `?max_connections=` in the URL overrides it."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout,  # type: ignore[arg-type]
-        socket_timeout=settings.redis_timeout, socket_connect_timeout=min(5.0, settings.redis_timeout))
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+    """Sentinel's pool (the primary's address asked of the sentinels for each new connection),
+    blocking as the standalone one: a burst waits for a connection instead of failing."""
+
+
+def connect(settings: Settings, max_connections: int) -> Client:
+    """A client of at most `max_connections` connections (per node, on a cluster). Standalone and
+    Sentinel pools block: a burst waits (up to `redis_timeout`) for a connection instead of failing
+    with "Too many connections"; a `?max_connections=` in the URL overrides it. A cluster's pools
+    cannot block, so its blocking readers are bounded by `MirrorReader`'s own count."""
+    timeouts = {"socket_timeout": settings.redis_timeout,
+                "socket_connect_timeout": min(5.0, settings.redis_timeout)}
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url,  # type: ignore[arg-type]
+                                     max_connections=max_connections, **timeouts)
+    if settings.redis_sentinels:
+        primary = _primary_options(settings.redis_url)
+        sentinel_password = settings.redis_sentinel_password
+        sentinels = Sentinel(
+            [_host_port(address) for address in settings.redis_sentinels],
+            sentinel_kwargs={**timeouts, "password": sentinel_password.get_secret_value() if sentinel_password else None},
+            **timeouts, **primary)
+        return sentinels.master_for(  # type: ignore[no-any-return]
+            settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
+            max_connections=max_connections, timeout=settings.redis_timeout)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)  # type: ignore[arg-type]
     return redis.Redis(connection_pool=pool)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _primary_options(url: str | None) -> dict[str, object]:
+    """What a Sentinel primary takes from `redis_url`: credentials, TLS (`rediss://`) and db;
+    its host and port come from the sentinels."""
+    if not url:
+        return {}
+    options = parse_url(url)
+    for name in ("host", "port", "connection_class"):
+        options.pop(name, None)
+    if urlsplit(url).scheme == "rediss":
+        options["ssl"] = True
+    return options
+
+
+def misconfiguration(exc: BaseException) -> str | None:
+    """What is wrong in the settings when Redis' answer says so, else None: a cluster node
+    reached without `redis_cluster` answers a key of another node's slot with MOVED (or ASK),
+    and a command spanning slots with CROSSSLOT; a standalone server reached with it refuses
+    cluster mode."""
+    if isinstance(exc, (AskError, ClusterCrossSlotError)):
+        return ("FLOWISE_SSE_REDIS_URL names a node of a Redis Cluster, which answered "
+                f"{str(exc).split(' ', 1)[0] or type(exc).__name__}: set FLOWISE_SSE_REDIS_CLUSTER=true")
+    if isinstance(exc, RedisClusterException) and "cluster mode is not enabled" in str(exc).lower():
+        return ("FLOWISE_SSE_REDIS_CLUSTER is set but the Redis at FLOWISE_SSE_REDIS_URL is not in cluster mode: "
+                "unset FLOWISE_SSE_REDIS_CLUSTER")
+    return None
 
 
 @contextmanager
@@ -36,7 +105,7 @@ def redis_call(operation: str, *, timed: bool = True) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
-    except (redis.RedisError, OSError):
+    except REDIS_ERRORS:
         metrics.redis_error(operation)
         if timed:
             metrics.redis_call_seconds(operation, time.perf_counter() - started)
@@ -47,11 +116,14 @@ def redis_call(operation: str, *, timed: bool = True) -> Iterator[None]:
 
 @contextmanager
 def store_call(operation: str) -> Iterator[None]:
-    """`redis_call` for a call a client's request waits on: a failure is the request's 503."""
+    """`redis_call` for a call a client's request waits on: a failure is the request's 503, or
+    its 500 `store_misconfigured` when the answer says the settings are wrong."""
     try:
         with redis_call(operation):
             yield
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
+        if (wrong := misconfiguration(exc)) is not None:
+            raise StoreMisconfigured(wrong) from None
         raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
 

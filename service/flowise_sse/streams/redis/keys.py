@@ -1,14 +1,18 @@
 """Where the mirror's data lives in Redis, and for how long.
 
 Every key and channel name, the entries of an events key, and every expiry: no other module
-builds a key string or an entry id, so where keys live (a hash tag for Redis Cluster, say)
-changes here alone.
+builds a key string or an entry id.
 
 - `fss:{streamId}:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
-- `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream.
-- `fss:chat:{chatId}`: the chat lock, holding the id of the stream that uses the chat.
-- `fss:replica:{replicaId}`: present while that replica is alive.
-- `fss:abort`: the pub/sub channel carrying the ids of streams to abort.
+- `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream, `tenant` the
+  gateway key that started it (empty on an open gateway).
+- `fss:chat:<chatId>`: the chat lock, holding the id of the stream that uses the chat.
+- `fss:replica:<replicaId>`: present while that replica is alive.
+- `fss:abort`: the channel carrying the ids of streams to abort (sharded pub/sub on a cluster).
+
+The braces are Redis Cluster hash tags: a stream's two keys hash to the same slot, so the
+writer's script and a reader's pipeline touch them together on any cluster. Every other key is
+used alone, one command (or one script) per key.
 """
 
 from __future__ import annotations
@@ -17,14 +21,20 @@ from ...settings import Settings
 
 ABORT_CHANNEL = "fss:abort"
 OWNER_FIELD = "owner"  # in a stream's meta hash
+TENANT_FIELD = "tenant"
 
 
 def events(stream_id: str) -> str:
-    return f"fss:{stream_id}:events"
+    return f"fss:{{{stream_id}}}:events"
 
 
 def meta(stream_id: str) -> str:
-    return f"fss:{stream_id}:meta"
+    return f"fss:{{{stream_id}}}:meta"
+
+
+def tenant_value(tenant: str | None) -> str:
+    """A tenant as the meta hash holds it (an open gateway's streams: empty)."""
+    return tenant or ""
 
 
 def chat_lock(chat_id: str) -> str:
