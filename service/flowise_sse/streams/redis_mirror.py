@@ -151,10 +151,14 @@ class RedisMirror:
             await asyncio.sleep(0.2)
 
     async def _may_be_repaired(self, stream_id: str) -> bool:
+        """Whether the stream's owner may be writing it again: it is alive, or Redis lost data
+        lately (this replica's own heartbeat key went missing: then the owner's did too, and
+        comes back within `REPLICA_REFRESH`)."""
         if time.monotonic() - self._heartbeat.lost_at < LOSS_GRACE:
             return True
         try:
-            return await self._heartbeat.alive(stream_id[:_REPLICA_ID_LENGTH])
+            return (await self._heartbeat.alive(stream_id[:_REPLICA_ID_LENGTH])
+                    or not await self._heartbeat.alive(self.replica))
         except REDIS_ERRORS:
             return False
 

@@ -64,8 +64,19 @@ class AbortChannel:
                 self.listening.clear()
                 logger.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(1)
+                if self._sharded:
+                    await self._refresh_topology()
             finally:
                 await pubsub.aclose()
+
+    async def _refresh_topology(self) -> None:
+        """Ask the cluster where the channel's slot lives now: this client may have sent nothing
+        since a failover (its slot map would name the dead node forever)."""
+        try:
+            with redis_call("abort_channel"):
+                await self._redis.nodes_manager.initialize()  # type: ignore[union-attr]
+        except REDIS_ERRORS:
+            pass  # no node answers yet: the next attempt asks again
 
     async def _listen_sharded(self, pubsub: Any) -> None:
         await pubsub.ssubscribe(keys.ABORT_CHANNEL)
