@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("flowise_sse")
 
-_REPLICA_ID_LENGTH = 12  # hex digits; a stream id starts with its owner's
-
 
 @dataclass(frozen=True, slots=True)
 class RemoteStream:
@@ -56,7 +54,7 @@ class RedisMirror:
     ) -> None:
         """`logs`: this replica's log of a stream, from which the writer repairs what Redis lost."""
         self.settings = settings
-        self.replica = uuid.uuid4().hex[:_REPLICA_ID_LENGTH]
+        self.replica = uuid.uuid4().hex[:keys.TAG_LENGTH]
         # Readers (one connection each while waiting), chat locks and the abort subscription.
         shared = connect(settings, settings.redis_max_connections)
         # The writer and the heartbeat have connections of their own: never starved by readers.
@@ -114,7 +112,7 @@ class RedisMirror:
     def new_stream_id(self) -> str:
         """A stream id (32 hex digits) that starts with this replica's id, so that a replica
         that finds no trace of it in Redis can tell whether its owner is alive to write it again."""
-        return self.replica + uuid.uuid4().hex[_REPLICA_ID_LENGTH:]
+        return self.replica + uuid.uuid4().hex[keys.TAG_LENGTH:]
 
     async def claim_chat(self, chat_id: str, stream_id: str, tenant: str | None = None) -> bool:
         """Cross-replica form of "one prediction per chatId"; registers the stream with it, as
@@ -157,7 +155,7 @@ class RedisMirror:
         if time.monotonic() - self._heartbeat.lost_at < LOSS_GRACE:
             return True
         try:
-            return (await self._heartbeat.alive(stream_id[:_REPLICA_ID_LENGTH])
+            return (await self._heartbeat.alive(stream_id[:keys.TAG_LENGTH])
                     or not await self._heartbeat.alive(self.replica))
         except REDIS_ERRORS:
             return False

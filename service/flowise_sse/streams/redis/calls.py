@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Union
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -30,13 +30,13 @@ from ... import metrics
 from ...errors import StoreMisconfigured, StoreUnavailable
 from ...settings import Settings
 
-Client = Union[redis.Redis, RedisCluster]
+Client = redis.Redis | RedisCluster
 # What a failing Redis call raises: redis-py's errors, a socket's, and the cluster client's own
 # (which is no RedisError: "Cluster mode is not enabled on this node", a slot no node serves).
 REDIS_ERRORS = (redis.RedisError, OSError, RedisClusterException)
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (the primary's address asked of the sentinels for each new connection),
     blocking as the standalone one: a burst waits for a connection instead of failing."""
 
@@ -46,23 +46,22 @@ def connect(settings: Settings, max_connections: int) -> Client:
     Sentinel pools block: a burst waits (up to `redis_timeout`) for a connection instead of failing
     with "Too many connections"; a `?max_connections=` in the URL overrides it. A cluster's pools
     cannot block, so its blocking readers are bounded by `MirrorReader`'s own count."""
-    timeouts = {"socket_timeout": settings.redis_timeout,
-                "socket_connect_timeout": min(5.0, settings.redis_timeout)}
+    timeouts: dict[str, Any] = {"socket_timeout": settings.redis_timeout,
+                                "socket_connect_timeout": min(5.0, settings.redis_timeout)}
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url,  # type: ignore[arg-type]
-                                     max_connections=max_connections, **timeouts)
+        return RedisCluster.from_url(str(settings.redis_url), max_connections=max_connections, **timeouts)
     if settings.redis_sentinels:
-        primary = _primary_options(settings.redis_url)
         sentinel_password = settings.redis_sentinel_password
-        sentinels = Sentinel(
-            [_host_port(address) for address in settings.redis_sentinels],
-            sentinel_kwargs={**timeouts, "password": sentinel_password.get_secret_value() if sentinel_password else None},
-            **timeouts, **primary)
-        return sentinels.master_for(  # type: ignore[no-any-return]
-            settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
+        sentinel_options: dict[str, Any] = {
+            **timeouts, "password": sentinel_password.get_secret_value() if sentinel_password else None}
+        sentinels = Sentinel([_host_port(address) for address in settings.redis_sentinels],
+                             sentinel_kwargs=sentinel_options, **timeouts, **_primary_options(settings.redis_url))
+        client: redis.Redis = sentinels.master_for(
+            str(settings.redis_sentinel_master), connection_pool_class=_BlockingSentinelPool,
             max_connections=max_connections, timeout=settings.redis_timeout)
+        return client
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)  # type: ignore[arg-type]
+        str(settings.redis_url), max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)
     return redis.Redis(connection_pool=pool)
 
 
@@ -71,12 +70,12 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _primary_options(url: str | None) -> dict[str, object]:
+def _primary_options(url: str | None) -> dict[str, Any]:
     """What a Sentinel primary takes from `redis_url`: credentials, TLS (`rediss://`) and db;
     its host and port come from the sentinels."""
     if not url:
         return {}
-    options = parse_url(url)
+    options: dict[str, Any] = dict(parse_url(url))
     for name in ("host", "port", "connection_class"):
         options.pop(name, None)
     if urlsplit(url).scheme == "rediss":

@@ -3,19 +3,23 @@
 Every key and channel name, the entries of an events key, and every expiry: no other module
 builds a key string or an entry id.
 
-- `fss:{streamId}:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
-- `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream, `tenant` the
+- `fss:{tag}:<streamId>:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
+- `fss:{tag}:<streamId>:meta`: a hash; `owner` is the replica running the stream, `tenant` the
   gateway key that started it (empty on an open gateway).
 - `fss:chat:<chatId>`: the chat lock, holding the id of the stream that uses the chat.
 - `fss:replica:<replicaId>`: present while that replica is alive.
 - `fss:abort`: the channel carrying the ids of streams to abort (sharded pub/sub on a cluster).
 
-The braces are Redis Cluster hash tags: a stream's two keys hash to the same slot, so the
-writer's script and a reader's pipeline touch them together on any cluster. Every other key is
-used alone, one command (or one script) per key.
+`{tag}` is a Redis Cluster hash tag: the first 12 hex digits of the stream id, which are its
+owner replica's id (`RedisMirror.new_stream_id`). Every stream a replica runs thus lives in one
+hash slot, so the writer sends all of a batch's frames in one script call, on any cluster, and a
+reader's pipeline touches a stream's two keys together. A cluster spreads replicas, not streams,
+over its shards (see docs/operations/redis.md, "Sizing"). Every other key is used alone.
 """
 
 from __future__ import annotations
+
+from redis.typing import EncodableT
 
 from ...settings import Settings
 
@@ -24,12 +28,19 @@ OWNER_FIELD = "owner"  # in a stream's meta hash
 TENANT_FIELD = "tenant"
 
 
+TAG_LENGTH = 12  # hex digits: a replica's id, and the start of every stream id it makes
+
+
+def slot_tag(stream_id: str) -> str:
+    return stream_id[:TAG_LENGTH]
+
+
 def events(stream_id: str) -> str:
-    return f"fss:{{{stream_id}}}:events"
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:events"
 
 
 def meta(stream_id: str) -> str:
-    return f"fss:{{{stream_id}}}:meta"
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:meta"
 
 
 def tenant_value(tenant: str | None) -> str:
@@ -56,7 +67,7 @@ def entry_seq(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-def entry(frame: bytes, terminal: bool) -> dict[str, bytes | int]:
+def entry(frame: bytes, terminal: bool) -> dict[EncodableT, EncodableT]:
     return {"f": frame, "t": 1} if terminal else {"f": frame}
 
 

@@ -4,13 +4,15 @@ A reader replays and follows the stream's events key with XREAD from `<Last-Even
 Each time the key stays quiet for a read (`_READ_BLOCK_MS`), the reader looks at where the key
 ends and who runs the stream, and decides:
 
-| what Redis holds | the reader |
-|---|---|
-| a terminal entry at or before its position, having read nothing from Redis | ends, no error: it came past the end (its `Last-Event-ID` was ahead of Redis) |
-| the same, having read entries from Redis | ends with `store_unavailable`: Redis lost what it had read (a failover) |
-| entries up to before its position | waits for the owner to write them again (`redis_timeout`), then `store_unavailable` |
-| no key, for `LOSS_GRACE` | ends with `store_unavailable` (lost in a failover, and nobody wrote it again) |
-| its position is the end, the owner's heartbeat gone for `ORPHAN_CONFIRM` | closes the stream with `upstream_unavailable` (the owner died before its last event) |
+- a terminal entry at or before its position, the reader having read nothing from Redis: it
+  came past the end (its `Last-Event-ID` was ahead of Redis); it ends, without an error;
+- the same, the reader having read entries from Redis: Redis lost what it had read (a
+  failover); it ends with `store_unavailable`;
+- entries only up to before its position: it waits for the owner to write them again (up to
+  `redis_timeout`, at least `LOSS_GRACE`), then ends with `store_unavailable`;
+- no key, for `LOSS_GRACE`: lost in a failover and written again by nobody: `store_unavailable`;
+- its position is the end, and the owner's heartbeat has been gone for `ORPHAN_CONFIRM`: it
+  closes the stream with `upstream_unavailable` (the owner died before the stream's last event).
 
 So every reader ends either exactly (the stream's own terminal event) or as an exact prefix
 followed by an explicit error: entries are contiguous (`writer.py`'s script never leaves a
@@ -67,7 +69,7 @@ class MirrorReader:
     async def ended_by(self, stream_id: str, seq: int) -> bool:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         with store_call("ended_by"):
-            last = await self._redis.xrevrange(keys.events(stream_id), count=1)
+            last: Any = await self._redis.xrevrange(keys.events(stream_id), count=1)
         return bool(last) and keys.entry_is_terminal(last[0][1]) and keys.entry_seq(last[0][0]) <= seq
 
     async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
@@ -84,7 +86,7 @@ class MirrorReader:
                         await asyncio.wait_for(self._slots.acquire(), self._settings.redis_timeout)
                         held.callback(self._slots.release)
                     with redis_call("read", timed=False):
-                        answer = await self._redis.xread({key: keys.entry_id(last)}, block=_READ_BLOCK_MS,
+                        answer: Any = await self._redis.xread({key: keys.entry_id(last)}, block=_READ_BLOCK_MS,
                                                          count=_READ_COUNT)
                 failure = None if answer else await self._when_quiet(stream_id, last, after, watch)
             except (TimeoutError, *REDIS_ERRORS) as exc:

@@ -51,7 +51,7 @@ class ReplicaHeartbeat:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        delay = keys.REPLICA_REFRESH
+        delay: float = keys.REPLICA_REFRESH
         while True:
             await asyncio.sleep(delay)
             try:

@@ -5,10 +5,13 @@ none ever missing: what a failover lost, the owner writes again.
 last round trip as one pipeline (every stream's frames of the last few ms, one round trip per
 batch, no task per token), one pipeline at a time, so a stream's frames reach Redis in order.
 
-Each stream's share of a pipeline is one call of `_APPEND`, a script on the stream's two keys
-(one hash slot): it checks that the events key ends right before the share's first frame, adds
-the frames, sets the keys' expiries when they have none, and writes the meta again if it is
-missing. Replication to Redis' replicas is asynchronous, so a primary that fails over (or
+A round trip is one call of `_APPEND` per hash slot (one in all, as every stream of a replica
+shares its slot, `keys.py`): for each stream's share, the script checks that the events key ends
+right before the share's first frame, adds the frames, sets the keys' expiries when they have
+none, and writes the meta again if it is missing; each stream answers for itself, so a refusal
+of one (a wrong type, say) leaves the others written. One call rather than one per stream: a
+command costs redis-py ~15 µs to pack and parse, whatever it carries, and that was most of what
+the mirror added per token. Replication to Redis' replicas is asynchronous, so a primary that fails over (or
 restarts empty) can come back without the last entries it acknowledged, or without the keys at
 all. The script then adds nothing and answers the seq its key ends at; the writer puts the
 missing frames, from the stream's log in memory, in front of the backlog and sends them again.
@@ -31,9 +34,10 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from redis import exceptions as redis_exceptions
 from redis.exceptions import NoScriptError
 
 from ...errors import StoreUnavailable
@@ -53,42 +57,69 @@ WRITE_BATCH_BYTES = 1024 * 1024  # per pipeline, and per stream's share; the res
 # trip costs ~85 µs of client CPU, and each stream's share one script call, so gathering a few ms
 # of tokens from every stream into one pipeline cuts the cost per token severalfold; readers
 # elsewhere see it 5 ms later.
-WRITE_LINGER = 0.005
+WRITE_LINGER = 0.02
 VERIFY_EVERY = 2.0  # seconds: a quiet running stream's keys are checked this often
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.05, 1.0
 
-# KEYS: events, meta. ARGV: owner, tenant, running ttl, ended ttl, whether the last frame is the
-# stream's terminal one, the first frame's seq, then the frames. Answers -1 when the key now ends
-# with the last frame, else the seq the key ends at (0: no key), which is before the first frame:
-# a hole that the caller fills first.
+# KEYS: one key of the call's slot (every key it touches is in that slot). ARGV: owner, running
+# ttl, ended ttl, then a line per stream, "<events key> <meta key> <tenant's length> <first frame's
+# seq> <whether its last frame is the stream's terminal one> <frames' lengths, comma-separated
+# (- for none)>", then each stream's tenant and frames, end to end. Answers, for each stream that
+# is not now whole up to its last frame, its line number and either the seq its key ends at (0:
+# no key), which is before its first frame: a hole that the caller fills first; or the text of
+# the refusal of one of its commands. A call, not a command per stream, and its frames as one
+# argument, not one each: redis-py packs every argument in Python (1-2 µs each), and what the
+# mirror cost per token was mostly that; Lua cuts them apart in C.
 _APPEND = """
-local top = 0
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if last[1] then top = tonumber(string.match(last[1][1], '^(%d+)')) end
-local first = tonumber(ARGV[6])
-if top < first - 1 then return top end
-local count = #ARGV - 6
-for i = 1, count do
-  local seq = first + i - 1
-  if seq > top then
-    if i == count and ARGV[5] == '1' then
-      redis.call('XADD', KEYS[1], seq .. '-0', 'f', ARGV[6 + i], 't', '1')
-    else
-      redis.call('XADD', KEYS[1], seq .. '-0', 'f', ARGV[6 + i])
+local function append(events, meta, tenant, first, terminal, sizes, blob, offset)
+  local top = 0
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+  if last[1] then top = tonumber(string.match(last[1][1], '^(%d+)')) end
+  if top < first - 1 then return top end
+  for i = 1, #sizes do
+    local seq, frame = first + i - 1, string.sub(blob, offset, offset + sizes[i] - 1)
+    offset = offset + sizes[i]
+    if seq > top then
+      if i == #sizes and terminal == '1' then
+        redis.call('XADD', events, seq .. '-0', 'f', frame, 't', '1')
+      else
+        redis.call('XADD', events, seq .. '-0', 'f', frame)
+      end
     end
   end
+  if redis.call('EXISTS', meta) == 0 then
+    redis.call('HSET', meta, 'owner', ARGV[1], 'tenant', tenant)
+  end
+  if terminal == '1' then
+    redis.call('EXPIRE', events, ARGV[3])
+    redis.call('EXPIRE', meta, ARGV[3])
+  else
+    if top == 0 or redis.call('TTL', events) < 0 then redis.call('EXPIRE', events, ARGV[2]) end
+    if redis.call('TTL', meta) < 0 then redis.call('EXPIRE', meta, ARGV[2]) end
+  end
+  return -1
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'tenant', ARGV[2])
+
+local answers, blob, offset, line = {}, ARGV[5], 1, 0
+for events, meta, tenant_size, first, terminal, lengths in
+    string.gmatch(ARGV[4], '(%S+) (%S+) (%d+) (%d+) (%d) (%S+)') do
+  line = line + 1
+  local tenant = string.sub(blob, offset, offset + tonumber(tenant_size) - 1)
+  offset = offset + tonumber(tenant_size)
+  local sizes, total = {}, 0
+  for size in string.gmatch(lengths, '%d+') do
+    sizes[#sizes + 1] = tonumber(size)
+    total = total + sizes[#sizes]
+  end
+  local ok, answer = pcall(append, events, meta, tenant, tonumber(first), terminal, sizes, blob, offset)
+  offset = offset + total
+  if not ok then answer = type(answer) == 'table' and answer.err or tostring(answer) end
+  if answer ~= -1 then
+    answers[#answers + 1] = line
+    answers[#answers + 1] = answer
+  end
 end
-if ARGV[5] == '1' then
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-else
-  if top == 0 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-end
-return -1
+return answers
 """
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
@@ -98,9 +129,9 @@ Frame = tuple[int, bytes, bool]  # seq, the SSE frame, whether it is the stream'
 class _Backlog:
     """One stream's frames not yet known to be in Redis (queued, or in the pipeline in flight)."""
 
-    __slots__ = ("frames", "bytes", "since", "failed", "next", "tenant", "checked")
+    __slots__ = ("frames", "bytes", "since", "failed", "next", "tenant", "checked", "head")
 
-    def __init__(self, tenant: str) -> None:
+    def __init__(self, stream_id: str, tenant: str) -> None:
         self.frames: list[Frame] = []  # queued, not yet sent
         self.bytes = 0  # queued + in flight
         self.since = 0.0  # when the oldest of those was queued
@@ -108,18 +139,21 @@ class _Backlog:
         self.next = 1  # the seq Redis' key is known to end right before
         self.tenant = tenant
         self.checked = time.monotonic()  # when Redis last answered for the stream's keys
+        # The start of its line in the script's arguments, made once (a few µs a round trip).
+        self.head = f"{keys.events(stream_id)} {keys.meta(stream_id)} {len(tenant.encode())} "
 
 
 class _Share:
     """One stream's part of a pipeline: the frames it sends (none: a check of its keys)."""
 
-    __slots__ = ("stream_id", "backlog", "frames", "first")
+    __slots__ = ("stream_id", "backlog", "frames", "first", "size")
 
-    def __init__(self, stream_id: str, backlog: _Backlog, frames: list[Frame]) -> None:
+    def __init__(self, stream_id: str, backlog: _Backlog, frames: list[Frame], size: int) -> None:
         self.stream_id = stream_id
         self.backlog = backlog
         self.frames = frames
         self.first = frames[0][0] if frames else backlog.next
+        self.size = size  # the frames' bytes
 
 
 class MirrorWriter:
@@ -139,6 +173,7 @@ class MirrorWriter:
         self._wake = asyncio.Event()
         self._in_flight = False
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self.repaired = 0  # frames written again after Redis lost them (for the tests and the log)
 
     @property
@@ -153,8 +188,17 @@ class MirrorWriter:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._tick()
+
+    def _tick(self) -> None:
+        """Every `VERIFY_EVERY`: queue the checks of quiet streams (a timer, not a timeout on
+        each of the writer's waits: that cost a task per round trip)."""
+        self._queue_checks()
+        self._ticker = asyncio.get_running_loop().call_later(VERIFY_EVERY, self._tick)
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -164,7 +208,7 @@ class MirrorWriter:
         backlog = self._backlogs.get(stream_id)
         if backlog is None:
             log = self._logs(stream_id)
-            backlog = self._backlogs[stream_id] = _Backlog(keys.tenant_value(log.owner if log else None))
+            backlog = self._backlogs[stream_id] = _Backlog(stream_id, keys.tenant_value(log.owner if log else None))
         if not backlog.bytes:
             backlog.since = time.monotonic()
         backlog.frames.append((seq, frame, terminal))
@@ -196,12 +240,9 @@ class MirrorWriter:
         while True:
             if not self._queued:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), VERIFY_EVERY)
-                except TimeoutError:
-                    self._queue_checks()
-                    continue
-                await asyncio.sleep(WRITE_LINGER)
+                await self._wake.wait()
+                if self._queued:
+                    await asyncio.sleep(WRITE_LINGER)
                 continue
             try:
                 await self._send(self._take())
@@ -211,7 +252,6 @@ class MirrorWriter:
                 backoff = min(_MAX_BACKOFF, backoff * 2)
             else:
                 backoff = _FIRST_BACKOFF
-                self._queue_checks()
 
     def _queue_checks(self) -> None:
         """Queue a check of each running stream that Redis has not answered for in `VERIFY_EVERY`."""
@@ -223,22 +263,27 @@ class MirrorWriter:
             self._wake.set()
 
     def _take(self) -> list[_Share]:
-        shares, size, queued = [], 0, self._queued
+        shares, size, queued, backlogs = [], 0, self._queued, self._backlogs
         while queued and size < WRITE_BATCH_BYTES:
             stream_id = next(iter(queued))
             del queued[stream_id]
-            backlog = self._backlogs.get(stream_id)
+            backlog = backlogs.get(stream_id)
             if backlog is None:
                 continue
-            frames, taken = backlog.frames, 0
-            share_size = 0
-            while taken < len(frames) and (not taken or share_size + len(frames[taken][1]) <= WRITE_BATCH_BYTES):
-                share_size += len(frames[taken][1])
-                taken += 1
-            backlog.frames = frames[taken:]
-            if backlog.frames:  # the rest of a long backlog (a repair): the next round trip
-                queued[stream_id] = None
-            shares.append(_Share(stream_id, backlog, frames[:taken]))
+            frames = backlog.frames
+            if backlog.bytes <= WRITE_BATCH_BYTES:  # the usual: all of it (a token or a few)
+                backlog.frames = []
+                share_size = sum([len(frame) for _, frame, _ in frames])
+            else:  # a long backlog (Redis was away, or a repair): the rest in the next round trip
+                taken = share_size = 0
+                while taken < len(frames) and (
+                        not taken or share_size + len(frames[taken][1]) <= WRITE_BATCH_BYTES):
+                    share_size += len(frames[taken][1])
+                    taken += 1
+                frames, backlog.frames = frames[:taken], frames[taken:]
+                if backlog.frames:
+                    queued[stream_id] = None
+            shares.append(_Share(stream_id, backlog, frames, share_size))
             size += share_size
         return shares
 
@@ -247,18 +292,19 @@ class MirrorWriter:
         refused part of it (only that part is queued again)."""
         if not shares:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        groups: dict[str, list[_Share]] = {}
         for share in shares:
-            self._queue(pipe, share)
+            groups.setdefault(keys.slot_tag(share.stream_id), []).append(share)
+        shares = [share for group in groups.values() for share in group]  # in the answers' order
         self._in_flight = True
         try:
             with redis_call("mirror"):
                 try:
-                    answers = await pipe.execute(raise_on_error=False)
+                    answers = await self._call(list(groups.values()))
                 except REDIS_ERRORS:
                     self._put_back(shares)
                     raise
-                refusal = self._account(shares, answers)
+                refusal = self._account(shares, _per_share(groups.values(), answers))
                 if isinstance(refusal, NoScriptError):  # a new primary, or a restarted one
                     await self._redis.script_load(_APPEND)
                 if refusal is not None:
@@ -266,12 +312,33 @@ class MirrorWriter:
         finally:
             self._in_flight = False
 
-    def _queue(self, pipe: Any, share: _Share) -> None:
-        settings, frames = self._settings, share.frames
-        terminal = bool(frames) and frames[-1][2]
-        pipe.evalsha(_APPEND_SHA, 2, keys.events(share.stream_id), keys.meta(share.stream_id),
-                     self._owner, share.backlog.tenant, keys.running_ttl(settings), keys.ended_ttl(settings),
-                     1 if terminal else 0, share.first, *[frame for _, frame, _ in frames])
+    async def _call(self, groups: list[list[_Share]]) -> list[Any]:
+        """Each group's script call, in one round trip; each call's answer, or what it raised.
+        A single call (the usual: one replica's streams share a slot) goes without a pipeline,
+        whose own bookkeeping costs as much as the call."""
+        if len(groups) == 1:
+            try:
+                return [await self._redis.evalsha(*self._arguments(groups[0]))]
+            except redis_exceptions.ResponseError as refusal:  # an answer: the group's own
+                return [refusal]
+        pipe = self._redis.pipeline(transaction=False)
+        for group in groups:
+            pipe.evalsha(*self._arguments(group))
+        return list(await pipe.execute(raise_on_error=False))
+
+    def _arguments(self, group: list[_Share]) -> tuple[Any, ...]:
+        """One script call's arguments, for the shares of one hash slot."""
+        lines: list[str] = []
+        parts: list[bytes] = []
+        for share in group:
+            frames, backlog = share.frames, share.backlog
+            lengths = ",".join([str(len(frame)) for _, frame, _ in frames]) or "-"
+            lines.append(f"{backlog.head}{share.first} {1 if frames and frames[-1][2] else 0} {lengths}")
+            parts.append(backlog.tenant.encode())
+            parts += [frame for _, frame, _ in frames]
+        settings = self._settings
+        return (_APPEND_SHA, 1, keys.events(group[0].stream_id), self._owner, keys.running_ttl(settings),
+                keys.ended_ttl(settings), "\n".join(lines), b"".join(parts))
 
     def _put_back(self, shares: list[_Share]) -> None:
         for share in reversed(shares):
@@ -283,8 +350,10 @@ class MirrorWriter:
         share queued again). Returns the first refusal of the batch, if any."""
         now = time.monotonic()
         first_refusal: Exception | None = None
-        for share, answer in zip(shares, answers):
+        for share, answer in zip(shares, answers, strict=True):
             backlog = share.backlog
+            if isinstance(answer, bytes):  # Redis refused one of the stream's commands
+                answer = redis_exceptions.ResponseError(answer.decode(errors="replace"))
             if isinstance(answer, Exception):
                 backlog.frames[:0] = share.frames
                 self._queued[share.stream_id] = None
@@ -294,7 +363,7 @@ class MirrorWriter:
             if int(answer) >= 0:
                 self._repair(share, int(answer))
                 continue
-            backlog.bytes -= sum(len(frame) for _, frame, _ in share.frames)
+            backlog.bytes -= share.size
             backlog.since = now if backlog.bytes else 0.0
             if share.frames:
                 backlog.next = share.frames[-1][0] + 1
@@ -330,7 +399,24 @@ class MirrorWriter:
     def _check_deadlines(self, exc: BaseException) -> None:
         logger.warning("flowise-sse: writing to Redis failed (%s); retrying", exc)
         now = time.monotonic()
+        timeout = self._settings.redis_timeout
         for stream_id, backlog in self._backlogs.items():
-            if backlog.bytes and not backlog.failed and now - backlog.since > self._settings.redis_timeout:
-                self._fail(stream_id, backlog, f"its events could not be written for {self._settings.redis_timeout:g} s "
+            if backlog.bytes and not backlog.failed and now - backlog.since > timeout:
+                self._fail(stream_id, backlog, f"its events could not be written for {timeout:g} s "
                                                "(FLOWISE_SSE_REDIS_TIMEOUT)")
+
+
+def _per_share(groups: Iterable[list[_Share]], answers: list[Any]) -> list[Any]:
+    """Each share's answer, in the shares's order: -1 (done) unless its call answered otherwise
+    for it (by its line number, from 1), or failed whole (NOSCRIPT, a connection: the answer of
+    each of its shares)."""
+    flat: list[Any] = []
+    for group, answer in zip(groups, answers, strict=True):
+        if not isinstance(answer, list):
+            flat += [answer] * len(group)
+            continue
+        mine = [-1] * len(group)
+        for line, value in zip(answer[::2], answer[1::2], strict=True):
+            mine[int(line) - 1] = value
+        flat += mine
+    return flat
