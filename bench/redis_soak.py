@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "service"))
 
 from flowise_sse.streams.redis import keys  # noqa: E402
+
 from tests.helpers import free_port, wait_until  # noqa: E402
 from tests.redis_topologies import LocalCluster, SentinelGroup  # noqa: E402
 from tests.servers import RedisServer  # noqa: E402
@@ -69,10 +70,11 @@ class Replica:
         self.proc: Any = None
 
     def start(self) -> Replica:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
-            env={**os.environ, "PYTHONPATH": str(ROOT / "service"), **self.env}, stderr=open(self.log, "ab"))
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "warning"],
+                env={**os.environ, "PYTHONPATH": str(ROOT / "service"), **self.env}, stderr=log)
         wait_until(lambda: _up(self.url) or self.proc.poll() is not None, timeout=30, what=f"{self.name} up")
         return self
 
@@ -202,7 +204,7 @@ async def one_stream(session: aiohttp.ClientSession, replicas: list[Replica], ta
                 events.append((name, int(ident.rsplit(":", 1)[1]), data))
                 if cut and len(events) == 3:
                     break
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         if not events:
             tally.refused["connection"] += 1
             return
@@ -226,7 +228,7 @@ async def one_stream(session: aiohttp.ClientSession, replicas: list[Replica], ta
                     return
                 async for name, ident, data in frames(r):
                     events.append((name, int(ident.rsplit(":", 1)[1]), data))
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             await asyncio.sleep(0.2)
         target = 1 - target
     tally.resumed += resumes > 0
