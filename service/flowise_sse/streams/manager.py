@@ -156,7 +156,7 @@ class StreamManager:
             if self.draining:
                 raise ShuttingDown("the gateway is shutting down; retry on another replica")
             # Never a stream id (those are 32 hex digits): a prediction is no stream to read.
-            lent.callback(await self.chats.claim(chat_id, f"p{uuid.uuid4().hex}"))
+            lent.callback(await self.chats.claim(chat_id, f"p{uuid.uuid4().hex}", stream=False))
             lent.callback(self.slots.take(owner))
             yield
 

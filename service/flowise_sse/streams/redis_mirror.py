@@ -114,10 +114,10 @@ class RedisMirror:
         that finds no trace of it in Redis can tell whether its owner is alive to write it again."""
         return self.replica + uuid.uuid4().hex[keys.TAG_LENGTH:]
 
-    async def claim_chat(self, chat_id: str, stream_id: str, tenant: str | None = None) -> bool:
-        """Cross-replica form of "one prediction per chatId"; registers the stream with it, as
-        `tenant`'s."""
-        return await self._claims.claim(chat_id, stream_id, self.replica, tenant)
+    async def claim_chat(self, chat_id: str, holder: str, tenant: str | None = None, *, stream: bool = True) -> bool:
+        """Cross-replica form of "one prediction per chatId"; registers the stream `holder` with
+        it, as `tenant`'s (`stream` False: a prediction's claim, no stream to register)."""
+        return await self._claims.claim(chat_id, holder, self.replica, tenant if stream else None, stream=stream)
 
     async def release_chat(self, chat_id: str, stream_id: str) -> None:
         await self._claims.release(chat_id, stream_id)

@@ -38,14 +38,16 @@ class ChatClaims:
     def releasing(self) -> bool:
         return bool(self._releases)
 
-    async def claim(self, chat_id: str, stream_id: str, owner: str, tenant: str | None) -> bool:
-        """Whether the chat was free; if so `stream_id` holds it, and its meta says that `owner`
-        runs it for `tenant`."""
+    async def claim(
+        self, chat_id: str, stream_id: str, owner: str, tenant: str | None, *, stream: bool = True
+    ) -> bool:
+        """Whether the chat was free; if so `stream_id` holds it, and (a `stream`) its meta says
+        that `owner` runs it for `tenant`."""
         with store_call("claim_chat"):
             claimed = await self._redis.set(keys.chat_lock(chat_id), stream_id, nx=True,
                                             ex=keys.chat_lock_ttl(self._settings))
-        if not claimed:
-            return False
+        if not claimed or not stream:
+            return bool(claimed)
         try:
             with store_call("claim_chat"):
                 pipe = self._redis.pipeline(transaction=False)
