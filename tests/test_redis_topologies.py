@@ -442,3 +442,29 @@ def test_clusterFlagOnAStandaloneRedis_andAMisspeltSetting_thenEachIsNamedAtStar
     text = log.read_text()
     assert "not in cluster mode: unset FLOWISE_SSE_REDIS_CLUSTER" in text
     assert "unknown settings ignored (misspelt, or not of this version): FLOWISE_SSE_REDIS_SENTINEL" in text
+
+
+def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_andStreamAndResume(
+    topology: Topology, emulators: Any
+) -> None:
+    if topology.name != "cluster":
+        pytest.skip("a cluster's node")
+    cluster: LocalCluster = topology.handle
+    named = next(node for node in cluster.nodes if node.proc.poll() is None
+                 and any(node.port == primary for _, _, primary, replicas in cluster._view() if replicas))
+    env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret",
+           "FLOWISE_SSE_REDIS_URL": f"redis://127.0.0.1:{named.port}/0", "FLOWISE_SSE_REDIS_CLUSTER": "true"}
+    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+        assert "event: end" in httpx.post(a.url + STREAM, json=tokens(3, 0), timeout=30).text
+        named.kill()
+        cluster.wait_healthy()
+
+        def streams_and_resumes() -> bool:
+            r = httpx.post(a.url + STREAM, json=tokens(5, 0), timeout=30)
+            if r.status_code != 200:
+                return False
+            stream_id = r.text.split("id: ", 1)[1].split(":", 1)[0]
+            resumed = httpx.get(f"{b.url}/v1/streams/{stream_id}/events", timeout=30,
+                                headers={"Last-Event-ID": f"{stream_id}:2"})
+            return resumed.status_code == 200 and "event: end" in resumed.text
+        assert wait_until(streams_and_resumes, timeout=20, interval=0.5, what="streams after the node died") < 15

@@ -155,7 +155,9 @@ class MirrorReader:
                 return "Redis lost events of this stream (a failover) and its owner did not write them again"
         else:
             watch.lacking_since = 0.0
-        alive = owner is not None and await owner_alive(self._redis, owner.decode())
+        # A meta lost in a failover (its owner writes it again): the owner is the replica whose
+        # id starts the stream's (`RedisMirror.new_stream_id`).
+        alive = await owner_alive(self._redis, owner.decode() if owner else keys.slot_tag(stream_id))
         if alive:
             watch.owner_gone_since = 0.0
             return None
