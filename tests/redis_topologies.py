@@ -147,16 +147,23 @@ class LocalCluster:
                     and all(primary in alive for _, _, primary, _ in view)):
                 return False
             # Replicas in sync with their primary (else a failover right after start-up would
-            # lose everything, which is no test of what a lagging replica loses).
-            for _, _, _, replica_ports in view:
-                for port in replica_ports:
-                    if port in alive:
-                        with redis.Redis(port=port, socket_timeout=1) as client:
-                            if client.info("replication").get("master_link_status") != "up":
-                                return False
-            return True
+            # lose everything, which is no test of what a lagging replica loses). Asked of each
+            # replica: CLUSTER SLOTS lists them only once gossip has spread.
+            return all(self._replication(node.port).get("master_link_status") == "up"
+                       for node in self.nodes if node.port in alive
+                       and self._replication(node.port).get("role") == "slave")
         wait_until(healthy, timeout=timeout, interval=0.1,
                    what="the cluster is ok, every slot on a live primary, replicas in sync")
+
+    @staticmethod
+    def _replication(port: int) -> dict[str, Any]:
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return dict(client.info("replication"))
+
+    def followed_primaries(self) -> set[int]:
+        """The ports of the primaries that a live replica follows (those a kill can fail over)."""
+        return {int(self._replication(node.port)["master_port"]) for node in self.nodes
+                if node.proc.poll() is None and self._replication(node.port).get("role") == "slave"}
 
     def primary_of(self, key: str) -> _Node:
         slot = SyncRedisCluster.keyslot(self.client(), key)  # type: ignore[arg-type]

@@ -64,9 +64,9 @@ class RedisMirror:
         self._heartbeat = ReplicaHeartbeat(own, self.replica, self._writer.verify_all)
         # A cluster client's pools refuse past their size rather than wait: readers wait here.
         slots = asyncio.Semaphore(max(1, settings.redis_max_connections - 1)) if settings.redis_cluster else None
-        self._reader = MirrorReader(shared, settings, slots)
+        self._aborts = AbortChannel(shared, on_abort, self._writer.rewrite)
+        self._reader = MirrorReader(shared, settings, slots, self._aborts.ask_repair)
         self._claims = ChatClaims(shared, settings)
-        self._aborts = AbortChannel(shared, on_abort)
 
     async def open(self) -> None:
         # A Redis that is down at start-up is an outage like any other, not a reason to crash-loop:
@@ -136,9 +136,11 @@ class RedisMirror:
     # --- any replica's side ---------------------------------------------------------------
     async def lookup(self, stream_id: str) -> RemoteStream | None:
         """The stream as Redis knows it, or None. A stream missing from Redis, or missing its
-        meta, whose owner may be writing it again after a failover (the owner is alive, or this
-        replica saw Redis lose data) is waited for, up to `LOSS_GRACE`: a live stream is not a 404."""
+        meta, whose owner may write it again after a failover (the owner is alive, or this replica
+        saw Redis lose data) is asked for (a finished stream is written again only when asked) and
+        waited for, up to `LOSS_GRACE`: a stream its owner still holds is not a 404."""
         deadline = time.monotonic() + LOSS_GRACE
+        asked = False
         while True:
             meta = await self._reader.meta(stream_id)
             if meta:
@@ -146,6 +148,9 @@ class RedisMirror:
                 return RemoteStream(tenant or None)
             if time.monotonic() >= deadline or not await self._may_be_repaired(stream_id):
                 return None
+            if not asked:  # a finished stream still in its owner's memory: written again
+                asked = True
+                await self._aborts.ask_repair(stream_id)
             await asyncio.sleep(0.2)
 
     async def _may_be_repaired(self, stream_id: str) -> bool:

@@ -1,4 +1,6 @@
-"""The abort channel: a `DELETE` on any replica reaches the replica running the stream.
+"""The control channel: a `DELETE` on any replica reaches the replica running the stream, and a
+replica that finds a stream missing from Redis (a failover lost it) asks its owner to write it
+again from memory (`repair:<streamId>`; an abort is the bare stream id).
 
 On one Redis (standalone, or Sentinel's primary) it is plain pub/sub. On a cluster, plain
 PUBLISH is broadcast to every node over the cluster bus and a subscriber follows one node, so it
@@ -23,21 +25,44 @@ from .calls import REDIS_ERRORS, Client, redis_call, store_call
 
 logger = logging.getLogger("flowise_sse")
 
+REPAIR = "repair:"
+
 
 class AbortChannel:
-    def __init__(self, client: Client, on_abort: Callable[[str], None]) -> None:
+    def __init__(
+        self, client: Client, on_abort: Callable[[str], None], on_repair: Callable[[str], None] = lambda _: None
+    ) -> None:
         self._redis = client
         self._on_abort = on_abort
+        self._on_repair = on_repair
         self._sharded = isinstance(client, RedisCluster)
         self._task: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()  # subscribed (for the tests: a DELETE now reaches us)
 
     async def publish(self, stream_id: str) -> None:
         with store_call("publish_abort"):
-            if self._sharded:
-                await self._redis.spublish(keys.ABORT_CHANNEL, stream_id)
-            else:
-                await self._redis.publish(keys.ABORT_CHANNEL, stream_id)
+            await self._publish(stream_id)
+
+    async def ask_repair(self, stream_id: str) -> None:
+        """Best effort: if nobody hears it, the stream stays missing and its reader says so."""
+        try:
+            with redis_call("publish_repair"):
+                await self._publish(REPAIR + stream_id)
+        except REDIS_ERRORS:
+            pass
+
+    async def _publish(self, message: str) -> None:
+        if self._sharded:
+            await self._redis.spublish(keys.ABORT_CHANNEL, message)
+        else:
+            await self._redis.publish(keys.ABORT_CHANNEL, message)
+
+    def _received(self, data: bytes) -> None:
+        message = data.decode()
+        if message.startswith(REPAIR):
+            self._on_repair(message[len(REPAIR):])
+        else:
+            self._on_abort(message)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen())
@@ -59,7 +84,7 @@ class AbortChannel:
                         self.listening.set()
                         async for message in pubsub.listen():
                             if message.get("type") == "message":
-                                self._on_abort(message["data"].decode())
+                                self._received(message["data"])
             except REDIS_ERRORS as exc:
                 self.listening.clear()
                 logger.warning("flowise-sse: Redis abort channel lost (%s); resubscribing", exc)
@@ -86,4 +111,4 @@ class AbortChannel:
             # answer or a failed node; it raises only when no node answers.
             message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None and message.get("type") == "smessage":
-                self._on_abort(message["data"].decode())
+                self._received(message["data"])

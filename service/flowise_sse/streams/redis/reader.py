@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -49,12 +49,17 @@ LOSS_GRACE = 2 * VERIFY_EVERY + 1
 
 
 class MirrorReader:
-    def __init__(self, client: Client, settings: Settings, slots: asyncio.Semaphore | None = None) -> None:
+    def __init__(
+        self, client: Client, settings: Settings, slots: asyncio.Semaphore | None = None,
+        ask_repair: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         """`slots`: readers blocked in XREAD at once (a cluster client's pools cannot make a
-        caller wait for a connection; this does)."""
+        caller wait for a connection; this does). `ask_repair`: asks the stream's owner to
+        write it again (its key is gone)."""
         self._redis = client
         self._settings = settings
         self._slots = slots
+        self._ask_repair = ask_repair
 
     async def meta(self, stream_id: str) -> dict[bytes, bytes] | None:
         """The stream's meta (owner, tenant), or None when Redis holds neither of its keys; {}
@@ -137,6 +142,8 @@ class MirrorReader:
             top_entry, owner = await pipe.execute()
         now = time.monotonic()
         if not top_entry:
+            if not watch.missing_since and self._ask_repair is not None:
+                await self._ask_repair(stream_id)
             watch.missing_since = watch.missing_since or now
             if now - watch.missing_since >= LOSS_GRACE:
                 return "Redis lost this stream (a failover) and nobody wrote it again"

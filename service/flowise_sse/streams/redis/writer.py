@@ -219,6 +219,25 @@ class MirrorWriter:
                                            "were waiting for Redis (FLOWISE_SSE_REDIS_BUFFER_BYTES)")
         self._wake.set()
 
+    def rewrite(self, stream_id: str) -> None:
+        """Write the stream again from its log, if this replica holds it: Redis lost it, and a
+        replica that was asked for it says so. A running stream's own check does it; a finished
+        one gets a backlog again, of all its frames (what Redis still holds is skipped)."""
+        if stream_id in self._backlogs:
+            self._queued[stream_id] = None
+        else:
+            log = self._logs(stream_id)
+            if log is None or not log.finished or not log.frames:
+                return
+            backlog = self._backlogs[stream_id] = _Backlog(stream_id, keys.tenant_value(log.owner))
+            last = len(log.frames)
+            backlog.frames = [(seq, log.frames[seq - 1], seq == last) for seq in range(1, last + 1)]
+            backlog.bytes, backlog.since = sum(len(frame) for _, frame, _ in backlog.frames), time.monotonic()
+            self._queued[stream_id] = None
+            logger.warning("flowise-sse: stream %s asked for by another replica, missing from Redis: written again "
+                           "from memory", stream_id)
+        self._wake.set()
+
     def verify_all(self) -> None:
         """Check every running stream's keys now (Redis was seen to lose data)."""
         for stream_id in self._backlogs:
