@@ -36,6 +36,9 @@ Client = redis.Redis | RedisCluster
 REDIS_ERRORS = (redis.RedisError, OSError, RedisClusterException)
 
 
+_CLUSTER_HEADROOM = 16
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (the primary's address asked of the sentinels for each new connection),
     blocking as the standalone one: a burst waits for a connection instead of failing."""
@@ -45,11 +48,16 @@ def connect(settings: Settings, max_connections: int) -> Client:
     """A client of at most `max_connections` connections (per node, on a cluster). Standalone and
     Sentinel pools block: a burst waits (up to `redis_timeout`) for a connection instead of failing
     with "Too many connections"; a `?max_connections=` in the URL overrides it. A cluster's pools
-    cannot block, so its blocking readers are bounded by `MirrorReader`'s own count."""
+    cannot block, so its blocking readers are bounded by `MirrorReader`'s own count, and each
+    node's pool has some headroom over it."""
     timeouts: dict[str, Any] = {"socket_timeout": settings.redis_timeout,
                                 "socket_connect_timeout": min(5.0, settings.redis_timeout)}
     if settings.redis_cluster:
-        return RedisCluster.from_url(str(settings.redis_url), max_connections=max_connections, **timeouts)
+        # Past its size a cluster node's pool refuses ("Too many connections") instead of
+        # waiting: the blocking readers are held to `max_connections` by `MirrorReader`, and this
+        # headroom is for the short calls (claims, look-ups, the writer's, a topology refresh).
+        return RedisCluster.from_url(str(settings.redis_url), max_connections=max_connections + _CLUSTER_HEADROOM,
+                                     **timeouts)
     if settings.redis_sentinels:
         sentinel_password = settings.redis_sentinel_password
         sentinel_options: dict[str, Any] = {
