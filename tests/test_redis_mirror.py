@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
-from typing import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -237,7 +237,7 @@ async def test_writer_whenRedisLosesAStreamsEntriesAndMeta_thenTheOwnerWritesThe
     assert failures == []
 
 
-async def test_writer_whenRedisLostEntriesNoLongerInMemory_thenTheStreamEndsInRedisWithStoreUnavailable_rightAfterWhatItHolds(
+async def test_writer_whenRedisLostEntriesNoLongerInMemory_thenItEndsInRedisWithStoreUnavailable_rightAfterWhatItHolds(
     redis_url, store  # noqa: F811
 ):
     config = settings(redis_url)

@@ -308,7 +308,6 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
         # The stream's log in Redis is whole and ends: its run finished within the grace.
         stream_id = events[0].data["streamId"]
         import redis
-
         from flowise_sse.streams.redis import keys
 
         with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
