@@ -1,17 +1,21 @@
-"""Shared by the benchmark's processes: spawning servers, reading /proc, and a lean SSE client.
+"""Shared by the benchmark's processes: spawning servers, per-process figures, and a lean SSE client.
 
 The lean client is a raw asyncio protocol with httptools doing the HTTP/1.1 (chunked) parsing, so
 that the measuring side spends a few microseconds per token and is not what limits the figures.
-It understands both framings: the gateway's (`event: token` / `data: {"text": ...}`) and Flowise's
-native one (`message:` / `data:{"event": "token", "data": ...}`).
+It reads both framings: the gateway's (`event: token` / `data: {"text": ...}`) and Flowise's
+(`message:` / `data:{"event": "token", "data": ...}`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import resource
+import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -19,24 +23,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import httptools
 import orjson
+import psutil
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 PYTHON = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEMO_CHATFLOW_ID = "3c9866f3-f7de-4cf0-bcca-26807ac532c4"  # flowise_sse.emulator.DEMO_CHATFLOW_ID
+GATEWAY_PATH = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
+PREDICTION_PATH = f"/api/v1/prediction/{DEMO_CHATFLOW_ID}"
 
 
 # --- processes ------------------------------------------------------------------------------
 
-def raise_nofile(target: int = 65536) -> int:
+def raise_nofile() -> int:
+    """The soft limit on open files raised to the hard one: 2,000 streams are 4,000 sockets."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(target, hard) if hard != resource.RLIM_INFINITY else target
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
@@ -46,24 +52,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_sets() -> tuple[set[int] | None, set[int] | None]:
-    """(system under test, everything else): core 0 for the server measured, the rest for the
-    emulators and the clients, when there are at least two cores."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, set(cpus[1:])
-
-
 def spawn(args: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None,
           log: Path | None = None) -> subprocess.Popen:
-    def pin() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
     out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, preexec_fn=pin, stdout=out,
-                            stderr=subprocess.STDOUT, cwd=str(REPO))
+    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            cwd=str(REPO), preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -79,74 +72,68 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open within {timeout} s ({proc.args})")
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+def start_redis(cpus: set[int] | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A redis-server of its own on loopback, nothing persisted: its process and URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (tests/setup.sh installs it)")
+    port = free_port()
+    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], cpus=cpus,
+                 log=log)
+    wait_port(port, proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def cpu_seconds(pid: int) -> float:
-    """user + system CPU of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (a `serve --workers` parent, its workers), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    parents.setdefault(int(fh.read().rpartition(")")[2].split()[1]), []).append(int(entry))
-            except OSError:
-                pass
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += parents.get(tree[-1], [])
-    return tree
-def process_cpu_clock(pid: int) -> float:
-    """CPU seconds of a whole process (every thread, exited ones included) with nanosecond
-    resolution: its POSIX CPU clock, the id clock_getcpuclockid(pid) returns (CPUCLOCK_SCHED). Where
-    /proc's clock ticks (10 ms) are too coarse: a few ms of CPU per request."""
+    """CPU seconds of a whole process (every thread) from its POSIX CPU clock, the id
+    clock_getcpuclockid(pid) returns: nanoseconds, where /proc's (and so psutil's) clock ticks of
+    10 ms are too coarse for a millisecond of CPU per request."""
     return time.clock_gettime(((~pid) << 3) | 2)
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def rss_kb(pids: list[int]) -> float:
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids) / 1024
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a `serve --workers` parent and its workers)."""
+    return [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def percentile(values: list[float], q: int) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def distribution(values: list[float]) -> dict[str, float]:
+    """Seconds; NaN samples (no first token) left out."""
+    vals = [v for v in values if not math.isnan(v)]
+    return {"n": len(vals), "p50": percentile(vals, 50), "p90": percentile(vals, 90), "p99": percentile(vals, 99),
+            "mean": statistics.fmean(vals) if vals else math.nan, "min": min(vals, default=math.nan),
+            "max": max(vals, default=math.nan)}
 
 
 # --- SSE frames -----------------------------------------------------------------------------
 
-def gateway_frame(frame: bytes) -> tuple[str, Any] | None:
-    """`[: keep-alive\\n][retry:\\n]event: name\\ndata: {json}\\nid: ..` -> (name, data); None for a
-    comment alone."""
+def parse_frame(frame: bytes, flowise: bool) -> tuple[str, Any] | None:
+    """(name, data) of one frame: Flowise's own `message:\ndata:{"event": name, "data": ...}`, or the
+    gateway's `[: keep-alive\n][retry:\n]event: name\ndata: {json}\nid: ..`; None for a comment alone."""
+    if flowise:
+        d = frame.find(b"data:")
+        message = orjson.loads(frame[d + 5:]) if d >= 0 else None
+        return (message["event"], message.get("data")) if message else None
     e = frame.find(b"event: ")
     if e < 0:
         return None
@@ -156,44 +143,19 @@ def gateway_frame(frame: bytes) -> tuple[str, Any] | None:
     return frame[e + 7:nl].decode(), orjson.loads(frame[d + 6:end] if end >= 0 else frame[d + 6:])
 
 
-def flowise_frame(frame: bytes) -> tuple[str, Any] | None:
-    """Flowise >= 2.1: `message:\\ndata:{"event": name, "data": ...}` -> (name, data)."""
-    d = frame.find(b"data:")
-    if d < 0:
-        return None
-    message = orjson.loads(frame[d + 5:])
-    return message["event"], message.get("data")
-
-
-def token_text(name: str, data: Any, flowise: bool) -> str | None:
-    if name != "token":
-        return None
-    return (data or "") if flowise else data["text"]
-
-
-class FrameSplitter:
-    """Bytes in, complete `\\n\\n`-terminated frames out."""
-
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self.buf + data if self.buf else data
-        frames = buf.split(b"\n\n")
-        self.buf = frames.pop()
-        return frames
+def split_frames(buffer: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """(complete `\n\n`-terminated frames, the rest) of what was buffered plus `data`."""
+    frames = (buffer + data if buffer else data).split(b"\n\n")
+    return frames, frames.pop()
 
 
 async def response_events(response: Any, flowise: bool) -> AsyncIterator[tuple[str, Any]]:
     """(name, data) of each event of a streamed httpx response, Flowise's own framing or the gateway's."""
-    parse = flowise_frame if flowise else gateway_frame
-    splitter = FrameSplitter()
+    rest = b""
     async for chunk in response.aiter_raw():
-        for frame in splitter.feed(chunk):
-            parsed = parse(frame)
-            if parsed is not None:
+        frames, rest = split_frames(rest, chunk)
+        for frame in frames:
+            if (parsed := parse_frame(frame, flowise)) is not None:
                 yield parsed
 
 
@@ -217,16 +179,13 @@ class StreamResult:
 
 
 class SseStream(asyncio.Protocol):
-    """One HTTP request whose answer is an event stream, read frame by frame as it arrives."""
+    """One HTTP/1.1 request whose answer is an event stream, parsed by httptools frame by frame as it
+    arrives: a client on aiohttp took half as much CPU again per token (11 µs against 7 reading the
+    ceiling), enough to be the limit of the throughput rows on a quiet machine."""
 
     def __init__(self, request: bytes, flowise: bool, keep_times: bool, done: asyncio.Future) -> None:
-        self.request = request
-        self.parse = flowise_frame if flowise else gateway_frame
-        self.flowise = flowise
-        self.keep_times = keep_times
-        self.done = done
-        self.result = StreamResult()
-        self.splitter = FrameSplitter()
+        self.request, self.flowise, self.keep_times, self.done = request, flowise, keep_times, done
+        self.result, self.rest = StreamResult(), b""
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
 
@@ -250,26 +209,19 @@ class SseStream(asyncio.Protocol):
             result.error = (result.error or b"") + body
             return
         now = time.monotonic()
-        for frame in self.splitter.feed(body):
-            parsed = self.parse(frame)
-            if parsed is None:
-                continue
-            name, data = parsed
-            if name == "token":
-                text = data if self.flowise else data["text"]
-                if text:
-                    result.tokens += 1
-                    result.parts.append(text)
-                    if result.t_first is None:
-                        result.t_first = now
-                    if self.keep_times:
-                        result.times.append(now)
+        frames, self.rest = split_frames(self.rest, body)
+        for frame in frames:
+            name, data = parse_frame(frame, self.flowise) or ("", None)
+            text = (data if self.flowise else data["text"]) if name == "token" else None
+            if text:
+                result.tokens += 1
+                result.parts.append(text)
+                result.t_first = result.t_first or now
+                if self.keep_times:
+                    result.times.append(now)
             elif name in ("end", "error"):
-                result.terminal = name
-                if name == "error":
-                    result.error = data
-                self._finish(None)
-                return
+                result.terminal, result.error = name, data if name == "error" else None
+                return self._finish(None)
 
     def on_message_complete(self) -> None:
         self._finish(None)
@@ -278,33 +230,29 @@ class SseStream(asyncio.Protocol):
         self._finish(None if exc is None else repr(exc))
 
     def _finish(self, error: Any) -> None:
-        if self.done.done():
-            return
-        self.result.t_done = time.monotonic()
-        if error is not None and self.result.error is None:
-            self.result.error = error
-        if self.transport is not None:
-            self.transport.close()
-        self.done.set_result(self.result)
+        if not self.done.done():
+            self.result.t_done = time.monotonic()
+            self.result.error = self.result.error or error
+            self.transport.close()  # type: ignore[union-attr]
+            self.done.set_result(self.result)
 
 
-def http_request(method: str, path: str, port: int, body: Any = None) -> bytes:
-    payload = orjson.dumps(body) if body is not None else b""
-    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
-            f"Connection: close\r\n")
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-    return head.encode() + b"\r\n" + payload
-
-
-async def lean_stream(port: int, request: bytes, flowise: bool, keep_times: bool = False,
+async def lean_stream(url: str, body: bytes | None, flowise: bool, keep_times: bool = False,
                       timeout: float = 120.0) -> StreamResult:
+    """A POST of `body` (or a GET) to a local `url`, on a connection of its own, read to its end."""
+    parts = urlsplit(url)
+    request = (f"{'GET' if body is None else 'POST'} {parts.path}{'?' + parts.query if parts.query else ''} "
+               f"HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\nConnection: close\r\n").encode()
+    if body is not None:
+        request += b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    else:
+        request += b"\r\n"
     loop = asyncio.get_running_loop()
     done: asyncio.Future[StreamResult] = loop.create_future()
     try:
         async with asyncio.timeout(timeout):
             transport, _ = await loop.create_connection(
-                lambda: SseStream(request, flowise, keep_times, done), "127.0.0.1", port)
+                lambda: SseStream(request, flowise, keep_times, done), parts.hostname, parts.port)
             try:
                 return await done
             finally:
@@ -315,13 +263,14 @@ async def lean_stream(port: int, request: bytes, flowise: bool, keep_times: bool
         return result
 
 
-def gateway_body(tokens: list[str], delay: float, question: str = "bench") -> dict[str, Any]:
-    return {"question": question, "overrideConfig": {"emulator": {"tokens": tokens, "delay": delay}}}
-
-
-def flowise_body(tokens: list[str], delay: float, question: str = "bench", **extra: Any) -> dict[str, Any]:
-    return {"question": question, "streaming": True,
-            "overrideConfig": {"emulator": {"tokens": tokens, "delay": delay}}, **extra}
+def prediction(tokens: list[str] | None = None, delay: float = 0.0, *, count: int | None = None,
+               flowise: bool = False, question: str = "bench") -> dict[str, Any]:
+    """A request body the emulators answer with these tokens, or with `count` of "t0 ", "t1 ", ...
+    made upstream (a list rides in the request and stays with the run; a real client's question
+    does not); for Flowise itself (`flowise`) or the gateway."""
+    controls = {"count": count, "delay": delay} if count is not None else {"tokens": tokens, "delay": delay}
+    return {"question": question, **({"streaming": True} if flowise else {}),
+            "overrideConfig": {"emulator": controls}}
 
 
 def tokens_for(n: int, prefix: str = "t") -> list[str]:
@@ -329,15 +278,8 @@ def tokens_for(n: int, prefix: str = "t") -> list[str]:
     return [f"{prefix}{i} " for i in range(n)]
 
 
-def install_uvloop() -> None:
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:  # pragma: no cover
-        pass
-
-
 def run_async(main: Callable[[], Any]) -> Any:
-    install_uvloop()
-    return asyncio.run(main())
+    """`asyncio.run(main())` on uvloop, as the servers measured run."""
+    import uvloop
+
+    return uvloop.run(main())

@@ -4,7 +4,6 @@ machine), and py-spy attached to one of them."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import shutil
 import signal
@@ -14,65 +13,58 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
-from common import BENCH_DIR, DEMO_CHATFLOW_ID, PYTHON, cpu_sets, free_port, spawn, stop, wait_port
-from hotspots import Profile
+from common import BENCH_DIR, PYTHON, free_port, spawn, stop, wait_port
 
 PYSPY = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
-GATEWAY_PATH = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
-PREDICTION_PATH = f"/api/v1/prediction/{DEMO_CHATFLOW_ID}"
 
 
 @dataclass
 class Config:
-    quick: bool
-    latency_requests: int
-    latency_warmup: int
-    throughput_tokens: int
-    throughput_reps: int
-    sse_levels: list[int]
-    sio_levels: list[int]
+    """The counts of a full run (`--smoke`: tiny ones) and its time budgets, in seconds."""
+
+    latency_requests: int = 300
+    latency_warmup: int = 10
+    throughput_tokens: int = 20000
+    throughput_reps: int = 7
+    # 300 is not a target level: it sits near where one gateway process fills its core.
+    sse_levels: list[int] = field(default_factory=lambda: [100, 300, 1000, 2000])
+    sio_levels: list[int] = field(default_factory=lambda: [100, 1000])
     conc_tokens: int = 300  # 15 s answers: with the ramp below, all N streams are open together for >= 5 s
     conc_delay: float = 0.05
-    ramp_rate: float = 200.0  # streams opened per second (at least 1 s of ramp): below the gateway's set-up rate
-    streams_per_worker: int = 1000
-    whatif: bool = True  # also measure the gateway on uvloop (a launcher in bench/servers.py)
-    profile: bool = True
+    ramp_rate: float = 200.0  # streams opened per second: below the gateway's set-up rate on one core
+    streams_per_worker: int = 1000  # per bench/loadgen.py process
+    profile_requests: int = 300
+    profile_reps: int = 8
     profile_rate: int = 250
     conc_profile_rate: int = 50  # py-spy pauses every thread per sample: costly with the gateway's threadpool
-    pin: bool = True
     wait_idle: float = 60.0
-    budget: float = 900.0  # seconds for the whole run; phases past it are skipped
-    # Section 5, against a real Flowise 3.1.4: measured pairs (one answer is ~0.4 s there) and warm-up pairs.
-    real_requests: int = 150
+    budget: float = 900.0  # for sections 1 to 4: one past it is skipped, and says so
+    real_requests: int = 150  # section 5: measured pairs (an answer is ~0.4 s there), after warm-up pairs
     real_warmup: int = 5
-    # Section 6 (bench/workers.py): the levels tried per worker count, ascending, and its own budget.
     workers_levels: list[int] = field(default_factory=lambda: [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000])
     workers_budget: float = 600.0
+    redis_level: int = 300
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Config:
-        if args.quick:
-            cfg = cls(True, 40, 3, 3000, 2, [50, 200], [50], conc_tokens=40, profile_rate=100, conc_profile_rate=50,
-                      wait_idle=0.0, budget=240.0, real_requests=20, real_warmup=2, workers_levels=[50, 100],
-                      workers_budget=120.0)
-        else:
-            # 300 is not a target level: it sits near where the gateway as shipped saturates its core.
-            cfg = cls(False, 300, 10, 20000, 7, [100, 300, 1000, 2000], [100, 1000])
-        cfg.profile = not args.no_profile and PYSPY is not None
-        cfg.pin = not args.no_pin
-        cfg.whatif = not args.no_whatif
-        if args.wait_idle is not None:
-            cfg.wait_idle = args.wait_idle
+        cfg = cls(40, 3, 3000, 2, [50], [50], conc_tokens=40, profile_requests=30, profile_reps=2, profile_rate=100,
+                  budget=300.0, real_requests=4, real_warmup=1, workers_levels=[50, 100], workers_budget=120.0,
+                  redis_level=50) if args.smoke else cls()
+        cfg.wait_idle = args.wait_idle if args.wait_idle is not None else 10.0 if args.quick or args.smoke else 60.0
         return cfg
 
 
 class Servers:
-    def __init__(self, cfg: Config, logdir: Path) -> None:
+    def __init__(self, logdir: Path, pin: bool = True) -> None:
         self.logdir = logdir
-        self.sut_cpus, self.other_cpus = cpu_sets() if cfg.pin else (None, None)
-        # Every core this run may use: a child inherits its parent's affinity, and `place_self`
-        # narrows this process's, so "anywhere" has to be said explicitly.
+        # The first core for the system under test (the server measured), the others for everything
+        # else, when there are at least two.
+        cpus = sorted(os.sched_getaffinity(0))
+        self.sut_cpus, self.other_cpus = ({cpus[0]}, set(cpus[1:])) if pin and len(cpus) > 1 else (None, None)
+        # A child inherits its parent's affinity, and `place_self` narrows this process's, so
+        # "anywhere" has to be said explicitly.
         self.all_cpus = os.sched_getaffinity(0)
         self.procs: dict[str, subprocess.Popen] = {}
         self.ports: dict[str, int] = {}
@@ -83,7 +75,7 @@ class Servers:
         if not self.other_cpus:
             return "no pinning"
         os.sched_setaffinity(0, self.other_cpus)
-        return (f"the system under test (gateway, ceiling) pinned to core {sorted(self.sut_cpus)[0]}; emulators, "
+        return (f"the system under test (gateway, ceiling) pinned to core {min(self.sut_cpus)}; emulators, "
                 f"clients and py-spy to core(s) {', '.join(map(str, sorted(self.other_cpus)))}")
 
     def start(self, name: str, args: list[str], sut: bool | None, env: dict[str, str] | None = None,
@@ -102,24 +94,16 @@ class Servers:
         return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), kind, "--port", "{port}", "--version", version],
                           sut=False, timeout=300.0 if kind == "lite-sio" else 20.0)
 
-    def start_ceiling(self, name: str) -> int:
-        return self.start(name, [PYTHON, str(BENCH_DIR / "servers.py"), "ceiling", "--port", "{port}"], sut=True)
-
-    def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None, uvloop: bool = False,
+    def start_gateway(self, name: str, upstream: str, env: dict[str, str] | None = None,
                       workers: int | None = None) -> int:
-        """The gateway as shipped (`python -m flowise_sse serve`), or with uvloop installed first (what-if).
-        `upstream`: a server of this run by name, or a URL (a Flowise started elsewhere). `workers`:
-        `serve --workers N` (bench/workers.py); above 1 it is not pinned (it has N processes)."""
-        url = upstream if upstream.startswith("http") else f"http://127.0.0.1:{self.ports[upstream]}"
-        env = {"FLOWISE_URL": url, "PYTHONUNBUFFERED": "1", **(env or {})}
-        if uvloop:
-            args = [PYTHON, str(BENCH_DIR / "servers.py"), "gateway-uvloop", "--port", "{port}"]
-        else:
-            args = [PYTHON, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", "{port}", "--log-level",
-                    "warning"] + (["--workers", str(workers)] if workers else [])
-        port = self.start(name, args, sut=True if (workers or 1) == 1 else None, env=env)
-        # Ready once it has learnt the transport (warm-up) and answers; with workers, once /metrics
-        # lists every one of them as well.
+        """The gateway as shipped (`python -m flowise_sse serve`). `upstream`: a server of this run by
+        name, or a URL. `workers`: `serve --workers N`; above 1 it is not pinned (N processes)."""
+        url = upstream if upstream.startswith("http") else self.url(upstream)
+        args = [PYTHON, "-m", "flowise_sse", "serve", "--host", "127.0.0.1", "--port", "{port}", "--log-level",
+                "warning"] + (["--workers", str(workers)] if workers else [])
+        port = self.start(name, args, sut=True if (workers or 1) == 1 else None,
+                          env={"FLOWISE_URL": url, "PYTHONUNBUFFERED": "1", **(env or {})})
+        # Ready once it has learnt the transport and answers; with workers, once /metrics lists each.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -157,51 +141,23 @@ class Servers:
 
 
 def event_loop_of(pid: int) -> str:
-    """Which event loop a running gateway uses: the stdlib loop's Python frames show in a stack dump,
-    uvloop's run loop is native."""
-    if PYSPY:
-        try:
-            dump = subprocess.run([PYSPY, "dump", "--pid", str(pid)], capture_output=True, text=True,
-                                  timeout=20).stdout
-        except (OSError, subprocess.SubprocessError):
-            dump = ""
-        if "base_events.py" in dump:
-            return "asyncio (stdlib selector loop)"
-        if dump:
-            return "uvloop"
-    try:
-        with open(f"/proc/{pid}/maps") as fh:
-            return "uvloop (its library is loaded)" if "uvloop/loop" in fh.read() else "asyncio (stdlib), probably"
-    except OSError:
-        return "unknown"
+    """Which event loop a running gateway uses: the CLI runs on uvloop whenever it can import it, so
+    uvloop's library mapped in its memory says it does."""
+    return "uvloop" if any("uvloop" in m.path for m in psutil.Process(pid).memory_maps()) else "asyncio (stdlib)"
 
 
 class Spy:
-    """py-spy attached to one pid. It pauses the process for each sample, so it runs on the gateway's
-    own core: woken there it preempts the gateway at once and the pauses stay short (on the other,
-    busy core it would wait its turn while the gateway stays paused). --nonblocking is not used: on
-    this kind of machine it tore about half the stacks."""
+    """`py-spy record --format raw` (collapsed stacks) on one pid. `--gil` keeps only the samples that
+    hold the GIL: a thread waiting in epoll or on the threadpool's queue is not busy. py-spy pauses
+    the process per sample, so it runs on the gateway's core: woken there it preempts the gateway at
+    once (on the busy other core it would wait its turn, the gateway paused meanwhile)."""
 
     def __init__(self, servers: Servers, pid: int, out: Path, rate: int) -> None:
         self.out = out
-        self.proc = spawn([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--full-filenames",
-                           "--format", "raw", "--output", str(out)],
-                          cpus=servers.sut_cpus, log=servers.logdir / f"{out.stem}.py-spy.log")
+        self.proc = spawn([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--gil", "--format", "raw",
+                           "--output", str(out)], cpus=servers.sut_cpus, log=servers.logdir / f"{out.stem}.py-spy.log")
         time.sleep(0.5)  # attach
 
-    def finish(self) -> Profile | None:
-        """Stop sampling; the stacks are kept gzipped (`zcat x.txt.gz | flamegraph.pl`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if not self.out.exists():
-            return None
-        prof = Profile.load(self.out)
-        packed = self.out.with_name(self.out.name + ".gz")
-        packed.write_bytes(gzip.compress(self.out.read_bytes(), 9))
-        self.out.unlink()
-        return prof
+    def finish(self) -> Path | None:
+        stop(self.proc, signal.SIGINT)  # py-spy writes its file on SIGINT
+        return self.out if self.out.exists() else None

@@ -1,107 +1,88 @@
 """The machine a run is on: what it is (cores, CPU, Python, library versions, commit) and how busy
-it is, ours against foreign CPU, from /proc/stat."""
+it is, the benchmark's own CPU against everything else's ("foreign"), from psutil."""
 
 from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
 import time
 from importlib import metadata
 
-from common import CLK_TCK, REPO, cpu_seconds, own_cpu
-from results import Load, Machine
+import cpuinfo  # pytest-benchmark's dependency: the CPU model, which psutil does not give
+import psutil
+
+from common import REPO, cpu_seconds
 
 IDLE_MAX = 0.25  # cores busy with other work below which the machine counts as quiet
 LIBRARIES = ("flowise-sse", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "sse-starlette", "httpx",
-             "httpcore", "httpx-sse", "python-socketio", "python-engineio", "aiohttp", "websockets", "orjson",
-             "matplotlib", "py-spy")
+             "python-socketio", "python-engineio", "aiohttp", "orjson", "redis", "py-spy", "psutil")
 
 
-def proc_stat() -> tuple[int, int, int]:
-    """(busy, total, steal) jiffies of the whole machine."""
-    with open("/proc/stat") as fh:
-        parts = [int(x) for x in fh.readline().split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = parts
-    busy = user + nice + system + irq + softirq + steal
-    return busy, busy + idle + iowait, steal
+def _busy() -> float:
+    """CPU seconds the whole machine has been busy (guest time is counted in user time already)."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq + t.steal
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _cpu_of(pids: list[int]) -> float:
+    """This process's CPU seconds, its reaped children's, and those of the live processes named."""
+    total = 0.0
+    for pid in [os.getpid(), *pids]:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:  # gone: its CPU is in our children's, if it was ours
+            pass
+    t = psutil.Process().cpu_times()
+    return total + t.children_user + t.children_system
 
 
 class LoadMeter:
-    """CPU used on the whole machine during a window, split into ours (this process, its reaped
-    children and the live servers named) and foreign (anything else running on the machine)."""
+    """CPU used on the whole machine during a window, in cores: ours (this process, its reaped
+    children and the live processes named) and foreign (anything else, kernel work charged to no
+    process included)."""
 
     def __init__(self, pids: list[int]) -> None:
-        self.t0 = time.monotonic()
-        self.stat0 = proc_stat()
-        self.own0, self.kids0 = own_cpu(), children_cpu()
-        self.alive0 = {pid: cpu_seconds(pid) for pid in pids}
+        self.pids = pids
+        self.t0, self.busy0, self.ours0 = time.monotonic(), _busy(), _cpu_of(pids)
 
-    def stop(self) -> Load:
+    def stop(self) -> dict[str, float]:
         wall = max(1e-6, time.monotonic() - self.t0)
-        busy1, _, steal1 = proc_stat()
-        ours = own_cpu() - self.own0 + children_cpu() - self.kids0
-        for pid, c0 in self.alive0.items():
-            try:
-                ours += cpu_seconds(pid) - c0
-            except OSError:
-                pass
-        busy = (busy1 - self.stat0[0]) / CLK_TCK
-        return Load(wall=wall, busy_cores=busy / wall, ours_cores=ours / wall,
-                    foreign_cores=max(0.0, busy - ours) / wall, steal_cores=(steal1 - self.stat0[2]) / CLK_TCK / wall)
+        busy, ours = _busy() - self.busy0, _cpu_of(self.pids) - self.ours0
+        return {"wall": wall, "busy_cores": busy / wall, "ours_cores": ours / wall,
+                "foreign_cores": max(0.0, busy - ours) / wall}
 
 
-def background_load(seconds: float = 2.0) -> Load:
-    meter = LoadMeter([])
-    time.sleep(seconds)
-    return meter.stop()
-
-
-def wait_idle(limit: float) -> Load:
-    """Wait up to `limit` seconds for the machine to be quiet; its load at the end."""
-    bg = background_load()
+def wait_idle(limit: float) -> dict[str, float]:
+    """Wait up to `limit` seconds for the machine to be quiet; its load over the last 2 s."""
     waited = time.monotonic()
-    while bg.busy_cores > IDLE_MAX and time.monotonic() - waited < limit:
-        print(f"  the machine is busy ({bg.busy_cores:.2f} cores used by other processes): waiting "
+    while True:
+        meter = LoadMeter([])
+        time.sleep(2)
+        load = meter.stop()
+        if load["foreign_cores"] <= IDLE_MAX or time.monotonic() - waited >= limit:
+            return load
+        print(f"  the machine is busy ({load['foreign_cores']:.2f} cores used by other processes): waiting "
               f"(at most {limit:.0f} s, --wait-idle)")
-        time.sleep(5)
-        bg = background_load()
-    return bg
+        time.sleep(3)
 
 
-def machine_info() -> Machine:
-    model = "?"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kb = 0
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
+def machine_info() -> dict:
     libs = {}
     for name in LIBRARIES:
         try:
             libs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             libs[name] = "-"
+    git = ["git", "-C", str(REPO)]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service"], cwd=REPO, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        commit += " (service/ has uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.SubprocessError):
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        if subprocess.run([*git, "status", "--porcelain", "--", "service"], capture_output=True, text=True).stdout:
+            commit += " (service/ has uncommitted changes)"
+    except OSError:
         commit = "?"
-    return Machine(nproc=os.cpu_count(), affinity=sorted(os.sched_getaffinity(0)), cpu_model=model,
-                   mem_gb=round(mem_kb / 1024 / 1024, 1), kernel=platform.release(),
-                   python=platform.python_version(), implementation=platform.python_implementation(),
-                   libs=libs, commit=commit, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return {"nproc": psutil.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+            "cpu_model": cpuinfo.get_cpu_info().get("brand_raw", "?"),
+            "mem_gb": round(psutil.virtual_memory().total / 2**30, 1), "kernel": platform.release(),
+            "python": platform.python_version(), "implementation": platform.python_implementation(),
+            "libs": libs, "commit": commit, "load_avg": psutil.getloadavg()}

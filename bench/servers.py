@@ -1,33 +1,23 @@
-"""The servers the benchmark runs, each in a process of its own (the gateway is started apart,
-as `python -m flowise_sse serve`):
+"""The servers the benchmark runs, each a process of its own (the gateway is started apart, as
+`python -m flowise_sse serve`): `python bench/servers.py KIND --port N`, KIND one of
 
-    python bench/servers.py emulator --version 1.6.2|3.1.4 --port N
-        the package's emulated Flowise (flowise_sse.emulator), token delay 0 unless asked per request
-    python bench/servers.py lite --port N
-        "flowise-lite": a lean emulated Flowise 3.1.4 (SSE only) on a raw asyncio protocol, for the
-        concurrency runs, where thousands of paced streams would make the package emulator (a
-        Starlette app, one asyncio.sleep task per stream) eat the CPU the gateway is measured with
-    python bench/servers.py lite-sio --port N
-        "flowise-lite-sio": a lean emulated Flowise 1.6.2 (socket.io streaming) in Node with the real
-        `socket.io` server package (bench/flowise_lite_sio/server.js), for the socket.io throughput and
-        concurrency runs, where the package emulator's python-socketio server is slower than the gateway;
-        runs `npm ci` first when its node_modules are missing, then becomes the node process (exec)
-    python bench/servers.py gateway-uvloop --port N
-        a what-if, not the gateway as shipped: `python -m flowise_sse serve` with uvloop installed as the
-        asyncio policy first (the CLI's asyncio.run() otherwise runs the stdlib selector loop)
-    python bench/servers.py ceiling --port N
-        the ceiling: a bare sse-starlette endpoint, configured as the gateway configures its
-        responses, yielding the gateway's own encoded frames from memory
-    python bench/servers.py mock-llm --port N --token-delay-ms 20
-        the e2e suite's mock OpenAI LLM (tests/e2e/mock_llm.py), one token every 20 ms, without access
-        logs: the LLM behind the real Flowise of section 5
+    emulator --version 1.6.2|3.1.4   the package's emulated Flowise (flowise_sse.emulator)
+    lite       "flowise-lite": a lean Flowise 3.1.4 (SSE) on a raw asyncio protocol, tokens from loop
+               timers: thousands of paced streams would make the package emulator (a Starlette app,
+               one sleeping task per stream) eat the CPU the gateway is measured with
+    lite-sio   "flowise-lite-sio": a lean Flowise 1.6.2 in Node on the `socket.io` npm server
+               (bench/flowise_lite_sio/server.js), where the package emulator's python-socketio server
+               is slower than the gateway; runs `npm ci` first when its node_modules are missing
+    ceiling    a bare sse-starlette endpoint, configured as the gateway's responses are, yielding the
+               gateway's own encoded frames from memory
+    mock-llm   the e2e suite's mock OpenAI LLM (tests/e2e/mock_llm.py), the LLM of section 5
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import functools
 import os
 import shutil
 import subprocess
@@ -41,12 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httptools  # noqa: E402
 import orjson  # noqa: E402
 
-from common import BENCH_DIR, DEMO_CHATFLOW_ID, REPO, install_uvloop, raise_nofile, tokens_for  # noqa: E402
+from common import BENCH_DIR, DEMO_CHATFLOW_ID, REPO, raise_nofile, run_async, tokens_for  # noqa: E402
 
 LITE_SIO = BENCH_DIR / "flowise_lite_sio"
 
-
-# --- the package emulator -------------------------------------------------------------------
 
 def run_emulator(version: str, port: int) -> None:
     import uvicorn
@@ -58,8 +46,6 @@ def run_emulator(version: str, port: int) -> None:
                 loop="uvloop", http="httptools", backlog=4096)
 
 
-# --- the ceiling ----------------------------------------------------------------------------
-
 def run_ceiling(port: int) -> None:
     import uvicorn
     from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -70,25 +56,18 @@ def run_ceiling(port: int) -> None:
     from flowise_sse.events import END, START, Event, token
     from flowise_sse.streams.sse_encoder import encode
 
-    cache: dict[int, list[bytes]] = {}
-
+    @functools.cache
     def frames(n: int) -> list[bytes]:
         """start, n tokens ("t0 ", "t1 ", ...), end: encoded exactly as the gateway encodes them."""
-        if n not in cache:
-            sid = uuid.uuid4().hex
-            events = [Event(START, {"streamId": sid, "chatId": str(uuid.uuid4()), "chatflowId": DEMO_CHATFLOW_ID,
-                                    "transport": "sse"})]
-            events += [token(f"t{i} ") for i in range(n)]
-            events.append(Event(END, {"text": "".join(f"t{i} " for i in range(n)), "chatId": "x"}))
-            cache[n] = [encode(sid, seq, ev, 2000 if seq == 1 else None) for seq, ev in enumerate(events, 1)]
-        return cache[n]
+        sid = uuid.uuid4().hex
+        events = [Event(START, {"streamId": sid, "chatId": str(uuid.uuid4()), "chatflowId": DEMO_CHATFLOW_ID,
+                                "transport": "sse"}), *(token(t) for t in tokens_for(n)),
+                  Event(END, {"text": "".join(tokens_for(n)), "chatId": "x"})]
+        return [encode(sid, seq, ev, 2000 if seq == 1 else None) for seq, ev in enumerate(events, 1)]
 
     async def stream(request: Request) -> EventSourceResponse:
-        n = int(request.query_params.get("n", "1000"))
-        encoded = frames(n)
-
         async def body():
-            for frame in encoded:
+            for frame in frames(int(request.query_params.get("n", "1000"))):
                 yield frame
 
         return EventSourceResponse(body(), headers={"Cache-Control": "no-cache"}, ping=15,
@@ -118,17 +97,13 @@ class LiteFlowise(asyncio.Protocol):
     """Flowise 3.1.4 as the gateway sees it, minus everything the gateway does not touch:
     `/api/v1/version`, `/api/v1/chatflows-streaming/{id}`, `/api/v1/ping`, the abort route and the
     streaming prediction (`message:`/`data:` frames, chunked, keep-alive). Tokens go out on an
-    absolute schedule (start + k * delay) from loop timers, not one sleeping task per stream;
-    with no delay they are written one frame per write, pausing when the socket pushes back."""
+    absolute schedule (start + k * delay) from loop timers, not one sleeping task per stream."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.body: list[bytes] = []
-        self.paused = False
-        self.resume: asyncio.Future | None = None
-        self.streaming = False
 
     # asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -142,16 +117,6 @@ class LiteFlowise(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.resume and not self.resume.done():
-            self.resume.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        if self.resume and not self.resume.done():
-            self.resume.set_result(None)
 
     # httptools
     def on_message_begin(self) -> None:
@@ -196,20 +161,14 @@ class LiteFlowise(asyncio.Protocol):
         self.reply(status, _JSON, orjson.dumps(content), keep)
 
     def predict(self, flow_id: str, keep: bool) -> None:
-        try:
-            body = orjson.loads(b"".join(self.body) or b"{}")
-        except orjson.JSONDecodeError:
-            self.reply(400, b"text/plain", b"Bad Request", keep)
-            return
+        body = orjson.loads(b"".join(self.body) or b"{}")
         controls = (body.get("overrideConfig") or {}).get("emulator") or {}
         tokens = controls.get("tokens") or (tokens_for(int(controls["count"])) if "count" in controls
                                             else ["This", " is", " a", " reply."])
         delay = float(controls.get("delay", 0.0))
         chat_id = body.get("chatId") or str(uuid.uuid4())
-        if flow_id != DEMO_CHATFLOW_ID or body.get("streaming") is not True:
-            self.json({"text": "".join(tokens), "question": body.get("question"), "chatId": chat_id,
-                       "chatMessageId": str(uuid.uuid4()), "sessionId": chat_id, "memoryType": "Buffer Memory"},
-                      keep)
+        if flow_id != DEMO_CHATFLOW_ID or body.get("streaming") is not True:  # the gateway streams the demo flow
+            self.json({"statusCode": 404, "success": False, "message": "streams the demo chatflow only"}, keep, 404)
             return
         metadata = {"chatId": chat_id, "chatMessageId": str(uuid.uuid4()), "question": body.get("question"),
                     "sessionId": chat_id, "memoryType": "Buffer Memory"}
@@ -218,25 +177,16 @@ class LiteFlowise(asyncio.Protocol):
             b"Connection: keep-alive\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"
             + _chunk(_frame("start", "")))
         tail = _chunk(_frame("metadata", metadata) + _frame("end", "[DONE]")) + b"0\r\n\r\n"
-        if delay > 0:
-            self.paced(tokens, delay, tail, keep)
-        else:
-            asyncio.get_running_loop().create_task(self.flood(tokens, tail, keep))
-
-    def paced(self, tokens: list[str], delay: float, tail: bytes, keep: bool) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        state = {"i": 0}
 
-        def tick() -> None:
+        def tick(i: int = 0) -> None:  # token i, due at t0 + (i + 1) * delay
             transport = self.transport
             if transport is None or transport.is_closing():
                 return
-            i = state["i"]
             if i < len(tokens):
                 transport.write(_chunk(_frame("token", tokens[i])))
-                state["i"] = i + 1
-                loop.call_at(t0 + (i + 2) * delay, tick)
+                loop.call_at(t0 + (i + 2) * delay, tick, i + 1)
             else:
                 transport.write(tail)
                 if not keep:
@@ -244,71 +194,29 @@ class LiteFlowise(asyncio.Protocol):
 
         loop.call_at(t0 + delay, tick)
 
-    async def flood(self, tokens: list[str], tail: bytes, keep: bool) -> None:
-        for token in tokens:
-            if self.transport is None:
-                return
-            if self.paused:
-                self.resume = asyncio.get_running_loop().create_future()
-                await self.resume
-                if self.transport is None:
-                    return
-            self.transport.write(_chunk(_frame("token", token)))
-        if self.transport is not None:
-            self.transport.write(tail)
-            if not keep:
-                self.transport.close()
-
 
 def run_lite(port: int) -> None:
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(LiteFlowise, "127.0.0.1", port, backlog=4096)
-        async with server:
-            await server.serve_forever()
+        await server.serve_forever()
 
-    install_uvloop()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    run_async(main)
 
 
 # --- flowise-lite-sio ------------------------------------------------------------------------
 
-def lite_sio_installed() -> bool:
-    """node_modules holds the socket.io that package-lock.json pins."""
-    try:
-        lock = json.loads((LITE_SIO / "package-lock.json").read_text())
-        installed = json.loads((LITE_SIO / "node_modules" / "socket.io" / "package.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return installed.get("version") == lock["packages"]["node_modules/socket.io"]["version"]
-
-
 def run_lite_sio(port: int) -> None:
     """Install flowise-lite-sio's locked dependencies if needed (from npm's cache when it has them),
     then replace this process with node, so the benchmark's pid, CPU figures and signals are node's."""
-    node = shutil.which("node")
+    node, npm = shutil.which("node"), shutil.which("npm")
     if node is None:
         sys.exit("lite-sio needs Node.js: `node` is not on PATH (install Node.js >= 18 with npm)")
-    if not lite_sio_installed():
-        npm = shutil.which("npm")
-        if npm is None:
-            sys.exit(f"lite-sio needs npm to install {LITE_SIO / 'node_modules'}: `npm` is not on PATH")
+    if not (LITE_SIO / "node_modules" / "socket.io").exists():
         print(f"lite-sio: npm ci in {LITE_SIO}", file=sys.stderr, flush=True)
-        done = subprocess.run([npm, "ci", "--prefix", str(LITE_SIO), "--prefer-offline", "--no-audit", "--no-fund"],
-                              stdout=sys.stderr)
-        if done.returncode != 0 or not lite_sio_installed():
-            sys.exit(f"lite-sio: `npm ci --prefix {LITE_SIO}` failed (exit {done.returncode}); run it by hand "
-                     "to see why (offline and not in npm's cache?)")
+        if npm is None or subprocess.run([npm, "ci", "--prefix", str(LITE_SIO), "--prefer-offline", "--no-audit",
+                                          "--no-fund"], stdout=sys.stderr).returncode != 0:
+            sys.exit(f"lite-sio: `npm ci --prefix {LITE_SIO}` failed or npm is missing; run it by hand to see why")
     os.execv(node, [node, str(LITE_SIO / "server.js"), "--port", str(port)])
-
-
-def run_gateway_uvloop(port: int) -> None:
-    install_uvloop()
-    from flowise_sse.cli import main as cli
-
-    sys.exit(cli(["serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]))
 
 
 def run_mock_llm(port: int, token_delay_ms: float) -> None:
@@ -323,24 +231,15 @@ def run_mock_llm(port: int, token_delay_ms: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("kind", choices=["emulator", "lite", "lite-sio", "ceiling", "gateway-uvloop", "mock-llm"])
+    parser.add_argument("kind", choices=["emulator", "lite", "lite-sio", "ceiling", "mock-llm"])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--version", default="3.1.4")
+    parser.add_argument("--version", default="3.1.4", help="emulator: the Flowise version emulated")
     parser.add_argument("--token-delay-ms", type=float, default=20.0, help="mock-llm: before each token")
     args = parser.parse_args()
     raise_nofile()
-    if args.kind == "emulator":
-        run_emulator(args.version, args.port)
-    elif args.kind == "lite":
-        run_lite(args.port)
-    elif args.kind == "lite-sio":
-        run_lite_sio(args.port)
-    elif args.kind == "gateway-uvloop":
-        run_gateway_uvloop(args.port)
-    elif args.kind == "mock-llm":
-        run_mock_llm(args.port, args.token_delay_ms)
-    else:
-        run_ceiling(args.port)
+    {"emulator": lambda: run_emulator(args.version, args.port), "lite": lambda: run_lite(args.port),
+     "lite-sio": lambda: run_lite_sio(args.port), "ceiling": lambda: run_ceiling(args.port),
+     "mock-llm": lambda: run_mock_llm(args.port, args.token_delay_ms)}[args.kind]()
 
 
 if __name__ == "__main__":

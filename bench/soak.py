@@ -1,42 +1,37 @@
-"""Soak: many streams for a long time, checking every answer, and what the gateways hold over time.
+"""Soak: many streams for a long time, every answer checked, and what the gateways hold over time.
 
-    python bench/soak.py --mode memory --minutes 30 [--concurrency 150]
-        one gateway (`python -m flowise_sse serve`, default settings: its store fills to its
-        10,000 finished streams and stays full) in front of the package's emulated Flowise 3.1.4
-    python bench/soak.py --mode redis --minutes 30
-        two replicas sharing a redis-server; a share of the streams is cut after a few events and
-        resumed on the other replica with Last-Event-ID; halfway, one replica gets SIGTERM (its
-        readers resume on the other) and is started again
+    python bench/soak.py --mode memory --minutes 30   # one gateway; its store fills and stays full
+    python bench/soak.py --mode redis --minutes 30    # two replicas on Redis, resumes across, a SIGTERM
 
-Every `--every` seconds it prints: streams completed, exact, failed (by code), streams/s and first
-token p50 over the window, each gateway's RSS and open fds, and in Redis mode the Redis memory,
-its key count and the keys without an expiry. At the end: the totals and the leftover chat locks.
-An answer is exact when its events carry seqs 1..N without a gap or duplicate across resumes and
-the joined tokens equal both the `end` text and the emulator's deterministic reply.
-
-`tests/test_soak.py` runs the same load for about a minute in CI (`run_load`).
+An answer is exact when its events carry seqs 1..N without a gap or duplicate across resumes and the
+joined tokens equal both the `end` text and the emulator's reply. bench/README.md says what it prints;
+`tests/test_soak.py` runs the same load (`run_load`) for about a minute and a half.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 import orjson
+import psutil
+from httpx_sse import EventSource
 
-DEMO_CHATFLOW_ID = "3c9866f3-f7de-4cf0-bcca-26807ac532c4"  # flowise_sse.emulator.DEMO_CHATFLOW_ID
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GATEWAY_PATH, start_redis, stop  # noqa: E402
+from harness import Servers  # noqa: E402
+
 REPLY = "This is a deterministic mock reply. You said: "
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
 
@@ -62,32 +57,14 @@ class Tally:
         return done, ft[len(ft) // 2] if ft else float("nan")
 
 
-class Cut(Exception):
-    pass
-
-
 async def _read(response: httpx.Response, events: list[tuple[str, int, Any]], limit: int | None,
                 started: float, tally: Tally) -> None:
-    buffer = b""
-    async for chunk in response.aiter_bytes():
-        buffer += chunk
-        while b"\n\n" in buffer:
-            frame, buffer = buffer.split(b"\n\n", 1)
-            name, seq, data = "message", 0, None
-            for line in frame.split(b"\n"):
-                if line.startswith(b"event: "):
-                    name = line[7:].decode()
-                elif line.startswith(b"id: "):
-                    seq = int(line.rsplit(b":", 1)[1])
-                elif line.startswith(b"data: "):
-                    data = orjson.loads(line[6:])
-            if data is None:
-                continue  # a keep-alive comment
-            if name == "token" and not any(e[0] == "token" for e in events):
-                tally.first_token.append(time.monotonic() - started)
-            events.append((name, seq, data))
-            if name in ("end", "error") or (limit and len(events) >= limit):
-                return
+    async for sse in EventSource(response).aiter_sse():
+        if sse.event == "token" and not any(e[0] == "token" for e in events):
+            tally.first_token.append(time.monotonic() - started)
+        events.append((sse.event, int(sse.id.rsplit(":", 1)[1]), orjson.loads(sse.data)))
+        if sse.event in ("end", "error") or (limit and len(events) >= limit):
+            return
 
 
 async def one_stream(client: httpx.AsyncClient, urls: Callable[[], list[str]], n: int, cut: bool,
@@ -101,7 +78,7 @@ async def one_stream(client: httpx.AsyncClient, urls: Callable[[], list[str]], n
         live = urls()
         where = live[(n + attempt) % len(live)]
         try:
-            async with client.stream("POST", f"{where}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body) as r:
+            async with client.stream("POST", f"{where}{GATEWAY_PATH}", json=body) as r:
                 if r.status_code != 200:
                     await r.aread()
                     error = orjson.loads(r.content)["error"] if r.content.startswith(b"{") else {}
@@ -178,68 +155,8 @@ async def run_load(urls: Callable[[], list[str]], seconds: float, concurrency: i
             tick.cancel()
 
 
-# --- processes and /proc ----------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class Gateway:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Gateway:
-        self.proc = subprocess.Popen([sys.executable, "-m", "flowise_sse", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--log-level", "warning"], env=self.env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the gateway did not start")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.alive:
-            self.proc.kill()  # type: ignore[union-attr]
-            self.proc.wait(10)  # type: ignore[union-attr]
-
-
-def start_redis() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    import redis
-
-    for _ in range(500):
-        try:
-            redis.Redis(port=port).ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.RedisError:
-            time.sleep(0.02)
-    raise RuntimeError("redis-server did not start")
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 def keys_without_expiry(url: str) -> tuple[int, int, list[bytes], float]:
@@ -269,50 +186,41 @@ def main() -> None:
     parser.add_argument("--cut", type=float, default=0.1, help="share of streams cut and resumed")
     parser.add_argument("--every", type=float, default=30, help="seconds between reports")
     args = parser.parse_args()
-
-    emulator_port = free_port()
-    emulator = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "servers.py"),
-                                 "emulator", "--version", "3.1.4", "--port", str(emulator_port)])
-    redis_proc, redis_url = (None, None)
-    env = {"FLOWISE_URL": f"http://127.0.0.1:{emulator_port}", "FLOWISE_SSE_TOKEN_SECRET": "soak"}
-    if args.mode == "redis":
-        redis_proc, redis_url = start_redis()
-        env["FLOWISE_SSE_REDIS_URL"] = redis_url
-    time.sleep(1)
-    gateways = [Gateway(env).start() for _ in range(2 if args.mode == "redis" else 1)]
-    tally = Tally()
-    seconds = args.minutes * 60
-    last_tick = [0.0]
-    restarted = [False]
+    srv = Servers(Path(tempfile.mkdtemp(prefix="flowise-sse-soak-")), pin=False)
+    redis_proc, redis_url = start_redis() if args.mode == "redis" else (None, None)
+    env = {"FLOWISE_SSE_TOKEN_SECRET": "soak", **({"FLOWISE_SSE_REDIS_URL": redis_url} if redis_url else {})}
+    gateways = ["gw0", "gw1"] if redis_url else ["gw0"]
+    tally, seconds, last_tick, restarted = Tally(), args.minutes * 60, [0.0], [False]
 
     def urls() -> list[str]:
-        return [g.url for g in gateways if g.alive] or [gateways[-1].url]
+        live = [srv.url(g) for g in gateways if g in srv.procs and srv.procs[g].poll() is None]
+        return live or [srv.url(gateways[-1])]
 
     async def on_tick(t: float) -> None:
         done, ft = tally.window()
-        window = t - last_tick[0]
-        last_tick[0] = t
+        window, last_tick[0] = t - last_tick[0], t
         line = (f"t={t:6.0f}s completed={tally.completed} exact={tally.exact} resumed={tally.resumed} "
                 f"failed={dict(tally.failures)} rate={done / window:.1f}/s first_token_p50={ft * 1000:.0f}ms")
-        for i, g in enumerate(gateways):
-            if g.alive:
-                line += f" | gw{i} rss={rss_mb(g.proc.pid):.0f}MB fds={fds(g.proc.pid)}"  # type: ignore[union-attr]
+        for g in gateways:
+            if g in srv.procs and srv.procs[g].poll() is None:
+                line += f" | {g} rss={rss_mb(srv.pid(g)):.0f}MB fds={psutil.Process(srv.pid(g)).num_fds()}"
         if redis_url:
             keys, no_ttl, _, used = await asyncio.to_thread(keys_without_expiry, redis_url)
             line += f" | redis {used:.0f}MB keys={keys} no_ttl={no_ttl}"
         print(line, flush=True)
-        if args.mode == "redis" and t >= seconds / 2 and not restarted[0]:
+        if redis_url and t >= seconds / 2 and not restarted[0]:  # its readers resume on gw1
             restarted[0] = True
             print("SIGTERM to gw0", flush=True)
-            gateways[0].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            await asyncio.to_thread(gateways[0].proc.wait, 60)  # type: ignore[union-attr]
-            gateways[0] = Gateway(env)
-            await asyncio.to_thread(gateways[0].start)
+            srv.procs["gw0"].send_signal(signal.SIGTERM)
+            await asyncio.to_thread(srv.procs["gw0"].wait, 60)
+            await asyncio.to_thread(srv.start_gateway, "gw0", "emulator", env)
             print("gw0 started again", flush=True)
 
     try:
-        asyncio.run(run_load(urls, seconds, args.concurrency, args.cut if args.mode == "redis" else args.cut,
-                             args.delay, tally, on_tick, args.every))
+        srv.start_emulator("emulator", "emulator", "3.1.4")
+        for g in gateways:
+            srv.start_gateway(g, "emulator", env)
+        asyncio.run(run_load(urls, seconds, args.concurrency, args.cut, args.delay, tally, on_tick, args.every))
         exact = 100 * tally.exact / max(1, tally.completed)
         print(f"DONE completed={tally.completed} exact={tally.exact} ({exact:.2f}%) resumed={tally.resumed} "
               f"failed={dict(tally.failures)} inexact={tally.inexact[:5]}")
@@ -323,11 +231,8 @@ def main() -> None:
             keys, no_ttl, locks, used = keys_without_expiry(redis_url)
             print(f"redis: keys={keys} without expiry={no_ttl} leftover chat locks={len(locks)} used={used:.0f}MB")
     finally:
-        for g in gateways:
-            g.stop()
-        emulator.kill()
-        if redis_proc:
-            redis_proc.kill()
+        srv.stop_all()
+        stop(redis_proc)
 
 
 if __name__ == "__main__":

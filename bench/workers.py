@@ -1,70 +1,38 @@
-"""Section 6, workers: the most streams `serve --workers 1` and `serve --workers 2` carry, each with
-a redis-server on loopback (so both pay the same mirror cost per token), and the scaling between them.
+"""Sections 6 and 7, on the concurrency section's levels (`concurrency.measure_level`).
 
-Each worker count runs the concurrency section's levels (`concurrency.measure_level`: flowise-lite
-upstream, `bench/loadgen.py` clients, a fresh gateway per level) in ascending order until one is not
-carried: every stream exact, (nearly) all flowing at once, added inter-token delay p99 <= 50 ms
-over the whole run. The streams carried are the last level that was; the step between levels is
-the figure's resolution.
-
-Placement: with one worker the gateway is pinned to the first core and flowise-lite, the clients
-and redis-server to the others, as in section 3. With two workers nothing is pinned: the parent, the
-two workers, flowise-lite, the clients and redis-server share every core, so on a 2-core machine no
-core is left to the clients and the scaling measured is below what a host with cores to spare shows.
+6. Workers: the most streams `serve --workers 1` and `--workers 2` carry, each with a redis-server on
+   loopback (so both pay the same mirror cost per token), levels in ascending order until one is not
+   carried; the step between levels is the figure's resolution.
+7. Redis off and on: one level, memory only then mirrored to a redis-server: the gateway's CPU per
+   token, its added delay, and redis-server's own CPU.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-from common import free_port, spawn, stop, wait_port
-from concurrency import measure_level, print_level
+from common import cpu_seconds, start_redis, stop
+from concurrency import WORKERS_P99_MS, carried, failed, measure_level, print_level
 from harness import Config, Servers
-from results import WORKERS_P99_MS, FailedLevel, WorkersResult, WorkersRun, carried
-
-WORKER_COUNTS = (1, 2)
 
 
-def placement(srv: Servers) -> str:
-    if not srv.sut_cpus:
-        return "nothing pinned (one core, or --no-pin): every process shares every core"
-    return (f"--workers 1: the gateway pinned to core {min(srv.sut_cpus)}, flowise-lite, the clients and "
-            f"redis-server to core(s) {', '.join(map(str, sorted(srv.other_cpus or ())))}; --workers 2: nothing "
-            f"pinned, the parent, both workers, flowise-lite, the clients and redis-server share all "
-            f"{len(srv.sut_cpus) + len(srv.other_cpus or ())} cores (none is left free for the clients)")
+def carried_text(run: dict) -> str:
+    return f"{run['carried']:,}" if run["limit_found"] else f">= {run['carried']:,} (every level tried)"
 
 
-def start_redis(cpus: set[int] | None, logdir: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (tests/setup.sh installs it)")
-    port = free_port()
-    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                 cpus=cpus, log=logdir / "redis.log")
-    wait_port(port, proc)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
-def result_text(run: WorkersRun) -> str:
-    return f"{run.carried:,}" if run.limit_found else f">= {run.carried:,} (every level tried)"
-
-
-def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResult:
+def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> dict:
     runs = []
     lite = srv.pid("lite")
     pinned = os.sched_getaffinity(lite)
-    for count in WORKER_COUNTS:
-        proc, url = start_redis(srv.other_cpus if count == 1 else srv.all_cpus, logdir)
+    for count in (1, 2):
+        proc, url = start_redis(srv.other_cpus if count == 1 else srv.all_cpus, logdir / "redis.log")
         # flowise-lite (one thread) stays where run.py put it for one worker, goes anywhere for more.
         os.sched_setaffinity(lite, pinned if count == 1 else srv.all_cpus)
-        levels: list = []
-        most = 0
+        levels, most = [], 0
         try:
             for n in cfg.workers_levels:
                 if time.monotonic() > deadline:
@@ -75,9 +43,7 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResu
                 try:
                     r, _ = measure_level(cfg, srv, "sse", n, logdir, gateway_workers=count, redis=(url, proc.pid))
                 except Exception as exc:  # reported, not fatal
-                    print(f"  --workers {count}, {n} streams: failed: {exc!r}")
-                    levels.append(FailedLevel(transport="sse", streams=n, failed=repr(exc),
-                                              variant=f"--workers {count}, Redis"))
+                    levels.append(failed("sse", n, exc, f"--workers {count}, Redis"))
                     break
                 print_level(r)
                 levels.append(r)
@@ -87,9 +53,34 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> WorkersResu
         finally:
             stop(proc)
             os.sched_setaffinity(lite, pinned)
-        runs.append(WorkersRun(workers=count, levels=levels, carried=most))
-        print(f"  --workers {count}: {result_text(runs[-1])} streams carried at p99 <= {WORKERS_P99_MS:g} ms")
-    result = WorkersResult(placement=placement(srv), runs=runs)
-    print(f"  scaling, 2 workers / 1: {result.scaling:.2f}x"
-          f"{'' if result.limits_found else ' (a limit was not reached: not the scaling)'}")
+        runs.append({"workers": count, "levels": levels, "carried": most,
+                     "limit_found": bool(levels) and not carried(levels[-1])})
+        print(f"  --workers {count}: {carried_text(runs[-1])} streams carried at p99 <= {WORKERS_P99_MS:g} ms")
+    placement = ("nothing pinned (one core, or --no-pin): every process shares every core" if not srv.sut_cpus else
+                 f"--workers 1: the gateway pinned to core {min(srv.sut_cpus)}, flowise-lite, the clients and "
+                 f"redis-server to core(s) {', '.join(map(str, sorted(srv.other_cpus)))}; --workers 2: nothing "
+                 f"pinned, the parent, both workers, flowise-lite, the clients and redis-server share all "
+                 f"{len(srv.all_cpus)} cores (none is left free for the clients)")
+    one, two = runs[0]["carried"], runs[1]["carried"]
+    result = {"placement": placement, "runs": runs, "scaling": two / one if one else float("nan")}
+    print(f"  scaling, 2 workers / 1: {result['scaling']:.2f}x")
     return result
+
+
+def run_redis(cfg: Config, srv: Servers, logdir: Path) -> dict:
+    """One level, memory only then with Redis, each on a fresh gateway (pinned as in section 3)."""
+    n = cfg.redis_level
+    off = measure_level(cfg, srv, "sse", n, logdir)[0]
+    print_level(off)
+    proc, url = start_redis(srv.other_cpus, logdir / "redis.log")
+    try:
+        r0 = cpu_seconds(proc.pid)
+        on = measure_level(cfg, srv, "sse", n, logdir, redis=(url, proc.pid))[0]
+        redis_us = (cpu_seconds(proc.pid) - r0) / max(1, n * cfg.conc_tokens) * 1e6
+    finally:
+        stop(proc)
+    print_level(on)
+    extra = on["gateway_us_per_token"] - off["gateway_us_per_token"]
+    print(f"  Redis on vs off, {n} streams: gateway {off['gateway_us_per_token']:.1f} -> "
+          f"{on['gateway_us_per_token']:.1f} µs/token ({extra:+.1f}), redis-server {redis_us:.1f} µs/token")
+    return {"off": off, "on": on, "redis_server_us_per_token": redis_us}

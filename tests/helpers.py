@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # What the emulated Flowise's mock LLM answers: this prefix, then the question.
 REPLY = "This is a deterministic mock reply. You said: "
@@ -47,7 +48,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     while True:
         try:
             chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             return data
         if not chunk:
             return data

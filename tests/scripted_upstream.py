@@ -9,7 +9,8 @@ test writes down.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from flowise_sse.events import END, START, TERMINAL, Event
 from flowise_sse.upstream.prediction import Prediction

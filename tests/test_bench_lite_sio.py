@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -169,10 +169,12 @@ async def test_gateway_overLiteSio_whenFastStream_thenEveryTokenCameOverTheSocke
     relays each one as it came (none made up from the answer's text after its late-frame grace)."""
     gateway = gateways(lite_sio, socketio_late_frames=0.0)
     tokens = [f"t{i} " for i in range(5000)]
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                                 json={"question": "fast", **emulate(tokens, 0.0)}) as response:
-            events = await aread_sse(response)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=60) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                      json={"question": "fast", **emulate(tokens, 0.0)}) as response,
+    ):
+        events = await aread_sse(response)
     assert [e.data["text"] for e in events if e.event == "token"] == tokens
     assert joined(events) == events[-1].data["text"] == "".join(tokens)
 

@@ -1,132 +1,45 @@
-"""The chat page (`/`) in real headless Chromium, against a real gateway and the emulated Flowise.
+"""The chat page (`/`) in real headless Chromium, against a real gateway and the emulated Flowise:
+streaming, the conversation's chatId, stop, errors, sources and tools, a cut connection, other
+origins, gateway keys. What makes the page a product (Markdown, sanitising, persistence, copy,
+retry, the chatflow id field, agent activity) is tests/test_chat_page.py's.
 
-One browser per module, one context (fresh sessionStorage) per test. The page only talks to the
-gateway; the tests look at what reached the emulated Flowise (`flowise.app.requests`, `.aborts`).
+One browser per module, one context (fresh storage) per test (tests/page_driver.py).
 """
 
 from __future__ import annotations
 
-import json
-import re
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Self
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route as StarletteRoute
 
-from flowise_sse.api import create_app
-from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
-from flowise_sse.settings import Settings
+from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .helpers import REPLY, wait_until
+from .cutting_proxy import CuttingProxy
+from .helpers import wait_until
+from .page_driver import (  # noqa: F401  (browser, flowise, gateway, page: fixtures)
+    ARTIFACTS,
+    PHONE,
+    answer_text,
+    ask,
+    browser,
+    flowise,
+    gateway,
+    open_chat,
+    page,
+    record_states,
+    reply_to,
+    script_answers,
+    start_gateway,
+    wait_state,
+)
 from .servers import ServerThread, parse_sse
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-ARTIFACTS = Path(__file__).parent / "artifacts"
-DESKTOP = {"width": 1100, "height": 760}
-PHONE = {"width": 375, "height": 740}
-
-
-def reply_to(question: str) -> str:
-    """The emulated LLM's answer: the prefix, then the question without its [[triggers]]."""
-    return REPLY + re.sub(r"\[\[.*?\]\]", "", question).strip()
-
-
-# --- servers and the browser -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def flowise() -> Iterator[ServerThread]:
-    with ServerThread(create_emulator_app(EmulatorConfig(version="3.1.4", token_delay=0.02)), lifespan="off") as server:
-        yield server
-
-
-def start_gateway(flowise_url: str, **overrides: Any) -> ServerThread:
-    # retry_ms: EventSource reconnects 300 ms after a cut, not 2 s (the default hint).
-    settings = Settings(flowise_url=flowise_url, **{"retry_ms": 300, **overrides})
-    return ServerThread(create_app(settings)).__enter__()
-
-
-@pytest.fixture(scope="module")
-def gateway(flowise: ServerThread) -> Iterator[ServerThread]:
-    server = start_gateway(flowise.url)
-    yield server
-    server.__exit__(None, None, None)
-
-
-@pytest.fixture
-def page(browser: Browser, flowise: ServerThread) -> Iterator[Page]:
-    flowise.app.requests.clear()
-    flowise.app.aborts.clear()
-    context = browser.new_context(viewport=DESKTOP)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    crashes: list[str] = []
-    page.on("pageerror", lambda exc: crashes.append(str(exc)))
-    yield page
-    context.close()
-    assert crashes == [], f"uncaught errors in the page: {crashes}"
-
-
-# --- driving the page ----------------------------------------------------------------------------
-
-
-def open_chat(page: Page, base_url: str) -> None:
-    page.goto(base_url + "/")
-    expect(page.get_by_test_id("chatflow")).to_have_value(DEMO_CHATFLOW_ID)
-    expect(page.get_by_test_id("status")).to_have_attribute("data-state", "idle")
-
-
-def ask(page: Page, question: str) -> None:
-    """Type the question as a user would (Shift+Enter for new lines) and send it with Enter."""
-    box = page.get_by_test_id("question")
-    box.click()
-    for i, line in enumerate(question.split("\n")):
-        if i:
-            box.press("Shift+Enter")
-        page.keyboard.insert_text(line)
-    box.press("Enter")
-
-
-def wait_state(page: Page, state: str, timeout: float = 10_000) -> None:
-    expect(page.get_by_test_id("status")).to_have_attribute("data-state", state, timeout=timeout)
-
-
-def record_states(page: Page) -> None:
-    """Remember every status the page goes through (window.__states)."""
-    page.evaluate("""() => {
-        const status = document.querySelector('[data-testid=status]');
-        window.__states = [status.dataset.state];
-        new MutationObserver(() => window.__states.push(status.dataset.state))
-            .observe(status, {attributes: true, attributeFilter: ['data-state']});
-    }""")
-
-
-def answer_text(page: Page) -> str:
-    return page.get_by_test_id("answer").text_content() or ""
-
 
 # --- tests -------------------------------------------------------------------------------------
 
@@ -160,9 +73,9 @@ def test_tokensAppearProgressively_thenTheExactAnswer(page: Page, gateway: Serve
     expect(page.get_by_test_id("error")).to_be_hidden()
 
 
-def test_secondQuestion_sendsTheConversationHistory(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
-    posted: list[dict[str, Any]] = []
-    page.on("request", lambda r: posted.append(r.post_data_json) if r.method == "POST" and r.url.endswith("/v1/streams") else None)
+def test_secondQuestion_sendsTheConversationsChatIdNotItsHistory(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+    posted = script_answers(page)
     open_chat(page, gateway.url)
 
     first = "My name is Ada.\nI like event streams."  # typed with Shift+Enter: a newline, not a send
@@ -170,34 +83,29 @@ def test_secondQuestion_sendsTheConversationHistory(page: Page, gateway: ServerT
     wait_state(page, "done")
     assert answer_text(page) == reply_to(first)
     expect(page.get_by_test_id("question")).to_have_value("")
+    first_chat_id = flowise.app.requests[-1]["body"]["chatId"]
 
     second = "What is my name?"
     ask(page, second)
     wait_state(page, "done")
     assert answer_text(page) == reply_to(second)
 
-    # What the page sent, then what reached Flowise (the gateway's form) and what its LLM was handed.
-    assert posted[0] == {"chatflowId": DEMO_CHATFLOW_ID, "question": first, "history": []}
-    assert posted[1] == {"chatflowId": DEMO_CHATFLOW_ID, "question": second, "history": [
-        {"role": "user", "content": first}, {"role": "assistant", "content": reply_to(first)}]}
-    upstream = flowise.app.requests[-1]
-    assert [(h["role"], h["content"]) for h in upstream["body"]["history"]] == [
-        ("userMessage", first), ("apiMessage", reply_to(first))]
-    assert upstream["llm_messages"][1:] == [
-        {"role": "user", "content": first}, {"role": "assistant", "content": reply_to(first)},
-        {"role": "user", "content": second}]
+    # The first question starts a chat (the gateway picks its id); the second goes on in it, and
+    # Flowise's memory, keyed by that chatId, carries the conversation: no history is resent.
+    assert posted[0] == {"chatflowId": DEMO_CHATFLOW_ID, "question": first}
+    assert posted[1] == {"chatflowId": DEMO_CHATFLOW_ID, "question": second, "chatId": first_chat_id}
+    upstream = flowise.app.requests[-1]["body"]
+    assert upstream["chatId"] == first_chat_id and "history" not in upstream
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / "chat.png")
     page.set_viewport_size(PHONE)
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scroll
-    page.screenshot(path=ARTIFACTS / "chat-phone.png")
 
     page.get_by_test_id("new-chat").click()
     expect(page.get_by_test_id("answer")).to_have_count(0)
     ask(page, "Fresh start?")
     wait_state(page, "done")
-    assert posted[-1]["history"] == []
+    assert posted[-1] == {"chatflowId": DEMO_CHATFLOW_ID, "question": "Fresh start?"}
+    assert flowise.app.requests[-1]["body"]["chatId"] != first_chat_id
 
 
 def test_stop_midStream_thenStoppedAndNoFurtherTokens(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
@@ -227,42 +135,38 @@ def test_stop_midStream_thenStoppedAndNoFurtherTokens(page: Page, gateway: Serve
     expect(page.get_by_test_id("send")).to_be_enabled()
 
 
-def test_upstreamError_thenTheMessageIsShown(page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
+def test_upstreamError_thenItsMessageOnceInTheTurn_andTheNextQuestionWorks(
+        page: Page, gateway: ServerThread, flowise: ServerThread) -> None:
     open_chat(page, gateway.url)
     ask(page, "[[http400]] Will this fail?")
     wait_state(page, "error")
-    error = page.get_by_test_id("error")
-    expect(error).to_be_visible()
-    expect(error).to_contain_text("400 mock error 400")
-    expect(error).to_contain_text("upstream_error")
-    expect(page.get_by_test_id("turn-note")).to_contain_text("400 mock error 400")
+    note = page.get_by_test_id("turn-note")
+    expect(note).to_contain_text("400 mock error 400")  # the gateway's `error` event's message
+    expect(note).to_contain_text("upstream_error")
+    expect(page.get_by_test_id("error")).to_be_hidden()  # the turn says it; the banner does not repeat it
+    expect(page.get_by_text("400 mock error 400")).to_have_count(1)
+    expect(page.get_by_test_id("retry")).to_be_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-error.png")
 
-    # The failed turn is not part of the history; the next question clears the error.
+    # The failed turn stays on screen, not in the conversation Flowise keeps.
     ask(page, "And now?")
     wait_state(page, "done")
-    expect(error).to_be_hidden()
-    assert "history" not in flowise.app.requests[-1]["body"]  # an empty history is not sent at all
+    expect(page.get_by_test_id("retry")).to_have_count(0)
+    assert "history" not in flowise.app.requests[-1]["body"]
 
 
 def test_sourcesAndTools_thenCollapsibleUnderTheAnswer(page: Page, gateway: ServerThread) -> None:
-    # The page sends no overrideConfig; the test adds the emulator's extra events to its POST.
+    # The emulated Flowise sends these events after the answer's tokens.
     extra = [
         {"event": "sourceDocuments", "data": [
-            {"pageContent": "Server-sent events let a server push text over HTTP.", "metadata": {"source": "sse-spec.html"}},
+            {"pageContent": "Server-sent events let a server push text over HTTP.",
+             "metadata": {"source": "sse-spec.html"}},
             {"pageContent": "EventSource reconnects by itself.", "metadata": {"source": "mdn-eventsource.html"}}]},
         {"event": "usedTools", "data": [{"tool": "calculator", "toolInput": {"input": "6*7"}, "toolOutput": "42"}]},
     ]
 
-    def add_events(route: Route, request: Request) -> None:
-        if request.method != "POST":
-            route.continue_()
-            return
-        body = request.post_data_json | {"overrideConfig": {"emulator": {"events": extra}}}
-        route.continue_(post_data=json.dumps(body))
-
-    page.route("**/v1/streams", add_events)
+    script_answers(page, {"events": extra})
     open_chat(page, gateway.url)
     ask(page, "What is SSE?")
     wait_state(page, "done")
@@ -280,79 +184,6 @@ def test_sourcesAndTools_thenCollapsibleUnderTheAnswer(page: Page, gateway: Serv
     expect(tools).to_contain_text("42")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "chat-sources.png")
-
-
-class CuttingProxy:
-    """A TCP proxy in threads in front of the gateway that can cut every open connection at once."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[str] = []  # every request head the browser sent
-        self._open: set[socket.socket] = set()
-        self._upstreams: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._running = True
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._running = False
-        self.listener.close()
-        self.cut()
-
-    def cut(self) -> int:
-        """Close every open connection (both sides); new ones are still accepted."""
-        with self._lock:
-            sockets, self._open = list(self._open), set()
-            upstreams, self._upstreams = self._upstreams, set()
-        # The gateway side goes first; each pump then ends its pair from its own thread.
-        for group in (upstreams, [sock for sock in sockets if sock not in upstreams]):
-            for sock in group:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        return len(sockets) // 2
-
-    def _accept(self) -> None:
-        while self._running:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            with self._lock:
-                self._open |= {client, upstream}
-                self._upstreams.add(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if from_browser and re.match(rb"[A-Z]+ /", data):
-                    self.requests.append(data.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # shutdown() first: close() alone sends no FIN while the other pump thread is blocked
-            # in recv() on the same socket (the kernel keeps the file open for that call), and
-            # the browser would wait on a connection that looks alive forever.
-            for sock in (src, dst):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            with self._lock:
-                self._open -= {src, dst}
-                self._upstreams -= {src, dst}
 
 
 def test_connectionCut_midStream_thenResumesWithoutDuplicates(page: Page, gateway: ServerThread) -> None:

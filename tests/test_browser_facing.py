@@ -3,6 +3,7 @@ CDN), and what a hostile page cannot make a browser do (cross-site GETs, DNS reb
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -53,8 +54,8 @@ async def test_crossSiteNoCorsGet_onOpenGateway_thenNoPredictionStarts(emulators
     before = flowise.app.requests_seen
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         for site in ("cross-site", "same-site"):  # an <img src>, a no-cors fetch: no Origin header
-            r = await client.get(STREAM, params={"question": "via an img"},
-                                 headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+            headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
+            r = await client.get(STREAM, params={"question": "via an img"}, headers=headers)
             assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         assert flowise.app.requests_seen == before
         # The chat page's own EventSource (same-origin, no Origin) and curl (no fetch metadata) work.
@@ -97,3 +98,43 @@ def test_compose_shipsNoDefaultTokenSecret():
     for replica in ("gateway-1", "gateway-2"):
         secret = compose["services"][replica]["environment"]["FLOWISE_SSE_TOKEN_SECRET"]
         assert re.fullmatch(r"\$\{FLOWISE_SSE_TOKEN_SECRET:\?[^}]+\}", secret), secret
+
+
+VENDOR = ROOT / "service" / "flowise_sse" / "api" / "static" / "vendor"
+
+
+def test_chatPageVendoredLibraries_areTheRecordedReleasesUnchanged():
+    readme = (VENDOR / "README.md").read_text()
+    recorded = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M))
+    assert set(recorded) == {"marked.esm.js", "purify.es.js"}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, f"{name} was changed"
+    assert "marked v18.3.0" in (VENDOR / "marked.esm.js").read_text()[:200]
+    assert "DOMPurify 3.5.0" in (VENDOR / "purify.es.js").read_text()[:200]
+    for version in ("18.3.0", "3.5.0"):
+        assert f"| {version} |" in readme
+    assert (VENDOR / "LICENSE-marked.md").exists() and (VENDOR / "LICENSE-dompurify-Apache-2.0").exists()
+
+
+async def test_chatPage_loadsOnlyItsOwnFiles_asJavaScriptModules(emulators, gateways):
+    gateway = gateways(emulators("3.1.4").url)
+    static = ROOT / "service" / "flowise_sse" / "api" / "static"
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        page = (await client.get("/")).text
+        assert "<script>" not in page  # no inline script: the CSP forbids them
+        pending = re.findall(r'(?:src|href)="([^"]+)"', page)
+        seen: set[str] = set()
+        while pending:  # the page's files, then what each module imports
+            source = pending.pop()
+            if source.startswith("data:") or source.startswith("#") or source in seen:
+                continue
+            assert "//" not in source, source  # nothing from another host
+            seen.add(source)
+            r = await client.get("/" + source.removeprefix("./"))
+            assert r.status_code == 200, source
+            if source.endswith(".js"):
+                assert "javascript" in r.headers["content-type"], source  # or the browser refuses a module
+                pending += re.findall(r'^import [^;]*? from "(\./[^"]+)";', r.text, re.M)
+        assert {"app.js", "./markdown.js", "./vendor/marked.esm.js", "./vendor/purify.es.js"} <= seen
+        served = {s.removeprefix("./") for s in seen}
+        assert {p.name for p in static.glob("*.js")} <= served  # every module of the page is in use

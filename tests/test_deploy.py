@@ -3,7 +3,9 @@
 - `deploy/nginx.conf` as shipped (only the replicas' and its own addresses made loopback ones) runs
   in front of two gateway processes started with the compose file's environment, sharing a real
   redis-server: one stream is read through nginx across both replicas, unbuffered.
-- `docker-compose.yml` is validated by Debian's `docker-compose config` (no Docker engine here).
+- `docker-compose.yml` is validated by Debian's `docker-compose config` (no Docker engine here), as
+  shipped and beside an existing Flowise and Redis; its Prometheus (the container's command,
+  `deploy/prometheus.yml`) scrapes two replicas for real with Debian's Prometheus.
 - `deploy/kubernetes.yaml`: every field checked against the official Kubernetes client's models,
   and the probes, ports and grace period against the gateway's own settings.
 - `deploy/grafana-dashboard.json`: every metric a panel queries is one the gateway exports.
@@ -89,7 +91,7 @@ def nginx_front(tmp_path):
         check = subprocess.run([exe, "-t", "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
                                 "-g", f"pid {tmp_path}/nginx.pid;"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
-        log = open(tmp_path / "nginx-access.log", "wb")
+        log = open(tmp_path / "nginx-access.log", "wb")  # noqa: SIM115 - nginx writes it until the test ends
         procs.append((subprocess.Popen(
             [exe, "-e", "stderr", "-p", str(tmp_path), "-c", str(path),
              "-g", f"daemon off; pid {tmp_path}/nginx.pid;"], stdout=log), log))
@@ -170,23 +172,23 @@ def test_nginxConf_inFrontOfTwoReplicas_thenOneStreamIsReadAcrossBothUnbufferedA
 
     # JSON logs: the stream followed across both replicas by its id.
     lines = {}
-    for name, path in zip(("one", "two"), logs):
+    for name, path in zip(("one", "two"), logs, strict=True):
         text = path.read_text()
         assert "compose-key-1" not in text and "a-long-random" not in text and "alpha beta" not in text
         assert "token=" not in text
         lines[name] = [json.loads(line) for line in text.splitlines()]
-    mine = {name: [l for l in entries if l.get("stream_id") == stream_id] for name, entries in lines.items()}
-    owner = "one" if any(l["msg"] == "stream started" for l in mine["one"]) else "two"
+    mine = {name: [line for line in entries if line.get("stream_id") == stream_id] for name, entries in lines.items()}
+    owner = "one" if any(line["msg"] == "stream started" for line in mine["one"]) else "two"
     other = "two" if owner == "one" else "one"
-    ended = next(l for l in mine[owner] if l["msg"] == "stream ended")
+    ended = next(line for line in mine[owner] if line["msg"] == "stream ended")
     assert ended["outcome"] == "completed" and ended["tokens"] == len([e for e in events if e.event == "token"])
     assert ended["transport"] == "sse" and ended["chatflow_id"] == DEMO_CHATFLOW_ID
     assert ended["first_token_ms"] > 0 and ended["duration_ms"] >= ended["first_token_ms"]
     assert ended["request_id"] == "create-1"  # the request that started it
-    assert any(l["msg"] in ("stream read", "stream resumed") and l["source"] == "redis" for l in mine[other])
-    access_lines = [l for entries in lines.values() for l in entries if l["msg"] == "request"]
-    assert {l["request_id"] for l in access_lines} >= {"create-1", "read-1", "read-2"}
-    assert all("?" not in l["path"] for l in access_lines)
+    assert any(line["msg"] in ("stream read", "stream resumed") and line["source"] == "redis" for line in mine[other])
+    access_lines = [line for entries in lines.values() for line in entries if line["msg"] == "request"]
+    assert {line["request_id"] for line in access_lines} >= {"create-1", "read-1", "read-2"}
+    assert all("?" not in line["path"] for line in access_lines)
 
 
 def test_nginxConf_headerLimits_areTheGatewaysDefaults():
@@ -212,20 +214,32 @@ def test_nginxConf_whenTheHeadIsOverTheGatewaysLimit_thenNginxRefusesIt_andUnder
 
 
 # --- docker-compose.yml -------------------------------------------------------------------------------
+PROFILES = {"flowise": ["flowise"], "redis": ["redis"], "prometheus": ["monitoring"], "grafana": ["monitoring"]}
+
+
+def compose_config(tmp_path: pathlib.Path, *args: str, quiet: bool = False,
+                   **variables: str) -> subprocess.CompletedProcess:
+    """`docker-compose [args] config [-q]` on the shipped file, in a folder of its own (no stray
+    .env beside it), with only `variables` set of what it reads."""
+    if not (tmp_path / "docker-compose.yml").exists():
+        shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
+        (tmp_path / "deploy").symlink_to(ROOT / "deploy")
+        (tmp_path / "Dockerfile").symlink_to(ROOT / "Dockerfile")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLOWISE", "COMPOSE_", "GATEWAY_", "PROMETHEUS_", "GRAFANA_"))}
+    return subprocess.run([binary("docker-compose"), *args, "config", *(["-q"] if quiet else [])], cwd=tmp_path,
+                          capture_output=True, text=True, env={**env, **variables})
+
+
 def test_compose_validatedByDockerCompose_andTwoReplicasBehindNginx(tmp_path):
-    exe = binary("docker-compose")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWISE")}
-    shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")  # no stray .env beside it
-    (tmp_path / "deploy").symlink_to(ROOT / "deploy")
-    (tmp_path / "Dockerfile").symlink_to(ROOT / "Dockerfile")
-    ok = subprocess.run([exe, "--profile", "monitoring", "config"], cwd=tmp_path, capture_output=True, text=True,
-                        env={**env, "FLOWISE_SSE_TOKEN_SECRET": "s"})
+    ok = compose_config(tmp_path, "--profile", "monitoring", FLOWISE_SSE_TOKEN_SECRET="s")
     assert ok.returncode == 0, ok.stderr
     resolved = yaml.safe_load(ok.stdout)["services"]
-    missing = subprocess.run([exe, "config", "-q"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    missing = compose_config(tmp_path, quiet=True)
     assert missing.returncode != 0 and "FLOWISE_SSE_TOKEN_SECRET" in missing.stderr
 
     assert set(resolved) == {"flowise", "redis", "gateway-1", "gateway-2", "nginx", "prometheus", "grafana"}
+    assert {name: service["profiles"] for name, service in resolved.items() if "profiles" in service} == PROFILES
     one, two = resolved["gateway-1"], resolved["gateway-2"]
     assert one["environment"] == two["environment"] and one["build"] == two["build"]
     assert set(one["environment"]) <= {f"FLOWISE_SSE_{n.upper()}" for n in Settings.model_fields} | UPSTREAM_ONLY
@@ -243,6 +257,86 @@ def test_compose_validatedByDockerCompose_andTwoReplicasBehindNginx(tmp_path):
         assert directive in NGINX_CONF
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway-1:8080", "gateway-2:8080"]
+
+
+def test_compose_besideAnExistingFlowiseAndRedis_withoutEditing_andNoFixedHostPort(tmp_path):
+    bundled = yaml.safe_load(compose_config(tmp_path, FLOWISE_SSE_TOKEN_SECRET="s").stdout)["services"]
+    env = bundled["gateway-1"]["environment"]
+    assert env["FLOWISE_URL"] == "http://flowise:3000" and env["FLOWISE_SSE_REDIS_URL"] == "redis://redis:6379/0"
+    published = {name: service["ports"][0]["published"] for name, service in bundled.items() if "ports" in service}
+    assert published == {"flowise": 3000, "nginx": 8080, "prometheus": 9090, "grafana": 3001}
+
+    theirs = compose_config(tmp_path, FLOWISE_SSE_TOKEN_SECRET="s", FLOWISE_URL="http://my-flowise:3000",
+                            FLOWISE_SSE_REDIS_URL="redis://my-redis:6379/2", FLOWISE_HOST_PORT="13000",
+                            GATEWAY_HOST_PORT="18080", PROMETHEUS_HOST_PORT="19090", GRAFANA_HOST_PORT="13001")
+    assert theirs.returncode == 0, theirs.stderr
+    services = yaml.safe_load(theirs.stdout)["services"]
+    for name in ("gateway-1", "gateway-2"):
+        gateway = services[name]
+        assert gateway["environment"]["FLOWISE_URL"] == "http://my-flowise:3000"
+        assert gateway["environment"]["FLOWISE_SSE_REDIS_URL"] == "redis://my-redis:6379/2"
+        # Nothing ties a replica to the bundled ones (a service left out by its profile would
+        # make `up` refuse), and a Flowise on the Docker host is reachable by name.
+        assert "depends_on" not in gateway
+        assert "host.docker.internal:host-gateway" in gateway["extra_hosts"]
+    published = {name: service["ports"][0]["published"] for name, service in services.items() if "ports" in service}
+    assert published == {"flowise": 13000, "nginx": 18080, "prometheus": 19090, "grafana": 13001}
+
+
+@pytest.mark.parametrize("keys,token", [("", ""), ("compose-key-1", "scrape-token-1")],
+                         ids=["open gateway, no token", "keys and a metrics token"])
+def test_monitoringProfile_prometheusAsShipped_scrapesBothReplicas(emulators, redis_server, tmp_path, keys, token):
+    """The compose file's Prometheus (its command, deploy/prometheus.yml) scrapes the two replicas
+    started with the compose file's environment, with FLOWISE_SSE_METRICS_TOKEN unset (docker-compose
+    then passes "", which once locked /metrics) and set. Only addresses, paths and the scrape
+    interval are made this test's."""
+    exe = binary("prometheus")
+    variables = {"FLOWISE_SSE_TOKEN_SECRET": "s", "FLOWISE_SSE_API_KEYS": keys, "FLOWISE_SSE_METRICS_TOKEN": token}
+    resolved = yaml.safe_load(compose_config(tmp_path, "--profile", "monitoring", **variables).stdout)["services"]
+    prometheus = resolved["prometheus"]
+    assert prometheus["entrypoint"] == ["/bin/sh", "-c"]
+    given = {**compose_env(emulators("3.1.4").url, redis_server), "FLOWISE_SSE_API_KEYS": keys,
+             "FLOWISE_SSE_METRICS_TOKEN": resolved["gateway-1"]["environment"]["FLOWISE_SSE_METRICS_TOKEN"]}
+    assert given["FLOWISE_SSE_METRICS_TOKEN"] == token  # "" when unset: what the gateway gets
+
+    data = tmp_path / "prometheus"
+    data.mkdir()
+    port = free_port()
+    with GatewayProcess(given) as one, GatewayProcess(given) as two:
+        config = (ROOT / "deploy" / "prometheus.yml").read_text()
+        config = config.replace('"gateway-1:8080", "gateway-2:8080"', f'"127.0.0.1:{one.port}", "127.0.0.1:{two.port}"')
+        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("/prometheus/", f"{data}/")
+        (tmp_path / "prometheus.yml").write_text(config)
+        # The container's command, run here: docker-compose prints its `$$` escaped, and the image's
+        # paths become this test's.
+        command = prometheus["command"][0].replace("$$", "$")
+        command = command.replace("/etc/prometheus/prometheus.yml", str(tmp_path / "prometheus.yml"))
+        command = command.replace("/bin/prometheus", exe).replace("/prometheus/", f"{data}/")
+        command += f" --web.listen-address=127.0.0.1:{port} --storage.tsdb.path={data}/tsdb"
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={"PATH": os.environ["PATH"], **prometheus["environment"]})
+        try:
+            def scraped() -> list[dict]:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                try:
+                    answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=2)
+                except httpx.HTTPError:
+                    return []
+                if answer.status_code != 200:  # starting: "Service Unavailable" in text
+                    return []
+                active = answer.json()["data"]["activeTargets"]
+                return active if len(active) == 2 and all(t["health"] != "unknown" for t in active) else []
+
+            wait_until(scraped, timeout=30, interval=0.2, what="Prometheus scraped both replicas")
+            targets = scraped()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        # And without Prometheus's empty Bearer: an empty token is no token, not a lock.
+        bare = httpx.get(one.url + "/metrics")
+        assert bare.status_code == (401 if keys else 200), bare.text
+    assert (data / "metrics-token").read_text() == token
+    assert [(t["health"], t["lastError"]) for t in targets] == [("up", ""), ("up", "")], targets
 
 
 def _seconds(value: object) -> float:

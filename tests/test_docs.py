@@ -65,7 +65,7 @@ def _field_docs() -> dict[str, str]:
     body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings").body
     docs: dict[str, str] = {}
     waiting: list[str] = []
-    for statement, following in zip(body, body[1:] + [None]):
+    for statement, following in zip(body, body[1:] + [None], strict=True):
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
             waiting.append(statement.target.id)
             if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
@@ -91,7 +91,8 @@ def test_docsBuild_whenARepositoryLinkIsBroken_thenStrictBuildFails(tmp_path):
         (docs / "hooks" / hook).write_text((DOCS / "hooks" / hook).read_text())
     (docs / "configuration.md").write_text("# C\n<!-- settings:start -->\n<!-- settings:end -->\n")
     (docs / "page.md").write_text("# P\n\nSee [the results](../bench/NO_SUCH_FILE.md).\n")
-    config = (ROOT / "mkdocs.yml").read_text().split("\nnav:")[0] + "\nnav:\n  - index.md\n  - page.md\n  - configuration.md\n"
+    config = ((ROOT / "mkdocs.yml").read_text().split("\nnav:")[0]
+              + "\nnav:\n  - index.md\n  - page.md\n  - configuration.md\n")
     (tmp_path / "mkdocs.yml").write_text(config.replace("extra_css:\n  - stylesheets/extra.css\n", ""))
     # The hooks find the repository from their own path: the copies point at tmp_path, whose
     # README and settings.py are linked in from the real checkout.

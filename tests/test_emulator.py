@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -16,8 +17,11 @@ import uvicorn
 
 from flowise_sse.emulator import (
     DEMO_CHATFLOW_ID,
+    FORM_AGENTFLOW_ID,
+    HUMAN_INPUT_AGENTFLOW_ID,
     KEYED_CHATFLOW_ID,
     NONSTREAMING_CHATFLOW_ID,
+    UPLOADS_CHATFLOW_ID,
     Emulator,
     EmulatorConfig,
     create_emulator_app,
@@ -264,7 +268,10 @@ async def test_keyedChatflow_whenNoKey_thenRefusedPerVersion_andAnswersWithTheKe
         assert plain.status_code == wrong.status_code == 500
         assert plain.json()["message"] == BUILD_ERROR + "Unauthorized"
     assert keyed.status_code == 200 and keyed.json()["text"] == REPLY + "hi"
-    assert [flow["apikeyid"] is not None for flow in listed] == [False, True, False]
+    flows = [DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID, UPLOADS_CHATFLOW_ID]
+    flows += [HUMAN_INPUT_AGENTFLOW_ID, FORM_AGENTFLOW_ID] if version == "3.1.4" else []  # Agentflows V2: 3.x
+    assert [(flow["id"], flow["apikeyid"] is not None) for flow in listed] == [
+        (flow, flow == KEYED_CHATFLOW_ID) for flow in flows]
     assert emulator.requests[-1]["headers"]["authorization"] == "Bearer flow-key"
 
 
@@ -412,7 +419,8 @@ async def test_basicAuth1x_whenManagementRoutes_thenEmpty401WithoutIt_andPredict
         ping = await client.get("/api/v1/ping", auth=auth)
     assert (refused.status_code, refused.headers["content-type"], refused.content) == (401, HTML, b"")
     assert version.status_code == 401
-    assert [flow["id"] for flow in listed.json()] == [DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID]
+    assert [flow["id"] for flow in listed.json()] == [DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID,
+                                                      UPLOADS_CHATFLOW_ID]
     assert list(listed.json()[0]) == ["id", "name", "flowData", "deployed", "isPublic", "apikeyid", "chatbotConfig",
                                       "apiConfig", "analytic", "speechToText", "createdDate", "updatedDate", "category"]
     assert single.json()["name"] == "Demo chat (emulated Flowise)"
@@ -502,3 +510,59 @@ def test_quirks_whenFirstVersionOfEachHistoryColumn_thenTheLlmIsHandedThatColumn
 def test_quirks_whenNotAVersion_thenValueError(text: str) -> None:
     with pytest.raises(ValueError, match="not a Flowise version"):
         create_emulator_app(EmulatorConfig(version=text))
+
+
+# --- what the OpenAI routes' images, audio and reasoning rely on ---------------------------------
+@pytest.mark.parametrize("version", ["1.6.2", "3.1.4"])
+async def test_publicChatbotConfig_whenAsked_thenUploadPolicyPerChatflowWithoutAuth(version: str) -> None:
+    # Flowise's utilGetUploadsConfig: images only where a chat model allows them (5 MB, four types).
+    async with running(version=version, username="admin", password="secret", api_key="k") as (_, client):
+        vision = await client.get(f"/api/v1/public-chatbotConfig/{UPLOADS_CHATFLOW_ID}")
+        demo = await client.get(f"/api/v1/public-chatbotConfig/{DEMO_CHATFLOW_ID}")
+        unknown = await client.get(f"/api/v1/public-chatbotConfig/{UNKNOWN_ID}")
+    assert vision.status_code == demo.status_code == 200
+    uploads = vision.json()["uploads"]
+    assert uploads["isImageUploadAllowed"] is True and uploads["isSpeechToTextEnabled"] is True
+    assert uploads["imgUploadSizeAndTypes"] == [
+        {"fileTypes": ["image/gif", "image/jpeg", "image/png", "image/webp", ""], "maxUploadSize": 5}]
+    assert demo.json()["uploads"]["isImageUploadAllowed"] is False
+    assert demo.json()["uploads"]["imgUploadSizeAndTypes"] == []
+    assert ("flowData" in vision.json()) is (version == "3.1.4")
+    assert unknown.status_code in (404, 500)
+
+
+async def test_sse314_whenThinking_thenThinkingEventsThenClosingDurationBeforeTokens() -> None:
+    async with running(version="3.1.4") as (_, client):
+        _, chunks = await predict_raw(client, question="q", streaming=True,
+                                      overrideConfig=emulate(thinking=["Let me ", "think."], tokens=["A"]))
+    frames = [orjson.loads(f.split(b"data:", 1)[1]) for f in b"".join(chunks).split(b"\n\n") if b"data:" in f]
+    assert frames[:3] == [{"event": "thinking", "data": "Let me "}, {"event": "thinking", "data": "think."},
+                          {"event": "thinking", "data": "", "duration": 1}]
+    assert [f["event"] for f in frames[3:]] == ["start", "token", "metadata", "end"]
+
+
+async def test_sse210_whenThinking_thenNoThinkingEvents() -> None:
+    async with running(version="2.1.0") as (_, client):
+        _, chunks = await predict_raw(client, question="q", streaming=True, overrideConfig=emulate(thinking=["x"]))
+    assert b"thinking" not in b"".join(chunks)
+
+
+async def test_uploads_whenUploadsChatflow_thenImagesReachTheLlmAfterTheQuestion_andAudioIsTheQuestion() -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    audio = "data:audio/webm;base64," + base64.b64encode(b"spoken words").decode()
+    async with running(version="3.1.4") as (emulator, client):
+        await predict(client, UPLOADS_CHATFLOW_ID, question="what is it?", uploads=[
+            {"data": image, "type": "file", "name": "a.png", "mime": "image/png"},
+            {"data": "https://example.com/b.png", "type": "url", "name": "b.png", "mime": "image/png"}])
+        seen_images = emulator.requests[-1]["llm_messages"]
+        answer = await predict(client, UPLOADS_CHATFLOW_ID, question="", uploads=[
+            {"data": audio, "type": "audio", "name": "a.webm", "mime": "audio/webm"}])
+        await predict(client, DEMO_CHATFLOW_ID, question="q", uploads=[
+            {"data": image, "type": "file", "name": "a.png", "mime": "image/png"}])
+        dropped = emulator.requests[-1]["llm_messages"]
+    assert seen_images[-2] == {"role": "user", "content": "what is it?"}
+    assert seen_images[-1] == {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": image}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}}]}
+    assert answer.json()["text"] == REPLY + "spoken words"
+    assert dropped[-1] == {"role": "user", "content": "q"}  # a chatflow without image uploads drops them silently

@@ -29,12 +29,14 @@ def silent_server():
 
 
 async def post_stream(gateway, body, timeout=20.0):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as client:
-        async with client.stream("POST", STREAM, json=body) as r:
-            if r.status_code != 200:
-                await r.aread()
-                return r, []
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=timeout) as client,
+        client.stream("POST", STREAM, json=body) as r,
+    ):
+        if r.status_code != 200:
+            await r.aread()
+            return r, []
+        return r, await aread_sse(r)
 
 
 @pytest.mark.parametrize("transport", ["auto", "socketio", "sse"])
@@ -42,7 +44,8 @@ async def test_flowiseDown_then502BeforeTheStream(gateways, transport):
     gateway = gateways(f"http://127.0.0.1:{free_port()}", flowise_transport=transport)
     r, _ = await post_stream(gateway, {"question": "anyone?"})
     assert r.status_code == 502
-    assert r.json()["error"] == {"code": "upstream_unavailable", "message": r.json()["error"]["message"], "retryable": True}
+    assert r.json()["error"] == {
+        "code": "upstream_unavailable", "message": r.json()["error"]["message"], "retryable": True}
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
@@ -93,14 +96,18 @@ def open_fds() -> int:
 
 async def leave_midway(gateway, chat_id: str) -> None:
     slow = {"question": "slow one", "chatId": chat_id, "overrideConfig": {"emulator": {"delay": 0.3}}}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json=slow) as r:
-            first = await aread_sse(r, limit=3)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", STREAM, json=slow) as r,
+    ):
+        first = await aread_sse(r, limit=3)
     assert [e.event for e in first] == ["start", "token", "token"]
 
 
 @pytest.mark.parametrize("version", ["1.6.2", "2.0.7", "2.1.0", "3.1.4"])
-async def test_clientLeaves_whenPolicyAbort_thenUpstreamClosedWithinASecondAndNothingLeaks(emulators, gateways, version):
+async def test_clientLeaves_whenPolicyAbort_thenUpstreamClosedWithinASecondAndNothingLeaks(
+    emulators, gateways, version,
+):
     flowise = emulators(version)
     gateway = gateways(flowise.url, on_client_disconnect="abort")
     pool = gateway.app.state.settings.socketio_pool_size if version in ("1.6.2", "2.0.7") else 0
@@ -150,7 +157,8 @@ async def test_clientLeaves_whenPolicyContinue_thenStreamFinishesForLaterReaders
         async with client.stream("POST", STREAM, json=slow) as r:
             first = await aread_sse(r, limit=2)
         stream_id = first[0].data["streamId"]
-        async with client.stream("GET", f"/v1/streams/{stream_id}/events", headers={"Last-Event-ID": first[-1].id}) as r:
+        async with client.stream("GET", f"/v1/streams/{stream_id}/events",
+                                 headers={"Last-Event-ID": first[-1].id}) as r:
             rest = await aread_sse(r)
     assert joined(first + rest) == REPLY + "keep going"
     assert list(flowise.app.aborts) == [] or all(chat != first[0].data["chatId"] for _, chat in flowise.app.aborts)

@@ -102,7 +102,7 @@ async def test_faultSuite_everyFaultEndsInItsDocumentedError_andEverythingIsFree
     await asyncio.sleep(0.2)
     fds, tasks, rss = open_fds(), gateway.call(_count), rss_mb()
     report = []
-    for fault, (route, status, code) in CASES.items():
+    for fault, (_route, status, code) in CASES.items():
         started = time.monotonic()
         got_status, got_code = await run_case(gateway, fault)
         assert (got_status, got_code) == (200 if status == "sse" else status, code), fault

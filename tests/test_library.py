@@ -9,6 +9,7 @@ import pytest
 from flowise_sse import GatewayError, Settings, astream_prediction, stream_prediction
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
+from .conftest import ONE_PER_TRANSPORT
 from .helpers import REPLY, wait_until
 
 
@@ -16,6 +17,7 @@ def summary(events) -> tuple[list[str], str]:
     return [e.event for e in events], "".join(e.text for e in events if e.event == "token")
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_astream_andSyncTwin_thenSameEvents(flowise, version):
     settings = Settings(flowise_url=flowise.url)
     history = [{"role": "user", "content": "I am Bob"}]

@@ -183,10 +183,10 @@ async def _read_until(client: httpx.AsyncClient, url: str, tokens: int | None = 
 
 
 async def _aiter(r: httpx.Response):
+    import orjson
     from httpx_sse import EventSource
 
     from .servers import Sse
-    import orjson
 
     async for e in EventSource(r).aiter_sse():
         if e.data:

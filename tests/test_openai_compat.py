@@ -105,7 +105,8 @@ def test_sdkSync_whenNotStreaming_thenFlowiseAnswerAndStreamIdHeader(keyed_gatew
 
 
 def test_sdkSync_whenStreaming_thenOneIdRoleFirstFinishLastAndFlowiseText(keyed_gateway, flowise):
-    stream = client(keyed_gateway).chat.completions.create(model=DEMO_CHATFLOW_ID, messages=user("Hello stream"), stream=True)
+    stream = client(keyed_gateway).chat.completions.create(
+        model=DEMO_CHATFLOW_ID, messages=user("Hello stream"), stream=True)
     chunks = list(stream)
     assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -243,9 +244,11 @@ async def test_wire_whenStreaming_thenOnlyDataLinesWithASpaceAndDoneLast(gateway
     gateway = gateways(flowise.url, keepalive_interval=0.02)
     body = {"model": DEMO_CHATFLOW_ID, "messages": user("raw wire"), "stream": True,
             "stream_options": {"include_usage": True}, **emulator(delay=0.05)}
-    async with httpx.AsyncClient(timeout=20) as http:
-        async with http.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r:
-            raw = (await r.aread()).decode()
+    async with (
+        httpx.AsyncClient(timeout=20) as http,
+        http.stream("POST", gateway.url + "/v1/chat/completions", json=body) as r,
+    ):
+        raw = (await r.aread()).decode()
     assert r.headers["content-type"].startswith("text/event-stream")
     lines = [line for line in raw.split("\n") if line]
     assert any(line.startswith(":") for line in lines)  # keep-alives: comments only

@@ -69,7 +69,8 @@ async def test_nodeSdk_whenNotStreaming_thenFlowisesAnswer(gateway, flowise):
 
 
 async def test_nodeSdk_whenLLMFailsMidStream_thenAPIErrorThrown(gateway):
-    result = await node(gateway, "stream", body={"overrideConfig": {"emulator": {"error": "mock boom", "errorAfter": 2}}})
+    result = await node(gateway, "stream",
+                        body={"overrideConfig": {"emulator": {"error": "mock boom", "errorAfter": 2}}})
     assert result["error"]["isAPIError"] and "mock boom" in result["error"]["message"]
 
 

@@ -137,7 +137,9 @@ def test_metrics_whenTheStoreIsFull_thenTheOpenAIRoutesRefusalIsCountedToo(emula
 
 def test_metrics_whenRedisGoesDown_thenRedisErrorsAndTheLimitAreCounted(emulators, gateways):
     with RedisServer() as redis_server:
-        gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url)
+        # A second, not the default 10: the gateway's shutdown gives a Redis that is gone this long
+        # to take the last events (the first stream's, cut by the stop), and the teardown waits it.
+        gateway = gateways(emulators("3.1.4").url, redis_url=redis_server.url, redis_timeout=1.0)
         with httpx.stream("POST", gateway.url + STREAM, json={"question": "up"}) as r:
             r.read()
         assert parse_sse(r)[-1].event == "end"
@@ -230,3 +232,20 @@ def test_docsMetrics_everyExportedMetricListed():
     exported = {family.name + ("_total" if family.type == "counter" else "")
                 for family in REGISTRY.collect() if family.name.startswith("flowise_sse_")}
     assert exported == listed
+
+
+def test_refusals_areLoggedWithTheirReason_whatABrowserCannotRead(emulators, gateways, caplog):
+    """A CORS 403 and a Host 400 carry their reason in a JSON body browsers hide: the log says it."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="flowise_sse")
+    gateway = gateways(emulators("3.1.4").url, api_keys=["k1"], cors_origins=["https://app.example"])
+    with httpx.Client(base_url=gateway.url) as client:
+        assert client.get("/v1/chatflows", headers={"Host": "evil.example"}).status_code == 400
+        assert client.get("/v1/chatflows", headers={"Origin": "https://evil.example",
+                                                    "Authorization": "Bearer k1"}).status_code == 403
+        assert client.get("/v1/chatflows").status_code == 401
+    lines = [r for r in caplog.records if r.getMessage() == "request refused"]
+    reasons = {line.fields["status"]: line.fields["reason"] for line in lines}  # type: ignore[attr-defined]
+    assert "FLOWISE_SSE_ALLOWED_HOSTS" in reasons[400] and "FLOWISE_SSE_CORS_ORIGINS" in reasons[403]
+    assert "API key" in reasons[401] and "k1" not in caplog.text

@@ -17,7 +17,7 @@ from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.streams.redis import keys
 
 from .helpers import REPLY, wait_until
-from .servers import GatewayProcess, RedisServer, Sse, joined
+from .servers import GatewayProcess, RedisServer, Sse, joined, started_together
 
 pytestmark = pytest.mark.redis
 QUESTION = "one two three four five six seven eight nine ten"
@@ -36,7 +36,7 @@ def replicas(redis_url, emulators):
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret",
            "FLOWISE_SSE_SHUTDOWN_GRACE": "10"}
-    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+    with started_together(GatewayProcess(env), GatewayProcess(env)) as (a, b):
         yield a, b, flowise
 
 
@@ -113,13 +113,15 @@ def test_sameChatIdOnTwoReplicas_then409(replicas, redis_url):
 def test_sigtermOnA_midStream_thenClientFinishesOnBWithNothingLostOrDoubled(replicas):
     a, b, _ = replicas
     events: list[Sse] = []
-    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=slow(delay=0.15), timeout=20) as r:
+    with httpx.stream("POST", f"{a.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=slow(delay=0.15),
+                      timeout=20) as r:
         read(r, events, limit=4)
         a.proc.send_signal(signal.SIGTERM)
         read(r, events)  # A lets its readers go: the connection closes without end or error
     cut = len(events)
     assert events[-1].event not in ("end", "error")
-    assert httpx.post(f"{b.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "b works"}).status_code == 201
+    works = httpx.post(f"{b.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "b works"})
+    assert works.status_code == 201
     with httpx.stream("GET", f"{b.url}/v1/streams/{events[0].data['streamId']}/events",
                       headers={"Last-Event-ID": events[-1].id}, timeout=20) as r:
         read(r, events)
@@ -151,7 +153,8 @@ def test_redisDown_thenNewStreamsGet503NotA500(emulators):
             assert "event: end" in httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
                                               json={"question": "up"}, timeout=20).text
             store.stop()
-            r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "down"}, timeout=20)
+            r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "down"},
+                           timeout=20)
             assert r.status_code == 503 and r.json()["error"] == {
                 "code": "store_unavailable", "message": r.json()["error"]["message"], "retryable": True}
             assert httpx.get(f"{gateway.url}/healthz").status_code == 200
@@ -165,13 +168,15 @@ def test_redisDownAtStartUp_thenGatewayStarts_answers503_andStreamsOnceRedisIsUp
         assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
         with store:
             def streams() -> bool:
-                r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "up"}, timeout=20)
+                r = httpx.post(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "up"},
+                               timeout=20)
                 return r.status_code == 200 and "event: end" in r.text
             wait_until(streams, timeout=15, what="a stream through the gateway once Redis is up")
 
 
 def _tokens(count: int, delay: float) -> dict:
-    return {"question": "q", "overrideConfig": {"emulator": {"tokens": [f"t{i} " for i in range(count)], "delay": delay}}}
+    tokens = [f"t{i} " for i in range(count)]
+    return {"question": "q", "overrideConfig": {"emulator": {"tokens": tokens, "delay": delay}}}
 
 
 @pytest.mark.parametrize("outage", ["paused", "out_of_memory"])
@@ -221,7 +226,8 @@ async def test_moreRemoteReadersThanRedisConnections_thenTheyWaitForOne_andEvery
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret"}
     # B: 3 connections, one of them the abort subscription: 2 for 12 readers.
-    with GatewayProcess(env) as a, GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"}) as b:
+    with started_together(GatewayProcess(env),
+                          GatewayProcess({**env, "FLOWISE_SSE_REDIS_MAX_CONNECTIONS": "3"})) as (a, b):
         async with httpx.AsyncClient(timeout=30) as client:
             created = (await client.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID,
                                                                       **_tokens(40, 0.05)})).json()

@@ -15,10 +15,10 @@ from prometheus_client import REGISTRY
 
 from flowise_sse.errors import StoreUnavailable
 from flowise_sse.settings import Settings
+from flowise_sse.streams.event_log import StreamLog
 from flowise_sse.streams.redis import keys
 from flowise_sse.streams.redis.calls import connect, is_taken_id, redis_call
 from flowise_sse.streams.redis.writer import MirrorWriter
-from flowise_sse.streams.event_log import StreamLog
 from flowise_sse.streams.redis_mirror import RedisMirror
 
 from .helpers import until
@@ -309,9 +309,8 @@ async def test_redisCall_whenTheCallFails_thenItsOperationsErrorCountsOne_andEve
     op = unique("probe")
     client = aioredis.Redis.from_url(redis_url)
     try:
-        with pytest.raises(redis.ResponseError):
-            with redis_call(op):
-                await client.xadd(text_key, {"f": b"x"})
+        with pytest.raises(redis.ResponseError), redis_call(op):
+            await client.xadd(text_key, {"f": b"x"})
         assert metric("flowise_sse_redis_errors_total", operation=op) == 1
         assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 1
         with redis_call(op):
@@ -320,9 +319,8 @@ async def test_redisCall_whenTheCallFails_thenItsOperationsErrorCountsOne_andEve
         assert metric("flowise_sse_redis_call_seconds_count", operation=op) == 2
 
         blocking = unique("blocking")
-        with pytest.raises(redis.ResponseError):
-            with redis_call(blocking, timed=False):
-                await client.xread({text_key: "0-0"}, block=100)
+        with pytest.raises(redis.ResponseError), redis_call(blocking, timed=False):
+            await client.xread({text_key: "0-0"}, block=100)
         assert metric("flowise_sse_redis_errors_total", operation=blocking) == 1
         assert metric("flowise_sse_redis_call_seconds_count", operation=blocking) == 0
 

@@ -13,7 +13,7 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 
-from .servers import GatewayProcess
+from .servers import GatewayProcess, started_together
 from .test_redis import redis_url  # noqa: F401  (the module's redis-server fixture)
 
 pytestmark = pytest.mark.redis
@@ -24,8 +24,9 @@ STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
 def test_prediction_whenChatIdBusyOnAnotherReplica_then409_andFreedWhenItsClientLeaves(redis_url, emulators):  # noqa: F811
     flowise = emulators("3.1.4")
     env = {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_TOKEN_SECRET": "s"}
-    with GatewayProcess(env) as a, GatewayProcess(env) as b:
-        hanging = json.dumps({"question": "hang", "chatId": "shared-chat", "overrideConfig": {"emulator": {"hang": True}}})
+    with started_together(GatewayProcess(env), GatewayProcess(env)) as (a, b):
+        hanging = json.dumps(
+            {"question": "hang", "chatId": "shared-chat", "overrideConfig": {"emulator": {"hang": True}}})
         holder = socket.create_connection(("127.0.0.1", a.port))
         holder.sendall(f"POST {PREDICTION} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        f"Content-Length: {len(hanging)}\r\n\r\n{hanging}".encode())

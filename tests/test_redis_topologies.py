@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from httpx_sse import EventSource
+
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.streams.redis import keys
-from httpx_sse import EventSource
 
 from .helpers import until, wait_until
 from .redis_topologies import LocalCluster, SentinelGroup

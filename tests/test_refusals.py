@@ -10,6 +10,8 @@ times on a real gateway on loopback, and must get its JSON answer 100 times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import time
 from collections import Counter
@@ -27,8 +29,10 @@ HEAD = b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty
 
 @pytest.fixture
 def gateway(gateways):
-    # The refusals come before any upstream call: no Flowise is needed behind it.
-    return gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=64 * 1024, max_header_bytes=16 * 1024)
+    # The refusals come before any upstream call: no Flowise is needed behind it. The stream route
+    # takes uploads: its cap is max_upload_bytes.
+    return gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=64 * 1024, max_upload_bytes=64 * 1024,
+                    max_header_bytes=16 * 1024)
 
 
 def pieces(data: bytes, size: int = 8192) -> list[bytes]:
@@ -97,7 +101,9 @@ async def test_oversizedHeaders_fromARawSocketThatKeepsSending_then431JsonEveryT
 
 
 def test_refusedClient_whenItTricklesForever_thenItGetsTheAnswerAndIsClosedAtTheLingerTimeout(gateways):
-    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, linger_timeout=1.0)
+    # The stream route takes uploads: its cap is max_upload_bytes (as in the fixture above).
+    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, max_upload_bytes=1024,
+                       linger_timeout=1.0)
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(HEAD + b"Content-Length: 100000\r\n\r\n")
         sock.settimeout(5)
@@ -115,8 +121,8 @@ def test_refusedClient_whenItTricklesForever_thenItGetsTheAnswerAndIsClosedAtThe
 
 
 def test_refusedClient_whenItSendsPastMaxLingerBytes_thenClosedWithoutWaitingForTheTimeout(gateways):
-    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, linger_timeout=60,
-                       max_linger_bytes=1024 * 1024)
+    gateway = gateways(f"http://127.0.0.1:{free_port()}", max_body_bytes=1024, max_upload_bytes=1024,
+                       linger_timeout=60, max_linger_bytes=1024 * 1024)
     sent = 0
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(HEAD + b"Content-Length: 1000000000\r\n\r\n")
@@ -138,10 +144,8 @@ def test_bodyTimeout_whenTheBodyTrickles_then408ThenClosedAtTheLingerTimeout(gat
             while time.monotonic() - started < 5 and b"}}" not in answer:
                 sock.sendall(b" ")
                 sock.settimeout(0.05)
-                try:
+                with contextlib.suppress(TimeoutError):
                     answer += sock.recv(65536)
-                except socket.timeout:
-                    pass
             while time.monotonic() - started < 5:
                 sock.sendall(b" ")
                 time.sleep(0.05)
@@ -149,3 +153,11 @@ def test_bodyTimeout_whenTheBodyTrickles_then408ThenClosedAtTheLingerTimeout(gat
             pass
     assert answer.startswith(b"HTTP/1.1 408") and b'"request_timeout"' in answer
     assert time.monotonic() - started < 3
+
+
+async def test_getStream_whenItsHistoryOutgrowsAUrl_then431JsonPointingToThePostRoute(gateway):
+    history = [{"role": "user", "content": "x" * 400}] * 50  # a long chat, as a page would resend it
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
+        r = await client.get(STREAM, params={"question": "next", "history": json.dumps(history)})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
+    assert "POST /v1/streams" in r.json()["error"]["message"] and "chatId" in r.json()["error"]["message"]

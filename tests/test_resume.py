@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import json
 
 import httpx
@@ -131,10 +130,12 @@ async def test_retention_whenExpired_thenStreamGone(emulators, gateways):
 async def test_maxStreams_thenOverloaded503(emulators, gateways):
     gateway = gateways(emulators("3.1.4").url, max_streams=1)
     body = {"question": "slow", "overrideConfig": {"emulator": {"delay": 0.2}}}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body) as r:
-            assert r.status_code == 200
-            second = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body) as r,
+    ):
+        assert r.status_code == 200
+        second = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json=body)
     assert second.status_code == 503 and second.json()["error"] == {
         "code": "overloaded", "message": second.json()["error"]["message"], "retryable": True}
 

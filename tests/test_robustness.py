@@ -38,12 +38,14 @@ async def until(condition, timeout=5.0):
 
 
 async def post_stream(gateway, body, **kwargs):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", STREAM, json=body, **kwargs) as r:
-            if r.status_code != 200:
-                await r.aread()
-                return r, []
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", STREAM, json=body, **kwargs) as r,
+    ):
+        if r.status_code != 200:
+            await r.aread()
+            return r, []
+        return r, await aread_sse(r)
 
 
 # --- item 2: input that passes JSON parsing but cannot be sent on ---------------------------------
@@ -65,7 +67,8 @@ async def test_input_whenNotSendableJson_then422AndNothingReachesFlowise(faulty,
             r = await client.post(path, content=body, headers={"content-type": "application/json"})
             assert r.status_code == 422, r.text
             assert r.json()["error"]["code"] == "invalid_request"
-        r = await client.post("/v1/streams", content=body.replace(b"{", b'{"chatflowId": "%s", ' % CHATFLOW.encode(), 1),
+        r = await client.post("/v1/streams",
+                              content=body.replace(b"{", b'{"chatflowId": "%s", ' % CHATFLOW.encode(), 1),
                               headers={"content-type": "application/json"})
         assert r.status_code == 422, r.text
     assert faulty.app.predictions == before
@@ -228,10 +231,12 @@ async def test_flowiseUrlCredentials_thenSentAsBasicAuthOnEveryUpstreamCall(emul
 
     flowise = emulators(version)
     gateway = gateways(flowise.url.replace("http://", "http://proxy%40user:p%3Ass@"), flowise_api_key="flowkey")
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                                 json={"question": "credentials ride along"}) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
+                      json={"question": "credentials ride along"}) as r,
+    ):
+        events = await aread_sse(r)
     assert r.status_code == 200 and events[-1].event == "end"
     expected = "Basic " + base64.b64encode(b"proxy@user:p:ss").decode()
     sent = [req["headers"].get("authorization") for req in list(flowise.app.requests)  # shared with other tests
@@ -278,8 +283,8 @@ def test_servedProcess_whenAsked_thenNoQuestionTokenOrUpstreamUrlInItsLog(faulty
                 break
             except httpx.HTTPError:
                 time.sleep(0.05)
-        with httpx.stream("GET", url + STREAM, params={"question": "ok", "history": '[{"role":"user","content":"my-private-words"}]'},
-                          timeout=10) as r:
+        history = '[{"role":"user","content":"my-private-words"}]'
+        with httpx.stream("GET", url + STREAM, params={"question": "ok", "history": history}, timeout=10) as r:
             r.read()
         created = httpx.post(url + "/v1/streams", json={"chatflowId": CHATFLOW, "question": "ok"}, timeout=10).json()
         httpx.get(created["eventsUrl"], timeout=10)
@@ -435,7 +440,8 @@ def test_openapi_documentsEveryStatusAndTheFormats():
     doc = create_app(Settings()).openapi()
     stream = doc["paths"]["/v1/chatflows/{chatflow_id}/stream"]
     for method in ("get", "post"):
-        assert {"400", "401", "403", "404", "409", "413", "422", "429", "502", "503", "504"} <= set(stream[method]["responses"])
+        assert {"400", "401", "403", "404", "409", "413", "422", "429", "502", "503", "504"} \
+            <= set(stream[method]["responses"])
         params = {p["name"]: p for p in stream[method]["parameters"]}
         assert params["last-event-id"]["schema"]["pattern"] == params["lastEventId"]["schema"]["pattern"]
     assert "JSON array" in {p["name"]: p for p in stream["get"]["parameters"]}["history"]["description"]

@@ -20,7 +20,7 @@ import pytest
 
 from flowise_sse.events import END, Event
 
-from .servers import GatewayProcess
+from .servers import GatewayProcess, started_together
 from .test_redis import redis_url  # noqa: F401  (the fixture: a redis-server of the module's own)
 
 pytestmark = pytest.mark.soak
@@ -64,7 +64,7 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     rounds = {"fresh": [], "full": []}
     for name in ["fresh", "full", "full", "fresh", "fresh", "full"]:
         rounds[name].append(await _measure((fresh if name == "fresh" else full).url, 6))
-    for rate, _, tally in rounds["fresh"] + rounds["full"]:
+    for _rate, _, tally in rounds["fresh"] + rounds["full"]:
         assert tally.completed == tally.exact and not tally.failures, (tally.failures, tally.inexact)
     fresh_rate, full_rate = (max(r[0] for r in rounds[name]) for name in ("fresh", "full"))
     fresh_ft, full_ft = (min(r[1] for r in rounds[name]) for name in ("fresh", "full"))
@@ -94,7 +94,7 @@ async def test_twoReplicasOnRedis_resumesAcrossAndASigterm_thenEveryAnswerExact_
            "FLOWISE_SSE_SHUTDOWN_GRACE": "10", "FLOWISE_SSE_STREAM_RETENTION": "20",
            "FLOWISE_SSE_CONNECT_TIMEOUT": "30"}  # a starved emulator is not what this checks
     seconds = 45.0
-    with GatewayProcess(env) as a, GatewayProcess(env) as b:
+    with started_together(GatewayProcess(env), GatewayProcess(env)) as (a, b):
         replicas = [a, b]
         rss: list[float] = []
 

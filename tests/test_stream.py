@@ -1,4 +1,5 @@
-"""The streaming contract through a real gateway, in front of every emulated Flowise version."""
+"""The streaming contract through a real gateway, in front of every emulated Flowise version (one of
+each transport where the gateway's behaviour is above it: conftest.ONE_PER_TRANSPORT)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import pytest
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, KEYED_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
-from .conftest import SSE_VERSIONS, TRANSPORT
+from .conftest import ONE_PER_TRANSPORT, SSE_VERSIONS, TRANSPORT
 from .helpers import REPLY
 from .servers import aread_sse, joined, parse_sse
 
 
 async def stream(gateway, question="Hello there", flow=DEMO_CHATFLOW_ID, **body):
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{flow}/stream", json={"question": question, **body}) as r:
-            assert r.status_code == 200, (await r.aread())
-            return r, await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{flow}/stream", json={"question": question, **body}) as r,
+    ):
+        assert r.status_code == 200, (await r.aread())
+        return r, await aread_sse(r)
 
 
 async def test_stream_whenFlowiseStreams_thenStartTokensMetadataEndInOrder(gateway, flowise, version):
@@ -55,9 +58,11 @@ async def test_stream_whenStartCarriesFirstToken_thenItIsNotDuplicated(emulators
 async def test_stream_getForEventSource_thenSameContractAndHistorySent(gateway, flowise, version):
     history = [{"role": "user", "content": "My name is Ada"}, {"role": "assistant", "content": "Hi Ada"}]
     params = {"question": "What is my name?", "history": json.dumps(history), "chatId": "chat-get-1"}
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params=params) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("GET", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", params=params) as r,
+    ):
+        events = await aread_sse(r)
     assert joined(events) == REPLY + "What is my name?"
     assert events[0].data["chatId"] == "chat-get-1"
     sent = flowise.app.requests[-1]
@@ -78,6 +83,7 @@ ADVERSARIAL = [
 ]
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenTokensAreAdversarial_thenRelayedLosslessly(gateway, flowise, version):
     _, events = await stream(gateway, "adversarial", overrideConfig={"emulator": {"tokens": ADVERSARIAL}})
     tokens = [e.data["text"] for e in events if e.event == "token"]
@@ -85,6 +91,7 @@ async def test_stream_whenTokensAreAdversarial_thenRelayedLosslessly(gateway, fl
     assert events[-1].event == "end" and events[-1].data["text"] == "".join(ADVERSARIAL)
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flowise, version):
     url = f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream?question=curl+me"
     proc = await asyncio.create_subprocess_exec(
@@ -100,6 +107,7 @@ async def test_stream_whenReadWithCurl_thenTokensArriveAsTheyStream(gateway, flo
     assert '"text":"' + REPLY + 'curl me"' in text
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenFlowiseSendsOtherEvents_thenRelayedUnderTheirNames(gateway, flowise, version):
     docs = [{"pageContent": "Ada Lovelace", "metadata": {"source": "a.txt"}}]
     tools = [{"tool": "calculator", "toolInput": {"x": 1}, "toolOutput": "2"}]
@@ -166,6 +174,7 @@ async def test_stream_whenChatflowUnknown_then404BeforeAnyStream(gateway, flowis
     assert r.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("version", ONE_PER_TRANSPORT)
 async def test_stream_whenSameChatIdRunning_then409ForTheSecond(gateway, flowise, version):
     slow = {"question": "slow", "chatId": "busy-chat", "overrideConfig": {"emulator": {"delay": 0.1}}}
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
@@ -182,7 +191,9 @@ async def test_stream_whenSameChatIdRunning_then409ForTheSecond(gateway, flowise
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status"),
     [
-        ("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {"json": {}}, 422),
+        # No question and nothing in its place: the schema allows it (form, humanInput or an audio
+        # upload may stand in), so the rule between fields answers, with a 400.
+        ("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {"json": {}}, 400),
         ("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {"json": {"question": ""}}, 422),
         ("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", {"content": b"{not json"}, 422),
         ("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
@@ -222,7 +233,8 @@ async def test_stream_whenFlowiseIsSlow_thenKeepAliveCommentsFlow(emulators, gat
     gateway = gateways(emulators("3.1.4").url, keepalive_interval=0.2)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream",
-                              json={"question": "slow", "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
+                              json={"question": "slow",
+                                    "overrideConfig": {"emulator": {"tokens": ["a", "b", "c"], "delay": 0.6}}})
     # A comment line alone, never followed by a blank line of its own: no client makes it an event.
     assert r.text.count("\n: keep-alive\n") >= 2 and ": keep-alive\n\n" not in r.text
     assert [e.event for e in parse_sse(r)][-1] == "end"

@@ -41,10 +41,12 @@ def test_relayedNames_whenEmptyOrReserved_thenMappedUnderFlowisePrefix() -> None
 async def test_stream_whenFlowiseSendsCollidingNames_thenRelayedUnderDocumentedNames(emulators, gateways):
     gateway = gateways(emulators("3.1.4").url)
     extra = [{"event": "message", "data": "m"}, {"event": "", "data": "unnamed"}, {"event": "open", "data": 1}]
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
-        async with client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={
-                "question": "names", "overrideConfig": {"emulator": {"tokens": ["x"], "events": extra}}}) as r:
-            events = await aread_sse(r)
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=20) as client,
+        client.stream("POST", f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={
+            "question": "names", "overrideConfig": {"emulator": {"tokens": ["x"], "events": extra}}}) as r,
+    ):
+        events = await aread_sse(r)
     relayed_events = [(e.event, e.data) for e in events if e.event.startswith("flowise.")]
     assert relayed_events == [("flowise.message", "m"), ("flowise.message", "unnamed"), ("flowise.open", 1)]
     assert events[-1].event == "end"
@@ -92,7 +94,8 @@ async def test_getStream_withRequestId_thenDistinctAsksAreDistinctStreams(emulat
     url = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         async def ask(request_id: str) -> str:
-            async with client.stream("GET", url, params={"question": "[[delay=30]] same", "requestId": request_id}) as r:
+            params = {"question": "[[delay=30]] same", "requestId": request_id}
+            async with client.stream("GET", url, params=params) as r:
                 return (await aread_sse(r))[0].data["streamId"]
         a, b, a_again = await asyncio.gather(ask("1"), ask("2"), ask("1"))
     assert a != b and a == a_again  # the same request joined; another requestId asked anew
@@ -134,7 +137,8 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
     big = ["x" * 200_000] * 40
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "stall",
-                                     "overrideConfig": {"emulator": {"tokens": big + ["never"], "hangAfter": 40}}})).json()
+                                     "overrideConfig": {"emulator": {"tokens": big + ["never"],
+                                                                     "hangAfter": 40}}})).json()
     manager = gateway.app.state.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
@@ -175,7 +179,8 @@ async def test_reader_whenTheExitSignalCutsItsBlockedWrite_thenNothingIsSentAfte
     big = ["x" * 200_000] * 40
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "cut",
-                                     "overrideConfig": {"emulator": {"tokens": big + ["never"], "hangAfter": 40}}})).json()
+                                     "overrideConfig": {"emulator": {"tokens": big + ["never"],
+                                                                     "hangAfter": 40}}})).json()
     manager = gateway.app.state.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
@@ -210,8 +215,8 @@ async def test_keepalive_whenItsWriteBlocks_thenSendTimeoutEndsTheResponseAndClo
 
     from flowise_sse.api.access import OPEN
     from flowise_sse.api.event_stream import event_stream
-    from flowise_sse.streams.manager import Reading
     from flowise_sse.settings import Settings
+    from flowise_sse.streams.manager import Reading
 
     closed = asyncio.Event()
 

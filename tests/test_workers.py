@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import closing, contextmanager
-from typing import Iterator
+from collections.abc import Iterator
+from contextlib import closing, contextmanager, suppress
 
 import httpx
 import pytest
@@ -80,14 +80,12 @@ class Workers(GatewayProcess):
     def lines(self) -> list[dict]:
         out = []
         for line in self.log.read_text().splitlines():
-            try:
+            with suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
 
     def banner(self) -> dict | None:
-        return next((l for l in self.lines() if "ready on" in l["msg"]), None)
+        return next((rec for rec in self.lines() if "ready on" in rec["msg"]), None)
 
     def workers(self) -> set[int]:
         return {pid for pid in children(self.proc.pid) if is_worker(pid)}
@@ -95,16 +93,17 @@ class Workers(GatewayProcess):
     def served_by(self, request_id: str) -> int:
         """The pid of the worker that answered this request (its access line)."""
         def line() -> dict | None:
-            return next((l for l in self.lines() if l["msg"] == "request" and l.get("request_id") == request_id),
-                        None)
+            return next((rec for rec in self.lines()
+                         if rec["msg"] == "request" and rec.get("request_id") == request_id), None)
 
         wait_until(lambda: line() is not None, what=f"the access line of {request_id}")
         return line()["pid"]  # type: ignore[index]
 
     def owner(self, stream_id: str) -> int:
-        wait_until(lambda: any(l.get("stream_id") == stream_id and l["msg"] == "stream started"
-                               for l in self.lines()), what="the stream's start logged")
-        return next(l["pid"] for l in self.lines() if l.get("stream_id") == stream_id and l["msg"] == "stream started")
+        wait_until(lambda: any(rec.get("stream_id") == stream_id and rec["msg"] == "stream started"
+                               for rec in self.lines()), what="the stream's start logged")
+        return next(rec["pid"] for rec in self.lines()
+                    if rec.get("stream_id") == stream_id and rec["msg"] == "stream started")
 
     @contextmanager
     def only(self, pid: int) -> Iterator[None]:
@@ -120,7 +119,7 @@ class Workers(GatewayProcess):
 
 
 @pytest.fixture
-def env(redis_url, emulators) -> dict[str, str]:
+def env(redis_url, emulators) -> dict[str, str]:  # noqa: F811
     flowise = emulators("3.1.4")
     flowise.app.aborts.clear()
     return {"FLOWISE_URL": flowise.url, "FLOWISE_SSE_REDIS_URL": redis_url, "FLOWISE_SSE_SHUTDOWN_GRACE": "5"}
@@ -159,7 +158,7 @@ def test_twoWorkers_thenOneBannerBothPidsAnswerAndEachLineSaysWhichWorker(env, t
     with Workers(env, tmp_path / "gateway.log") as gateway:
         pids = gateway.workers()
         assert len(pids) == 2 and gateway.proc.pid not in pids
-        banners = [l for l in gateway.lines() if "ready on" in l["msg"]]
+        banners = [rec for rec in gateway.lines() if "ready on" in rec["msg"]]
         assert len(banners) == 1 and "2 workers" in banners[0]["msg"] and "pid" not in banners[0]
         assert all(str(pid) in banners[0]["msg"] for pid in pids)
         answered: set[int] = set()
@@ -173,7 +172,7 @@ def test_twoWorkers_thenOneBannerBothPidsAnswerAndEachLineSaysWhichWorker(env, t
         with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as http:
             for i in range(200):
                 http.get(gateway.url + "/healthz", headers={"X-Request-ID": f"spread-{i}"}, timeout=10)
-        spread = {l["pid"] for l in gateway.lines() if l.get("request_id", "").startswith("spread-")}
+        spread = {rec["pid"] for rec in gateway.lines() if rec.get("request_id", "").startswith("spread-")}
         assert spread <= pids
 
 
@@ -208,8 +207,10 @@ def test_twoWorkers_streamStartedOnOne_thenReadResumedAndDeletedOnTheOther(env, 
         http.close()
         assert [int(e.id.rsplit(":", 1)[1]) for e in events] == list(range(1, len(events) + 1))
         assert events[-1].event == "end" and joined(events) == events[-1].data["text"] == REPLY + QUESTION
-        mine = [l for l in gateway.lines() if l.get("stream_id") == stream_id]
-        assert {(l["msg"], l["source"], l["pid"]) for l in mine if l["msg"] in ("stream read", "stream resumed")} >= {
+        mine = [rec for rec in gateway.lines() if rec.get("stream_id") == stream_id]
+        reads = {(rec["msg"], rec["source"], rec["pid"]) for rec in mine
+                 if rec["msg"] in ("stream read", "stream resumed")}
+        assert reads >= {
             ("stream read", "redis", two), ("stream resumed", "memory", one), ("stream resumed", "redis", two)}
 
         # DELETE on the worker that does not run the stream: the owner stops it (Redis pub/sub).
@@ -248,7 +249,7 @@ def test_twoWorkers_metricsScrapedFromEitherWorker_thenEverySumOverBoth(env, tmp
                                       headers={"X-Request-ID": f"ask-{pid}"}, json={"question": "short"}, timeout=10)
             assert "event: end" in response.text and gateway.served_by(f"ask-{pid}") == pid
         for pid in pids:
-            wait_until(lambda: scrape(gateway, pid).get("flowise_sse_store_streams") == 2.0,
+            wait_until(lambda pid=pid: scrape(gateway, pid).get("flowise_sse_store_streams") == 2.0,
                        what="both workers' stores in the sum")
             seen = scrape(gateway, pid)
             assert seen['flowise_sse_streams_started_total{transport="sse"}'] == 2.0
@@ -302,12 +303,13 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
         # ends on its own when it sees the parent's end of its pipe close: a moment later.
         assert not any(alive(pid) for pid in pids), "a worker outlived the parent"
         wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=5, what="no child outlives the parent")
-        ends = {l["pid"] for l in gateway.lines() if l["msg"].startswith("Finished server process")}
+        ends = {rec["pid"] for rec in gateway.lines() if rec["msg"].startswith("Finished server process")}
         assert ends == pids
         assert took < 5 + 5
         # The stream's log in Redis is whole and ends: its run finished within the grace.
         stream_id = events[0].data["streamId"]
         import redis
+
         from flowise_sse.streams.redis import keys
 
         with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
@@ -315,11 +317,11 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
         assert last[b"f"].startswith(b"event: end")
 
 
-def test_demoWithTwoWorkers_thenOneEmulatorInTheParentServesBothWorkers(redis_url, tmp_path):
+def test_demoWithTwoWorkers_thenOneEmulatorInTheParentServesBothWorkers(redis_url, tmp_path):  # noqa: F811
     gateway = Workers({"FLOWISE_SSE_REDIS_URL": redis_url}, tmp_path / "gateway.log")
     gateway.argv.append("--demo")
     with gateway:
-        assert sum("DEMO MODE" in l["msg"] for l in gateway.lines()) == 1
+        assert sum("DEMO MODE" in rec["msg"] for rec in gateway.lines()) == 1
         for pid in gateway.workers():
             with gateway.only(pid):
                 response = httpx.get(f"{gateway.url}/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", timeout=20,
@@ -351,7 +353,7 @@ def test_sigkillOnParent_thenWorkersExitOnTheirOwnWithinBoundedTime(env, tmp_pat
         gateway.proc.wait(5)
         wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=5 + 10,
                    what="every child of the killed parent exits")
-    assert any(l["msg"] == "Shutting down" and l["pid"] in pids for l in gateway.lines())
+    assert any(rec["msg"] == "Shutting down" and rec["pid"] in pids for rec in gateway.lines())
 
 
 # --- a worker that dies is replaced ------------------------------------------------------------------
@@ -362,10 +364,10 @@ def test_workerKilled_thenParentLogsItAndStartsANewOneOnTheSameSocket(env, tmp_p
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: len(gateway.workers() - before) == 1, timeout=20, what="a new worker")
         new = (gateway.workers() - before).pop()
-        died = [l for l in gateway.lines() if "died unexpectedly" in l["msg"]]
+        died = [rec for rec in gateway.lines() if "died unexpectedly" in rec["msg"]]
         assert len(died) == 1 and str(victim) in died[0]["msg"] and "SIGKILL" in died[0]["msg"]
-        wait_until(lambda: any(l["msg"] == "Application startup complete." and l.get("pid") == new
-                               for l in gateway.lines()), timeout=20, what="the new worker serves")
+        wait_until(lambda: any(rec["msg"] == "Application startup complete." and rec.get("pid") == new
+                               for rec in gateway.lines()), timeout=20, what="the new worker serves")
         assert gateway.workers() == before - {victim} | {new}
         assert worker_info(scrape(gateway, new)) == gateway.workers()  # the dead one left the list
         for pid in gateway.workers():
@@ -387,7 +389,7 @@ def test_workersKeepDying_thenAfterFiveRestartsAMinuteTheParentStopsEverythingAn
         everyone = children(gateway.proc.pid)
         assert gateway.proc.wait(5 + 10) == 1
         wait_until(lambda: not any(alive(pid) for pid in everyone), timeout=5, what="no child outlives the parent")
-        lines = [l["msg"] for l in gateway.lines()]
+        lines = [rec["msg"] for rec in gateway.lines()]
         assert sum("died unexpectedly" in m for m in lines) == 6
         assert sum(m.startswith("worker ") and "restarted" in m for m in lines) == 5
         assert any("6 worker deaths within 60s: stopping the gateway" in m for m in lines)

@@ -3,17 +3,23 @@ answer to the terminal, from Flowise directly or through a gateway (`--gateway U
 
 Every command reads a `.env` file in the working directory when there is one (the environment
 wins over it); `--env-file` names another.
+
+Answers and chatflow names are printed with their control characters shown as escapes (`\x1b`),
+so that text from an LLM cannot drive the terminal; `--events` and `--json` print JSON, whose
+own escapes do the same. A reader that goes away (`ask ... | head`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import re
 import sys
-import time
-from typing import Any, Coroutine, Iterator, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from . import __version__
 from .errors import GatewayError
@@ -28,6 +34,19 @@ DEMO_VERSIONS = ("1.6.2", "2.0.7", "2.1.0", "3.1.4")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is caught here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`ask ... | head`): stop quietly, as Unix tools do. Python would
+        # still try to flush stdout at exit and report that it cannot: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a tool ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="flowise-sse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"flowise-sse {__version__}")
@@ -52,9 +71,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ask = commands.add_parser("ask", help="stream one answer to stdout")
     ask.add_argument("chatflow_id")
-    ask.add_argument("question")
+    ask.add_argument("question", nargs="?", help="optional with --form, --proceed/--reject or an audio --upload")
     ask.add_argument("--history", help='JSON array of {"role", "content"}')
     ask.add_argument("--chat-id", help="a chatId of your own (Flowise's memory keeps the conversation)")
+    ask.add_argument("--session-id", help="a memory session apart from the chat (Flowise's sessionId)")
+    ask.add_argument("--upload", action="append", default=[], metavar="PATH",
+                     help="send a file (an image, audio for speech-to-text, any file); repeatable")
+    ask.add_argument("--image-url", action="append", default=[], metavar="URL", help="send an image by URL")
+    ask.add_argument("--form", metavar="JSON", help="start an Agentflow's form with these values")
+    reply = ask.add_mutually_exclusive_group()
+    reply.add_argument("--proceed", action="store_true", help="continue a run stopped for input")
+    reply.add_argument("--reject", action="store_true", help="reject a run stopped for input")
+    ask.add_argument("--feedback", help="with --proceed/--reject: text for the stopped node")
+    ask.add_argument("--lead-email", help="a lead's e-mail, stored with the message")
     ask.add_argument("--events", action="store_true", help="print every event as a JSON line")
     _target_options(ask)
 
@@ -67,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(create_app(Settings()).openapi(), indent=2, ensure_ascii=False))
         return 0
     try:
-        settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=args.env_file)
     except ValueError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +137,13 @@ def _worker_count(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import check_settings
     from .logging_setup import configure
+
+    try:
+        check_settings(settings)
+    except ValueError as exc:
+        return _fail(f"invalid settings: {exc}", 2)
 
     workers = args.workers or settings.workers
     if workers > 1:
@@ -139,8 +174,24 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {printable(message, keep_lines=False)}", file=sys.stderr)
     return code
+
+
+# C0 and C1 controls but newline and tab, DEL, and the bidirectional overrides and isolates
+# ("Trojan Source"): what can move the cursor, retitle the window, hide or reorder text.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_LINE_CONTROLS = re.compile(_CONTROLS.pattern[:-1] + r"\n\t]")
+
+
+def printable(text: str, *, keep_lines: bool = True) -> str:
+    """`text` with its control characters shown as escapes (ESC as `\\x1b`), for a terminal.
+    `keep_lines`: newlines and tabs stay (an answer's lines), and so does the CR of a CRLF;
+    otherwise they are escaped too (a table cell, a one-line message)."""
+    if keep_lines:
+        text = text.replace("\r\n", "\n")
+    pattern = _CONTROLS if keep_lines else _LINE_CONTROLS
+    return pattern.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
 # --- flows ---------------------------------------------------------------------------------------
@@ -153,7 +204,8 @@ def _flows(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     table = [("ID", "NAME", "STREAMING")] + [
-        (row["id"], row["name"], {True: "yes", False: "no", None: "?"}[row["streaming"]]) for row in rows
+        (printable(str(row["id"]), keep_lines=False), printable(str(row["name"]), keep_lines=False),
+         {True: "yes", False: "no", None: "?"}[row["streaming"]]) for row in rows
     ]
     widths = [max(len(str(line[i])) for line in table) for i in range(2)]
     for flow_id, name, streaming in table:
@@ -177,16 +229,18 @@ async def _flowise_flows(settings: Settings) -> list[dict[str, Any]]:
         verdicts = await asyncio.gather(*(streaming(str(f.get("id"))) for f in flows))
     finally:
         await flowise.aclose()
-    return [{"id": f.get("id"), "name": f.get("name") or "", "streaming": v} for f, v in zip(flows, verdicts)]
+    return [{"id": f.get("id"), "name": f.get("name") or "", "streaming": v}
+            for f, v in zip(flows, verdicts, strict=True)]
 
 
 def _gateway_flows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    with _gateway_client(args) as http:
-        flows = _gateway_json(http, "GET", "/v1/chatflows")
+    from .client import GatewayClient
+
+    with GatewayClient(args.gateway, api_key=args.api_key) as gateway:
         rows = []
-        for flow in flows:
+        for flow in gateway.list_chatflows():
             try:
-                streaming = _gateway_json(http, "GET", f"/v1/chatflows/{flow['id']}/streaming")["isStreaming"]
+                streaming: bool | None = gateway.is_streaming(str(flow["id"]))
             except GatewayError:
                 streaming = None
             rows.append({"id": flow["id"], "name": flow.get("name") or "", "streaming": streaming})
@@ -199,155 +253,115 @@ def _ask(args: argparse.Namespace, settings: Settings) -> int:
         history = json.loads(args.history) if args.history else None
     except json.JSONDecodeError as exc:
         return _fail(f"--history is not JSON: {exc}", 2)
+    shown = _Shown(args.events)
+    try:
+        args.fields = _ask_fields(args)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc), 2)
     try:
         if args.gateway:
-            for name, data in _gateway_events(args, history):
-                _show(args, name, data)
+            _ask_gateway(args, history, shown)
         else:
-            _run(_ask_flowise(args, history, settings))
+            _run(_ask_flowise(args, history, settings, shown))
     except GatewayError as exc:
-        if not args.events:
-            sys.stdout.write("\n")
+        shown.failed(exc)
         return _fail(f"{exc.code}: {exc.message}")
-    if not args.events:
-        sys.stdout.write("\n")
+    shown.close()
     return 0
 
 
-def _show(args: argparse.Namespace, name: str, data: Any) -> None:
-    """Print one event; the gateway's `error` event fails the command like a raised error."""
-    if args.events:
-        print(json.dumps({"event": name, "data": data}, ensure_ascii=False), flush=True)
-    elif name == "token":
-        sys.stdout.write(data.get("text", "") if isinstance(data, dict) else "")
-        sys.stdout.flush()
-    if name == "error":
-        failure = _Refused(str(data.get("message")))
-        failure.code = str(data.get("code"))  # type: ignore[misc]
-        raise failure
+class _Shown:
+    """What `ask` prints: the answer as it streams, or (`--events`) every event as a JSON line."""
+
+    def __init__(self, events: bool) -> None:
+        self.events = events
+        self.count = 0
+
+    def show(self, name: str, data: Any) -> None:
+        self.count += 1
+        if self.events:
+            print(json.dumps({"event": name, "data": data}, ensure_ascii=False), flush=True)
+        elif name == "token":
+            sys.stdout.write(printable(data.get("text", "")) if isinstance(data, dict) else "")
+            sys.stdout.flush()
+
+    def failed(self, exc: GatewayError) -> None:
+        """A failure ends the output: as the stream's `error` event once it had started."""
+        if self.events:
+            if self.count:
+                self.show("error", exc.to_dict())
+        else:
+            sys.stdout.write("\n")
+
+    def close(self) -> None:
+        if not self.events:
+            sys.stdout.write("\n")
 
 
-async def _ask_flowise(args: argparse.Namespace, history: Any, settings: Settings) -> None:
+def _ask_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """`ask`'s options as Flowise's prediction fields, as the library's (and the gateway
+    client's) keyword arguments."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    fields: dict[str, Any] = {}
+    uploads = []
+    for path in args.upload:
+        mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        uploads.append({"type": "audio" if mime.startswith("audio/") else "file", "name": Path(path).name,
+                        "mime": mime, "data": f"data:{mime};base64,{data}"})
+    for url in args.image_url:
+        name = url.rstrip("/").rpartition("/")[2] or "image"
+        uploads.append({"type": "url", "name": name, "mime": mimetypes.guess_type(name)[0] or "image/png", "data": url})
+    if uploads:
+        fields["uploads"] = uploads
+    if args.form:
+        try:
+            fields["form"] = json.loads(args.form)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--form is not JSON: {exc}") from None
+    if args.proceed or args.reject:
+        fields["human_input"] = {"type": "proceed" if args.proceed else "reject"}
+        if args.feedback:
+            fields["human_input"]["feedback"] = args.feedback
+    if args.session_id:
+        fields["session_id"] = args.session_id
+    if args.lead_email:
+        fields["lead_email"] = args.lead_email
+    return fields
+
+
+def _ask_gateway(args: argparse.Namespace, history: Any, shown: _Shown) -> None:
+    """Through a gateway, with its client: a cut stream is resumed with `Last-Event-ID`, on any
+    replica (they share it through Redis)."""
+    from .client import GatewayClient
+
+    stream_id = None
+    with GatewayClient(args.gateway, api_key=args.api_key) as gateway:
+        try:
+            for event in gateway.stream(args.chatflow_id, args.question, history=history, chat_id=args.chat_id,
+                                        **args.fields):
+                if event.event == "start" and isinstance(event.data, dict):
+                    stream_id = event.data.get("streamId")
+                shown.show(event.event, event.data)
+        except (BrokenPipeError, KeyboardInterrupt):
+            # Nobody reads the answer any more: stop it rather than let Flowise run on for nobody.
+            if stream_id:
+                with contextlib.suppress(GatewayError):
+                    gateway.delete_stream(str(stream_id))
+            raise
+
+
+async def _ask_flowise(args: argparse.Namespace, history: Any, settings: Settings, shown: _Shown) -> None:
     """Straight to Flowise, on one event loop that `asyncio.run` closes cleanly: the library's
     generator, its sockets and tasks are all closed before the loop is."""
     from contextlib import aclosing
 
     from .library import astream_prediction
 
-    async with aclosing(astream_prediction(args.chatflow_id, args.question, history=history,
-                                           chat_id=args.chat_id, settings=settings)) as events:
+    async with aclosing(astream_prediction(args.chatflow_id, args.question, history=history, chat_id=args.chat_id,
+                                           settings=settings, **args.fields)) as events:
         async for event in events:
-            _show(args, event.event, event.data)
-
-
-def _gateway_client(args: argparse.Namespace) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    return httpx.Client(base_url=args.gateway.rstrip("/"), headers=headers,
-                        timeout=httpx.Timeout(30.0, read=None))
-
-
-def _gateway_json(http: Any, method: str, path: str, **kwargs: Any) -> Any:
-    import httpx
-
-    try:
-        response = http.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise _Unreachable(f"the gateway is unreachable at {http.base_url}: {exc}") from None
-    if response.status_code >= 400:
-        raise _error_answer(response.status_code, response.content)
-    try:
-        return response.json()
-    except ValueError:
-        raise _Unreachable(f"{http.base_url} answered {path} with something that is not JSON: "
-                           "is it a flowise-sse gateway?") from None
-
-
-class _Unreachable(GatewayError):
-    code, retryable = "gateway_unreachable", True
-
-
-class _Refused(GatewayError):
-    pass
-
-
-def _error_answer(status: int, content: bytes) -> GatewayError:
-    try:
-        error = json.loads(content)["error"]
-        failure = _Refused(str(error["message"]))
-        failure.code = str(error["code"])  # type: ignore[misc]
-    except (ValueError, KeyError, TypeError):
-        failure = _Refused(f"HTTP {status}: {content[:200].decode('utf-8', 'replace')}")
-        failure.code = f"http_{status}"  # type: ignore[misc]
-    return failure
-
-
-RECONNECTS = 5
-
-
-def _gateway_events(args: argparse.Namespace, history: Any) -> Iterator[tuple[str, Any]]:
-    """The gateway's SSE stream, parsed. A connection cut before `end`/`error` is resumed as
-    `EventSource` would, with `Last-Event-ID`, by a GET of the stream's events: idempotent, so a
-    proxy may send it to any replica (they share the stream through Redis)."""
-    import httpx
-
-    body: dict[str, Any] = {"question": args.question}
-    if history:
-        body["history"] = history
-    if args.chat_id:
-        body["chatId"] = args.chat_id
-    last_id: str | None = None
-    with _gateway_client(args) as http:
-        for attempt in range(RECONNECTS + 1):
-            if last_id is None:
-                request = http.build_request("POST", f"/v1/chatflows/{args.chatflow_id}/stream", json=body,
-                                             headers={"Accept": "text/event-stream"})
-            else:
-                stream_id = last_id.rsplit(":", 1)[0]
-                request = http.build_request("GET", f"/v1/streams/{stream_id}/events",
-                                             headers={"Accept": "text/event-stream", "Last-Event-ID": last_id})
-            try:
-                response = http.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                if last_id is None:
-                    raise _Unreachable(f"the gateway is unreachable at {http.base_url}: {exc}") from None
-            else:
-                try:
-                    if response.status_code >= 400:
-                        failure = _error_answer(response.status_code, response.read())
-                        # While resuming, a replica going away (a proxy's 502, a 503) is worth a retry.
-                        if last_id is None or response.status_code not in (502, 503, 504):
-                            raise failure
-                    else:
-                        for event_id, name, data in _sse(response.iter_lines()):
-                            last_id = event_id or last_id
-                            yield name, data
-                            if name in ("end", "error"):
-                                return
-                except httpx.HTTPError:
-                    pass  # cut: resumed below
-                finally:
-                    response.close()
-            if last_id is None or attempt == RECONNECTS:
-                break
-            time.sleep(min(2.0, 0.25 * 2 ** attempt))  # EventSource's retry, roughly
-        raise _Unreachable("the stream was cut and could not be resumed")
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str, Any]]:
-    event_id, name, data = None, "message", []
-    for line in lines:
-        if not line:
-            if data:
-                yield event_id, name, json.loads("\n".join(data))
-            name, data = "message", []
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            name = value
-        elif field == "id":
-            event_id = value
+            shown.show(event.event, event.data)

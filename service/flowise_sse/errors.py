@@ -26,6 +26,13 @@ class BadRequest(GatewayError):
     code, status = "bad_request", 400
 
 
+class NotSupportedByFlowise(GatewayError):
+    """The request needs a field or endpoint the Flowise behind the gateway does not have (its
+    release line is older): the message names both, and the release that brought it."""
+
+    code, status = "not_supported_by_flowise", 400
+
+
 class NotAuthenticated(GatewayError):
     """The gateway's own API key is missing or wrong."""
 
@@ -33,7 +40,7 @@ class NotAuthenticated(GatewayError):
 
 
 class PayloadTooLarge(GatewayError):
-    """The request body is over `max_body_bytes`."""
+    """The request body is over `max_body_bytes` (`max_upload_bytes` where uploads are taken)."""
 
     code, status = "payload_too_large", 413
 
@@ -64,6 +71,31 @@ class ChatflowNotFound(GatewayError):
 
 class StreamNotFound(GatewayError):
     code, status = "stream_not_found", 404
+
+
+class ChatNotFound(GatewayError):
+    """A chat, message or feedback this key has none of (another key's is not this key's). Its
+    own code: a client tells it apart from an unknown chatflow."""
+
+    code, status = "chat_not_found", 404
+
+
+class FileNotFound(GatewayError):
+    """A file asked for by chat and name that Flowise does not hold (or holds for another key)."""
+
+    code, status = "file_not_found", 404
+
+
+class UploadNotAllowed(GatewayError):
+    """The chatflow's own settings refuse the upload (file uploads off, a type not allowed)."""
+
+    code, status = "upload_not_allowed", 403
+
+
+class NotWaiting(GatewayError):
+    """A `humanInput` reply for a chat whose run is not stopped waiting for one."""
+
+    code, status = "not_waiting", 409
 
 
 class ChatBusy(GatewayError):

@@ -21,6 +21,9 @@ TERMINAL = frozenset({END, ERROR})
 class Event:
     event: str
     data: Any
+    # The SSE id (`<streamId>:<seq>`) of an event read from a gateway (client.py), to resume
+    # from with `events(stream_id, last_event_id=...)`; None where events come from Flowise.
+    id: str | None = None
 
     @property
     def text(self) -> str:

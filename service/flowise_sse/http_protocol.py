@@ -29,15 +29,23 @@ tests/contracts/test_uvicorn_contract.py.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+import logging
+from collections.abc import Callable
+from typing import Any, cast
 
+from .logging_setup import fields
 from .settings import Settings
+
+logger = logging.getLogger("flowise_sse")
 
 _431 = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s"
 )
-_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+)
 
 
 def _error(template: bytes, code: str, message: str) -> bytes:
@@ -56,12 +64,13 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     # Connections not yet served or already answered: still sending headers, or lingering after a
     # refusal. Oldest first (a dict keeps insertion order); past the cap the oldest is closed.
     pending: dict[Any, None] = {}
-    too_big = _error(_431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
-                     "or FLOWISE_SSE_MAX_HEADERS")
+    too_big = _error(_431, "headers_too_large", "the request line and headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
+                     "or FLOWISE_SSE_MAX_HEADERS; a long history goes in a POST body (POST /v1/streams, then read "
+                     "its eventsUrl), or continue the chat by its chatId")
     too_slow = _error(_408, "request_timeout", "the request headers did not arrive within "
                       "FLOWISE_SSE_HEADER_TIMEOUT")
 
-    class GatewayHttpProtocol(HttpToolsProtocol):  # type: ignore[misc]
+    class GatewayHttpProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _refused = False
@@ -70,7 +79,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             # uvicorn closes through the transport it was given: that one's close may linger.
-            super().connection_made(LingeringTransport(transport, self._close))
+            # LingeringTransport stands in for the transport (its attributes are the real one's).
+            super().connection_made(cast(asyncio.Transport, LingeringTransport(transport, self._close)))
             self._await_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -92,10 +102,9 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             self._lingering = Lingering(transport, self.loop, settings.linger_timeout, settings.max_linger_bytes)
             self._hold_pending()
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> None:
             if self._lingering is not None:
                 self._lingering.transport.close()  # the client has sent all it will: nothing is unread
-            return None
 
         def _hold_pending(self) -> None:
             pending[self] = None
@@ -121,6 +130,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
             pending.pop(self, None)
             if not self.transport.is_closing():
                 if self._head_bytes:  # something was sent: say why it ends
+                    _log_refusal(408, "request_timeout", "the request headers did not arrive within "
+                                 "FLOWISE_SSE_HEADER_TIMEOUT")
                     self.transport.write(too_slow)
                 self.transport.close()
 
@@ -139,6 +150,8 @@ def gateway_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
         def _refuse(self) -> None:
             self._head_done()
             if not self.transport.is_closing():
+                _log_refusal(431, "headers_too_large", "the request headers are over FLOWISE_SSE_MAX_HEADER_BYTES "
+                             "or FLOWISE_SSE_MAX_HEADERS")
                 self.transport.write(too_big)
                 self.transport.close()
 
@@ -218,12 +231,17 @@ class Lingering:
         self.timer.cancel()
 
 
+def _log_refusal(status: int, code: str, reason: str) -> None:
+    """The refusals answered here, before any request exists, logged as the app logs its own."""
+    logger.info("request refused", extra=fields(status=status, code=code, reason=reason))
+
+
 def _close_delimited(cycle: Any) -> None:
     """An HTTP/1.0 response without Content-Length: no chunked encoding (HTTP/1.0 does not have
     it); the body runs until the connection closes, which ends it."""
-    send: Callable[[dict], Any] = cycle.send
+    send: Callable[[dict[str, Any]], Any] = cycle.send
 
-    async def send_unchunked(message: dict) -> None:
+    async def send_unchunked(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             names = {name.lower() for name, _ in message.get("headers", ())}
             if b"content-length" not in names and b"transfer-encoding" not in names:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncGenerator, Awaitable, Iterator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Awaitable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from .errors import BadRequest
 from .events import Event
@@ -36,20 +37,36 @@ def checked_chatflow_id(chatflow_id: str) -> str:
 
 async def astream_prediction(
     chatflow_id: str,
-    question: str,
+    question: str | None,
     *,
     history: Sequence[Mapping[str, Any]] | None = None,
     chat_id: str | None = None,
     override_config: Mapping[str, Any] | None = None,
+    session_id: str | None = None,
+    uploads: Sequence[Mapping[str, Any]] | None = None,
+    form: Mapping[str, Any] | None = None,
+    human_input: Mapping[str, Any] | None = None,
+    action: Mapping[str, Any] | None = None,
+    lead_email: str | None = None,
+    stop_node_id: str | None = None,
     settings: Settings | None = None,
     upstream: Upstream | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Yield `start`, `token`s and relayed Flowise events, then `end`.
+
+    Flowise's other fields go under its names in snake case (`uploads`, `form`, `human_input`,
+    ...), checked as the HTTP API checks them; `question` may be None when `form`, `human_input`
+    or an audio upload stands in for it. A field the Flowise behind does not read raises
+    `NotSupportedByFlowise`. An `end` with `waitingForInput` stopped for a human: continue with
+    `human_input` on the same `chat_id` (or `session_id`).
 
     Pass a long-lived `upstream` to share connections between predictions; otherwise one is made
     from `settings` (default: the environment) and closed with the generator.
     """
-    prediction = Prediction.build(question, history, chat_id, override_config)
+    prediction = Prediction.build(
+        question, history, chat_id, override_config, session_id=session_id, uploads=uploads, form=form,
+        human_input=human_input, action=action, lead_email=lead_email, stop_node_id=stop_node_id,
+    )
     flow = checked_chatflow_id(chatflow_id)
     own = upstream is None
     upstream = upstream or Upstream(settings or Settings())
@@ -64,11 +81,18 @@ async def astream_prediction(
 
 def stream_prediction(
     chatflow_id: str,
-    question: str,
+    question: str | None,
     *,
     history: Sequence[Mapping[str, Any]] | None = None,
     chat_id: str | None = None,
     override_config: Mapping[str, Any] | None = None,
+    session_id: str | None = None,
+    uploads: Sequence[Mapping[str, Any]] | None = None,
+    form: Mapping[str, Any] | None = None,
+    human_input: Mapping[str, Any] | None = None,
+    action: Mapping[str, Any] | None = None,
+    lead_email: str | None = None,
+    stop_node_id: str | None = None,
     settings: Settings | None = None,
 ) -> Iterator[Event]:
     """The blocking twin of `astream_prediction`: same arguments, same events, same errors.
@@ -78,8 +102,9 @@ def stream_prediction(
     """
     loop = _LoopThread()
     events = astream_prediction(
-        chatflow_id, question, history=history, chat_id=chat_id,
-        override_config=override_config, settings=settings,
+        chatflow_id, question, history=history, chat_id=chat_id, override_config=override_config,
+        session_id=session_id, uploads=uploads, form=form, human_input=human_input, action=action,
+        lead_email=lead_email, stop_node_id=stop_node_id, settings=settings,
     )
     try:
         while True:

@@ -2,7 +2,7 @@
 
 The data path never touches a metric object: it calls these functions, at most once per stream
 for what it counts per token (a run counts its tokens in a plain int and adds them at its end),
-so the per-token cost is an integer increment (measured in `bench/metrics_cost.py`).
+so the per-token cost is an integer increment (measured in `bench/micro/test_observability.py`).
 
 Metrics live in prometheus-client's default registry, beside its process and Python collectors;
 `/metrics` serves them (`api/routes/prometheus.py`). Under `serve --workers N` the parent sets
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -113,16 +114,18 @@ HTTP_REQUESTS = Counter(
 # --- streams ----------------------------------------------------------------------------------
 # `labels()` costs a few microseconds (a lock, a tuple, a dict): the children a stream needs are
 # resolved once per label set and kept here (the sets are few: transports, outcomes, codes).
-_per_transport: dict[str, tuple] = {}
-_ended: dict[tuple[str, str, str], Any] = {}
+# started, live, tokens, event bytes, first token, duration
+_Children = tuple[Counter, Gauge, Counter, Counter, Histogram, Histogram]
+_per_transport: dict[str, _Children] = {}
+_ended: dict[tuple[str, str, str], Counter] = {}
 
 
-def _children(transport: str) -> tuple:
+def _children(transport: str) -> _Children:
     children = _per_transport.get(transport)
     if children is None:
-        children = _per_transport[transport] = tuple(
-            metric.labels(transport) for metric in (STREAMS_STARTED, STREAMS_LIVE, TOKENS, EVENT_BYTES, FIRST_TOKEN,
-                                                    DURATION)
+        children = _per_transport[transport] = (
+            STREAMS_STARTED.labels(transport), STREAMS_LIVE.labels(transport), TOKENS.labels(transport),
+            EVENT_BYTES.labels(transport), FIRST_TOKEN.labels(transport), DURATION.labels(transport),
         )
     return children
 
@@ -219,10 +222,10 @@ def http_request(method: str, route: str, status: int) -> None:
 # --- memory: read from the live stores at scrape time --------------------------------------------
 class _Store(Protocol):
     total_bytes: int
-    logs: dict
+    logs: dict[str, Any]
 
 
-_stores: weakref.WeakSet = weakref.WeakSet()
+_stores: weakref.WeakSet[_Store] = weakref.WeakSet()
 
 
 def watch_store(store: _Store) -> None:

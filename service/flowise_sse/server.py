@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
 from . import __version__
-from .api import create_app
+from .api import create_app, flowise_problem
 from .http_protocol import gateway_protocol
 from .logging_setup import configure, quiet
 from .settings import Settings
@@ -56,7 +57,7 @@ def gateway_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])  # (host, port): typed Any
 
 
 @asynccontextmanager
@@ -81,9 +82,11 @@ async def demo_flowise(flowise_version: str) -> AsyncIterator[tuple[str, str]]:
                 await task  # it failed to start: say why
                 raise RuntimeError("the demo's emulated Flowise did not start")
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", (
-            f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} (not a real one, "
-            f"no LLM); try chatflow {DEMO_CHATFLOW_ID}"
+        # Its URL is in the banner: the library examples talk to it directly (FLOWISE_URL).
+        url = f"http://127.0.0.1:{port}"
+        yield url, (
+            f"DEMO MODE: the chatflows come from an emulated Flowise {flowise_version} at {url} (not a "
+            f"real one, no LLM); try chatflow {DEMO_CHATFLOW_ID}"
         )
     finally:
         server.should_exit = True
@@ -114,17 +117,27 @@ async def serve(settings: Settings, host: str, port: int, demo: bool = False, lo
             banner.cancel()
 
 
-async def _banner(server: uvicorn.Server, host: str, port: int, demo_line: str) -> None:
+async def _banner(server: GatewayServer, host: str, port: int, demo_line: str) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
-    show_banner(host, port, demo_line)
+    show_banner(host, port, demo_line, problem=await startup_problem(server))
 
 
-def show_banner(host: str, port: int, demo_line: str, workers: str = "") -> None:
-    """One clear line once the gateway listens (and the demo's warning, loud, beside it)."""
+async def startup_problem(server: GatewayServer) -> str | None:
+    """Why Flowise is not usable once the gateway listens, or None (then it is "ready")."""
+    return await flowise_problem(server.app, server.app.state.settings.connect_timeout + 5)
+
+
+def show_banner(host: str, port: int, demo_line: str, workers: str = "", problem: str | None = None) -> None:
+    """One clear line once the gateway listens (and the demo's warning, loud, beside it): "ready"
+    only when Flowise answered."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = f"http://{shown}:{port}"
-    log.info("flowise-sse %s ready on %s%s: chat page %s/, API docs %s/docs, metrics %s/metrics",
-             __version__, base, workers, base, base, base)
+    if problem is None:
+        log.info("flowise-sse %s ready on %s%s: chat page %s/, API docs %s/docs, metrics %s/metrics",
+                 __version__, base, workers, base, base, base)
+    else:
+        log.warning("flowise-sse %s listening on %s%s, but Flowise is not usable (%s): streams fail until it is",
+                    __version__, base, workers, problem)
     if demo_line:
         log.warning(demo_line)

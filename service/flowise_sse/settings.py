@@ -115,7 +115,16 @@ class Settings(BaseSettings):
 
     # --- Limits: what one client, one connection or Flowise can make the gateway hold --------
     max_body_bytes: int = 1024 * 1024
-    """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread."""
+    """Largest request body accepted; a bigger one gets 413 `payload_too_large` unread. A body
+    that carries uploads, on a route that takes them, has `max_upload_bytes` instead."""
+    max_upload_bytes: int = 25 * 1024 * 1024
+    """Largest body that carries uploads: on the prediction routes (`uploads`: images, audio and
+    files as base64), attachments and RAG upserts, and the OpenAI routes (`/v1/chat/completions`,
+    `/v1/responses`: images and audio, whose decoded bytes may add up to this much); a bigger
+    one gets 413 `payload_too_large`, refused as soon as it passes the limit, nothing of it sent
+    to Flowise. A JSON body past `max_body_bytes` that carries none is refused too (413). Never
+    less than `max_body_bytes` in effect. Flowise's chatflow has its own cap per file (its
+    upload policy)."""
     max_header_bytes: int = 16 * 1024
     """Largest request line and headers together; over it the connection gets 431
     `headers_too_large` and is closed."""
@@ -176,8 +185,19 @@ class Settings(BaseSettings):
     the input names of its chat model and prompt nodes. Off: they are ignored (the chatflow owns
     its model and prompt) and listed in `X-Flowise-Ignored-Params`. Flowise 3.x applies an
     override only where the chatflow's "Override Configuration" allows it."""
+    openai_reasoning: bool = True
+    """On `/v1/chat/completions`: send Flowise's `thinking` (a reasoning model's thoughts, 3.1+)
+    as `delta.reasoning_content` and `delta.reasoning` in the stream, and as
+    `message.reasoning_content` in a whole completion. Off for a client that cannot take fields
+    OpenAI's own API does not send; the Responses API always has them as reasoning items."""
 
     # --- Access -----------------------------------------------------------------------------
+    override_config: str = "any"
+    """What callers may put in `overrideConfig`, on every route: `any` (passed on as is), `off`
+    (a body carrying it gets 400), or comma-separated key names, dots for nested keys
+    (`sessionId,vars.customer`). With `any`, a Flowise before 2.1.4 (no per-chatflow allowlist of
+    its own) lets a caller override any node input, a chat model's base URL included: the gateway
+    warns at start-up."""
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Gateway API keys (comma-separated), sent by clients as `Authorization: Bearer <key>`;
     each is a tenant of its own that may use every chatflow. With neither these nor `keys_file`
@@ -187,7 +207,9 @@ class Settings(BaseSettings):
     and metrics), `chatflows` (ids or names it may use; omitted: all), `flow_data` (may list
     chatflows with `?full=true`). See the tenancy docs."""
     cors_origins: Annotated[list[str], NoDecode] = []
-    """Origins allowed by CORS (comma-separated). Empty: no cross-origin access."""
+    """Origins allowed by CORS (comma-separated). Empty: no cross-origin access. `*`: every
+    origin, on an open gateway as on a keyed one (a key is a bearer header the page sets itself;
+    no cookie ever authorises anything here)."""
     token_secret: SecretStr | None = None
     """Signs the capability tokens of `eventsUrl`. Unset: a random one, drawn per process (the
     workers of one `serve --workers N` share one drawn at start); set it, the same on every
@@ -202,8 +224,9 @@ class Settings(BaseSettings):
     (probes use the pod's IP). Add your public host name when deploying."""
 
     metrics_token: SecretStr | None = None
-    """Bearer token for `GET /metrics` (what Prometheus sends); it opens nothing else. Unset: a
-    gateway API key is needed there, as on every other route (none when the gateway is open)."""
+    """Bearer token for `GET /metrics` (what Prometheus sends); it opens nothing else. Unset or
+    empty: a gateway API key is needed there, as on every other route (none when the gateway is
+    open)."""
 
     # --- Operations -------------------------------------------------------------------------
     workers: int = Field(1, ge=1)
@@ -213,6 +236,13 @@ class Settings(BaseSettings):
     holds up to N times each of them."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as text or as one JSON object per line (for a log pipeline)."""
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes an unset variable on as "" (`${FLOWISE_SSE_METRICS_TOKEN:-}`): that
+        # is no token, not a token nobody can send.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def uses_redis(self) -> bool:

@@ -8,6 +8,7 @@ timer only moves when it fires early; a deadline pushed later is just a float wr
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 class Watchdog:
@@ -18,7 +19,7 @@ class Watchdog:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.deadline = 0.0
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[Any] | None = None
         self.fired = False
         self._timer: asyncio.TimerHandle | None = None
 

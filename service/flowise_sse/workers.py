@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -54,7 +54,7 @@ from pydantic import SecretStr
 
 from . import metrics
 from .logging_setup import configure
-from .server import demo_flowise, gateway_server, show_banner
+from .server import demo_flowise, gateway_server, show_banner, startup_problem
 from .settings import Settings
 
 log = logging.getLogger("flowise_sse")
@@ -139,7 +139,8 @@ async def _serve_worker(server: Any, sock: socket.socket, ready: Connection, par
 async def _watch(server: Any, ready: Connection, parent: int, stop_asked: list[int]) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
-    ready.send(os.getpid())  # the parent shows the banner once every worker serves
+    # The parent shows the banner once every worker serves, "ready" only if Flowise answered.
+    ready.send((os.getpid(), await startup_problem(server)))
     if stop_asked:  # a SIGTERM between the check before `serve` and uvicorn taking the signals
         server.handle_exit(signal.SIGTERM, None)
     while True:
@@ -159,6 +160,7 @@ class _Worker:
     ready: Connection
     started_at: float = field(default_factory=time.monotonic)
     serving: bool = False
+    problem: str | None = None  # why Flowise was not usable when it started serving
 
 
 class Supervisor:
@@ -170,7 +172,9 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, _Worker] = {}
         self.deaths: list[float] = []
-        self.stopping = False
+        # Set by `stop`, from a signal handler while `run` awaits: an Event, so that each check reads
+        # it anew (mypy carries a plain bool's narrowed value across an await).
+        self.stopping = asyncio.Event()
         self.failed = False
         self.changed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
@@ -190,7 +194,7 @@ class Supervisor:
     def _ready(self, worker: _Worker) -> None:
         self.loop.remove_reader(worker.ready.fileno())
         try:
-            worker.ready.recv()
+            _, worker.problem = worker.ready.recv()
             worker.serving = True
         except (EOFError, OSError):
             pass  # it died before it served: its sentinel says so
@@ -209,18 +213,16 @@ class Supervisor:
 
     def signal_all(self, sig: int) -> None:
         for worker in self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(worker.process.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """The first signal drains every worker; a second SIGINT is passed on (forced exit)."""
-        if self.stopping:
+        if self.stopping.is_set():
             if sig == signal.SIGINT:
                 self.signal_all(signal.SIGINT)
             return
-        self.stopping = True
+        self.stopping.set()
         log.info("stopping: %d workers drain (up to FLOWISE_SSE_SHUTDOWN_GRACE, %gs)", len(self.alive()),
                  self.settings.shutdown_grace)
         self.signal_all(signal.SIGTERM)
@@ -237,27 +239,25 @@ class Supervisor:
             self.failed = True
             self.stop()
             return await self._drain()
-        while not self.stopping:
+        while not self.stopping.is_set():
             await self._changed()
-            if self.stopping:
+            if self.stopping.is_set():
                 break
             for worker in list(self.workers.values()):
                 if worker.process.exitcode is not None:
                     await self._replace(worker)
-                    if self.stopping:
+                    if self.stopping.is_set():
                         break
         return await self._drain()
 
     async def _changed(self, timeout: float | None = None) -> None:
-        try:
+        with suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         self.changed.clear()
 
     async def _all_serving(self) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT
-        while not self.stopping:
+        while not self.stopping.is_set():
             if all(w.serving for w in self.workers.values()):
                 return True
             dead = [w for w in self.workers.values() if w.process.exitcode is not None]
@@ -289,7 +289,7 @@ class Supervisor:
         pause = worker.started_at + 1.0 - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        if not self.stopping:
+        if not self.stopping.is_set():
             self.start(worker.number)
             log.info("worker %d (was pid %d) restarted: pid %d", worker.number, pid,
                      self.workers[worker.number].process.pid)
@@ -377,9 +377,9 @@ async def supervise(settings: Settings, host: str, port: int, count: int, *, dem
         await _when_serving(supervisor, run)
         if not run.done():
             pids = ", ".join(str(w.process.pid) for w in supervisor.workers.values())
-            show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})")
+            problem = next((w.problem for w in supervisor.workers.values() if w.problem), None)
+            show_banner(host, sock.getsockname()[1], demo_line, f" ({count} workers, pids {pids})", problem)
         return await run
-    return 1  # not reached
 
 
 async def _when_serving(supervisor: Supervisor, run: asyncio.Task[int]) -> None:

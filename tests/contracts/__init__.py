@@ -8,7 +8,8 @@ overrides are listed in ARCHITECTURE.md, "Divergences from upstream".
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def revisit(dependency: str, override: str, what: str) -> str:

@@ -11,8 +11,9 @@ a real python-socketio server on loopback.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from importlib.metadata import version
-from typing import Any, Iterator
+from typing import Any
 
 import engineio
 import pytest

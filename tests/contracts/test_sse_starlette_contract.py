@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -183,12 +184,11 @@ def test_call_whenTheExitSignalCutsTheStream_thenClosingBodyOnlyIfNoSendWasInter
     def make() -> Recording:
         return Recording(frames(), ping=0, sep="\n", send_timeout=5, interrupt_after_first=interrupted)
 
-    with serving(make) as (server, seen):
-        with get(server) as sock:
-            data, _ = read_until(sock, lambda d: b"data: a\n\n" in d)
-            with exit_signal():
-                data, closed = read_until(sock, lambda d: d.endswith(END), data)
-                wait_until(lambda: seen.get("returned"), what="the response returns")
+    with serving(make) as (server, seen), get(server) as sock:
+        data, _ = read_until(sock, lambda d: b"data: a\n\n" in d)
+        with exit_signal():
+            data, closed = read_until(sock, lambda d: d.endswith(END), data)
+            wait_until(lambda: seen.get("returned"), what="the response returns")
     closing = [m for m in seen["response"].through if m.get("more_body") is False]
     if interrupted:
         assert not closing and not data.endswith(END), \
@@ -218,9 +218,8 @@ def test_call_whenASendRaisesSendTimeoutError_thenItLeavesBareAndTheFramesGenera
         return Recording(frames(), ping=0.05, ping_message_factory=lambda: b": ping\n\n", sep="\n",
                          fail_on=fail_on)
 
-    with serving(make) as (server, seen):
-        with get(server) as sock:
-            wait_until(lambda: seen.get("returned"), what="the response returns")
+    with serving(make) as (server, seen), get(server):
+        wait_until(lambda: seen.get("returned"), what="the response returns")
     assert type(seen.get("raised")) is SendTimeoutError, \
         broken(f"a SendTimeoutError from a send leaves __call__ as {seen.get('raised')!r}")
     assert closed.is_set(), broken("the body iterator is not closed when a send times out")

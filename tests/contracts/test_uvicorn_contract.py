@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httptools
 import pytest
@@ -182,7 +183,8 @@ def test_overriddenMethods_keepTheirSignatures():
     }
     for function, names in expected.items():
         assert parameters(function) == names, broken(f"{function.__qualname__} now takes {parameters(function)}")
-    assert "transport" in parameters(RequestResponseCycle.__init__), broken("the request cycle is not given a transport")
+    assert "transport" in parameters(RequestResponseCycle.__init__), \
+        broken("the request cycle is not given a transport")
     assert "__slots__" not in vars(RequestResponseCycle), broken("the request cycle has __slots__: "
                                                                  "_close_delimited cannot replace its send")
     # An exception in a parser callback (the override raises in on_headers_complete) reaches

@@ -44,6 +44,10 @@ class Release:
     tool_agent: str | None = None  # the tool agent node
     agentflow: bool = False  # an Agentflow V2 (3.x)
     sequential_agent: bool = False  # an Agentflow V1 sequential agent (2.x, 3.x: agentReasoning)
+    # The conversation's flows (_create_conversation_flows): a vision chatflow with a chatbot
+    # config (starter prompts, full-file uploads, feedback) on every line from 1.8; on 3.x also an
+    # Agentflow V2 stopping at a Human Input node and one starting with a form.
+    vision: bool = False
 
     @property
     def line(self) -> str:
@@ -53,11 +57,11 @@ class Release:
 RELEASES = {release.version: release for release in (
     # 1.6.2 has no "Tool Agent"; its OpenAI Tool Agent offers the calculator as `tools`.
     Release("1.6.2", "v1", "socketio", "basic", tool_agent="openAIToolAgent"),
-    Release("1.8.4", "v18", "socketio", "basic"),
+    Release("1.8.4", "v18", "socketio", "basic", vision=True),
     Release("2.0.7", "v20", "socketio", "basic-or-key"),
-    Release("2.2.8", "v22", "sse", "basic-or-key"),
+    Release("2.2.8", "v22", "sse", "basic-or-key", vision=True),
     Release("3.1.4", "v3", "sse", "key", node24=True, tool_agent="toolAgent", agentflow=True,
-            sequential_agent=True),
+            sequential_agent=True, vision=True),
 )}
 
 
@@ -256,9 +260,10 @@ class FlowBuilder:
             "data": {"label": ""},
         })
 
-    def follow(self, source: str, target: str) -> None:
-        """Agentflow V2: `target` runs after `source` (edges join nodes, not inputs)."""
-        handle = f"{source}-output-{self._data(source)['name']}"
+    def follow(self, source: str, target: str, output: int | None = None) -> None:
+        """Agentflow V2: `target` runs after `source` (edges join nodes, not inputs); `output`: which
+        of a branching node's outputs (a Human Input's 0 proceed, 1 reject)."""
+        handle = f"{source}-output-{self._data(source)['name'] if output is None else output}"
         self.edges.append({
             "source": source, "sourceHandle": handle, "target": target, "targetHandle": target,
             "type": "agentFlow", "id": f"{source}-{handle}-{target}-{target}",
@@ -282,6 +287,14 @@ class Chatflows:
     tool_agent: str | None = None  # ChatOpenAI + Calculator + memory -> the release's tool agent
     agentflow: str | None = None   # Agentflow V2: Start -> Agent (ChatOpenAI, calculator tool)
     sequential_agent: str | None = None  # Agentflow V1: Start -> Agent (calculator) -> End
+    # The conversation chain with its chat model's "Allow Image Uploads" on, a chatbot config
+    # (CHATBOT_CONFIG) and, on 3.x, speech-to-text: the conversation's uploads and the OpenAI
+    # routes' images and audio both go to it.
+    vision: str | None = None
+    human_input: str | None = None  # Agentflow V2: Start -> LLM -> Human Input -> proceed: LLM, reject: reply
+    form: str | None = None  # Agentflow V2: a form start -> LLM told the form's values
+    tool_approval: str | None = None  # Agentflow V2: Start -> Agent whose calculator needs approval
+    reasoning: str | None = None  # Agentflow V2: Start -> LLM, a reasoning model that sums up its thoughts
 
 
 @dataclass
@@ -360,14 +373,16 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
     # `streaming` input, and a flow whose model has it off does not stream.
     model_can_stop_streaming = any(i["name"] == "streaming" for i in definitions["chatOpenAI"]["inputs"])
 
-    def chatflow(name: str, model: str, *, apikeyid: str | None = None, **model_inputs: Any) -> str:
+    def chatflow(name: str, model: str, *, apikeyid: str | None = None, chatbot_config: dict[str, Any] | None = None,
+                 speech_to_text: dict[str, Any] | None = None, **model_inputs: Any) -> str:
         flow = FlowBuilder()
         llm = _add_mock_model(flow, definitions[model], credential_id, llm_base_url, **model_inputs)
         memory = flow.add(definitions["bufferMemory"])
         chain = flow.add(definitions["conversationChain"], systemMessagePrompt=SYSTEM_PROMPT)
         flow.connect(llm, chain, "model")
         flow.connect(memory, chain, "memory")
-        return _save_chatflow(admin, release, name, flow, apikeyid=apikeyid)
+        return _save_chatflow(admin, release, name, flow, apikeyid=apikeyid, chatbot_config=chatbot_config,
+                              speech_to_text=speech_to_text)
 
     flows = Chatflows(
         open=chatflow("e2e-stream", "chatOpenAI"),
@@ -379,10 +394,24 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
         flows.tool_agent = _create_tool_agent(admin, release, llm_base_url, credential_id)
     if release.agentflow:
         flows.agentflow = _create_agentflow(admin, release, llm_base_url, credential_id)
+        flows.reasoning = _create_reasoning_agentflow(admin, release, llm_base_url, credential_id)
     if release.sequential_agent:
         flows.sequential_agent = _create_sequential_agent(admin, release, llm_base_url, credential_id)
+    if release.vision:
+        # Speech-to-text through LocalAI's (an OpenAI-compatible transcriptions route: the mock's),
+        # where the release has it configurable (3.x).
+        stt = None
+        if release.agentflow:
+            stt = {"localAISTT": {"status": True, "baseUrl": llm_base_url, "model": "whisper-1",
+                                  "credentialId": _create_credential(admin, "localAIApi", {"localAIApiKey": "sk-e2e"})}}
+        flows.vision = chatflow("e2e-vision", "chatOpenAI", chatbot_config=CHATBOT_CONFIG, speech_to_text=stt,
+                                allowImageUploads=True)
+    if release.agentflow:
+        _create_conversation_agentflows(admin, release, llm_base_url, credential_id, flows)
     expected = {flows.open: True, flows.keyed: True, flows.unstreamable: False}
-    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent) if flow}
+    expected |= {flow: True for flow in (flows.tool_agent, flows.agentflow, flows.sequential_agent, flows.vision,
+                                         flows.human_input, flows.form, flows.tool_approval, flows.reasoning)
+                                         if flow}
     for chatflow_id, streaming in expected.items():
         actual = _json(admin.get(f"/api/v1/chatflows-streaming/{chatflow_id}"))["isStreaming"]
         if actual is not streaming:
@@ -393,9 +422,25 @@ def _create_chatflows(admin: httpx.Client, release: Release, llm_base_url: str, 
 AGENT_SYSTEM_PROMPT = "You are a mock agent used by the flowise-sse e2e tests. Use the calculator for arithmetic."
 
 
+# What a chat front-end reads of a chatflow (GET /v1/chatflows/{id}/config): starter prompts, a
+# welcome message, feedback on, and full-file uploads of plain text (for the attachments route).
+CHATBOT_CONFIG = {
+    "welcomeMessage": "Hello from the e2e vision chatflow",
+    "starterPrompts": {"0": {"prompt": "What is in this picture?"}, "1": {"prompt": "Read my notes"}},
+    "chatFeedback": {"status": True},
+    "fullFileUpload": {"status": True, "allowedUploadFileTypes": "text/plain"},
+    "allowedOrigins": [""],
+}
+
+
 def _save_chatflow(admin: httpx.Client, release: Release, name: str, flow: FlowBuilder, *,
-                   apikeyid: str | None = None, kind: str = "CHATFLOW") -> str:
+                   apikeyid: str | None = None, kind: str = "CHATFLOW", chatbot_config: dict[str, Any] | None = None,
+                   speech_to_text: dict[str, Any] | None = None) -> str:
     body: dict[str, Any] = {"name": name, "flowData": flow.flow_data(), "deployed": False, "isPublic": False}
+    if chatbot_config is not None:
+        body["chatbotConfig"] = json.dumps(chatbot_config)
+    if speech_to_text is not None:
+        body["speechToText"] = json.dumps(speech_to_text)
     if release.line != "1.x":
         body["type"] = kind
     if apikeyid:
@@ -443,6 +488,83 @@ def _create_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, 
     return _save_chatflow(admin, release, "e2e-agentflow", flow, kind="AGENTFLOW")
 
 
+HUMAN_INPUT_QUESTION = "Approve the draft?"
+REJECTED_REPLY = "The draft was rejected."
+FORM_INPUTS = [{"type": "string", "label": "Name", "name": "name", "addOptions": ""},
+               {"type": "number", "label": "Age", "name": "age", "addOptions": ""}]
+
+
+def _create_conversation_agentflows(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str,
+                                    flows: Chatflows) -> None:
+    """Agentflows V2 a front-end must be able to drive: one stopping at a Human Input node (Start
+    -> LLM -> Human Input; proceed: another LLM turn, reject: a fixed reply), one starting with a
+    form (the LLM is told `$form.name`), one whose Agent needs approval for its calculator."""
+    names = ("startAgentflow", "llmAgentflow", "humanInputAgentflow", "directReplyAgentflow", "agentAgentflow")
+    definitions = _node_definitions(admin, names)
+    model_config = {
+        "modelName": "gpt-4o-mini", "temperature": 0, "streaming": True, "basepath": llm_base_url,
+        "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id,
+    }
+
+    def llm(flow: FlowBuilder, **inputs: Any) -> str:
+        return flow.add(definitions["llmAgentflow"], node_type="agentFlow", llmModel="chatOpenAI",
+                        llmEnableMemory=True, llmMemoryType="allMessages", llmReturnResponseAs="userMessage",
+                        extra_inputs={"llmModelConfig": {**model_config, "llmModel": "chatOpenAI"}}, **inputs)
+
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    draft = llm(flow)
+    review = flow.add(definitions["humanInputAgentflow"], node_type="agentFlow", humanInputDescriptionType="fixed",
+                      humanInputDescription=HUMAN_INPUT_QUESTION, humanInputEnableFeedback=True)
+    after = llm(flow)
+    rejected = flow.add(definitions["directReplyAgentflow"], node_type="agentFlow", directReplyMessage=REJECTED_REPLY)
+    flow.follow(start, draft)
+    flow.follow(draft, review)
+    flow.follow(review, after, output=0)
+    flow.follow(review, rejected, output=1)
+    flows.human_input = _save_chatflow(admin, release, "e2e-human-input", flow, kind="AGENTFLOW")
+
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="formInput",
+                     formTitle="About you", formDescription="Tell us", formInputTypes=FORM_INPUTS)
+    greet = llm(flow, llmUserMessage="My name is {{ $form.name }} and I am {{ $form.age }}")
+    flow.follow(start, greet)
+    flows.form = _save_chatflow(admin, release, "e2e-form", flow, kind="AGENTFLOW")
+
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    agent = flow.add(
+        definitions["agentAgentflow"], node_type="agentFlow",
+        agentModel="chatOpenAI", agentMessages=[{"role": "system", "content": AGENT_SYSTEM_PROMPT}],
+        agentTools=[{"agentSelectedTool": "calculator", "agentSelectedToolRequiresHumanInput": True,
+                     "agentSelectedToolConfig": {"agentSelectedTool": "calculator"}}],
+        agentEnableMemory=True, agentMemoryType="allMessages", agentReturnResponseAs="userMessage",
+        extra_inputs={"agentModelConfig": {**model_config, "agentModel": "chatOpenAI"}},
+    )
+    flow.follow(start, agent)
+    flows.tool_approval = _save_chatflow(admin, release, "e2e-tool-approval", flow, kind="AGENTFLOW")
+
+
+def _create_reasoning_agentflow(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
+    """Agentflow V2: Start -> LLM, on a reasoning model's name (`o3-mini`) with a reasoning summary:
+    LangChain's ChatOpenAI then calls the mock's Responses API, whose summary Flowise streams as
+    `thinking` events (only an Agentflow's LLM and Agent nodes stream them)."""
+    definitions = _node_definitions(admin, ("startAgentflow", "llmAgentflow"))
+    model_config = {
+        "modelName": "o3-mini", "reasoningEffort": "low", "reasoningSummary": "auto", "streaming": True,
+        "basepath": llm_base_url, "credential": credential_id, "FLOWISE_CREDENTIAL_ID": credential_id,
+        "llmModel": "chatOpenAI",
+    }
+    flow = FlowBuilder()
+    start = flow.add(definitions["startAgentflow"], node_type="agentFlow", startInputType="chatInput")
+    llm = flow.add(definitions["llmAgentflow"], node_type="agentFlow", llmModel="chatOpenAI",
+                   llmMessages=[{"role": "system", "content": SYSTEM_PROMPT}], llmEnableMemory=True,
+                   llmMemoryType="allMessages", llmReturnResponseAs="userMessage",
+                   extra_inputs={"llmModelConfig": model_config})
+    flow.follow(start, llm)
+    return _save_chatflow(admin, release, "e2e-reasoning", flow, kind="AGENTFLOW")
+
+
 def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url: str, credential_id: str) -> str:
     """Agentflow V1 (sequential agents): ChatOpenAI -> Start -> Agent (calculator) -> End."""
     names = ("chatOpenAI", "calculator", "seqStart", "seqAgent", "seqEnd")
@@ -460,9 +582,9 @@ def _create_sequential_agent(admin: httpx.Client, release: Release, llm_base_url
     return _save_chatflow(admin, release, "e2e-sequential-agent", flow, kind="MULTIAGENT")
 
 
-def _create_credential(admin: httpx.Client) -> str:
+def _create_credential(admin: httpx.Client, kind: str = "openAIApi", data: dict[str, str] | None = None) -> str:
     # Any key: the mock LLM ignores it, but the chatOpenAI node refuses to run without one.
-    body = {"name": "e2e-mock-openai", "credentialName": "openAIApi", "plainDataObj": {"openAIApiKey": "sk-e2e-mock"}}
+    body = {"name": f"e2e-mock-{kind}", "credentialName": kind, "plainDataObj": data or {"openAIApiKey": "sk-e2e-mock"}}
     return str(_json(admin.post("/api/v1/credentials", json=body))["id"])
 
 

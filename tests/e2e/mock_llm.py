@@ -4,12 +4,17 @@ Flowise's `chatOpenAI` node is pointed at it through its `basepath` input, so ev
 reaches this process instead of a paid API, answers the same way each time, and leaves a record
 of the `messages` the LLM actually received (which is how the tests see Flowise's history handling).
 
+It also speaks OpenAI's Responses API (`POST /v1/responses`), which LangChain's ChatOpenAI uses for a
+reasoning model with a reasoning summary: given `reasoning`, it first streams a summary of its
+"thoughts" (`thought_for`), which Flowise 3.1 relays as `thinking` events.
+
 The reply is "This is a deterministic mock reply. You said: <last user message>", streamed one word
 per chunk (" word" with a leading space after the first word), the same way OpenAI splits text.
 Markers in the user message change the behaviour and are removed from the echoed text:
     [[delay=300]]  wait 300 ms before each token (slow streams for disconnect tests)
     [[http400]]    answer HTTP 400 at once; [[http401]] likewise with 401. LangChain retries 429 and
                    5xx with a long backoff, so only 4xx errors make fast error tests.
+    POST /v1/audio/transcriptions answers a recording's own bytes as its transcript.
     [[tool]]       when the request offers tools (`tools`, or 1.x's legacy `functions`), call the
                    calculator with `6 * 7` first (a streamed tool call, arguments in pieces); once
                    the tool's answer follows the last user message, reply with the usual text plus
@@ -57,6 +62,10 @@ class RecordedRequest:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
+        """Chat Completions' `messages`; for a Responses API call, its `instructions` and `input`
+        in that form."""
+        if "input" in self.body:
+            return _responses_messages(self.body)
         return list(self.body.get("messages") or [])
 
     @property
@@ -78,6 +87,24 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
         if message.get("role") == "user":
             return _content_text(message.get("content"))
     return ""
+
+
+def _responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or [])
+    messages = [{"role": "system", "content": body["instructions"]}] if body.get("instructions") else []
+    for item in items:
+        if isinstance(item, dict) and item.get("role"):
+            content = item.get("content")
+            if isinstance(content, list):
+                content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            messages.append({"role": item["role"], "content": content})
+    return messages
+
+
+def thought_for(question: str) -> str:
+    """The reasoning summary the mock streams on the Responses API, in two pieces."""
+    return "Thinking about: " + " ".join(_MARKER.sub("", question).split())
 
 
 def reply_for(question: str) -> str:
@@ -132,12 +159,15 @@ class MockLLM:
         self.host = host
         self.port = port
         self._requests: list[RecordedRequest] = []
+        self.transcriptions: list[bytes] = []  # the audio files speech-to-text was asked for
         self._lock = threading.Lock()
         self._server: ServerThread | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v1/responses", self._responses, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
             ]
         )
 
@@ -170,6 +200,15 @@ class MockLLM:
             self._server.__exit__()
 
     # -- endpoints -------------------------------------------------------------------------------
+
+    async def _transcribe(self, request: Request) -> Response:
+        """Speech-to-text (OpenAI's transcriptions, which Flowise's LocalAI STT calls): a test's
+        "recording" holds its own transcript as UTF-8 text."""
+        async with request.form() as form:
+            upload = form.get("file")
+            audio = await upload.read() if upload is not None and not isinstance(upload, str) else b""
+        self.transcriptions.append(audio)
+        return JSONResponse({"text": audio.decode("utf-8", "replace")})
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse(
@@ -230,6 +269,62 @@ class MockLLM:
             self._stream(completion_id, model, tokens, delay, usage if include_usage else None),
             media_type="text/event-stream",
         )
+
+    async def _responses(self, request: Request) -> Response:
+        """OpenAI's Responses API: a reasoning item first when `reasoning` is asked, then the reply."""
+        body = await request.json()
+        recorded = RecordedRequest(body)
+        with self._lock:
+            self._requests.append(recorded)
+        question = recorded.last_user_text
+        response_id = f"resp_{uuid.uuid4().hex[:24]}"
+        thought = thought_for(question) if body.get("reasoning") else None
+        tokens = reply_tokens(question)
+        reasoning_item = {"id": f"rs_{response_id}", "type": "reasoning",
+                          "summary": [{"type": "summary_text", "text": thought}]} if thought else None
+        message = {"id": f"msg_{response_id}", "type": "message", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": "".join(tokens), "annotations": []}]}
+        words = len(question.split())
+        response = {"id": response_id, "object": "response", "created_at": int(time.time()), "status": "completed",
+                    "model": body.get("model") or MODEL_ID, "output": [*([reasoning_item] if thought else []), message],
+                    "usage": {"input_tokens": words, "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens": len(tokens), "output_tokens_details": {"reasoning_tokens": 0},
+                              "total_tokens": words + len(tokens)}}
+        if not body.get("stream"):
+            return JSONResponse(response)
+
+        async def events() -> AsyncIterator[bytes]:
+            sequence = 0
+
+            def event(kind: str, **fields: Any) -> bytes:
+                nonlocal sequence
+                payload = {"type": kind, "sequence_number": sequence, **fields}
+                sequence += 1
+                return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+            yield event("response.created", response={**response, "status": "in_progress", "output": []})
+            index = 0
+            if thought and reasoning_item:
+                yield event("response.output_item.added", output_index=0, item={**reasoning_item, "summary": []})
+                yield event("response.reasoning_summary_part.added", item_id=reasoning_item["id"], output_index=0,
+                            summary_index=0, part={"type": "summary_text", "text": ""})
+                half = len(thought) // 2
+                for piece in (thought[:half], thought[half:]):
+                    yield event("response.reasoning_summary_text.delta", item_id=reasoning_item["id"],
+                                output_index=0, summary_index=0, delta=piece)
+                yield event("response.output_item.done", output_index=0, item=reasoning_item)
+                index = 1
+            yield event("response.output_item.added", output_index=index,
+                        item={**message, "status": "in_progress", "content": []})
+            for token in tokens:
+                if self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                yield event("response.output_text.delta", item_id=message["id"], output_index=index,
+                            content_index=0, delta=token)
+            yield event("response.output_item.done", output_index=index, item=message)
+            yield event("response.completed", response=response)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     def _tool_call(self, body: dict[str, Any], completion_id: str, model: str, style: str, name: str) -> Response:
         """The first turn of a tool agent: call the calculator, streamed like OpenAI does (the name

@@ -21,8 +21,8 @@ import pytest
 from httpx_sse import connect_sse
 
 from .flowise_harness import FlowiseDeployment, Gateway, GatewayFactory
-from .token_dropping_proxy import TokenDroppingProxy
 from .mock_llm import TOOL_EXPRESSION, TOOL_MARKER, MockLLM, reply_for, reply_tokens, tool_reply_for
+from .token_dropping_proxy import TokenDroppingProxy
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import aiohttp
 import httpx

@@ -12,15 +12,17 @@ EventSources in one page, side by side) and each test then checks its cell.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -33,7 +35,7 @@ from flowise_sse.api import create_app
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, EmulatorConfig, create_emulator_app
 from flowise_sse.settings import Settings
 
-from ..servers import ServerThread, parse_sse
+from ..servers import ServerThread, parse_sse, stop_all
 from .py_clients import CLIENTS as PY_CLIENTS
 
 pytestmark = pytest.mark.interop
@@ -102,7 +104,8 @@ def _inside_large(seen: bytes) -> int | None:
 
 SCENARIOS = [
     Scenario("adversarial-tokens", emulator={"tokens": ADVERSARIAL}, expect_tokens=ADVERSARIAL),
-    Scenario("large-token", emulator={"tokens": ["before ", LARGE, " after"]}, expect_tokens=["before ", LARGE, " after"]),
+    Scenario("large-token", emulator={"tokens": ["before ", LARGE, " after"]},
+             expect_tokens=["before ", LARGE, " after"]),
     # Live: the GET route starts its stream when the client connects (the eventsUrl streams may
     # be over by the time ~200 clients are ready, and are then replayed).
     Scenario("cut-mid-id-line", get_query={"question": "[[delay=50]] cut me live"},
@@ -177,10 +180,8 @@ class CutProxy:
             pass
         finally:
             for sock in (src, dst):  # shutdown first: see tests/test_browser.py CuttingProxy._pump
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
 
@@ -198,7 +199,6 @@ def page_server() -> Iterator[ServerThread]:
 @pytest.fixture(scope="session")
 def stacks(page_server: ServerThread) -> Iterator[dict[str, dict[str, ServerThread]]]:
     """Per upstream kind: its emulated Flowise, an open gateway and one with API keys."""
-    started: list[ServerThread] = []
     out: dict[str, dict[str, ServerThread]] = {}
     for label, version in UPSTREAMS.items():
         flowise = ServerThread(create_emulator_app(EmulatorConfig(version=version)), lifespan="off").__enter__()
@@ -211,11 +211,10 @@ def stacks(page_server: ServerThread) -> Iterator[dict[str, dict[str, ServerThre
                 "cors_origins": [page_server.url], "socketio_late_frames": 3.0, "connect_timeout": 30.0}
         open_gw = ServerThread(create_app(Settings(**base))).__enter__()
         keyed_gw = ServerThread(create_app(Settings(**base, api_keys=[KEY]))).__enter__()
-        started += [flowise, open_gw, keyed_gw]
         out[label] = {"flowise": flowise, "open": open_gw, "keyed": keyed_gw}
     yield out
-    for server in reversed(started):
-        server.__exit__(None, None, None)
+    stop_all(stack[kind] for stack in out.values() for kind in ("open", "keyed"))  # the gateways first
+    stop_all(stack["flowise"] for stack in out.values())
 
 
 @pytest.fixture(scope="session")
@@ -307,7 +306,7 @@ CHROMIUM_SCRIPT = """async ({jobs, names}) => {
 def _run_chromium(cells: dict[tuple[str, str], Cell], page_url: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    from ..test_browser import CHROMIUM, CHROMIUM_ARGS
+    from ..page_driver import CHROMIUM, CHROMIUM_ARGS
 
     jobs = [{"key": "|".join(key), "url": cell.url} for key, cell in cells.items() if key[-2] == "chromium"]
     with sync_playwright() as playwright:
@@ -331,7 +330,7 @@ def matrix(stacks, node_modules, page_server) -> dict[tuple[str, str, str], Cell
     keys = [(upstream, client, s) for upstream in UPSTREAMS for client in CLIENT_NAMES for s in SCENARIOS]
     with ThreadPoolExecutor(max_workers=16) as pool:
         prepared = list(pool.map(lambda k: _prepare(k[2], stacks[k[0]], k[1]), keys))
-    cells = {(u, c, s.name): cell for (u, c, s), cell in zip(keys, prepared)}
+    cells = {(u, c, s.name): cell for (u, c, s), cell in zip(keys, prepared, strict=True)}
     runners = [threading.Thread(target=_run_node, args=(cells, node_modules)),
                threading.Thread(target=_run_python, args=(cells,))]
     for runner in runners:
@@ -355,13 +354,15 @@ def _tokens(events: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 @pytest.mark.parametrize("client", CLIENT_NAMES)
 @pytest.mark.parametrize("upstream", list(UPSTREAMS))
-def test_client_whenScenario_thenExactlyTheContract(matrix, stacks, upstream: str, client: str, scenario: Scenario) -> None:
+def test_client_whenScenario_thenExactlyTheContract(
+    matrix, stacks, upstream: str, client: str, scenario: Scenario,
+) -> None:
     cell = matrix[(upstream, client, scenario.name)]
     result = cell.result
     assert result is not None, "the client did not report"
     events = result["events"]
-    summary = f"{client} on {upstream}: status={result['status']} error={result['error']} connects={result['connects']} " \
-              f"events={[e['event'] for e in events][:40]}"
+    summary = (f"{client} on {upstream}: status={result['status']} error={result['error']} "
+               f"connects={result['connects']} events={[e['event'] for e in events][:40]}")
 
     if scenario.expect_status is not None:
         assert events == [], summary

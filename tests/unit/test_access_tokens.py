@@ -42,7 +42,8 @@ def make(**overrides) -> Access:
 def request(headers: dict[str, str] | None = None, **query: str) -> Request:
     return Request({
         "type": "http", "method": "GET", "path": "/", "query_string": urlencode(query).encode(),
-        "headers": [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()],
+        "headers": [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                    for name, value in (headers or {}).items()],
     })
 
 
@@ -79,7 +80,8 @@ def test_key_thenOnlyAnExactConfiguredKeyUnderBearerPasses(authorization, ok):
     headers = {} if authorization is None else {"Authorization": authorization}
     assert access.has_key(request(headers)) is ok
     if ok:
-        assert access.caller(request(headers)).tenant.id == hashlib.sha256(authorization.split()[1].encode()).hexdigest()
+        key = authorization.split()[1]
+        assert access.caller(request(headers)).tenant.id == hashlib.sha256(key.encode()).hexdigest()
     else:
         with pytest.raises(NotAuthenticated):
             access.caller(request(headers))

@@ -264,12 +264,14 @@ class StoreMachine(RuleBasedStateMachine):
             self.memory.create(stream_id)
         except Overloaded:  # nothing finished to evict, and no slot or no room for a terminal reserve
             assert all(not log.finished for log in self.memory.logs.values())
-            assert len(self.memory.logs) == 5 or self.memory.used + TERMINAL_RESERVE > self.memory.settings.max_total_bytes
+            assert (len(self.memory.logs) == 5
+                    or self.memory.used + TERMINAL_RESERVE > self.memory.settings.max_total_bytes)
             return
         self.running.add(stream_id)
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data(), text=st.one_of(st.text(max_size=20), st.integers(50, 300).map("x".__mul__)), terminal=st.booleans())
+    @rule(data=st.data(), text=st.one_of(st.text(max_size=20), st.integers(50, 300).map("x".__mul__)),
+          terminal=st.booleans())
     def append(self, data: st.DataObject, text: str, terminal: bool) -> None:
         stream_id = data.draw(st.sampled_from(sorted(self.running)))
         log = self.memory.logs[stream_id]

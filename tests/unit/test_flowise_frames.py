@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import example, given
 from hypothesis import strategies as st
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from flowise_sse.upstream.flowise_frames import event_payloads
 
@@ -43,7 +43,7 @@ def parse(chunks: list[bytes]) -> list[bytes]:
 
 def cut(raw: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(point, len(raw)) for point in cuts})
-    return [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)])]
+    return [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
 
 
 # Values: any text but line breaks (those end the line), with the characters that matter here.
@@ -56,7 +56,8 @@ LINE = st.one_of(
     st.just("data"),  # a field name alone: an empty value
     st.just("message:"), st.just("message"),
     st.builds(lambda v: ":" + v, VALUE),  # a comment
-    st.builds(lambda name, v: name + v, st.sampled_from(["event:", "id:", "retry:", "datax:", " data:", "Data:"]), VALUE),
+    st.builds(lambda name, v: name + v,
+              st.sampled_from(["event:", "id:", "retry:", "datax:", " data:", "Data:"]), VALUE),
 )
 
 

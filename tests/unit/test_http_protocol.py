@@ -4,7 +4,8 @@ records what it is asked to do, and timers fired by hand. The lingering close an
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import uvicorn

@@ -7,9 +7,9 @@ import re
 from typing import Any
 
 import pytest
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import example, given
 from hypothesis import strategies as st
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from sseclient import SSEClient
 
 from flowise_sse.errors import BadRequest

@@ -8,7 +8,7 @@ fires early) and generous upper ones (it fires, on a loaded machine too).
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 

@@ -12,7 +12,7 @@ import socket
 import struct
 import subprocess
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -242,7 +242,8 @@ async def test_transportError_whenServerClosesBeforeAnswering_thenBrokeOffServer
 
 
 async def test_transportError_whenGzipBodyIsNotGzip_thenUpstreamErrorBadContentEncoding(raw_server, caplog):
-    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\n0123456789"
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+           b"Content-Length: 10\r\n\r\n0123456789")
     error = await version_check(raw_server(answer_then_hold(raw)).url)
     assert_plain(error, UpstreamError, "Flowise's answer to the version check could not be read (bad content encoding)")
     assert_logged(caplog, "version", "ClientPayloadError")
@@ -269,7 +270,7 @@ async def test_transportError_whenStreamEndsMidChunk_thenFlowiseStreamBrokeOff(r
     received = b""
     try:
         with pytest.raises(GatewayError) as caught:
-            async with client.prediction_stream("c0ffee", {"question": "q", "streaming": True}) as response:
+            async with client.prediction_stream("c0ffee", lambda: b'{"question":"q","streaming":true}') as response:
                 async for chunk in response.content.iter_any():
                     received += chunk
     finally:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__, metrics
-from ..errors import GatewayError
-from ..settings import Settings, unknown_variables
+from ..settings import Settings
 from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
 from .access import Access
@@ -25,32 +23,40 @@ from .chat_page import mount_chat_page
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
-from .openapi import openapi_document
+from .openapi import GatewayApp
+from .override_policy import OverridePolicy
 from .redaction import install_log_redaction
 from .request_context import RequestContext
-from .routes import chatflows, detached_streams, health, openai_compat, prometheus
+from .response_records import ResponseRecords
+from .routes import chatflows, conversation, detached_streams, health, openai_compat, openai_responses, prometheus
 from .schemas import ERROR_RESPONSES
+from .startup_report import report_startup
 
 logger = logging.getLogger("flowise_sse")
+
+
+def check_settings(settings: Settings) -> None:
+    """Raises ValueError saying what is wrong with the settings that only the app reads (the keys
+    file, the override policy): `serve` calls it before it starts anything."""
+    Access(settings)
+    OverridePolicy(settings.override_config)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     access = Access(settings)
+    override_policy = OverridePolicy(settings.override_config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
         app.state.upstream, app.state.manager = upstream, manager
+        app.state.responses = ResponseRecords(manager)
         install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
-        if access.open:
-            logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
-        if unknown := unknown_variables(os.environ):
-            logger.warning("flowise-sse: unknown settings ignored (misspelt, or not of this version): %s",
-                           ", ".join(unknown))
-        warm = asyncio.create_task(_warm_up(upstream))
+        # What works and what does not, said once; the banner waits for it (flowise_problem).
+        warm = app.state.startup = asyncio.create_task(report_startup(settings, access, override_policy, upstream))
         try:
             yield
         finally:
@@ -58,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await manager.close()
             await upstream.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="flowise-sse",
         version=__version__,
         summary="A Server-Sent Events gateway for Flowise chatflows: every Flowise version, one SSE contract.",
@@ -70,11 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_log_redaction()
     app.state.settings = settings
     app.state.access = access
+    app.state.override_policy = override_policy
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Flowise-Chat-Id", "X-Request-ID"],
             expose_headers=["X-Flowise-Stream-Id", "X-Flowise-Chat-Id", "X-Flowise-Ignored-Params", "X-Request-ID"],
         )
@@ -83,17 +90,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext)  # outermost: every answer, the guard's too, gets its id
     metrics.set_build_info(__version__)
     install_error_handlers(app)
-    for router in (health.router, chatflows.router, detached_streams.router, openai_compat.router,
-                   prometheus.router):
+    for router in (health.router, chatflows.router, conversation.router, detached_streams.router,
+                   openai_compat.router, openai_responses.router, prometheus.router):
         app.include_router(router)
     mount_docs(app)
     mount_chat_page(app)
-    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
-async def _warm_up(upstream: Upstream) -> None:
+async def flowise_problem(app: FastAPI, wait: float) -> str | None:
+    """Why Flowise is not usable, once the start-up report knows (None: it answered); waits up to
+    `wait` seconds for the report."""
+    task: asyncio.Task[str | None] | None = getattr(app.state, "startup", None)
+    if task is None:
+        return None
     try:
-        await upstream.warm_up()
-    except GatewayError as exc:
-        logger.warning("flowise-sse: Flowise not reachable yet (%s); will retry per request", exc.message)
+        return await asyncio.wait_for(asyncio.shield(task), wait)
+    except TimeoutError:
+        return f"it did not answer within {wait:g} s"

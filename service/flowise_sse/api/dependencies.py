@@ -6,7 +6,7 @@ State lives on `app.state` (set by the lifespan in `app.py`); routes never reach
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Header, Query, Request
 
@@ -17,28 +17,40 @@ from ..streams.sse_encoder import parse_event_id, parse_seq
 from ..upstream import Upstream
 from ..upstream.flowise_client import FlowiseClient
 from .access import Access, Caller
+from .override_policy import OverridePolicy
 from .schemas import LAST_EVENT_ID_PATTERN, SEQ_OR_LAST_EVENT_ID_PATTERN
 
 
 # Dependencies are async: FastAPI runs plain functions in its threadpool, a hop per request.
+# Starlette's app.state is untyped: each value is named with the type create_app gives it.
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 async def _access(request: Request) -> Access:
-    return request.app.state.access
+    access: Access = request.app.state.access
+    return access
 
 
 async def _manager(request: Request) -> StreamManager:
-    return request.app.state.manager
+    manager: StreamManager = request.app.state.manager
+    return manager
 
 
 async def _flowise(request: Request) -> FlowiseClient:
-    return request.app.state.upstream.flowise
+    upstream: Upstream = request.app.state.upstream
+    return upstream.flowise
 
 
 async def _upstream(request: Request) -> Upstream:
-    return request.app.state.upstream
+    upstream: Upstream = request.app.state.upstream
+    return upstream
+
+
+async def _override_policy(request: Request) -> OverridePolicy:
+    policy: OverridePolicy = request.app.state.override_policy
+    return policy
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -46,6 +58,7 @@ AccessDep = Annotated[Access, Depends(_access)]
 Manager = Annotated[StreamManager, Depends(_manager)]
 Flowise = Annotated[FlowiseClient, Depends(_flowise)]
 UpstreamDep = Annotated[Upstream, Depends(_upstream)]
+Overrides = Annotated[OverridePolicy, Depends(_override_policy)]
 
 
 async def caller(request: Request, access: AccessDep) -> Caller:
@@ -62,14 +75,18 @@ _LAST_EVENT_ID = re.compile(SEQ_OR_LAST_EVENT_ID_PATTERN)
 
 
 # Plain `str` with a None default (not `str | None`): the document then says "a string" rather
-# than "a string or null", and a generated client never sends the text "null".
+# than "a string or null", and a generated client never sends the text "null". `ABSENT` is that
+# None, typed as the str the parameter is declared to be (FastAPI sees the None).
+ABSENT: str = cast(str, None)
+
+
 async def _last_event_id(
     last_event_id: Annotated[str, Header(
         description="`<streamId>:<seq>` of the last event received; anything else is a 400",
-        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = ABSENT,
     lastEventId: Annotated[str, Query(
         description="The same, for clients that cannot set headers",
-        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+        json_schema_extra={"pattern": LAST_EVENT_ID_PATTERN})] = ABSENT,
 ) -> str | None:
     return last_event_id if last_event_id is not None else lastEventId  # "" is a 400, not absent
 
@@ -77,10 +94,10 @@ async def _last_event_id(
 async def _seq_or_last_event_id(
     last_event_id: Annotated[str, Header(
         description="`<streamId>:<seq>` of the last event received, or the bare `<seq>`; anything else is a 400",
-        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = ABSENT,
     lastEventId: Annotated[str, Query(
         description="The same, for clients that cannot set headers",
-        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = None,  # type: ignore[assignment]
+        json_schema_extra={"pattern": SEQ_OR_LAST_EVENT_ID_PATTERN})] = ABSENT,
 ) -> str | None:
     return last_event_id if last_event_id is not None else lastEventId
 

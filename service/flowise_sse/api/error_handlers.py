@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Match, Mount
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from .. import metrics
-from ..errors import GatewayError
+from ..errors import GatewayError, Overloaded, TooManyReaders
+from ..logging_setup import fields
 
+logger = logging.getLogger("flowise_sse")
+
+# Refusals whose message the gateway wrote from its own settings and the request's framing: safe
+# to log as they are. Others may quote what the caller sent (a chat id, a validation error's
+# input), so their line carries the code alone.
+_OWN_WORDS = frozenset({
+    "not_authenticated", "forbidden", "payload_too_large", "request_timeout", "too_many_streams",
+    "too_many_readers", "overloaded", "shutting_down", "store_unavailable", "method_not_allowed",
+    "host_not_allowed",
+})
+
+
+def log_refusal(method: str, path: str, status: int, code: str, message: str) -> None:
+    """One line per refused request, with its reason where that is the gateway's own words: what
+    a browser hides (a CORS 403, a Host 400) the operator reads here."""
+    if status >= 500 and code not in _OWN_WORDS:
+        return  # an upstream failure: logged where it happened, with its detail
+    logger.info("request refused", extra=fields(
+        method=method, path=path, status=status, code=code, reason=message if code in _OWN_WORDS else None))
 
 # RFC 9110: a 401 names the scheme that would work.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}
@@ -19,12 +41,19 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="flowise-sse"'}
 def error_headers(exc: GatewayError) -> dict[str, str] | None:
     if exc.status == 401:
         return CHALLENGE
-    retry_after = getattr(exc, "retry_after", None)
-    return {"Retry-After": str(retry_after)} if retry_after else None
+    headers: dict[str, str] = {}
+    if retry_after := getattr(exc, "retry_after", None):
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, TooManyReaders | Overloaded):
+        # Refused for want of room: the connection goes too, or a client that keeps it open
+        # (and retries on it) would hold the very descriptor the cap is there to keep free.
+        headers["Connection"] = "close"
+    return headers or None
 
 
 async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
     metrics.request_refused(exc.status, exc.code)
+    log_refusal(request.method, request.url.path, exc.status, exc.code, exc.message)
     return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=error_headers(exc))
 
 
@@ -53,6 +82,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     }.get(exc.status_code, "bad_request")
     body = {"error": {"code": code, "message": str(exc.detail), "retryable": False}}
     metrics.request_refused(exc.status_code, code)
+    log_refusal(request.method, request.url.path, exc.status_code, code, str(exc.detail))
     headers = dict(getattr(exc, "headers", None) or {})
     if exc.status_code == 401:
         headers.update(CHALLENGE)
@@ -67,6 +97,8 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    # The decorator form of add_exception_handler: Starlette types a handler as taking any
+    # Exception, which these (each for its own class) are not; the decorator takes any callable.
+    app.exception_handler(GatewayError)(_gateway_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(RequestValidationError)(_invalid_request)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Response
 from sse_starlette import EventSourceResponse
@@ -17,22 +18,24 @@ from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
 from ..settings import Settings
-from .access import Caller
 from ..streams import StreamManager
 from ..streams.sse_encoder import KEEPALIVE
 from ..watchdog import Watchdog
-
+from .access import Caller
 
 logger = logging.getLogger("flowise_sse")
 
 
 class _EventStream(EventSourceResponse):
+    # sse-starlette allows None (no limit); `event_stream` always gives one, which the watchdog reads.
+    send_timeout: float
+
     def __init__(self, content: Any, release: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._watchdogs: dict[asyncio.Task, Watchdog] = {}
+        self._watchdogs: dict[asyncio.Task[Any], Watchdog] = {}
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
@@ -58,10 +61,11 @@ class _EventStream(EventSourceResponse):
         and cancelled per relayed token, ~10 µs): one watchdog per sending task (the frames and the
         pings are sent from two), whose timer moves only when it fires."""
         task = asyncio.current_task()
-        watchdog = self._watchdogs.get(task)  # type: ignore[arg-type]
+        assert task is not None  # a coroutine awaited by the server or sse-starlette: always in a task
+        watchdog = self._watchdogs.get(task)
         if watchdog is None:
-            watchdog = self._watchdogs[task] = Watchdog(asyncio.get_running_loop())  # type: ignore[index]
-        watchdog.arm(watchdog.loop.time() + self.send_timeout)  # type: ignore[operator]
+            watchdog = self._watchdogs[task] = Watchdog(asyncio.get_running_loop())
+        watchdog.arm(watchdog.loop.time() + self.send_timeout)
         try:
             await send(message)
         except BaseException as exc:
@@ -71,7 +75,7 @@ class _EventStream(EventSourceResponse):
             # up to `send_timeout` more, and reach it if it read again: a clean end to a cut stream.
             self._send_interrupted = True
             if isinstance(exc, asyncio.CancelledError) and watchdog.fired:
-                task.uncancel()  # type: ignore[union-attr]
+                task.uncancel()
                 raise SendTimeoutError() from None
             raise
         finally:
@@ -93,7 +97,7 @@ async def event_stream(
         reading.release,
         headers={"Cache-Control": "no-cache"},
         ping=settings.keepalive_interval,
-        ping_message_factory=lambda: KEEPALIVE,  # type: ignore[arg-type,return-value]  # bytes go out as they are
+        ping_message_factory=lambda: KEEPALIVE,  # bytes go out as they are
         # Every write, pings included (sse-starlette >= 3.7), gives up after this: a reader that
         # stopped reading is let go, its generator closed, its frames and buffers freed.
         send_timeout=settings.send_timeout,

@@ -6,13 +6,18 @@ last choice chunk, with `include_usage` a `choices: []` chunk carrying `usage`, 
 No `event:` and no `id:` lines: the `openai` SDK parses every event's data as a chunk, and once it has
 seen an `id:` it turns a keep-alive comment into an empty event, which it cannot parse.
 
+Flowise's `thinking` (a reasoning model's thoughts, 3.1+) goes out as `delta.reasoning_content`
+(DeepSeek's name, which most clients render) and `delta.reasoning` (OpenRouter's and vLLM's),
+unless FLOWISE_SSE_OPENAI_REASONING is off.
+
 Usage is only ever what Flowise reported: its `usageMetadata` events (3.x agentflow LLM and Agent
 nodes), or the per-node usage in the last `agentFlowExecutedData`, which covers every node.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import GatewayError
 from ..events import END, ERROR, TOKEN, Event
@@ -61,7 +66,8 @@ class UsageReport:
             return None
         prompt = sum(_count(r, "input_tokens") for r in reports)
         completion = sum(_count(r, "output_tokens") for r in reports)
-        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens") for r in reports)
+        total = sum(_count(r, "total_tokens") or _count(r, "input_tokens") + _count(r, "output_tokens")
+                    for r in reports)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
@@ -82,8 +88,10 @@ class ChunkEncoder:
     A content chunk is two constant byte strings around the token's JSON, so a token costs one
     `orjson.dumps` of its text (`json_bytes`: a lone surrogate from 1.x becomes its JSON escape)."""
 
-    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool,
+                 reasoning: bool = False) -> None:
         self.include_usage = include_usage
+        self.reasoning = reasoning
         self.usage = UsageReport()
         self.parts: list[str] = []
         head = json_bytes({"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -108,6 +116,13 @@ class ChunkEncoder:
                 return None
             self.parts.append(text)
             return self._choice_head + b'{"content":' + json_bytes(text) + b"}" + self._content_tail
+        if name == "thinking":
+            thought = event.data
+            if not self.reasoning or not isinstance(thought, str) or not thought:
+                return None  # off, or Flowise's closing `thinking` (no text, a duration)
+            encoded = json_bytes(thought)
+            delta = b'{"reasoning_content":' + encoded + b',"reasoning":' + encoded + b"}"
+            return self._choice_head + delta + self._content_tail
         if name == END:
             return self._end(event.text)
         if name == ERROR:
@@ -133,11 +148,14 @@ class ChunkEncoder:
         return out + DONE
 
 
-def completion(completion_id: str, created: int, model: str, text: str, usage: dict[str, int] | None) -> dict[str, Any]:
-    """The non-streaming `chat.completion`."""
+def completion(completion_id: str, created: int, model: str, text: str, usage: dict[str, int] | None,
+               reasoning: str | None = None) -> dict[str, Any]:
+    """The non-streaming `chat.completion` (`reasoning`: Flowise's thinking, to show)."""
+    message = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
     return {
         "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
         "usage": usage,
     }

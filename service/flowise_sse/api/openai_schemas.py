@@ -8,16 +8,32 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TextPart(BaseModel):
+class ImageUrl(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    type: str = Field(description="Only `text` parts are read; any other part is refused with a 400.")
+    url: str = Field(description="An http(s) URL (a Flowise `url` upload) or a base64 data URI (a `file` upload).")
+    detail: str | None = None
+
+
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    data: str = Field(description="Base64 audio: a Flowise `audio` upload, for a chatflow with speech to text.")
+    format: str = Field(description="webm, ogg, mp4 or m4a: what Flowise's speech to text reads (not OpenAI's "
+                        "wav or mp3: a 400).")
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str = Field(description="`text`, `image_url` and `input_audio` parts are read (images and audio of the "
+                                  "last user message only); any other part is refused with a 400.")
     text: str | None = None
+    image_url: ImageUrl | None = None
+    input_audio: InputAudio | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -60,6 +76,8 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
+    reasoning_content: str | None = Field(
+        None, description="Flowise's `thinking`, when there was some (FLOWISE_SSE_OPENAI_REASONING).")
 
 
 class Choice(BaseModel):
@@ -81,6 +99,9 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = Field(None, description="A piece of Flowise's `thinking` (and the same as "
+                                                            "`reasoning`, the name some clients read).")
+    reasoning: str | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -147,7 +168,8 @@ OPENAI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Bad or malformed input (OpenAI's status for both; never 422 here)",
         401: "Missing or wrong gateway API key (the OpenAI api_key)",
-        404: "Unknown model (chatflow)", 409: "The chat id has a prediction running", 502: "Flowise is down, failed, or refused the gateway's credentials",
+        404: "Unknown model (chatflow)", 409: "The chat id has a prediction running",
+        502: "Flowise is down, failed, or refused the gateway's credentials",
         503: "Shutting down or full", 504: "Flowise did not answer in time",
     }.items()
 }

@@ -1,6 +1,6 @@
 """What the gateway's log lines must not carry: query strings (eventsUrl tokens, GET questions and
-histories) in uvicorn's access log, and upstream URLs (FLOWISE_URL may hold a password) in
-httpx's per-request INFO lines."""
+histories) in uvicorn's access log, and URLs in httpx's per-request INFO lines (the gateway
+client's, in the CLI: an eventsUrl carries its token)."""
 
 from __future__ import annotations
 

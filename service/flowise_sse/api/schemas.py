@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
-from uuid import UUID
-
 import math
+from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..upstream.prediction import Prediction
+from ..upstream.prediction_inputs import MAX_UPLOADS, NODE_ID_PATTERN, Action, HumanInput, Upload
 
 # It ends up in an upstream URL (abort): no leading dot, so never `.` or `..` (a path segment).
 CHAT_ID_PATTERN = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$"
@@ -51,9 +51,19 @@ class HistoryItem(BaseModel):
     content: str
 
 
+# A lead's e-mail address as Flowise's embed collects it: one @, no spaces or control characters
+# (spelled out: `\s` differs between JSON Schema's regexes and pydantic's, U+0085 for one).
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]{1,64}@[^@\x00-\x20\x7f]{1,255}$"
+
+
 class StreamRequest(BaseModel):
+    """A prediction, with Flowise's fields under Flowise's names. A field the Flowise behind the
+    gateway does not read is refused (400 `not_supported_by_flowise`, naming the release that
+    has it) rather than dropped there."""
+
     model_config = ConfigDict(extra="forbid")
-    question: str = Field(min_length=1, description="The user's message.")
+    question: str | None = Field(None, min_length=1, description="The user's message. Required, unless `form`, "
+                                 "`humanInput` or an `audio` upload (speech-to-text) stands in for it.")
     history: list[HistoryItem] = Field(
         default_factory=list, description="Earlier turns, oldest first; sent in the form every Flowise version reads."
     )
@@ -61,28 +71,73 @@ class StreamRequest(BaseModel):
         None, pattern=CHAT_ID_PATTERN,
         description="Flowise chat (memory session) id; a fresh one per request when absent.",
     )
+    sessionId: str | None = Field(
+        None, pattern=CHAT_ID_PATTERN,
+        description="A memory session apart from the chat (several chats sharing one memory); sent as "
+        "`overrideConfig.sessionId`, where every Flowise release reads it. A stopped Agentflow resumes by it "
+        "(by chatId without it).",
+    )
     overrideConfig: dict[str, Any] | None = Field(
         None, description=f"Passed to Flowise as is: finite numbers, valid UTF-8, at most {MAX_JSON_DEPTH} levels deep."
     )
+    uploads: list[Upload] | None = Field(
+        None, max_length=MAX_UPLOADS, description="Images, audio and files (Flowise 1.6+; `url` 1.8+; `file:full` "
+        "and `file:rag` 2.1.3+). A body with uploads may be up to FLOWISE_SSE_MAX_UPLOAD_BYTES.",
+    )
+    form: dict[str, Any] | None = Field(
+        None, description="An Agentflow V2 form start (Flowise 3.0+): the start node's form inputs by name, "
+        "without `question`.",
+    )
+    humanInput: HumanInput | None = Field(
+        None, description="Continue a run stopped for input (Flowise 3.0+; its `end` had `waitingForInput`): "
+        "same chatId (and sessionId), `question` optional.",
+    )
+    action: Action | None = Field(
+        None, description="The `action` a run stopped with, sent back with the chosen button's label as "
+        "`question` (Flowise 2.0+: sequential agents' approval).",
+    )
+    leadEmail: str | None = Field(None, max_length=320, pattern=EMAIL_PATTERN,
+                                  description="A lead's e-mail, stored with the message (Flowise 1.7+).")
+    stopNodeId: str | None = Field(None, pattern=NODE_ID_PATTERN,
+                                   description="Passed on as is (Flowise reads it for vector upserts only).")
 
     @model_validator(mode="after")
-    def _sendable(self) -> "StreamRequest":
+    def _sendable(self) -> StreamRequest:
         # What JSON parsing lets through but cannot be sent on (a 500 at encoding otherwise).
         problem = json_problem(self.question, "question") or json_problem(
             [item.content for item in self.history], "history"
-        ) or json_problem(self.overrideConfig, "overrideConfig")
+        ) or json_problem(self.overrideConfig, "overrideConfig") or json_problem(self.form, "form") or json_problem(
+            self.humanInput.feedback if self.humanInput else None, "humanInput.feedback"
+        ) or json_problem(self.action.model_dump() if self.action else None, "action") or json_problem(
+            # A stored type's data is checked base64 (ASCII) already: not encoded again, it may be 25 MiB.
+            [[u.name, u.data if u.type in ("url", "file:full") else ""] for u in self.uploads or ()], "uploads")
         if problem:
             raise ValueError(problem)
+        # The rules between fields (a question, or what stands in for it; not with a form; one
+        # session) are `Prediction.build`'s: a 400, as the schema cannot state them.
         return self
 
     def prediction(self) -> Prediction:
-        return Prediction.build(
-            self.question, [item.model_dump() for item in self.history], self.chatId, self.overrideConfig
+        """The prediction this asks for. Its uploads move into it: this model lets go of them, so
+        that the one copy is the prediction's (FastAPI keeps the model until the route returns)."""
+        prediction = Prediction.build(
+            self.question, [item.model_dump() for item in self.history], self.chatId, self.overrideConfig,
+            session_id=self.sessionId, uploads=self.uploads, form=self.form, human_input=self.humanInput,
+            action=self.action, lead_email=self.leadEmail, stop_node_id=self.stopNodeId,
         )
+        self.uploads = None
+        return prediction
 
 
 class CreateStream(StreamRequest):
     chatflowId: UUID
+
+
+def json_body_of(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a route that reads its body itself (`bodies.read_model`): the body's
+    schema, as FastAPI would have written it (`openapi.py` adds the model to the components)."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 class StreamCreated(BaseModel):
@@ -92,7 +147,8 @@ class StreamCreated(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
+    code: str = Field(
+        description="upstream_unavailable, upstream_timeout, upstream_error, unauthorized, not_found, ...")
     message: str
     retryable: bool
 
@@ -147,7 +203,8 @@ class EndData(BaseModel):
 
 
 class _Frame(BaseModel):
-    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. Send it back as Last-Event-ID to resume.")
+    id: str = Field(description="`<streamId>:<seq>`; seq starts at 1 and grows by one. "
+                               "Send it back as Last-Event-ID to resume.")
 
 
 class StartEvent(_Frame):
@@ -181,7 +238,7 @@ class RelayedEvent(_Frame):
     data: Any = Field(description="Flowise's payload (double-encoded JSON strings decoded).")
 
 
-StreamEvent = Union[StartEvent, TokenEvent, EndEvent, ErrorEvent, RelayedEvent]
+StreamEvent = StartEvent | TokenEvent | EndEvent | ErrorEvent | RelayedEvent
 
 SSE_DESCRIPTION = """\
 A `text/event-stream`. Every event is `event:`, one JSON `data:` line, then `id:` (last, so a frame cut

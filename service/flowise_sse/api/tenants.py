@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, cast
 
 # The chat ids a keyed caller names are its own: Flowise gets `<tenant prefix>.<chatId>`, so two
 # keys' "alice" are two Flowise chats (and memory sessions). The prefix is fixed-length: no chat id
@@ -81,7 +82,8 @@ def _tenant(path: Path, index: int, entry: Any) -> Tenant:
     if digest is not None and (not isinstance(digest, str) or len(digest) != 64
                                or any(c not in "0123456789abcdef" for c in digest.lower())):
         raise KeysFileError(f"{where}: key_sha256 must be 64 hex digits")
-    tenant_id = key_digest(key.strip()) if key is not None else digest.lower()
+    # No key: then a digest, a str (both checked above; mypy does not carry that across the ifs).
+    tenant_id = key_digest(key.strip()) if key is not None else cast(str, digest).lower()
     label = entry.get("label", f"key-{tenant_id[:8]}")
     chatflows = entry.get("chatflows")
     if chatflows is not None and (not isinstance(chatflows, list) or not all(isinstance(c, str) for c in chatflows)):

@@ -21,7 +21,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .auth_gate import bearer, denial
-from .emulated_chatflows import CHATFLOWS
+from .conversation_state import Conversation
+from .emulated_chatflows import AGENTFLOWS, CHATFLOWS
 from .flowise_errors import json_response, silenced, unknown_chatflow, unknown_streaming_chatflow
 from .mock_llm import MockLlm, llm_messages
 from .prediction_run import PredictionResponse, Turn, Work, answer_json, hang, run_silently
@@ -72,6 +73,8 @@ class Emulator(Records):
         self._llm = MockLlm(config.reply_prefix, config.token_delay, config.first_token_in_start)
         self._sse = SseStream(quirks, config.heartbeat_interval, config.split_writes)
         self._socketio = SocketioStream(quirks, self, config.answer_lag)
+        self.chatflows = {**CHATFLOWS, **(AGENTFLOWS if quirks.agentflow_v2 else {})}
+        self.conversation = conversation = Conversation(quirks, self.chatflows, self.answers)
 
         routes = [
             Route("/api/v1/version", self._version),
@@ -80,8 +83,17 @@ class Emulator(Records):
             Route("/api/v1/chatflows-streaming/{id}", self._streaming_check),
             Route("/api/v1/prediction/{id}", self._predict, methods=["POST"]),
             Route("/api/v1/chatmessage/{id}", self._chat_messages),
+            Route("/api/v1/public-chatbotConfig/{id}", conversation.public_config),
+            Route("/api/v1/feedback/{id}", conversation.create_feedback, methods=["POST"]),
+            Route("/api/v1/feedback/{id}", conversation.update_feedback, methods=["PUT"]),
+            Route("/api/v1/feedback/{id}", conversation.list_feedback, methods=["GET"]),
+            Route("/api/v1/get-upload-file", conversation.upload_file),
+            Route("/api/v1/vector/upsert/{id}", conversation.upsert, methods=["POST"]),
             Route("/__emulator/state", self._state, methods=["GET", "DELETE"]),
         ]
+        if quirks.full_file_uploads:
+            routes.append(Route("/api/v1/attachments/{chatflowId}/{chatId}", conversation.attachments,
+                                methods=["POST"]))
         if quirks.ping_route:
             routes.append(Route("/api/v1/ping", self._ping))
         if quirks.abort_route:
@@ -107,16 +119,16 @@ class Emulator(Records):
         return HTMLResponse("pong")
 
     async def _list_chatflows(self, request: Request) -> Response:
-        return json_response([flow.entity(self.quirks) for flow in CHATFLOWS.values()])
+        return json_response([flow.entity(self.quirks) for flow in self.chatflows.values()])
 
     async def _get_chatflow(self, request: Request) -> Response:
         flow_id = request.path_params["id"]
-        flow = CHATFLOWS.get(flow_id)
+        flow = self.chatflows.get(flow_id)
         return json_response(flow.entity(self.quirks)) if flow else unknown_chatflow(self.quirks, flow_id)
 
     async def _streaming_check(self, request: Request) -> Response:
         flow_id = request.path_params["id"]
-        flow = CHATFLOWS.get(flow_id)
+        flow = self.chatflows.get(flow_id)
         if flow is None:
             return unknown_streaming_chatflow(self.quirks, flow_id)
         return json_response({"isStreaming": flow.streaming})
@@ -141,17 +153,18 @@ class Emulator(Records):
 
     # Prediction
 
-    async def _predict(self, request: Request) -> Response:
+    async def _predict(self, request: Request) -> Response | PredictionResponse:
         quirks = self.quirks
         flow_id = request.path_params["id"]
         try:
-            body = orjson.loads(await request.body() or b"{}")
+            # Read without `request.body()`, which keeps the raw bytes for the response's life.
+            body = orjson.loads(b"".join([chunk async for chunk in request.stream()]) or b"{}")
         except orjson.JSONDecodeError:
             return PlainTextResponse("Bad Request", 400)
         body = body if isinstance(body, dict) else {}
         overrides = _mapping(body.get("overrideConfig"))
         question = str(body.get("question") or "")
-        flow = CHATFLOWS.get(flow_id)
+        flow = self.chatflows.get(flow_id)
         streaming = body.get("streaming")
         streaming_requested = streaming is True or streaming == "true"
         streamable = flow is not None and flow.streaming
@@ -160,9 +173,22 @@ class Emulator(Records):
             transport = "sse" if streamable and streaming_requested else "json"
         else:
             transport = "socketio" if streamable and sid else "json"
+        session_id = overrides.get("sessionId")  # `??` chains: an empty string still counts
+        chat_id = body.get("chatId")
+        if chat_id is None:
+            chat_id = str(uuid.uuid4()) if session_id is None else session_id
+        session = chat_id if session_id is None else session_id
+        api_key = self.config.api_key
+        authorized = flow is None or not flow.keyed or (api_key is not None and bearer(request.headers) == api_key)
+        prepared = self.conversation.prepare(flow, body, chat_id, session) if flow and authorized else None
+        if prepared is not None:
+            question = prepared.question
+        body = _summarised(body)  # the uploads are stored: their data is not kept twice
         self.add_request({
             "chatflowId": flow_id, "body": body, "headers": dict(request.headers),
-            "llm_messages": llm_messages(question, body.get("history"), quirks), "transport": transport,
+            "llm_messages": llm_messages(question, body.get("history"), quirks,
+                                         [_short(url) for url in prepared.images] if prepared else None),
+            "transport": transport,
         })
         controls = _mapping(overrides.get("emulator"))
         if controls.get("hang"):
@@ -170,24 +196,32 @@ class Emulator(Records):
         if flow is None:
             return PredictionResponse(self, hang) if silenced(quirks, body) else unknown_chatflow(quirks, flow_id)
 
-        session_id = overrides.get("sessionId")  # `??` chains: an empty string still counts
-        chat_id = body.get("chatId")
-        if chat_id is None:
-            chat_id = str(uuid.uuid4()) if session_id is None else session_id
-        api_key = self.config.api_key
+        if prepared is not None and prepared.failure is not None:
+            controls = {**controls, "error": prepared.failure, "errorAfter": 0}
+        plan = self._llm.plan(question, controls)
+        if prepared is not None and prepared.agentflow:
+            plan.agentflow, plan.leading = True, prepared.leading
+            plan.events = [*prepared.trailing, *plan.events]
         turn = Turn(
-            flow=flow, body=body, question=question, chat_id=chat_id,
-            session_id=chat_id if session_id is None else session_id,
-            authorized=not flow.keyed or (api_key is not None and bearer(request.headers) == api_key),
-            streaming_requested=streaming_requested, plan=self._llm.plan(question, controls),
+            flow=flow, body=body, question=question, chat_id=chat_id, session_id=session,
+            authorized=authorized, streaming_requested=streaming_requested, plan=plan,
+            metadata=prepared.metadata if prepared else {},
         )
         if turn.authorized and turn.plan.cut is None:  # an answer that will complete is stored
+            user = {"id": str(uuid.uuid4()), "role": "userMessage", "chatflowid": flow.id, "chatId": chat_id,
+                    "sessionId": session, "content": question}
+            if quirks.lead_email and body.get("leadEmail"):
+                user["leadEmail"] = body["leadEmail"]
+            if prepared and prepared.file_uploads:
+                user["fileUploads"] = orjson.dumps(prepared.file_uploads).decode()
+            self.answers.append(user)
             self.answers.append({"id": turn.message_id, "role": "apiMessage", "chatflowid": flow.id,
-                                 "chatId": chat_id, "content": turn.plan.text})
+                                 "chatId": chat_id, "sessionId": session, "content": turn.plan.text})
         work: Work
         if transport == "sse":
             work = partial(self._sse, turn)
         elif transport == "socketio":
+            assert sid  # the transport is socket.io only for a request that names its socket
             work = partial(answer_json, turn, quirks, partial(self._socketio.stream_to, sid))
         else:
             work = partial(answer_json, turn, quirks, run_silently)
@@ -200,3 +234,19 @@ def create_emulator_app(config: EmulatorConfig | None = None) -> Emulator:
 
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _short(text: str) -> str:
+    """A long data URI as recorded: its head and its size."""
+    return text if len(text) <= 65536 else f"{text[:64]}...<{len(text)} characters>"
+
+
+def _summarised(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as recorded: an upload's data by its size, not itself (a recorded 25 MiB image
+    would outlive its test, and tests look for the gateway's copies of it)."""
+    uploads = body.get("uploads")
+    if not isinstance(uploads, list):
+        return body
+    return {**body, "uploads": [
+        {**item, "data": f"<{len(item['data'])} characters>"} if isinstance(item, dict)
+        and isinstance(item.get("data"), str) and len(item["data"]) > 1024 else item for item in uploads]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .quirks import Quirks
@@ -40,6 +40,10 @@ class Plan:
     boundary: bool  # OpenAI-style empty role and finish chunks around the tokens
     events: list[dict[str, Any]]
     drop_tokens: bool = False  # the answer is stored but never streamed (Flowise #4926)
+    thinking: list[str] = field(default_factory=list)  # a reasoning model's thoughts, before the answer
+    # An Agentflow's: events before the tokens (node progress), and no `start` event at all.
+    leading: list[dict[str, Any]] | None = None
+    agentflow: bool = False
 
     @property
     def text(self) -> str:
@@ -80,8 +84,9 @@ class MockLlm:
         overrides them: `tokens` (list[str]), `delay` (s), `events` ([{event, data}] sent after the
         tokens), `error` (str) with `errorAfter` (tokens first, default 0) and `hangAfter` (the LLM
         stalls after that many tokens; SSE headers are out by then), `dropTokens` (no `start` or
-        `token` event, the answer only stored: Flowise's no-token bug). `hang: true` is handled before
-        the plan: the server never answers at all, not even headers.
+        `token` event, the answer only stored: Flowise's no-token bug), `thinking` (list[str]: a reasoning
+        model's thoughts, streamed as `thinking` events before the answer where the version has them).
+        `hang: true` is handled before the plan: the server never answers at all, not even headers.
         """
         delay_trigger = _DELAY_TRIGGER.search(question)
         delay = controls.get("delay", float(delay_trigger[1]) / 1000 if delay_trigger else self.token_delay)
@@ -92,16 +97,22 @@ class MockLlm:
             tokens = _WORDS.findall(self.reply_prefix + _TRIGGER.sub("", question).strip())
         return Plan(tokens=list(tokens), delay=float(delay), cut=None if cut is None else int(cut), error=error,
                     boundary=not self.first_token_in_start, events=list(controls.get("events", [])),
-                    drop_tokens=bool(controls.get("dropTokens")))
+                    drop_tokens=bool(controls.get("dropTokens")), thinking=list(controls.get("thinking", [])))
 
 
-def llm_messages(question: str, history: Any, quirks: Quirks) -> list[dict[str, Any]]:
-    """The messages the LLM is handed: the system prompt, the replayed history, the question."""
-    return [
+def llm_messages(question: str, history: Any, quirks: Quirks, images: list[str] | None = None) -> list[dict[str, Any]]:
+    """The messages the LLM is handed: the system prompt, the replayed history, the question, and
+    the question's images (URLs or data URIs) as a user message of their own after it, as real
+    3.1.4's conversation chain sends them (its addImagesToMessages: no `detail`)."""
+    messages = [
         {"role": "system", "content": SYSTEM_PROMPT},
         *_replayed_history(history, quirks),
         {"role": "user", "content": question},
     ]
+    if images:
+        messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}
+                                                     for url in images]})
+    return messages
 
 
 def _replayed_history(history: Any, quirks: Quirks) -> list[dict[str, Any]]:
@@ -130,7 +141,9 @@ def _replayed_history(history: Any, quirks: Quirks) -> list[dict[str, Any]]:
 
 async def handler_events(plan: Plan, quirks: Quirks) -> AsyncIterator[tuple[str, Any]]:
     """What Flowise's chain callback handler makes of the LLM stream, then the flow's extra events."""
-    started = False
+    for event in plan.leading or ():
+        yield event["event"], event.get("data")
+    started = plan.agentflow  # an Agentflow sends no `start`
     async for chunk in plan.chunks():
         if plan.drop_tokens:
             continue

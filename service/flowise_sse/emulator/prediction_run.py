@@ -37,6 +37,7 @@ class Turn:
     streaming_requested: bool
     plan: Plan
     message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    metadata: dict[str, Any] = field(default_factory=dict)  # more `metadata` (a stopped run's action)
 
 
 async def answer_json(turn: Turn, quirks: Quirks, run_llm: Callable[[Plan], Awaitable[None]],
@@ -51,8 +52,10 @@ async def answer_json(turn: Turn, quirks: Quirks, run_llm: Callable[[Plan], Awai
             await forever()
         response = build_failure(quirks, exc)
     else:
-        answer = {"text": turn.plan.text}
+        answer: dict[str, Any] = {"text": turn.plan.text}
         answer |= {e["event"]: e.get("data") for e in turn.plan.events if e["event"] in _ANSWER_FIELDS}
+        if quirks.action_field:  # a stopped run's action is in the JSON answer too
+            answer |= {e["event"]: e.get("data") for e in turn.plan.events if e["event"] == "action"}
         answer |= {"question": turn.question, "chatId": turn.chat_id, "chatMessageId": turn.message_id}
         if quirks.stream_valid_field:
             answer["isStreamValid"] = turn.flow.streaming and (

@@ -63,6 +63,28 @@ class Quirks:
     history_role_content: bool
     history_type_as_empty_ai: bool
     history_type_as_empty_user: bool
+    # Prediction fields read (upstream/fields.py has the gateway's side of the same table): a lead's
+    # e-mail stored with the message; 2.x sequential agents' `action`; `url` image uploads; the
+    # `file:full` and `file:rag` upload types and the attachments route; Agentflow V2 (`form`,
+    # `humanInput`, Agentflows at all); `metadata` carrying a stopped run's `action`.
+    lead_email: bool
+    action_field: bool
+    upload_url: bool
+    full_file_uploads: bool
+    agentflow_v2: bool
+    metadata_action: bool
+    # Speech-to-text also for audio/mp4 and audio/ogg (before: audio/webm only).
+    more_audio_types: bool
+    # Feedback is checked against its message (exists, same chat) before it is stored.
+    feedback_checked: bool
+    # public-chatbotConfig drops allowedOrigins and adds the sanitised flowData and isTTSEnabled (2.2.8
+    # returns allowedOrigins as stored).
+    public_config_sanitised: bool
+    # get-upload-file answers a missing file with a 500 (before: 404 "File <name> not found").
+    missing_file_500: bool
+    # A reasoning model's thoughts stream as `thinking` events (`{event, data}`, then a closing
+    # one with empty data and a `duration`), before the answer's tokens (FlowiseAI/Flowise#5893).
+    thinking_events: bool
 
 
 def quirks_for(version: str) -> Quirks:
@@ -76,8 +98,11 @@ def quirks_for(version: str) -> Quirks:
     sse = since(2, 1, 0)  # PR #3125: SSE on the prediction POST replaces socket.io; JSON gains isStreamValid
     version_whitelisted = since(2, 1, 2)  # also the first with the X-Accel-Buffering header
     colon_everywhere = since(3, 1, 2)  # end/error frames get `message:` like the others; heartbeat comments
-    whitelist = ["/api/v1/prediction/", "/api/v1/chatflows-streaming"]
+    whitelist = ["/api/v1/prediction/", "/api/v1/chatflows-streaming", "/api/v1/public-chatbotConfig",
+                 "/api/v1/feedback", "/api/v1/get-upload-file"]
     whitelist += ["/api/v1/ping"] if since(1, 8, 2) else []
+    whitelist += ["/api/v1/attachments"] if since(2, 1, 3) else []
+    whitelist += ["/api/v1/vector/upsert/"] if not since(2, 0, 6) else []  # later: the key gate's
     whitelist += ["/api/v1/version"] if version_whitelisted else []
     whitelist += ["/api/v1/chatmessage/abort"] if since(3, 1, 0) else []
     return Quirks(
@@ -103,6 +128,17 @@ def quirks_for(version: str) -> Quirks:
         history_role_content=controllers,
         history_type_as_empty_ai=since(2, 0, 2),  # a {type: apiMessage} history item counts (with empty content)
         history_type_as_empty_user=since(3, 0, 0),  # a {type: userMessage} history item counts too
+        lead_email=since(1, 7, 0),
+        action_field=since(2, 0, 0),
+        upload_url=since(1, 8, 0),  # 1.6.2's vision helper reads stored files only
+        full_file_uploads=since(2, 1, 3),
+        agentflow_v2=since(3, 0, 0),
+        metadata_action=colon_everywhere,  # 3.1.2
+        more_audio_types=since(2, 0, 0),
+        feedback_checked=since(2, 2, 8),  # first release seen checking (2.0.7 does not)
+        public_config_sanitised=since(3, 0, 0),
+        missing_file_500=controllers,  # "Error: streamStorageFile"
+        thinking_events=since(3, 1, 0),  # SSEStreamer.streamThinkingEvent
     )
 
 

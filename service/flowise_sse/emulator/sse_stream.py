@@ -48,11 +48,16 @@ class SseStream:
             try:
                 if not turn.authorized:
                     raise FlowError("Unauthorized")
+                if turn.plan.thinking and self._quirks.thinking_events:
+                    for thought in turn.plan.thinking:
+                        await write(_frame("thinking", thought))
+                    # The closing one adds no text: its `duration` (s) sits beside `data`.
+                    await write(_HEAD + orjson.dumps({"event": "thinking", "data": "", "duration": 1}) + b"\n\n")
                 async for event, data in handler_events(turn.plan, self._quirks):
                     await write(_frame(event, data))
                 await write(_frame("metadata", {
                     "chatId": turn.chat_id, "chatMessageId": turn.message_id, "question": turn.question,
-                    "sessionId": turn.session_id, "memoryType": "Buffer Memory",
+                    "sessionId": turn.session_id, "memoryType": "Buffer Memory", **turn.metadata,
                 }))
             except FlowError as exc:
                 await write(_frame("error", build_failure_message(exc), self._closing_head))

@@ -7,7 +7,8 @@ at its terminal event) and again at its end without harm.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ChatBusy, TooManyStreams
 

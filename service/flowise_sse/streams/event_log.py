@@ -8,7 +8,8 @@ share the log's frame objects and copy at most `READ_BATCH_BYTES` each.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Literal, overload
 
 from ..errors import StreamTooLarge
 from ..events import ERROR, Event
@@ -81,24 +82,36 @@ class StreamLog:
         self.frames = []
         self.wake()
 
-    def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    def frames_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
         """Everything after `seq`, then each new event as it comes, until the terminal event.
 
         Frames that pile up while the reader is busy go out joined, in writes of at most
         `READ_BATCH_BYTES` (a larger frame alone, as the log's own object)."""
-        return self._batches_after(seq, should_stop, True)  # type: ignore[return-value]
+        return self._batches_after(seq, should_stop, True)
 
-    async def events_after(self, seq: int, should_stop: Callable[[], bool]) -> AsyncIterator[list[Event]]:
+    async def events_after(
+        self, seq: int, should_stop: Callable[[], bool]
+    ) -> AsyncGenerator[list[Event], None]:
         """The same, decoded back into normalized events, for readers that speak another wire
         format (the OpenAI route); a batch of events that piled up comes as one list, so that the
         reader can write it at once too. The frames are the one copy kept; decoding one is two
         `find`s and an `orjson.loads` of its data line."""
         async for batch in self._batches_after(seq, should_stop, False):
-            yield [decode(frame) for frame in batch]  # type: ignore[union-attr]
+            yield [decode(frame) for frame in batch]
+
+    @overload
+    def _batches_after(
+        self, seq: int, should_stop: Callable[[], bool], joined: Literal[True]
+    ) -> AsyncGenerator[bytes, None]: ...
+
+    @overload
+    def _batches_after(
+        self, seq: int, should_stop: Callable[[], bool], joined: Literal[False]
+    ) -> AsyncGenerator[list[bytes], None]: ...
 
     async def _batches_after(
         self, seq: int, should_stop: Callable[[], bool], joined: bool
-    ) -> AsyncIterator[list[bytes] | bytes]:
+    ) -> AsyncGenerator[list[bytes] | bytes, None]:
         """The log's own frames after `seq`, in batches of at most `READ_BATCH_BYTES` (or one
         larger frame), then live until the terminal event; `joined`: each batch as one bytes
         (one generator between the log and the socket, not two: a few µs per relayed token)."""

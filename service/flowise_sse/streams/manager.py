@@ -12,9 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import ExitStack, aclosing, asynccontextmanager
-from typing import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from .. import metrics
 from ..errors import GatewayError, ShuttingDown, StoreUnavailable, StreamNotFound
@@ -24,8 +24,8 @@ from ..upstream.prediction import Prediction
 from .admission import ChatClaims, OwnerSlots
 from .event_log import StreamLog
 from .memory_store import MemoryStore
-from .redis_mirror import RedisMirror
 from .readers import ReaderLimits
+from .redis_mirror import RedisMirror
 from .rejoin import RejoinRegistry
 from .run import EventSource, StreamRun
 
@@ -38,7 +38,7 @@ class Reading:
     stream's readers. The frames' own end releases it; whoever serves them must release it too
     when the response ends (a generator that never started never runs its `finally`)."""
 
-    frames: AsyncIterator[bytes]
+    frames: AsyncGenerator[bytes, None]
     release: Callable[[], None]
 
 
@@ -167,7 +167,8 @@ class StreamManager:
         run = self.runs.get(stream_id)
         if run and run.owner == owner:
             run.abort("stopped by DELETE")
-            await asyncio.gather(run.task, return_exceptions=True)  # type: ignore[arg-type]
+            if run.task is not None:  # always: a registered run is launched
+                await asyncio.gather(run.task, return_exceptions=True)
             return True
         log = self.store.get(stream_id)
         if log is not None:
@@ -225,7 +226,7 @@ class StreamManager:
 
     async def _follow_memory(
         self, log: StreamLog, run: StreamRun | None, after: int, release_place: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         release = run.hold(self.settings.on_client_disconnect == "abort") if run else None
         metrics.reader_joined("memory", after > 0)
         sent = 0
@@ -244,7 +245,7 @@ class StreamManager:
 
     async def _follow_redis(
         self, mirror: RedisMirror, stream_id: str, after: int, release_place: Callable[[], None]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         metrics.reader_joined("redis", after > 0)
         sent = 0
         try:

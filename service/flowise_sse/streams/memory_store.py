@@ -123,7 +123,8 @@ class MemoryStore:
             self.drop(stream_id)
 
     def _expired(self, events: StreamLog, now: float) -> bool:
-        return now - events.finished_at > self.settings.stream_retention  # type: ignore[operator]
+        # Only finished logs are asked about: `finished_at` is set.
+        return events.finished_at is not None and now - events.finished_at > self.settings.stream_retention
 
     def _evict(self, size: int, need_slot: bool = False) -> bool:
         """Drop finished streams, oldest first, until `size` more bytes (or one more stream) fit."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import resource
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import Overloaded, TooManyReaders
 from ..settings import Settings

@@ -12,7 +12,8 @@ when a primary fails over is in docs/operations/redis.md ("When the primary fail
 
 `RedisMirror` is what the stream manager sees; each of its parts lives in `streams/redis/`:
 the writer (`writer.py`), the reader (`reader.py`), the heartbeat (`replicas.py`), the chat
-lock (`claims.py`), the abort channel (`aborts.py`), on the keys of `keys.py`.
+lock (`claims.py`), the abort channel (`aborts.py`), the Responses API's records
+(`responses.py`), on the keys of `keys.py`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import StoreUnavailable
 from ..settings import Settings
 from .redis import keys
 from .redis.aborts import AbortChannel
-from .redis.calls import REDIS_ERRORS, connect, misconfiguration
+from .redis.calls import REDIS_ERRORS, connect, misconfiguration, store_call
 from .redis.claims import ChatClaims
 from .redis.reader import LOSS_GRACE, MirrorReader
 from .redis.replicas import ReplicaHeartbeat
+from .redis.responses import ResponseRecords
 from .redis.writer import MirrorWriter
 
 if TYPE_CHECKING:
@@ -67,6 +70,17 @@ class RedisMirror:
         self._aborts = AbortChannel(shared, on_abort, self._writer.rewrite)
         self._reader = MirrorReader(shared, settings, slots, self._aborts.ask_repair)
         self._claims = ChatClaims(shared, settings)
+        self.responses = ResponseRecords(shared, settings)  # the Responses API's records
+
+    async def ping(self, timeout: float) -> None:
+        """Raises `StoreUnavailable` unless Redis answers within `timeout` (readiness: a replica
+        whose Redis is away refuses every stream, so it must not say it is ready)."""
+        try:
+            with store_call("ping"):
+                async with asyncio.timeout(timeout):
+                    await self._clients[1].ping()
+        except TimeoutError:
+            raise StoreUnavailable(f"Redis did not answer within {timeout:g} s") from None
 
     async def open(self) -> None:
         # A Redis that is down at start-up is an outage like any other, not a reason to crash-loop:
@@ -169,6 +183,6 @@ class RedisMirror:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         return await self._reader.ended_by(stream_id, seq)
 
-    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncGenerator[bytes, None]:
         """The stream's frames after `after`, live to its terminal event (see `MirrorReader.follow`)."""
         return self._reader.follow(stream_id, after, should_stop)

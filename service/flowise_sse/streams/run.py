@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator, Callable
 from contextlib import ExitStack, aclosing
-from typing import TYPE_CHECKING, AsyncIterator, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .. import metrics
 from ..errors import GatewayError, StreamAborted, UpstreamError
@@ -41,7 +42,7 @@ Phase = Literal["starting", "streaming", "ended", "refused"]
 class EventSource(Protocol):
     """What a run reads from: `Upstream`, or a test's scripted double."""
 
-    def stream(self, chatflow_id: str, prediction: Prediction) -> AsyncIterator[Event]: ...
+    def stream(self, chatflow_id: str, prediction: Prediction) -> AsyncGenerator[Event, None]: ...
 
 
 class StreamRun:
@@ -88,11 +89,12 @@ class StreamRun:
 
     def abort(self, reason: str, failure: GatewayError | None = None) -> bool:
         """Stop the run (its readers get `error` `aborted`, or `failure`). False when it is over."""
-        if self.done:
+        task = self.task
+        if task is None or task.done():  # `done`, with the task at hand
             return False
         self._abort_reason = self._abort_reason or reason
         self._abort_failure = self._abort_failure or failure
-        self.task.cancel()  # type: ignore[union-attr]
+        task.cancel()
         return True
 
     # --- readers --------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class StreamRun:
 
         return release
 
-    def event_batches(self) -> AsyncIterator[list[Event]]:
+    def event_batches(self) -> AsyncGenerator[list[Event], None]:
         """The run's normalized events from its first, live to its end, in batches (what piled
         up while the reader was busy), for a reader that cannot resume elsewhere: it is not let
         go early on drain (the run's own end, or its abort after the grace period, ends it)."""

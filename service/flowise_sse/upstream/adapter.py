@@ -7,8 +7,8 @@ socket.io pool, the remembered version), picks the transport per version and bou
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import AsyncIterator
 
 from ..events import TERMINAL, Event
 from ..settings import Settings
@@ -24,7 +24,7 @@ class Upstream:
         self.settings = settings
         self.flowise = FlowiseClient(settings)
         self.sockets = SocketPool(self.flowise, settings.socketio_pool_size)
-        self._aborts: set[asyncio.Task] = set()
+        self._aborts: set[asyncio.Task[None]] = set()
 
     async def warm_up(self) -> None:
         """Learn the transport and, for socket.io, connect the pool, before the first request."""
@@ -36,7 +36,7 @@ class Upstream:
         await self.sockets.close()
         await self.flowise.aclose()
 
-    async def stream(self, chatflow_id: str, prediction: Prediction) -> AsyncIterator[Event]:
+    async def stream(self, chatflow_id: str, prediction: Prediction) -> AsyncGenerator[Event, None]:
         """Yield `start`, tokens and relayed events, then `end`; raise a `GatewayError` on failure.
 
         Closing the generator early closes the upstream connection and asks Flowise to abort.
@@ -57,8 +57,11 @@ class Upstream:
         self._aborts.add(task)
         task.add_done_callback(self._aborts.discard)
 
-    async def _open(self, chatflow_id: str, prediction: Prediction, sent: list[bool]) -> AsyncIterator[Event]:
+    async def _open(
+        self, chatflow_id: str, prediction: Prediction, sent: list[bool]
+    ) -> AsyncGenerator[Event, None]:
         version = await self.flowise.version()
+        prediction.check_supported(version)  # before `start`: a field this Flowise lacks is a 400
         streams = await self.flowise.check_chatflow(chatflow_id)
         sent[0] = True
         if version.transport == "sse":

@@ -14,9 +14,10 @@ import json
 import logging
 import re
 import time
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -92,6 +93,15 @@ def json_body(body: Any) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+# Flowise prefixes its errors with the internal function that raised them
+# ("predictionsServices.buildChatflow - Error: ..."): noise to a client, and not its business.
+_SERVICE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\s+-\s+)+")
+
+
+def _without_service_names(message: str) -> str:
+    return _SERVICE_NAME.sub("", message)
+
+
 def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
     """Map a Flowise error answer to a gateway error.
 
@@ -106,7 +116,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
             message = str(parsed.get("message") or parsed.get("error") or message)
     except orjson.JSONDecodeError:
         pass
-    message = message[:2000]
+    message = _without_service_names(message[:2000])
     if status in (401, 403) or message.endswith("Unauthorized") or "Unauthorized Access" in message:
         return UpstreamUnauthorized(
             f"Flowise refused the gateway's credentials for {what} (HTTP {status}"
@@ -114,7 +124,7 @@ def error_from_response(status: int, body: bytes, what: str) -> GatewayError:
         )
     lowered = message.lower()
     if status == 404 or ("chatflow" in lowered and "not found" in lowered):
-        return ChatflowNotFound(f"{what}: {message or 'not found'}")
+        return ChatflowNotFound(f"{what}: not found on Flowise")  # in the gateway's words, not Flowise's
     if status == 429:
         return UpstreamUnavailable(f"Flowise rate-limited {what} (HTTP 429)")
     return UpstreamError(f"Flowise failed {what} (HTTP {status}): {message or 'no message'}")
@@ -233,6 +243,7 @@ class FlowiseClient:
         self._version_expires = 0.0
         self._version_lock = asyncio.Lock()
         self._chatflows_seen: dict[str, tuple[bool, float]] = {}
+        self._upload_policies: dict[str, tuple[dict[str, Any], float]] = {}
         self._listing: tuple[list[dict[str, Any]], float] | None = None
 
     def _session(self) -> aiohttp.ClientSession:
@@ -241,9 +252,8 @@ class FlowiseClient:
         A full pool makes the next request wait (up to connect_timeout, then 504), so the gateway
         never opens more upstream connections than this. Idle connections are dropped after 2 s,
         before Flowise's side (Node's and uvicorn's 5 s keep-alive timeout) closes them: a
-        connection reused just as the server closes it fails with "Server disconnected" -> 502
-        (`bench/keepalive_race.py`). No cookie jar: one user's cookie must never ride on
-        another's request."""
+        connection reused just as the server closes it fails with "Server disconnected" -> 502.
+        No cookie jar: one user's cookie must never ride on another's request."""
         if self._pool is None:
             self._pool = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.settings.upstream_max_connections, limit_per_host=0,
@@ -334,12 +344,13 @@ class FlowiseClient:
         management: bool = True,
         timeout: float | None = 30.0,
         params: Mapping[str, str] | None = None,
+        body: bytes | None = None,
     ) -> Any:
         """One JSON request to Flowise; every failure comes back as a `GatewayError`.
         `timeout` bounds each wait for the answer's next bytes (None: no bound, the caller's own
         applies); `operation` names the call in the metrics and the log."""
         content = await self.request_bytes(method, path, what, operation=operation, management=management,
-                                           timeout=timeout, params=params)
+                                           timeout=timeout, params=params, body=body)
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:  # not JSON, or nested past orjson's 1,024 levels
@@ -356,9 +367,10 @@ class FlowiseClient:
         timeout: float | None = 30.0,
         params: Mapping[str, str] | None = None,
         body: bytes | None = None,
+        form: aiohttp.FormData | None = None,
     ) -> bytes:
         """One request's successful answer as bytes, read up to `max_upstream_answer_bytes`.
-        `body` is JSON (`json_body`)."""
+        `body` is JSON (`json_body`); `form`, multipart (its files are streamed from where they are)."""
         headers = {**(self.management_headers if management else self.prediction_headers)}
         if body is not None:
             headers.update(JSON_CONTENT)
@@ -367,7 +379,8 @@ class FlowiseClient:
         try:
             try:
                 response = await self._session().request(
-                    method, self._request_url + path, params=params, data=body, headers=self._with_url_auth(headers),
+                    method, self._request_url + path, params=params, data=body if form is None else form,
+                    headers=self._with_url_auth(headers),
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(connect=connect, sock_connect=connect, sock_read=timeout),
                 )
@@ -390,11 +403,13 @@ class FlowiseClient:
 
     @asynccontextmanager
     async def prediction_stream(
-        self, chatflow_id: str, body: dict[str, Any]
+        self, chatflow_id: str, body: Callable[[], bytes]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The streaming prediction POST (>= 2.1.0), its response open for reading; closed on exit
         (its connection goes back to the pool only when the response was read to its end). A
-        failure while the caller reads it is named as the Flowise stream's.
+        failure while the caller reads it is named as the Flowise stream's. `body` makes the JSON
+        (`Prediction.encoded_body`): called here and let go once sent, because a context manager
+        keeps its arguments, and a body with uploads must not live as long as the stream.
 
         Flowise flushes the headers before it runs the flow, so their arrival is bounded by the
         stream's connect limit (`upstream/timeouts.py`, until `start`); a failure status is raised
@@ -402,9 +417,10 @@ class FlowiseClient:
         the cancelled connection is closed interrupts that close and orphans the socket."""
         what, operation = f"the prediction on {chatflow_id}", "prediction_stream"
         started = time.monotonic()
+        content: bytes | None = body()
         try:
             response = await self._session().post(
-                self._request_url + self.prediction_path(chatflow_id), data=json_body(body),
+                self._request_url + self.prediction_path(chatflow_id), data=content,
                 headers=self._with_url_auth(
                     {**self.prediction_headers, **JSON_CONTENT, "Accept": "text/event-stream"}),
                 allow_redirects=False, timeout=self._stream_timeout,
@@ -413,6 +429,8 @@ class FlowiseClient:
             failure = self._transport_failure(exc, operation, what)
             metrics.upstream_call(operation, time.monotonic() - started, failure.code)
             raise failure from None
+        finally:
+            content = None
         try:
             if response.status != 200:
                 try:
@@ -428,6 +446,103 @@ class FlowiseClient:
                 yield response
             except aiohttp.ClientError as exc:
                 raise self._transport_failure(exc, operation, what, "the Flowise stream") from None
+        finally:
+            response.release()
+
+    # --- the conversation's side routes (whitelisted on every release, but the stored messages and,
+    # from 2.0.6, RAG upserts): what a chat front-end calls besides the prediction -------------
+    async def chatbot_config(self, chatflow_id: str) -> dict[str, Any]:
+        """`public-chatbotConfig` (public on every line from 1.6): the chatbot config and its
+        upload policy (`{}` when it has none: Flowise answers the text `OK` then)."""
+        what = f"the chatbot config of {chatflow_id}"
+        content = await self.request_bytes("GET", f"/api/v1/public-chatbotConfig/{quote(chatflow_id, safe='')}",
+                                           what, operation="chatbot_config", management=False)
+        if content.strip() in (b"OK", b'"OK"'):
+            return {}
+        try:
+            config = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
+        if not isinstance(config, dict):
+            raise UpstreamError(f"Flowise's answer to {what} is not an object")
+        return config
+
+    async def upload_policy(self, chatflow_id: str) -> dict[str, Any]:
+        """The `uploads` part of the chatbot config: `isImageUploadAllowed`, `imgUploadSizeAndTypes`,
+        `isSpeechToTextEnabled`, `isRAGFileUploadAllowed`, ...; {} when Flowise says nothing.
+        Remembered for `chatflow_cache_ttl`, as the streaming check is: it is asked on every
+        request that carries an OpenAI image or a RAG upsert, and only this part is kept."""
+        seen = self._upload_policies.get(chatflow_id)
+        if seen and time.monotonic() < seen[1]:
+            return seen[0]
+        uploads = (await self.chatbot_config(chatflow_id)).get("uploads")
+        policy = uploads if isinstance(uploads, dict) else {}
+        if len(self._upload_policies) > 10000:
+            self._upload_policies.clear()
+        self._upload_policies[chatflow_id] = (policy, time.monotonic() + self.settings.chatflow_cache_ttl)
+        return policy
+
+    async def create_feedback(self, chatflow_id: str, body: dict[str, Any]) -> Any:
+        return await self.request("POST", f"/api/v1/feedback/{chatflow_id}", "the feedback",
+                                  operation="feedback", management=False, body=json_body(body))
+
+    async def list_feedback(self, chatflow_id: str, chat_id: str) -> list[Any]:
+        answer = await self.request("GET", f"/api/v1/feedback/{chatflow_id}", "the feedback listing",
+                                    operation="feedback", management=False, params={"chatId": chat_id})
+        return answer if isinstance(answer, list) else []
+
+    async def update_feedback(self, feedback_id: str, body: dict[str, Any]) -> Any:
+        return await self.request("PUT", f"/api/v1/feedback/{quote(feedback_id, safe='')}", "the feedback update",
+                                  operation="feedback", management=False, body=json_body(body))
+
+    async def chat_messages(self, chatflow_id: str, chat_id: str) -> list[Any]:
+        """The stored messages of one chat, oldest first (a management route)."""
+        answer = await self.request("GET", f"/api/v1/chatmessage/{chatflow_id}", "the stored messages",
+                                    operation="chat_messages", params={"chatId": chat_id, "order": "ASC"})
+        answer = answer.get("data") if isinstance(answer, dict) else answer
+        return answer if isinstance(answer, list) else []
+
+    async def attachments(self, chatflow_id: str, chat_id: str, form: aiohttp.FormData) -> Any:
+        """`attachments` (2.1.3+): files in, their extracted text out, for `file:full` uploads."""
+        return _json_answer(await self.request_bytes(
+            "POST", f"/api/v1/attachments/{chatflow_id}/{quote(chat_id, safe='')}", "the attachments",
+            operation="attachments", management=False, form=form), "the attachments")
+
+    async def upsert(self, chatflow_id: str, form: aiohttp.FormData) -> Any:
+        """`vector/upsert`: RAG files into the chatflow's vector store (a key's route from 2.0.6)."""
+        return _json_answer(await self.request_bytes(
+            "POST", f"/api/v1/vector/upsert/{chatflow_id}", "the upsert", operation="upsert", form=form),
+            "the upsert")
+
+    @asynccontextmanager
+    async def upload_file(
+        self, chatflow_id: str, chat_id: str, file_name: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`get-upload-file`: a file stored under a chat, its response open for streaming."""
+        what, operation = f"the file {file_name[:100]!r}", "upload_file"
+        started = time.monotonic()
+        connect = self.settings.connect_timeout
+        try:
+            response = await self._session().get(
+                self._request_url + "/api/v1/get-upload-file",
+                params={"chatflowId": chatflow_id, "chatId": chat_id, "fileName": file_name},
+                headers=self._with_url_auth({**self.prediction_headers}), allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(connect=connect, sock_connect=connect, sock_read=30.0),
+            )
+        except aiohttp.ClientError as exc:
+            failure = self._transport_failure(exc, operation, what)
+            metrics.upstream_call(operation, time.monotonic() - started, failure.code)
+            raise failure from None
+        try:
+            if response.status != 200:
+                failure = error_from_response(response.status, await _error_body(response.content.iter_any()), what)
+                metrics.upstream_call(operation, time.monotonic() - started, failure.code)
+                raise failure
+            metrics.upstream_call(operation, time.monotonic() - started)
+            try:
+                yield response
+            except aiohttp.ClientError as exc:
+                raise self._transport_failure(exc, operation, what, "the file") from None
         finally:
             response.release()
 
@@ -493,17 +608,17 @@ class FlowiseClient:
         self._listing = (flows, time.monotonic() + self.settings.chatflow_cache_ttl)
         return flows
 
-    async def predict(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> dict[str, Any]:
+    async def predict(self, chatflow_id: str, body: bytes, *, timeout: float | None) -> dict[str, Any]:
         """The prediction POST without `streaming`: Flowise's JSON answer (a socket.io prediction
         streams beside it, bounded by the stream's own timeouts: `timeout=None`)."""
         return prediction_answer(await self.predict_bytes(chatflow_id, body, timeout=timeout))
 
-    async def predict_bytes(self, chatflow_id: str, body: dict[str, Any], *, timeout: float | None) -> bytes:
+    async def predict_bytes(self, chatflow_id: str, body: bytes, *, timeout: float | None) -> bytes:
         """The same answer as Flowise's bytes, checked to be a JSON object (`/prediction` passes
         them on as they are: no second encoding, whatever their depth)."""
         content = await self.request_bytes(
             "POST", self.prediction_path(chatflow_id), f"the prediction on {chatflow_id}",
-            operation="prediction", management=False, timeout=timeout, body=json_body(body),
+            operation="prediction", management=False, timeout=timeout, body=body,
         )
         prediction_answer(content)
         return content
@@ -532,14 +647,19 @@ class FlowiseClient:
         version = self._version
         if version and not version.has_abort:
             return
-        try:
+        with suppress(GatewayError):
             await self.request(
                 "PUT", f"/api/v1/chatmessage/abort/{quote(chatflow_id, safe='')}/{quote(chat_id, safe='')}",
                 "the abort", operation="abort",
                 timeout=5.0,
             )
-        except GatewayError:
-            pass
+
+
+def _json_answer(content: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"Flowise answered {what} with something that is not JSON") from None
 
 
 def prediction_answer(content: bytes) -> dict[str, Any]:

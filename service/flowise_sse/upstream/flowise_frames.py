@@ -8,7 +8,7 @@ else it does.
 
 from __future__ import annotations
 
-from typing import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from ..errors import UpstreamTooLarge
 

@@ -9,7 +9,8 @@ the stream did not carry them (1.x, or a flow that cannot stream).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -34,6 +35,11 @@ METADATA_FIELDS = (
 
 
 TEXT_RUN = 64
+ACTION = "action"
+# In `end` when the run stopped for a human's reply (Flowise's `action`: a Human Input node, a
+# tool approval, a sequential agent's interrupt): the chat is free, and a request on it with
+# `humanInput` (3.x) or the `action` (2.x) continues the run.
+WAITING = "waitingForInput"
 
 
 class Normalizer:
@@ -49,6 +55,7 @@ class Normalizer:
         self._tail: list[str] = []
         self.relayed_names: set[str] = set()
         self.metadata: dict[str, Any] | None = None
+        self.action: Any = None  # the last `action`: the run stopped for a human's reply
         self._reasoning_in_start: Any = None
 
     @property
@@ -87,6 +94,8 @@ class Normalizer:
             return None
         event = relayed(name, data)
         self.relayed_names.add(name)
+        if name == ACTION:
+            self.action = event.data
         if name == METADATA and isinstance(event.data, dict):
             self.metadata = event.data
         return event
@@ -147,7 +156,8 @@ def metadata_from(answer: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def closing_events(
-    answer: Mapping[str, Any], already_relayed: set[str], metadata: Mapping[str, Any] | None
+    answer: Mapping[str, Any], already_relayed: set[str], metadata: Mapping[str, Any] | None,
+    action: Any = None,
 ) -> list[Event]:
     """What follows the tokens when Flowise's JSON answer is the last word (1.x, or a flow
     that cannot stream): the answer's own events not yet relayed, `metadata`, `end`."""
@@ -156,11 +166,17 @@ def closing_events(
     if metadata is None:
         metadata = metadata_from(answer)
         events.append(relayed(METADATA, metadata))
-    events.append(end_event(answer_text(answer), metadata, answer))
+    if action is None and answer.get(ACTION):
+        action = answer[ACTION]
+    events.append(end_event(answer_text(answer), metadata, answer, action))
     return events
 
 
-def end_event(text: str, metadata: Mapping[str, Any] | None, answer: Mapping[str, Any] | None = None) -> Event:
+def end_event(text: str, metadata: Mapping[str, Any] | None, answer: Mapping[str, Any] | None = None,
+              action: Any = None) -> Event:
+    """`end`: the whole answer, what `metadata` said, and for a run that stopped for a human's
+    reply its `action` and `waitingForInput: true` (3.1.2+ put `action` in `metadata`; earlier
+    releases, and 2.x sequential agents, only sent it as an event of its own)."""
     data: dict[str, Any] = {"text": text}
     _encoded(END, metadata)
     if metadata:
@@ -170,4 +186,8 @@ def end_event(text: str, metadata: Mapping[str, Any] | None, answer: Mapping[str
     if answer and "json" in answer:
         data["json"] = answer["json"]
         _encoded(END, answer["json"])
+    action = data.get(ACTION) or action
+    if action:
+        data[ACTION] = action
+        data[WAITING] = True
     return Event(END, data)

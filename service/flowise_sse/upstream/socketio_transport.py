@@ -12,8 +12,10 @@ tests/contracts/test_engineio_contract.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from typing import Any
 
 import engineio
 import socketio
@@ -27,8 +29,22 @@ from .prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
-_ANSWER = "\x00answer"  # queue marker: the HTTP answer (or its failure) has arrived
-_DROPPED = "\x00dropped"  # queue marker: the socket went away mid-prediction
+class _Marker:
+    """A queue entry of the gateway's own, beside Flowise's events: an object, never a string, so
+    that no event name Flowise (or anything on its socket) sends can pass for one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+# Flowise's events (name, payload) and the gateway's own markers, in arrival order.
+_EventQueue = asyncio.Queue[tuple[str | _Marker, Any]]
+
+_ANSWER = _Marker("answer")  # the HTTP answer (or its failure) has arrived
+_DROPPED = _Marker("dropped")  # the socket went away mid-prediction
 
 
 class _InlineEngineIOClient(engineio.AsyncClient):
@@ -53,7 +69,7 @@ class _Socket:
 
     def __init__(self) -> None:
         self.client = _SocketIOClient(reconnection=False)
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: _EventQueue = asyncio.Queue()
         self.client.on("*", self._on_event)
         self.client.on("disconnect", self._on_disconnect)
 
@@ -64,10 +80,9 @@ class _Socket:
         self.queue.put_nowait((_DROPPED, None))
 
     async def close(self) -> None:
-        try:
+        # A socket that is already gone has nothing left to close.
+        with contextlib.suppress(Exception):
             await self.client.disconnect()
-        except Exception:  # a socket that is already gone has nothing left to close
-            pass
 
 
 class SocketPool:
@@ -88,7 +103,7 @@ class SocketPool:
         self._connecting = 0
         self._resting = 0
         self._resting_socks: set[_Socket] = set()  # closed by `close` even if their task never ran
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.connects_on_path = 0  # leases that found no ready socket and connected themselves
 
@@ -103,7 +118,7 @@ class SocketPool:
                 socketio_path=path,
                 wait_timeout=self.flowise.settings.connect_timeout,
             )
-        except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, socketio.exceptions.ConnectionError, OSError) as exc:
             await sock.close()
             metrics.upstream_call("socketio_connect", asyncio.get_running_loop().time() - started,
                                   UpstreamUnavailable.code)
@@ -139,7 +154,7 @@ class SocketPool:
         else:
             self._ready.append(sock)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -191,37 +206,37 @@ class SocketPool:
 
 async def stream_socketio(
     flowise: FlowiseClient, chatflow_id: str, prediction: Prediction, pool: SocketPool, streams: bool
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """`streams` is Flowise's own verdict on the chatflow: one that cannot stream sends no socket
     events at all, so it is asked plainly, without a socket."""
     normalizer = Normalizer(chatflow_id, prediction, "socketio")
     sock = await pool.lease() if streams else None
-    body = prediction.body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.body()
-    queue = sock.queue if sock else asyncio.Queue()
+    body = prediction.encoded_body(socketIOClientId=sock.client.get_sid("/")) if sock else prediction.encoded_body()
+    queue: _EventQueue = sock.queue if sock else asyncio.Queue()
     post = asyncio.get_running_loop().create_task(_post(flowise, chatflow_id, body, queue))
     clean = False
     try:
         yield normalizer.start()
         while True:
             name, data = await queue.get()
-            if name == _ANSWER:
+            if isinstance(name, _Marker):
+                if name is _DROPPED:
+                    raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
                 answer = data
                 break
-            if name == _DROPPED:
-                raise UpstreamUnavailable("Flowise's socket.io connection dropped mid-prediction")
             if name in (END, "abort"):  # `end` fires once per LLM call: not the end
                 continue
             event = normalizer.feed(name, data)
             if event is not None:
                 yield event
         grace = flowise.settings.socketio_late_frames
-        if isinstance(answer, BaseException):
+        if isinstance(answer, GatewayError):  # `_post` queues its failure as one
             async for event in _late_frames({}, normalizer, queue, grace):  # tokens sent before it failed
                 yield event
-            raise answer
+            raise prediction.client_error(answer)
         async for event in _late_frames(answer, normalizer, queue, grace):
             yield event
-        for event in closing_events(answer, normalizer.relayed_names, None):
+        for event in closing_events(answer, normalizer.relayed_names, None, normalizer.action):
             yield event
         clean = True
     finally:
@@ -232,12 +247,14 @@ async def stream_socketio(
 
 
 async def _late_frames(
-    answer: dict[str, Any], normalizer: Normalizer, queue: asyncio.Queue, grace: float
+    answer: dict[str, Any], normalizer: Normalizer, queue: _EventQueue, grace: float
 ) -> AsyncIterator[Event]:
     """The answer and the socket frames travel on different connections: wait briefly for frames
     still in flight, then emit whatever the stream missed of the answer's text. Without an answer
     (Flowise failed) take whatever tokens arrive within the grace period."""
-    text = answer.get("text") if isinstance(answer.get("text"), str) else ""
+    text = answer.get("text")
+    if not isinstance(text, str):
+        text = ""
     deadline = asyncio.get_running_loop().time() + grace
     while not answer or (len(normalizer.text) < len(text) and text.startswith(normalizer.text)):
         remaining = deadline - asyncio.get_running_loop().time()
@@ -255,7 +272,7 @@ async def _late_frames(
         yield token(text[len(streamed):])
 
 
-async def _post(flowise: FlowiseClient, chatflow_id: str, body: dict, queue: asyncio.Queue) -> None:
+async def _post(flowise: FlowiseClient, chatflow_id: str, body: bytes, queue: _EventQueue) -> None:
     """The prediction POST; its outcome (the answer, or its failure) joins the socket events in
     the same queue. Unbounded here: the stream's own timeouts apply."""
     outcome: dict[str, Any] | GatewayError

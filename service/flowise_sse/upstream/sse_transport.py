@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -27,9 +28,9 @@ logger = logging.getLogger(__name__)
 
 async def stream_sse(
     flowise: FlowiseClient, chatflow_id: str, prediction: Prediction
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     normalizer = Normalizer(chatflow_id, prediction, "sse")
-    async with flowise.prediction_stream(chatflow_id, prediction.body(streaming=True)) as response:
+    async with flowise.prediction_stream(chatflow_id, lambda: prediction.encoded_body(streaming=True)) as response:
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             if not content_type.startswith("application/json"):
@@ -50,7 +51,9 @@ async def stream_sse(
             yield event
 
 
-async def _events(flowise: FlowiseClient, response: aiohttp.ClientResponse, normalizer: Normalizer) -> AsyncIterator[Event]:
+async def _events(
+    flowise: FlowiseClient, response: aiohttp.ClientResponse, normalizer: Normalizer,
+) -> AsyncIterator[Event]:
     payloads = event_payloads(response.content.iter_any(), flowise.settings.max_upstream_frame_bytes)
     async for payload in payloads:
         if not payload:  # an event with empty data (`data:`) carries nothing; Flowise sends none
@@ -69,9 +72,9 @@ async def _events(flowise: FlowiseClient, response: aiohttp.ClientResponse, norm
                 raise UpstreamUnauthorized(
                     f"Flowise refused the chatflow key ({message_text}); check FLOWISE_API_KEY"
                 )
-            raise UpstreamError(message_text)
+            raise normalizer.prediction.client_error(UpstreamError(message_text))
         if name == END:
-            yield end_event(normalizer.text, normalizer.metadata)
+            yield end_event(normalizer.text, normalizer.metadata, None, normalizer.action)
             await _drain(payloads)
             return
         if name == METADATA and not normalizer.text and isinstance(data, dict):

@@ -6,7 +6,7 @@ To `start` (connect), from `start` to the first event, between two events (idle)
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..errors import UpstreamTimeout
 from ..events import START, Event
@@ -33,7 +33,9 @@ async def bounded(events: AsyncIterator[Event], settings: Settings) -> AsyncIter
             except asyncio.CancelledError:
                 if not watchdog.fired:
                     raise
-                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                task = asyncio.current_task()
+                assert task is not None  # a coroutine is always run by a task
+                task.uncancel()
                 if loop.time() >= overall:
                     limit, phase = settings.total_timeout, "within the total limit of {:g} s"
                 raise UpstreamTimeout("Flowise took too long " + phase.format(limit)) from None

@@ -13,13 +13,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 
-from ...errors import BadRequest, ClientLeft, Forbidden, UpstreamError
+from ...errors import BadRequest, ClientLeft, Forbidden, GatewayError, UpstreamError
+from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
+from ..bodies import check_body_size, read_model
 from ..dependencies import (
+    ABSENT,
     CallerDep,
     Flowise,
     LastEventId,
     Manager,
+    Overrides,
     SettingsDep,
     UpstreamDep,
     caller,
@@ -34,9 +38,20 @@ from ..schemas import (
     HistoryItem,
     StreamingCheck,
     StreamRequest,
+    json_body_of,
 )
 
 router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(caller)])
+
+
+async def _stream_request(request: Request, settings: SettingsDep) -> StreamRequest:
+    body = await read_model(request, StreamRequest)
+    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    return body
+
+
+# Read by `read_model`, not FastAPI: a body with uploads is held once (see bodies.py).
+StreamBody = Annotated[StreamRequest, Depends(_stream_request)]
 
 LISTED_FIELDS = ("id", "name", "deployed", "isPublic", "category", "type", "updatedDate")
 
@@ -50,7 +65,8 @@ async def list_chatflows(flowise: Flowise, who: CallerDep, full: bool = False) -
     fields = LISTED_FIELDS + (("flowData",) if full else ())
     listed = [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
     try:  # checked here: a listing that is not what it claims is Flowise's fault (502), not a 500
-        return _LISTING.dump_python(_LISTING.validate_python(listed), exclude_unset=True)
+        checked: list[dict[str, Any]] = _LISTING.dump_python(_LISTING.validate_python(listed), exclude_unset=True)
+        return checked
     except (ValidationError, ValueError) as exc:
         raise UpstreamError(f"Flowise's chatflow listing is not in its usual shape: {str(exc)[:300]}") from None
 
@@ -62,12 +78,14 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -
     return {"isStreaming": await flowise.is_streaming(str(chatflow_id))}
 
 
-@router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
+@router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE,
+             openapi_extra=json_body_of(StreamRequest))
 async def stream_post(
-    chatflow_id: UUID, body: StreamRequest, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
-    who: CallerDep, flowise: Flowise,
+    chatflow_id: UUID, body: StreamBody, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
+    who: CallerDep, flowise: Flowise, overrides: Overrides,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
+    overrides.check(body.overrideConfig)
     return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who)
 
 
@@ -82,10 +100,11 @@ async def stream_get(
     flowise: Flowise,
     question: Annotated[str, Query(min_length=1)],
     history: Annotated[str, Query(
-        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), oldest first',
+        description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), '
+                    'oldest first',
         examples=['[{"role":"user","content":"I am Ada"},{"role":"assistant","content":"Hi Ada"}]'],
-    )] = None,  # type: ignore[assignment]
-    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = None,  # type: ignore[assignment]
+    )] = ABSENT,
+    chatId: Annotated[str, Query(pattern=CHAT_ID_PATTERN)] = ABSENT,
     requestId: Annotated[str | None, Query(
         max_length=200, description="Makes this ask distinct from an identical one (a \"regenerate\"): "
         "the same GET joins the same stream (see the README)")] = None,
@@ -107,17 +126,20 @@ async def stream_get(
               "content": {"application/json": {"schema": {"type": "object", "additionalProperties": True}}}},
         499: {"model": ErrorBody, "description": "The client left: the upstream request was cancelled"},
     },
+    openapi_extra=json_body_of(StreamRequest),
 )
 async def prediction(
-    request: Request, chatflow_id: UUID, body: StreamRequest, flowise: Flowise, manager: Manager,
-    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep,
+    request: Request, chatflow_id: UUID, body: StreamBody, flowise: Flowise, manager: Manager,
+    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep, overrides: Overrides,
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
+    overrides.check(body.overrideConfig)
     pred = body.prediction().namespaced(who.upstream_chat_id) if who.tenant else body.prediction()
     await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
+    pred.check_supported(await flowise.version())
     async with manager.prediction_slot(pred.chat_id, who.tenant_id):
-        answer = asyncio.ensure_future(flowise.predict_bytes(str(chatflow_id), pred.body(), timeout=settings.total_timeout))
+        answer = asyncio.ensure_future(_predict(flowise, str(chatflow_id), pred, settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
         try:
             await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +153,13 @@ async def prediction(
             raise ClientLeft("the client left before the answer came; the upstream request was cancelled")
         content = answer.result()
     return Response(pred.client_answer(content), media_type="application/json")
+
+
+async def _predict(flowise: Flowise, chatflow_id: str, prediction: Prediction, timeout: float) -> bytes:
+    try:
+        return await flowise.predict_bytes(chatflow_id, prediction.encoded_body(), timeout=timeout)
+    except GatewayError as exc:
+        raise prediction.client_error(exc) from None
 
 
 async def _client_left(request: Request) -> None:

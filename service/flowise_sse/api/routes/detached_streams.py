@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
-from ..dependencies import AccessDep, CallerDep, Flowise, Manager, SeqOrLastEventId, SettingsDep, caller, resume_position
+from ..bodies import check_body_size, read_model
+from ..dependencies import (
+    ABSENT,
+    AccessDep,
+    CallerDep,
+    Flowise,
+    Manager,
+    Overrides,
+    SeqOrLastEventId,
+    SettingsDep,
+    caller,
+    resume_position,
+)
 from ..event_stream import event_stream
-from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated
+from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated, json_body_of
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 
@@ -19,7 +31,7 @@ StreamId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
 # OpenAPI links: what a client (and schemathesis's stateful phase) does with a new stream's id.
-_CREATED_LINKS = {
+_CREATED_LINKS: dict[int | str, dict[str, Any]] = {
     201: {"links": {
         "ReadEvents": {"operationId": "stream_events_v1_streams__stream_id__events_get",
                        "parameters": {"stream_id": "$response.body#/streamId"}},
@@ -29,12 +41,20 @@ _CREATED_LINKS = {
 }
 
 
+async def _create_stream_body(request: Request, settings: SettingsDep) -> CreateStream:
+    body = await read_model(request, CreateStream)  # held once: see bodies.py
+    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    return body
+
+
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],
-             responses=_CREATED_LINKS)
+             responses=_CREATED_LINKS, openapi_extra=json_body_of(CreateStream))
 async def create_stream(
-    request: Request, body: CreateStream, manager: Manager, access: AccessDep, who: CallerDep, flowise: Flowise,
+    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], manager: Manager,
+    access: AccessDep, who: CallerDep, flowise: Flowise, overrides: Overrides,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
+    overrides.check(body.overrideConfig)
     await allowed_chatflow(who, flowise, str(body.chatflowId))
     prediction = body.prediction()
     if who.tenant is not None:
@@ -52,7 +72,7 @@ async def stream_events(
     settings: SettingsDep,
     access: AccessDep,
     last_event_id: SeqOrLastEventId,
-    token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = None,  # type: ignore[assignment]
+    token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = ABSENT,
 ) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
     access.check_origin(request)

@@ -29,8 +29,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             response_model_exclude_none=True)
 async def readyz(request: Request, flowise: Flowise, manager: Manager, access: AccessDep) -> Any:
-    """Flowise is reachable; its version and the transport in use. Why it is not, in detail, only
-    to a caller with a gateway key (the detail names Flowise's internal address)."""
+    """Flowise is reachable (and Redis, when configured); its version and the transport in use.
+    Why it is not, in detail, only to a caller with a gateway key (the detail names internal
+    addresses)."""
     try:
         version = await flowise.version()
         if version.version is None:
@@ -44,4 +45,12 @@ async def readyz(request: Request, flowise: Flowise, manager: Manager, access: A
         return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
     if manager.draining:
         return JSONResponse({"status": "draining"}, status_code=503)
+    if manager.mirror is not None:
+        try:
+            await manager.mirror.ping(timeout=2.0)
+        except GatewayError as exc:  # every stream would get 503 store_unavailable: not ready
+            error = exc.to_dict()
+            if access.open or not access.has_key(request):
+                error["message"] = "Redis (FLOWISE_SSE_REDIS_URL) is not reachable"
+            return JSONResponse({"status": "unavailable", "error": error}, status_code=503)
     return {"status": "ready", "flowiseVersion": version.version, "transport": version.transport}

@@ -2,20 +2,62 @@
 //
 // One question at a time. The answer is built from `token` events only: when the connection
 // drops, EventSource reconnects by itself with Last-Event-ID and the gateway replays exactly what
-// followed it, so appending every token received is exact (no duplicate, no gap).
+// followed it, so appending every token received is exact (no duplicate, no gap). It is shown as
+// Markdown while it streams (markdown.js), redrawn at most once per frame.
+//
+// Besides the question, what the chatflow's config offers (chatflow-settings.js): its welcome
+// message and starter prompts, or its start form, in an empty conversation; attachments; feedback
+// on answers; and approve/reject for a run that stopped for a human.
+//
+//   api.js                the gateway's API and its errors; the API key (this tab only)
+//   conversation.js       the conversation per chatflow in localStorage; chatId and history sent
+//   chatflow-settings.js  a chatflow's chatbot config, as far as the page uses it
+//   markdown.js           Markdown to sanitised DOM, copy buttons on code
+//   activity.js           reasoning, agent steps, sources and tools, collapsible
+//   attachments.js        images and files within the upload policy; those a turn sent
+//   feedback.js           thumbs up/down and a comment on an answer
+//   approval.js           approve/reject a run waiting for a human
+//   form-start.js         an Agentflow's start form
+//   clipboard.js          copy, and say so
+//   dom.js                DOM helpers and icons
 
-const KEY_STORAGE = "flowise-sse.apiKey";
-const FLOW_STORAGE = "flowise-sse.chatflow";
+import { newActivity, renderActivity, takeEnd, takeEvent } from "./activity.js";
+import { ApiError, api, apiKey, apiUrl, authHeaders, failureOf, sentence, setApiKey } from "./api.js";
+import { pausedAction, renderApproval, replyFields } from "./approval.js";
+import { Tray, renderSent } from "./attachments.js";
+import { NO_SETTINGS, chatflowSettings, forgetSettings } from "./chatflow-settings.js";
+import { copyText } from "./clipboard.js";
+import {
+  clearConversation, emptyConversation, historyOf, loadConversation, rememberChatflow, rememberedChatflow,
+  saveConversation,
+} from "./conversation.js";
+import { button, el, icon } from "./dom.js";
+import { feedbackControls } from "./feedback.js";
+import { formValues, renderFormStart } from "./form-start.js";
+import { renderMarkdown } from "./markdown.js";
+
 const STOP_GRACE_MS = 3000; // after a DELETE, how long to wait for the stream's own `aborted` event
-const PREVIEW_CHARS = 600;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// Relayed Flowise events the page shows (activity.js); EventSource has no "any event" listener.
+const ACTIVITY_EVENTS = [
+  "thinking", "agentReasoning", "nextAgent", "nextAgentFlow", "agent_trace", "calledTools", "sourceDocuments",
+  "usedTools",
+];
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  chatflowField: $("chatflow-field"),
   chatflow: $("chatflow"),
+  chatflowIdField: $("chatflow-id-field"),
+  chatflowId: $("chatflow-id"),
   apiKey: $("api-key"),
   newChat: $("new-chat"),
   conversation: $("conversation"),
   empty: $("empty"),
+  emptyHint: $("empty-hint"),
+  welcome: $("welcome"),
+  formStart: $("form-start"),
+  starters: $("starters"),
   error: $("error"),
   form: $("ask"),
   question: $("question"),
@@ -25,76 +67,445 @@ const ui = {
 };
 
 const state = {
-  history: [], // [{role: "user" | "assistant", content}], oldest first
+  flowId: "", // the chatflow asked: picked from the listing, or typed when there is none
+  conversation: emptyConversation(),
+  settings: NO_SETTINGS, // what its chatbot config offers (chatflow-settings.js)
+  views: [], // the DOM of each turn of the conversation, in order
   run: null, // the question being answered
 };
+// The uploads each turn sent, data and all, for as long as the page lives: they show its images
+// without a round trip and let Regenerate send them again. The conversation keeps their names only.
+const sentUploads = new WeakMap();
 
-// --- HTTP ------------------------------------------------------------------------------------
+const tray = new Tray({
+  list: $("attachments"),
+  note: $("attach-note"),
+  input: $("file-input"),
+  attach: $("attach"),
+  link: $("link"),
+  linkRow: $("link-row"),
+  linkUrl: $("link-url"),
+  linkAdd: $("link-add"),
+  linkCancel: $("link-cancel"),
+}, {
+  flowId: () => state.flowId,
+  chatId: () => chatIdForFiles(),
+  takenNames: () => state.conversation.turns.flatMap((turn) => turn.attachments.map((a) => a.name)),
+  changed: () => refreshComposer(),
+});
 
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
+// --- status, errors --------------------------------------------------------------------------
+
+function setStatus(kind, text) {
+  ui.status.dataset.state = kind;
+  ui.status.textContent = text;
 }
 
-function apiKey() {
-  try {
-    return sessionStorage.getItem(KEY_STORAGE) || "";
-  } catch {
-    return "";
-  }
+// The banner is for what is not a turn's (the listing, a typed id); a turn's failure is shown
+// once, in the turn, with its Retry.
+function showError(message, detail) {
+  ui.error.replaceChildren(message);
+  if (detail) ui.error.append(" ", el("span", "error-code", `(${detail})`));
+  ui.error.hidden = false;
 }
 
-function remember(key, value) {
-  try {
-    if (value) sessionStorage.setItem(key, value);
-    else sessionStorage.removeItem(key);
-  } catch {
-    /* storage disabled: the value just lives as long as the page */
-  }
+function clearError() {
+  ui.error.replaceChildren();
+  ui.error.hidden = true;
 }
 
-async function api(method, path, body, options = {}) {
-  const headers = {};
-  const key = apiKey();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  let response;
+function refreshComposer() {
+  const busy = Boolean(state.run);
+  // An Agentflow that starts with a form starts with it: the question box waits for the first turn.
+  const formFirst = Boolean(state.settings.form) && state.conversation.turns.length === 0;
+  ui.question.disabled = formFirst;
+  ui.question.placeholder = formFirst ? "Fill in the form above to start" : "Ask something…";
+  ui.send.disabled = busy || formFirst || tray.busy;
+  ui.stop.disabled = !busy;
+  ui.newChat.disabled = busy;
+  ui.chatflow.disabled = busy;
+  ui.chatflowId.disabled = busy;
+}
+
+// --- chatflows -------------------------------------------------------------------------------
+
+function option(value, text) {
+  const node = el("option", "", text);
+  node.value = value;
+  return node;
+}
+
+async function loadChatflows() {
+  setStatus("loading", "Loading chatflows…");
+  let flows;
   try {
-    response = await fetch(new URL(path, document.baseURI), {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      ...options,
-    });
-  } catch {
-    throw new ApiError(0, "network_error", "Could not reach the gateway (offline, or the browser blocked the request).");
+    flows = await api("GET", "v1/chatflows");
+  } catch (err) {
+    listingUnavailable(err);
+    return false;
   }
-  if (response.ok) return response.status === 204 ? null : response.json();
-  let code = `http_${response.status}`;
-  let message = response.statusText || "the request failed";
-  try {
-    const data = await response.json();
-    if (data && data.error) {
-      code = data.error.code || code;
-      message = data.error.message || message;
+  clearError();
+  ui.chatflowIdField.hidden = true;
+  ui.chatflowField.hidden = false;
+  const wanted = state.flowId || rememberedChatflow();
+  ui.chatflow.replaceChildren(
+    ...(flows.length ? flows.map((f) => option(f.id, f.name || f.id)) : [option("", "No chatflows")]),
+  );
+  if (wanted && flows.some((f) => f.id === wanted)) ui.chatflow.value = wanted;
+  switchTo(ui.chatflow.value);
+  setStatus("idle", flows.length ? "Ready" : "Flowise has no chatflows");
+  return flows.length > 0;
+}
+
+function listingUnavailable(err) {
+  const { code, message } = failureOf(err);
+  ui.chatflow.replaceChildren(option("", "Unavailable"));
+  if (err instanceof ApiError && err.status === 401) {
+    // Every /v1/ route wants the key: a chatflow id typed by hand would not help.
+    ui.chatflowIdField.hidden = true;
+    ui.chatflowField.hidden = false;
+    showError(`The chatflows could not be listed: ${message}`, code);
+    setStatus("error", "A gateway API key is needed");
+    return;
+  }
+  // Asking may still work where listing does not (Flowise 2.x and 3.x list only with
+  // FLOWISE_API_KEY, but stream an open chatflow without it): let the id be typed.
+  ui.chatflowField.hidden = true;
+  ui.chatflowIdField.hidden = false;
+  showError(`The chatflows could not be listed: ${message} Type a chatflow id instead.`, code);
+  if (!ui.chatflowId.value) ui.chatflowId.value = state.flowId || rememberedChatflow();
+  if (UUID.test(ui.chatflowId.value.trim())) switchTo(ui.chatflowId.value.trim().toLowerCase());
+  if (state.flowId) setStatus("idle", "Ready");
+  else setStatus("error", "No chatflow");
+}
+
+function takeTypedId() {
+  const id = ui.chatflowId.value.trim();
+  if (!UUID.test(id)) {
+    showError("A chatflow id is a UUID, like 3c9866f3-f7de-4cf0-bcca-26807ac532c4.");
+    ui.chatflowId.focus();
+    return false;
+  }
+  switchTo(id.toLowerCase());
+  setStatus("idle", "Ready");
+  return true;
+}
+
+/** The chatflow to ask, found now if there is none yet; false (and why, shown) when there is none. */
+async function chatflowToAsk() {
+  if (state.flowId) return true;
+  if (!ui.chatflowIdField.hidden) return takeTypedId();
+  await loadChatflows();
+  if (!state.flowId && !ui.chatflowIdField.hidden) ui.chatflowId.focus();
+  return Boolean(state.flowId);
+}
+
+/** Show the conversation kept with `flowId`, and what its config offers. */
+function switchTo(flowId) {
+  if (state.run || flowId === state.flowId) return;
+  state.flowId = flowId;
+  if (flowId) rememberChatflow(flowId);
+  state.conversation = flowId ? loadConversation(flowId) : emptyConversation();
+  tray.clear(); // what was attached was for the other chatflow's chat
+  useSettings(NO_SETTINGS);
+  renderConversation();
+  loadSettings();
+}
+
+function loadSettings() {
+  const flowId = state.flowId;
+  if (!flowId) return;
+  chatflowSettings(flowId).then((settings) => {
+    if (state.flowId !== flowId || settings === state.settings) return;
+    useSettings(settings);
+    renderEmpty();
+    refreshTurnControls();
+  });
+}
+
+function useSettings(settings) {
+  state.settings = settings;
+  tray.setPolicy(settings);
+  refreshComposer();
+}
+
+/** The conversation's chat, made now if it has none yet: the attachments route stores files
+ * under a chat before its first question. */
+function chatIdForFiles() {
+  const { conversation, flowId } = state;
+  if (!conversation.chatId) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16)); // crypto.randomUUID needs https
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const hex = [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    conversation.chatId = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+    saveConversation(flowId, conversation);
+  }
+  return conversation.chatId;
+}
+
+// --- the conversation ------------------------------------------------------------------------
+
+function nearBottom() {
+  const c = ui.conversation;
+  return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
+}
+
+function renderConversation() {
+  for (const view of state.views) {
+    view.user.remove();
+    view.bot.remove();
+  }
+  state.views = state.conversation.turns.map((turn) => addTurnView(turn));
+  renderEmpty();
+  refreshTurnControls();
+  refreshComposer();
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+/** An empty conversation shows the chatflow's welcome message and starter prompts, or its start
+ * form; without them, how to begin. */
+function renderEmpty() {
+  const { settings } = state;
+  ui.empty.hidden = state.conversation.turns.length > 0;
+  ui.emptyHint.hidden = Boolean(settings.welcome || settings.form);
+  ui.welcome.hidden = !settings.welcome;
+  if (settings.welcome) renderMarkdown(ui.welcome, settings.welcome);
+  ui.formStart.hidden = !settings.form;
+  if (settings.form) renderFormStart(ui.formStart, settings.form, (fields) => send({ form: fields }));
+  else ui.formStart.replaceChildren();
+  // A form start has no question to suggest.
+  const starters = settings.form ? [] : settings.starters;
+  ui.starters.hidden = starters.length === 0;
+  ui.starters.replaceChildren(...starters.map((prompt) => {
+    const starter = button(prompt, "secondary starter");
+    starter.dataset.testid = "starter-prompt";
+    starter.addEventListener("click", () => send({ question: prompt }, { withTray: true }));
+    return starter;
+  }));
+}
+
+function addTurnView(turn) {
+  ui.empty.hidden = true;
+  const { flowId, conversation } = state;
+  const user = el("article", "turn user");
+  user.setAttribute("aria-label", "You");
+  const sent = el("div", "sent");
+  const said = el("div", "bubble");
+  showUser(said, turn);
+  user.append(sent, said);
+  renderSent(sent, turn.attachments, { flowId, chatId: turn.chatId, local: localImages(turn) });
+
+  const bot = el("article", "turn assistant");
+  bot.setAttribute("aria-label", "Answer");
+  const before = el("div", "activity"); // reasoning and agent steps: what came before the answer
+  const bubble = el("div", "bubble");
+  const answer = el("div", "answer markdown");
+  const note = el("p", "note");
+  note.hidden = true;
+  const extras = el("div", "extras"); // sources and tools
+  const approval = el("div", "approval"); // a paused run's approve/reject
+  approval.dataset.testid = "approval";
+  approval.hidden = true;
+  const actions = el("div", "turn-actions");
+  const copy = button("Copy");
+  copy.dataset.testid = "copy-answer";
+  copy.setAttribute("aria-label", "Copy the answer (Markdown)");
+  const again = button("Regenerate");
+  const feedback = feedbackControls(turn, { flowId, save: () => saveConversation(flowId, conversation) });
+  actions.append(copy, again, feedback.buttons);
+  bubble.append(answer);
+  bot.append(before, bubble, note, extras, approval, actions, feedback.panel);
+  ui.conversation.append(user, bot);
+
+  const view = { user, bot, before, answer, note, extras, approval, actions, copy, again, feedback, sections: {} };
+  copy.addEventListener("click", () => copyText(turn.answer, copy));
+  again.addEventListener("click", askAgain);
+  showTurn(view, turn, false);
+  return view;
+}
+
+/** What the user said: the question as typed, a form's values, or the reply to a paused run. */
+function showUser(bubble, turn) {
+  if (turn.reply) {
+    bubble.classList.add("reply");
+    bubble.append(el("strong", "", turn.reply.label));
+    if (turn.reply.feedback) bubble.append("\n", turn.reply.feedback);
+  } else if (turn.form) {
+    bubble.classList.add("form");
+    for (const field of turn.form) {
+      const line = el("div");
+      line.append(el("span", "form-label", `${field.label}: `), String(field.value));
+      bubble.append(line);
     }
-  } catch {
-    /* not JSON: keep the status line */
+  } else {
+    bubble.textContent = turn.question;
   }
-  throw new ApiError(response.status, code, message);
 }
 
-function describe(err) {
-  if (!(err instanceof ApiError)) return String(err && err.message ? err.message : err);
-  if (err.status === 0) return err.message;
-  const label = `HTTP ${err.status} ${err.code}`;
-  if (err.status === 401) {
-    return `${label}: this gateway needs an API key. Enter it under “Gateway API key”. (${err.message})`;
+/** The images a turn sent from this page, by name (after a reload, they are fetched back). */
+function localImages(turn) {
+  const uploads = sentUploads.get(turn);
+  return uploads ? new Map(uploads.filter((u) => u.type === "file").map((u) => [u.name, u.data])) : null;
+}
+
+function showTurn(view, turn, streaming) {
+  renderMarkdown(view.answer, turn.answer);
+  renderActivity(view, turn.activity, streaming);
+  view.bot.classList.toggle("streaming", streaming);
+  view.bot.dataset.outcome = streaming ? "streaming" : turn.outcome;
+  view.bot.classList.toggle("is-empty", !streaming && !turn.answer);
+  view.bot.setAttribute("aria-busy", String(streaming));
+  if (streaming) {
+    view.note.hidden = true;
+  } else if (turn.outcome === "stopped") {
+    setNote(view, "stopped", "Stopped.");
+  } else if (turn.outcome === "error" && turn.error) {
+    setNote(view, "failed", turn.error.message, turn.error.code);
+  } else {
+    view.note.hidden = true;
   }
-  return `${label}: ${err.message}`;
+}
+
+function setNote(view, kind, text, code) {
+  view.note.className = `note ${kind}`;
+  view.note.replaceChildren(text);
+  if (code) view.note.append(" ", el("span", "error-code", `(${code})`));
+  view.note.hidden = false;
+}
+
+// The last turn can be asked again: Retry after a failure, Regenerate otherwise. Test ids go
+// on the latest turn only, so that tests find the one they mean.
+function refreshTurnControls() {
+  const last = state.views.length - 1;
+  const running = state.run && state.run.turn;
+  state.views.forEach((view, i) => {
+    const turn = state.conversation.turns[i];
+    const latest = i === last;
+    const failed = turn.outcome === "error";
+    view.again.hidden = !latest || turn === running || !canAskAgain(turn);
+    view.again.disabled = Boolean(state.run);
+    view.again.textContent = failed ? "Retry" : "Regenerate";
+    view.copy.hidden = !turn.answer || turn === running;
+    // Feedback needs the message Flowise stored the answer as.
+    view.feedback.refresh(state.settings.feedback && turn.outcome === "done" && turn !== running
+      && Boolean(turn.messageId && turn.chatId));
+    const paused = latest && turn.waiting && !state.run;
+    if (paused && view.approval.hidden) renderApproval(view.approval, turn.action, (reply) => send({ reply }));
+    view.approval.hidden = !paused;
+    const ids = [[view.answer, "answer"], [view.note, "turn-note"], [view.again, failed ? "retry" : "regenerate"]];
+    for (const [node, testid] of ids) {
+      if (latest) node.dataset.testid = testid;
+      else delete node.dataset.testid;
+    }
+  });
+}
+
+function canAskAgain(turn) {
+  // Its attachments' data went with the page that sent them.
+  if (turn.attachments.length && !sentUploads.has(turn)) return false;
+  // A reply that reached the paused run cannot reach it again: the run went on.
+  return !turn.reply || turn.outcome === "error";
+}
+
+// --- one question ----------------------------------------------------------------------------
+
+/**
+ * Ask: `ask` is {question}, {form} (an Agentflow's start form: [{name, label, value}]) or {reply}
+ * (to a paused run: approval.js), with the `uploads` and `attachments` of a turn asked again;
+ * `withTray`: take the composer's attachments along.
+ */
+async function send(ask, { fromTheBox = false, withTray = false } = {}) {
+  if (state.run) return;
+  if (!ask.form && !ask.reply && !ask.question.trim()) {
+    ui.question.focus();
+    return;
+  }
+  if (withTray && tray.busy) return; // Send is disabled until the attachments are read
+  if (!(await chatflowToAsk())) return;
+  clearError();
+  const { conversation, flowId } = state;
+  const sent = withTray ? tray.take() : { uploads: ask.uploads || [], attachments: ask.attachments || [] };
+  const body = { chatflowId: flowId };
+  if (ask.reply) Object.assign(body, replyFields(ask.reply));
+  else if (ask.form) body.form = formValues(ask.form);
+  else body.question = ask.question;
+  if (sent.uploads.length) body.uploads = sent.uploads;
+  if (conversation.chatId) body.chatId = conversation.chatId;
+  const history = historyOf(conversation);
+  if (history.length) body.history = history;
+
+  // A new turn answers a paused run, or passes it over: its buttons go.
+  for (const earlier of conversation.turns) earlier.waiting = false;
+  const turn = {
+    question: ask.reply || ask.form ? "" : ask.question, form: ask.form || null, reply: ask.reply || null,
+    attachments: sent.attachments, answer: "", outcome: "streaming", error: null, activity: newActivity(),
+    chatId: null, messageId: null, feedback: null, action: null, waiting: false,
+  };
+  if (sent.uploads.length) sentUploads.set(turn, sent.uploads);
+  conversation.turns.push(turn);
+  const view = addTurnView(turn);
+  state.views.push(view);
+  showTurn(view, turn, true);
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+  if (fromTheBox) ui.question.value = "";
+
+  const run = {
+    flowId, conversation, turn, view, text: "", es: null, streamId: null, stopping: false, done: false, timer: 0,
+    frame: 0,
+  };
+  state.run = run;
+  refreshComposer();
+  refreshTurnControls();
+  setStatus("sending", "Sending…");
+
+  let created;
+  try {
+    created = await api("POST", "v1/streams", body);
+  } catch (err) {
+    finish(run, "error", failureOf(err));
+    return;
+  }
+  run.streamId = created.streamId;
+  view.bot.dataset.streamId = created.streamId;
+  turn.chatId = created.chatId;
+  if (!conversation.chatId) conversation.chatId = created.chatId;
+  saveConversation(flowId, conversation);
+  if (run.stopping) {
+    deleteStream(run);
+    return;
+  }
+  listen(run, new EventSource(eventsUrl(created.eventsUrl)));
+}
+
+/** Ask the last question again, in place of its answer. */
+function askAgain() {
+  const { conversation } = state;
+  const last = conversation.turns[conversation.turns.length - 1];
+  if (state.run || !last || !canAskAgain(last)) return;
+  conversation.turns.pop();
+  const view = state.views.pop();
+  view.user.remove();
+  view.bot.remove();
+  if (last.outcome !== "error") {
+    // Flowise stored the answer being replaced (a stopped one too: a chain runs on to its end)
+    // under this chatId: go on under a fresh one, carrying the turns before as history.
+    conversation.chatId = null;
+    conversation.carried = conversation.turns.length;
+  }
+  saveConversation(state.flowId, conversation);
+  send({
+    question: last.question, form: last.form, reply: last.reply, uploads: sentUploads.get(last),
+    attachments: last.attachments,
+  });
+}
+
+// The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
+// trust, that is http:// for an https:// page, which the browser would block as mixed content.
+function eventsUrl(raw) {
+  const url = new URL(raw, document.baseURI);
+  if (url.host === location.host && url.protocol === "http:" && location.protocol === "https:") url.protocol = "https:";
+  return url.toString();
 }
 
 function parse(event) {
@@ -105,214 +516,17 @@ function parse(event) {
   }
 }
 
-// --- status, errors ----------------------------------------------------------------------------
-
-function setStatus(kind, text) {
-  ui.status.dataset.state = kind;
-  ui.status.textContent = text;
-}
-
-function showError(text) {
-  ui.error.textContent = text;
-  ui.error.hidden = false;
-}
-
-function clearError() {
-  ui.error.textContent = "";
-  ui.error.hidden = true;
-}
-
-function setBusy(busy) {
-  ui.send.disabled = busy;
-  ui.stop.disabled = !busy;
-  ui.newChat.disabled = busy;
-  ui.chatflow.disabled = busy;
-}
-
-// --- chatflows -------------------------------------------------------------------------------
-
-function option(value, text) {
-  const el = document.createElement("option");
-  el.value = value;
-  el.textContent = text;
-  return el;
-}
-
-async function loadChatflows() {
-  setStatus("loading", "Loading chatflows…");
-  let flows;
-  try {
-    flows = await api("GET", "v1/chatflows");
-  } catch (err) {
-    ui.chatflow.replaceChildren(option("", "Unavailable"));
-    showError(describe(err));
-    setStatus("error", "Could not load the chatflows");
-    return false;
-  }
-  clearError();
-  const wanted = ui.chatflow.value || sessionStorageGet(FLOW_STORAGE);
-  ui.chatflow.replaceChildren(
-    ...(flows.length ? flows.map((f) => option(f.id, f.name || f.id)) : [option("", "No chatflows")]),
-  );
-  if (wanted && flows.some((f) => f.id === wanted)) ui.chatflow.value = wanted;
-  setStatus("idle", flows.length ? "Ready" : "Flowise has no chatflows");
-  return flows.length > 0;
-}
-
-function sessionStorageGet(key) {
-  try {
-    return sessionStorage.getItem(key);
-  } catch {
-    return null;
-  }
-}
-
-// --- the conversation ------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function nearBottom() {
-  const c = ui.conversation;
-  return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
-}
-
-function follow(wasNear) {
-  if (wasNear) ui.conversation.scrollTop = ui.conversation.scrollHeight;
-}
-
-function addTurn(question) {
-  ui.empty.hidden = true;
-  // Only the latest turn's answer carries the test id.
-  for (const old of ui.conversation.querySelectorAll('[data-testid="answer"]')) old.removeAttribute("data-testid");
-
-  const user = el("article", "turn user");
-  user.setAttribute("aria-label", "You");
-  user.append(el("div", "bubble", question));
-
-  const bot = el("article", "turn assistant streaming");
-  bot.setAttribute("aria-label", "Answer");
-  bot.setAttribute("aria-busy", "true");
-  const bubble = el("div", "bubble");
-  const answer = el("div", "answer");
-  answer.dataset.testid = "answer";
-  const note = el("p", "note");
-  note.dataset.testid = "turn-note";
-  note.hidden = true;
-  const extras = el("div", "extras");
-  bubble.append(answer);
-  bot.append(bubble, note, extras);
-
-  ui.conversation.append(user, bot);
-  ui.conversation.scrollTop = ui.conversation.scrollHeight;
-  return { bot, answer, note, extras, sections: {} };
-}
-
-function setNote(turn, kind, text) {
-  turn.note.className = `note ${kind}`;
-  turn.note.textContent = text;
-  turn.note.hidden = false;
-}
-
-function preview(text) {
-  const s = typeof text === "string" ? text : JSON.stringify(text, null, 2);
-  return s && s.length > PREVIEW_CHARS ? `${s.slice(0, PREVIEW_CHARS)}…` : s || "";
-}
-
-function section(turn, kind, title, count) {
-  let entry = turn.sections[kind];
-  if (!entry) {
-    const details = el("details", `extra ${kind}`);
-    details.dataset.testid = kind;
-    const summary = el("summary");
-    const list = el("ol");
-    details.append(summary, list);
-    turn.extras.append(details);
-    entry = turn.sections[kind] = { summary, list };
-  }
-  entry.summary.textContent = `${title} (${count})`;
-  entry.list.replaceChildren();
-  return entry.list;
-}
-
-function showSources(turn, docs) {
-  const items = Array.isArray(docs) ? docs : [docs];
-  if (!items.length) return;
-  const list = section(turn, "sourceDocuments", items.length === 1 ? "Source" : "Sources", items.length);
-  items.forEach((doc, i) => {
-    const meta = (doc && doc.metadata) || {};
-    const li = el("li");
-    li.append(
-      el("p", "source-name", String(meta.source || meta.title || meta.url || `Document ${i + 1}`)),
-      el("blockquote", "", preview(doc && doc.pageContent !== undefined ? doc.pageContent : doc)),
-    );
-    list.append(li);
+// Tokens come faster than frames: the answer is redrawn once per frame, whatever came in it.
+function redraw(run) {
+  if (run.frame) return;
+  run.frame = requestAnimationFrame(() => {
+    run.frame = 0;
+    if (run.done) return;
+    const wasNear = nearBottom();
+    run.turn.answer = run.text;
+    showTurn(run.view, run.turn, true);
+    if (wasNear) ui.conversation.scrollTop = ui.conversation.scrollHeight;
   });
-}
-
-function showTools(turn, tools) {
-  const items = Array.isArray(tools) ? tools : [tools];
-  if (!items.length) return;
-  const list = section(turn, "usedTools", items.length === 1 ? "Tool used" : "Tools used", items.length);
-  for (const tool of items) {
-    const li = el("li");
-    li.append(el("p", "tool-name", String((tool && tool.tool) || "tool")));
-    if (tool && tool.toolInput !== undefined) {
-      li.append(el("p", "label", "Input"), el("pre", "", preview(tool.toolInput)));
-    }
-    if (tool && tool.toolOutput !== undefined) {
-      li.append(el("p", "label", "Output"), el("pre", "", preview(tool.toolOutput)));
-    }
-    list.append(li);
-  }
-}
-
-// --- one question ----------------------------------------------------------------------------
-
-async function ask() {
-  if (state.run) return;
-  const question = ui.question.value;
-  if (!question.trim()) {
-    ui.question.focus();
-    return;
-  }
-  if (!ui.chatflow.value && !(await loadChatflows())) return;
-  const chatflowId = ui.chatflow.value;
-  clearError();
-  const turn = addTurn(question);
-  ui.question.value = "";
-  const run = { turn, question, text: "", es: null, streamId: null, stopping: false, done: false, timer: 0 };
-  state.run = run;
-  setBusy(true);
-  setStatus("sending", "Sending…");
-
-  let created;
-  try {
-    created = await api("POST", "v1/streams", { chatflowId, question, history: state.history });
-  } catch (err) {
-    finish(run, "error", describe(err));
-    return;
-  }
-  run.streamId = created.streamId;
-  run.turn.bot.dataset.streamId = created.streamId;
-  run.turn.bot.dataset.chatId = created.chatId;
-  if (run.stopping) {
-    deleteStream(run);
-    return;
-  }
-  listen(run, new EventSource(eventsUrl(created.eventsUrl)));
-}
-
-// The gateway builds eventsUrl from what it sees of the request. Behind a TLS proxy it does not
-// trust, that is http:// for an https:// page, which the browser would block as mixed content.
-function eventsUrl(raw) {
-  const url = new URL(raw, document.baseURI);
-  if (url.host === location.host && url.protocol === "http:" && location.protocol === "https:") url.protocol = "https:";
-  return url.toString();
 }
 
 function listen(run, es) {
@@ -331,43 +545,38 @@ function listen(run, es) {
   on("token", (event) => {
     const data = parse(event);
     if (!data || typeof data.text !== "string") return;
-    const wasNear = nearBottom();
     run.text += data.text;
-    run.turn.answer.textContent = run.text;
     if (ui.status.dataset.state === "reconnecting") setStatus("streaming", "Streaming…");
-    follow(wasNear);
+    redraw(run);
   });
-  on("metadata", (event) => {
-    run.metadata = parse(event);
-  });
-  on("sourceDocuments", (event) => showSources(run.turn, parse(event)));
-  on("usedTools", (event) => showTools(run.turn, parse(event)));
+  for (const name of ACTIVITY_EVENTS) {
+    on(name, (event) => {
+      if (takeEvent(run.turn.activity, name, parse(event) ?? event.data)) redraw(run);
+    });
+  }
   on("end", (event) => {
     const data = parse(event) || {};
-    if (!run.text && typeof data.text === "string") {
-      run.text = data.text; // nothing streamed (should not happen: the gateway sends one token at least)
-      run.turn.answer.textContent = run.text;
+    if (!run.text && typeof data.text === "string") run.text = data.text; // a chatflow that streamed nothing
+    takeEnd(run.turn.activity, data);
+    if (typeof data.chatMessageId === "string") run.turn.messageId = data.chatMessageId; // what feedback rates
+    const action = pausedAction(data);
+    if (action) {
+      run.turn.action = action;
+      run.turn.waiting = true;
     }
-    if (!run.turn.sections.sourceDocuments && Array.isArray(data.sourceDocuments)) showSources(run.turn, data.sourceDocuments);
-    if (!run.turn.sections.usedTools && Array.isArray(data.usedTools)) showTools(run.turn, data.usedTools);
     finish(run, "done");
   });
   on("error", (event) => {
     if (event.data) {
       // The contract's `error` event: the stream is over.
       const data = parse(event) || {};
-      if (data.code === "aborted") {
-        finish(run, "stopped");
-      } else {
-        const code = data.code || "error";
-        const hint = data.retryable ? " You can try again." : "";
-        finish(run, "error", `${data.message || "The answer failed."} (${code})${hint}`);
-      }
+      if (data.code === "aborted") finish(run, "stopped");
+      else finish(run, "error", { code: String(data.code || "error"), message: sentence(data.message || "The answer failed.") });
       return;
     }
     // EventSource's own connection error: it reconnects with Last-Event-ID unless it gave up.
     if (es.readyState === EventSource.CLOSED) {
-      finish(run, "error", "The stream could not be read (the gateway refused or lost it).");
+      finish(run, "error", { code: "stream_lost", message: "The stream could not be read (the gateway refused or lost it)." });
     } else if (!run.stopping) {
       setStatus("reconnecting", "Connection lost, reconnecting…");
     }
@@ -381,14 +590,17 @@ async function stop() {
   ui.stop.disabled = true;
   setStatus("stopping", "Stopping…");
   if (run.streamId) await deleteStream(run);
-  // else: the POST is still in flight; ask() stops the stream as soon as it has its id
+  // else: the POST is still in flight; send() stops the stream as soon as it has its id
 }
 
 async function deleteStream(run) {
   try {
     await api("DELETE", `v1/streams/${encodeURIComponent(run.streamId)}`);
   } catch (err) {
-    if (!run.done) finish(run, "error", `Could not stop the answer: ${describe(err)}`);
+    if (!run.done) {
+      const { code, message } = failureOf(err);
+      finish(run, "error", { code, message: `The answer could not be stopped: ${message}` });
+    }
     return;
   }
   if (!run.es) {
@@ -399,44 +611,36 @@ async function deleteStream(run) {
   run.timer = setTimeout(() => finish(run, "stopped"), STOP_GRACE_MS);
 }
 
-function finish(run, outcome, message) {
+function finish(run, outcome, error = null) {
   if (run.done) return;
   run.done = true;
   clearTimeout(run.timer);
+  cancelAnimationFrame(run.frame);
   if (run.es) run.es.close();
   if (state.run === run) state.run = null;
 
-  const { bot } = run.turn;
-  bot.classList.remove("streaming");
-  bot.classList.add(`is-${outcome}`);
-  if (!run.text) bot.classList.add("is-empty");
-  bot.setAttribute("aria-busy", "false");
+  const { turn, view } = run;
+  turn.answer = run.text;
+  turn.outcome = outcome;
+  turn.error = outcome === "error" ? error : null;
+  showTurn(view, turn, false);
+  saveConversation(run.flowId, run.conversation);
+  refreshComposer();
+  refreshTurnControls();
 
-  if (outcome === "done") {
-    state.history.push({ role: "user", content: run.question }, { role: "assistant", content: run.text });
-    setStatus("done", "Done");
-  } else if (outcome === "stopped") {
-    if (run.text) {
-      // Keep what was said: the next question may refer to it.
-      state.history.push({ role: "user", content: run.question }, { role: "assistant", content: run.text });
-    }
-    setNote(run.turn, "stopped", "Stopped.");
-    setStatus("stopped", "Stopped");
-  } else {
-    setNote(run.turn, "failed", message);
-    showError(message);
-    setStatus("error", "Failed");
-  }
-  setBusy(false);
+  if (outcome === "done") setStatus("done", turn.waiting ? "Waiting for your decision" : "Done");
+  else if (outcome === "stopped") setStatus("stopped", "Stopped");
+  else setStatus("error", "Failed");
   const focused = document.activeElement;
   if (!focused || focused === document.body || focused === ui.stop || focused === ui.send) ui.question.focus();
 }
 
 function newChat() {
   if (state.run) return;
-  state.history = [];
-  ui.conversation.replaceChildren(ui.empty);
-  ui.empty.hidden = false;
+  clearConversation(state.flowId);
+  state.conversation = emptyConversation();
+  tray.clear(); // what was attached went to the chat just left
+  renderConversation();
   clearError();
   setStatus("idle", "Ready");
   ui.question.focus();
@@ -444,17 +648,43 @@ function newChat() {
 
 // --- wiring ----------------------------------------------------------------------------------
 
+const askFromTheBox = () => send({ question: ui.question.value }, { fromTheBox: true, withTray: true });
+
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
-  ask();
+  askFromTheBox();
 });
 
 ui.question.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
     event.preventDefault();
-    ask();
+    askFromTheBox();
   }
 });
+
+// Files come by the picker, by dropping them anywhere on the page, or pasted into the question.
+// A file dropped where the chatflow takes none is refused with the reason, not opened by the
+// browser in place of the page.
+ui.question.addEventListener("paste", (event) => {
+  const files = event.clipboardData && event.clipboardData.files;
+  if (files && files.length) {
+    event.preventDefault();
+    tray.addFiles(files);
+  }
+});
+const carriesFiles = (event) => Boolean(event.dataTransfer) && [...event.dataTransfer.types].includes("Files");
+document.addEventListener("dragover", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  event.dataTransfer.dropEffect = "copy";
+});
+document.addEventListener("drop", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  tray.addFiles(event.dataTransfer.files);
+});
+$("attach").append(icon("paperclip"));
+$("link").append(icon("link"));
 
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && state.run) stop();
@@ -462,28 +692,43 @@ document.addEventListener("keydown", (event) => {
 
 ui.stop.addEventListener("click", stop);
 ui.newChat.addEventListener("click", newChat);
-
-ui.chatflow.addEventListener("change", () => remember(FLOW_STORAGE, ui.chatflow.value));
-
-ui.apiKey.value = apiKey();
-ui.apiKey.addEventListener("input", () => remember(KEY_STORAGE, ui.apiKey.value.trim()));
-ui.apiKey.addEventListener("change", () => loadChatflows());
-ui.apiKey.addEventListener("keydown", (event) => {
+ui.chatflow.addEventListener("change", () => switchTo(ui.chatflow.value));
+ui.chatflowId.addEventListener("change", takeTypedId);
+ui.chatflowId.addEventListener("keydown", (event) => {
   if (event.key === "Enter") {
     event.preventDefault();
-    loadChatflows();
+    if (takeTypedId()) ui.question.focus();
   }
 });
 
-// Leaving the page abandons the answer: stop it rather than let it run on for nobody.
+ui.apiKey.value = apiKey();
+ui.apiKey.addEventListener("input", () => setApiKey(ui.apiKey.value.trim()));
+// Another key may see other chatflows, and their configs.
+const keyChanged = () => {
+  forgetSettings();
+  loadChatflows().then(loadSettings);
+};
+ui.apiKey.addEventListener("change", keyChanged);
+ui.apiKey.addEventListener("keydown", (event) => {
+  if (event.key === "Enter") {
+    event.preventDefault();
+    keyChanged();
+  }
+});
+
+// Leaving the page abandons the answer: stop it rather than let it run on for nobody, and keep
+// what had come of it.
 window.addEventListener("pagehide", () => {
   const run = state.run;
-  if (!run || !run.streamId) return;
-  const key = apiKey();
-  fetch(new URL(`v1/streams/${encodeURIComponent(run.streamId)}`, document.baseURI), {
+  if (!run) return;
+  run.turn.answer = run.text;
+  run.turn.outcome = "stopped";
+  saveConversation(run.flowId, run.conversation);
+  if (!run.streamId) return;
+  fetch(apiUrl(`v1/streams/${encodeURIComponent(run.streamId)}`), {
     method: "DELETE",
     keepalive: true,
-    headers: key ? { Authorization: `Bearer ${key}` } : {},
+    headers: authHeaders(),
   }).catch(() => {});
 });
 

@@ -7,4 +7,5 @@
 - `replicas`: this replica's heartbeat, and whether a stream's owner is alive.
 - `claims`: the cross-replica chat lock.
 - `aborts`: the abort channel.
+- `responses`: the Responses API's records (what response a stream is), on any replica.
 """

@@ -97,9 +97,11 @@ class AbortChannel:
     async def _refresh_topology(self) -> None:
         """Ask the cluster where the channel's slot lives now: this client may have sent nothing
         since a failover (its slot map would name the dead node forever)."""
+        if not isinstance(self._redis, RedisCluster):
+            return
         try:
             with redis_call("abort_channel"):
-                await self._redis.nodes_manager.initialize()  # type: ignore[union-attr]
+                await self._redis.nodes_manager.initialize()
         except REDIS_ERRORS:
             pass  # no node answers yet: the next attempt asks again
 

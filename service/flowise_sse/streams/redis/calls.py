@@ -64,24 +64,28 @@ def connect(settings: Settings, max_connections: int) -> Client:
     node's pool has some headroom over it."""
     timeouts: dict[str, Any] = {"socket_timeout": settings.redis_timeout,
                                 "socket_connect_timeout": min(5.0, settings.redis_timeout)}
-    if settings.redis_cluster:
-        # Past its size a cluster node's pool refuses ("Too many connections") instead of
-        # waiting: the blocking readers are held to `max_connections` by `MirrorReader`, and this
-        # headroom is for the short calls (claims, look-ups, the writer's, a topology refresh).
-        return RedisCluster.from_url(str(settings.redis_url), max_connections=max_connections + _CLUSTER_HEADROOM,
-                                     **timeouts)
     if settings.redis_sentinels:
+        # The settings' validator makes the master's name go with the sentinels.
+        assert settings.redis_sentinel_master is not None
         sentinel_password = settings.redis_sentinel_password
         sentinel_options: dict[str, Any] = {
             **timeouts, "password": sentinel_password.get_secret_value() if sentinel_password else None}
         sentinels = Sentinel([_host_port(address) for address in settings.redis_sentinels],
                              sentinel_kwargs=sentinel_options, **timeouts, **_primary_options(settings.redis_url))
         client: redis.Redis = sentinels.master_for(
-            str(settings.redis_sentinel_master), connection_pool_class=_BlockingSentinelPool,
+            settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
             max_connections=max_connections, timeout=settings.redis_timeout)
         return client
+    # Without sentinels the mirror exists only when the URL is set (`Settings.uses_redis`).
+    assert settings.redis_url is not None
+    if settings.redis_cluster:
+        # Past its size a cluster node's pool refuses ("Too many connections") instead of
+        # waiting: the blocking readers are held to `max_connections` by `MirrorReader`, and this
+        # headroom is for the short calls (claims, look-ups, the writer's, a topology refresh).
+        return RedisCluster.from_url(settings.redis_url, max_connections=max_connections + _CLUSTER_HEADROOM,
+                                     **timeouts)
     pool = BlockingConnectionPool.from_url(
-        str(settings.redis_url), max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)
+        settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)
     return redis.Redis(connection_pool=pool)
 
 

@@ -6,6 +6,8 @@ builds a key string or an entry id.
 - `fss:{tag}:<streamId>:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
 - `fss:{tag}:<streamId>:meta`: a hash; `owner` is the replica running the stream, `tenant` the
   gateway key that started it (empty on an open gateway).
+- `fss:{tag}:<streamId>:response`: a hash; the Responses API's record of the response run as that
+  stream (its chat, model and input: `record`), and `cancelled` once a client cancelled it.
 - `fss:chat:<chatId>`: the chat lock, holding the id of the stream that uses the chat.
 - `fss:replica:<replicaId>`: present while that replica is alive.
 - `fss:abort`: the channel carrying the ids of streams to abort (sharded pub/sub on a cluster).
@@ -13,13 +15,14 @@ builds a key string or an entry id.
 `{tag}` is a Redis Cluster hash tag: the first 12 hex digits of the stream id, which are its
 owner replica's id (`RedisMirror.new_stream_id`). Every stream a replica runs thus lives in one
 hash slot, so the writer sends all of a batch's frames in one script call, on any cluster, and a
-reader's pipeline touches a stream's two keys together. A cluster spreads replicas, not streams,
-over its shards (see docs/operations/redis.md, "Sizing"). Every other key is used alone.
+reader's pipeline touches a stream's two keys together; a response's record shares its stream's
+slot too, though each call on it touches that key alone. A cluster spreads replicas, not
+streams, over its shards (see docs/operations/redis.md, "Sizing"). Every other key is used alone.
 """
 
 from __future__ import annotations
 
-from redis.typing import EncodableT
+from redis.typing import EncodableT, FieldT
 
 from ...settings import Settings
 
@@ -48,6 +51,14 @@ def tenant_value(tenant: str | None) -> str:
     return tenant or ""
 
 
+def response(stream_id: str) -> str:
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:response"
+
+
+RECORD_FIELD = "record"  # in a response hash: the record's JSON
+CANCELLED_FIELD = "cancelled"  # in a response hash: present once the response was cancelled
+
+
 def chat_lock(chat_id: str) -> str:
     return f"fss:chat:{chat_id}"
 
@@ -67,7 +78,12 @@ def entry_seq(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-def entry(frame: bytes, terminal: bool) -> dict[EncodableT, EncodableT]:
+# An entry as XREAD and XREVRANGE return it on the gateway's connections (RESP2, bytes: no
+# decode_responses). redis-py types their answers for every protocol and decoding at once.
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def entry(frame: bytes, terminal: bool) -> dict[FieldT, EncodableT]:
     return {"f": frame, "t": 1} if terminal else {"f": frame}
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import cast
 
 from ...errors import StoreUnavailable, UpstreamUnavailable
 from ...events import ERROR, Event
@@ -74,10 +74,12 @@ class MirrorReader:
     async def ended_by(self, stream_id: str, seq: int) -> bool:
         """Whether the stream's terminal event is at or before `seq` (a resume has nothing left)."""
         with store_call("ended_by"):
-            last: Any = await self._redis.xrevrange(keys.events(stream_id), count=1)
+            last = cast("list[keys.Entry]", await self._redis.xrevrange(keys.events(stream_id), count=1))
         return bool(last) and keys.entry_is_terminal(last[0][1]) and keys.entry_seq(last[0][0]) <= seq
 
-    async def follow(self, stream_id: str, after: int, should_stop: Callable[[], bool]) -> AsyncIterator[bytes]:
+    async def follow(
+        self, stream_id: str, after: int, should_stop: Callable[[], bool]
+    ) -> AsyncGenerator[bytes, None]:
         """The stream's frames after `after`, live to its terminal event. If Redis stays away
         for `redis_timeout`, an `error` `store_unavailable` carrying the last position read (a
         resume from it later loses nothing) ends the response."""
@@ -91,8 +93,8 @@ class MirrorReader:
                         await asyncio.wait_for(self._slots.acquire(), self._settings.redis_timeout)
                         held.callback(self._slots.release)
                     with redis_call("read", timed=False):
-                        answer: Any = await self._redis.xread({key: keys.entry_id(last)}, block=_READ_BLOCK_MS,
-                                                         count=_READ_COUNT)
+                        answer = cast("list[tuple[bytes, list[keys.Entry]]]", await self._redis.xread(
+                            {key: keys.entry_id(last)}, block=_READ_BLOCK_MS, count=_READ_COUNT))
                 failure = None if answer else await self._when_quiet(stream_id, last, after, watch)
             except (TimeoutError, *REDIS_ERRORS) as exc:
                 now = time.monotonic()
@@ -105,7 +107,7 @@ class MirrorReader:
                     "resume later from the last event's id").to_dict()))
                 return
             failing_since = 0.0
-            if failure is _DONE:
+            if isinstance(failure, _Done):
                 return
             if failure is not None:
                 yield encode(stream_id, last + 1, Event(ERROR, StoreUnavailable(failure).to_dict()))
@@ -132,7 +134,7 @@ class MirrorReader:
             if keys.entry_is_terminal(entries[-1][1]):
                 return
 
-    async def _when_quiet(self, stream_id: str, last: int, after: int, watch: _Watch) -> Any:
+    async def _when_quiet(self, stream_id: str, last: int, after: int, watch: _Watch) -> str | _Done | None:
         """The key had nothing after `last` for a whole read: None (read on), `_DONE` (end
         without a word), or why the reader ends with `store_unavailable` (see the table above)."""
         with redis_call("when_quiet"):
@@ -188,7 +190,11 @@ class MirrorReader:
                 raise added  # Redis refuses writes: the reader's `redis_timeout` then applies
 
 
-_DONE = object()
+class _Done:
+    """The reader ends without a word (it came past the stream's end)."""
+
+
+_DONE = _Done()
 
 
 class _Watch:
