@@ -150,6 +150,21 @@ def store_call(operation: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis did not answer: {exc}") from None
 
 
+async def xread(client: Client, key: str, after: str, block_ms: int, count: int) -> Any:
+    """XREAD of one key from `after`, blocking up to `block_ms`. On a cluster it is sent to the
+    key's node by name: redis-py's cluster client learns the keys of a command with movable keys
+    (XREAD) by asking its default node (`COMMAND GETKEYS`), outside the path that handles a dead
+    node, so once that node died every XREAD failed there and the topology was never refreshed
+    (a replica that only read kept failing after the cluster had healed). Sent to the slot's
+    node, a dead one's error asks for the refresh, which `initialize` then runs once it is due."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+        node = client.get_node_from_key(key)
+        return await client.execute_command("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", key, after,
+                                            target_nodes=node)
+    return await client.xread({key: after}, block=block_ms, count=count)
+
+
 # Redis answers an XADD whose explicit id is not above the stream's top entry with
 # `-ERR The ID specified in XADD is equal or smaller than the target stream top item`
 # (t_stream.c, xaddCommand; the same code and text from streams' first release, 5.0, to 7.x, and

@@ -34,7 +34,7 @@ from ...settings import Settings
 from ..event_log import READ_BATCH_BYTES
 from ..sse_encoder import encode
 from . import keys
-from .calls import REDIS_ERRORS, Client, is_taken_id, redis_call, store_call
+from .calls import REDIS_ERRORS, Client, is_taken_id, redis_call, store_call, xread
 from .writer import VERIFY_EVERY
 
 _READ_BLOCK_MS = 1000  # how long an XREAD waits for new entries before the key is looked at
@@ -93,8 +93,8 @@ class MirrorReader:
                         await asyncio.wait_for(self._slots.acquire(), self._settings.redis_timeout)
                         held.callback(self._slots.release)
                     with redis_call("read", timed=False):
-                        answer = cast("list[tuple[bytes, list[keys.Entry]]]", await self._redis.xread(
-                            {key: keys.entry_id(last)}, block=_READ_BLOCK_MS, count=_READ_COUNT))
+                        answer = cast("list[tuple[bytes, list[keys.Entry]]]", await xread(
+                            self._redis, key, keys.entry_id(last), _READ_BLOCK_MS, _READ_COUNT))
                 failure = None if answer else await self._when_quiet(stream_id, last, after, watch)
             except (TimeoutError, *REDIS_ERRORS) as exc:
                 now = time.monotonic()
