@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 from httpx_sse import EventSource
+from redis.cluster import key_slot
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.streams.redis import keys
@@ -160,6 +162,29 @@ def test_twoReplicas_startOnA_resumeOnB_exact_deleteOnBStopsA_chatBusyAcross_and
     wait_until(lambda: all(ttl > 0 for ttl in topology.all_keys().values()), timeout=10,
                what="every key with an expiry")
     assert any(key.endswith(b":events") for key in topology.all_keys())
+
+
+def test_responsesApi_startedOnA_thenReadCancelledAndDeletedOnB_itsRecordInItsStreamsSlot_withAnExpiry(
+    topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess]
+) -> None:
+    first, second = (openai.OpenAI(base_url=replica.url + "/v1", api_key="open", max_retries=0, timeout=30)
+                     for replica in replicas)
+    done = first.responses.create(model=DEMO_CHATFLOW_ID, input="on replica a", extra_body=tokens(5, 0))
+    assert second.responses.retrieve(done.id).model_dump() == done.model_dump()
+    stream_id = done.id.removeprefix("resp_")
+    # The record shares its stream's hash tag: on a cluster, the same slot as its events.
+    assert key_slot(keys.response(stream_id).encode()) == key_slot(keys.events(stream_id).encode())
+    left = topology.all_keys()
+    assert left[keys.response(stream_id).encode()] > 0 and left[keys.events(stream_id).encode()] > 0
+
+    running = first.responses.create(model=DEMO_CHATFLOW_ID, input="long", background=True,
+                                     extra_body=tokens(300, 0.05))
+    assert second.responses.cancel(running.id).status == "cancelled"
+    wait_until(lambda: first.responses.retrieve(running.id).status == "cancelled", timeout=10,
+               what="replica a sees the cancel made on b")
+    assert second.responses.delete(done.id) is None
+    with pytest.raises(openai.NotFoundError):
+        first.responses.retrieve(done.id)
 
 
 async def _failover_run(topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess], streams: int,
