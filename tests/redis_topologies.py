@@ -1,7 +1,9 @@
 """Real Redis topologies on loopback, as production runs them: a Redis Cluster (3 primaries, each
 with a replica) and a Sentinel group (a primary, a replica, 3 sentinels), started from Debian's
 `redis-server` (Redis >= 7.0) in a temporary directory, with failover timings cut to about a
-second so that a test sees one in a few seconds. `bench/redis_soak.py` uses them too.
+second so that a test sees one in a few seconds. `Deployment` puts each, and a standalone
+redis-server, behind one face: what a gateway is given to reach it, its processes, its keys, its
+primary failing; the benchmark's section 7 and soak (`bench/`) use it too.
 
 Each waits on conditions (the cluster's state, the sentinels' view), never on fixed sleeps.
 """
@@ -18,7 +20,10 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from flowise_sse.streams.redis import keys
+
 from .helpers import free_port, wait_until
+from .servers import RedisServer
 
 # How long a node may be unreachable before the others call it failed: the cluster's
 # `cluster-node-timeout` and the sentinels' `down-after-milliseconds`.
@@ -115,6 +120,9 @@ class LocalCluster:
     def client(self) -> SyncRedisCluster:
         alive = next(node for node in self.nodes if node.proc.poll() is None)
         return SyncRedisCluster(host="127.0.0.1", port=alive.port, socket_timeout=5)
+
+    def primary_ports(self) -> set[int]:
+        return {primary for _, _, primary, _ in self._view()}
 
     def _view(self) -> list[tuple[int, int, int, list[int]]]:
         """CLUSTER SLOTS from a live node: (first slot, last slot, primary port, replica ports)."""
@@ -296,3 +304,67 @@ class SentinelGroup:
         victim.start()
         self.wait_healthy()
         return took
+
+
+class Deployment:
+    """One Redis as a gateway is pointed at it, `mode` standalone, cluster or sentinel: the settings
+    that reach it, its processes, the gateway's keys in it, and its primary failing."""
+
+    MODES = ("standalone", "cluster", "sentinel")
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.handle: Any = {"standalone": RedisServer, "cluster": LocalCluster, "sentinel": SentinelGroup}[mode]()
+
+    def __enter__(self) -> Deployment:
+        self.handle.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.__exit__(*exc)
+
+    @property
+    def env(self) -> dict[str, str]:
+        if self.mode == "sentinel":
+            return {"FLOWISE_SSE_REDIS_SENTINELS": self.handle.addresses,
+                    "FLOWISE_SSE_REDIS_SENTINEL_MASTER": self.handle.master}
+        return {"FLOWISE_SSE_REDIS_URL": self.handle.url, "FLOWISE_SSE_REDIS_CLUSTER": str(self.mode == "cluster")}
+
+    def pids(self) -> list[int]:
+        nodes = {"standalone": lambda h: [h], "cluster": lambda h: h.nodes,
+                 "sentinel": lambda h: [*h.servers, *h.sentinels]}[self.mode](self.handle)
+        return [node.proc.pid for node in nodes if node.proc.poll() is None]
+
+    def primaries(self) -> list[redis.Redis]:
+        if self.mode == "cluster":
+            return [redis.Redis(port=port, socket_timeout=5) for port in self.handle.primary_ports()]
+        if self.mode == "sentinel":
+            return [self.handle.client()]
+        return [redis.Redis.from_url(self.handle.url, socket_timeout=5)]
+
+    def all_keys(self) -> dict[bytes, int]:
+        """Every fss: key and its TTL, across every primary."""
+        found: dict[bytes, int] = {}
+        for client in self.primaries():
+            with client:
+                found.update({key: client.ttl(key) for key in client.scan_iter(match="fss:*", count=1000)})
+        return found
+
+    def used_memory_mb(self) -> float:
+        total = 0.0
+        for client in self.primaries():
+            with client:
+                total += client.info("memory")["used_memory"] / 2**20
+        return total
+
+    def fail_over(self, stream_id: str) -> float:
+        """The primary fails (standalone: restarted empty, as without persistence; cluster: the one
+        serving `stream_id`'s slot); the seconds until a primary serves again."""
+        if isinstance(self.handle, LocalCluster):
+            return self.handle.fail_over(keys.events(stream_id))
+        if isinstance(self.handle, SentinelGroup):
+            return self.handle.fail_over()
+        started = time.monotonic()
+        self.handle.stop()
+        self.handle.__enter__()  # the same port
+        return time.monotonic() - started

@@ -33,7 +33,7 @@ from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.streams.redis import keys
 
 from .helpers import until, wait_until
-from .redis_topologies import LocalCluster, SentinelGroup
+from .redis_topologies import Deployment, LocalCluster
 from .servers import GatewayProcess, RedisServer, Sse, joined
 
 pytestmark = pytest.mark.redis
@@ -42,51 +42,14 @@ long_only = pytest.mark.skipif(not LONG, reason="the long version: REDIS_LONG_TE
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
 
 
-class Topology:
-    """One Redis deployment as the gateway is pointed at it, and what a test does to it."""
-
-    def __init__(self, name: str, env: dict[str, str], handle: Any) -> None:
-        self.name, self.env, self.handle = name, env, handle
-
-    def client(self) -> Any:
-        return self.handle.client()
-
-    def all_keys(self) -> dict[bytes, int]:
-        """Every fss: key and its TTL, across every primary."""
-        found: dict[bytes, int] = {}
-        if isinstance(self.handle, LocalCluster):
-            client = self.handle.client()
-            for node in client.get_primaries():
-                node_client = client.get_redis_connection(node)
-                for key in node_client.scan_iter(match="fss:*", count=1000):
-                    found[key] = node_client.ttl(key)
-            client.close()
-        else:
-            with self.client() as client:
-                for key in client.scan_iter(match="fss:*", count=1000):
-                    found[key] = client.ttl(key)
-        return found
-
-    def fail_over(self, stream_id: str) -> float:
-        if isinstance(self.handle, LocalCluster):
-            return self.handle.fail_over(keys.events(stream_id))
-        return self.handle.fail_over()
-
-
 @pytest.fixture(scope="module", params=["cluster", "sentinel"])
-def topology(request: pytest.FixtureRequest) -> Iterator[Topology]:
-    if request.param == "cluster":
-        with LocalCluster() as cluster:
-            yield Topology("cluster", {"FLOWISE_SSE_REDIS_URL": cluster.url, "FLOWISE_SSE_REDIS_CLUSTER": "true"},
-                           cluster)
-    else:
-        with SentinelGroup() as group:
-            yield Topology("sentinel", {"FLOWISE_SSE_REDIS_SENTINELS": group.addresses,
-                                        "FLOWISE_SSE_REDIS_SENTINEL_MASTER": group.master}, group)
+def topology(request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    with Deployment(request.param) as deployment:
+        yield deployment
 
 
 @pytest.fixture(scope="module")
-def replicas(topology: Topology, emulators: Any) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+def replicas(topology: Deployment, emulators: Any) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
     env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret", **topology.env}
     with GatewayProcess(env) as a, GatewayProcess(env) as b:
         yield a, b
@@ -130,10 +93,10 @@ def exact_or_store_unavailable(events: list[Sse], count: int, start: int = 1) ->
 
 
 def test_twoReplicas_startOnA_resumeOnB_exact_deleteOnBStopsA_chatBusyAcross_andEveryKeyExpires(
-    topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess]
+    topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess]
 ) -> None:
     a, b = replicas
-    body = tokens(30, 0.05, chatId=f"chat-{topology.name}")
+    body = tokens(30, 0.05, chatId=f"chat-{topology.mode}")
     events: list[Sse] = []
     with httpx.stream("POST", a.url + STREAM, json=body, timeout=30) as r:
         for sse in EventSource(r).iter_sse():
@@ -165,7 +128,7 @@ def test_twoReplicas_startOnA_resumeOnB_exact_deleteOnBStopsA_chatBusyAcross_and
 
 
 def test_responsesApi_startedOnA_thenReadCancelledAndDeletedOnB_itsRecordInItsStreamsSlot_withAnExpiry(
-    topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess]
+    topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess]
 ) -> None:
     first, second = (openai.OpenAI(base_url=replica.url + "/v1", api_key="open", max_retries=0, timeout=30)
                      for replica in replicas)
@@ -187,7 +150,7 @@ def test_responsesApi_startedOnA_thenReadCancelledAndDeletedOnB_itsRecordInItsSt
         first.responses.retrieve(done.id)
 
 
-async def _failover_run(topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess], streams: int,
+async def _failover_run(topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess], streams: int,
                         resumes: int) -> dict[str, Any]:
     """`streams` streams on A, each read live on A (memory) and on B (Redis) from its start; the
     primary holding the first one dies mid-run; `resumes` more readers resume on B at random
@@ -255,20 +218,20 @@ async def _failover_run(topology: Topology, replicas: tuple[GatewayProcess, Gate
 @pytest.mark.parametrize("size", [pytest.param((3, 6), id="short"),
                                   pytest.param((20, 40), id="long", marks=long_only)])
 async def test_primaryKilledMidRun_thenReadersEndExactOrWithStoreUnavailable_replaysExact_andNewStreamsWithinSeconds(
-    topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess], size: tuple[int, int]
+    topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess], size: tuple[int, int]
 ) -> None:
     outcome = await _failover_run(topology, replicas, *size)
     assert outcome["new_stream_s"] < 15, outcome
     # While no primary answers, a resume on a replica that must look the stream up in Redis gets
     # 503 store_unavailable (retryable); never a 404 for a live stream.
     assert set(outcome["resume_status"]) <= {200, 204, 503}, outcome
-    print(topology.name, outcome)
+    print(topology.mode, outcome)
 
 
 def test_cluster_primaryOfTheAbortChannelKilled_thenADeleteOnBStillStopsTheRunOnA(
-    topology: Topology, replicas: tuple[GatewayProcess, GatewayProcess]
+    topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess]
 ) -> None:
-    if topology.name != "cluster":
+    if topology.mode != "cluster":
         pytest.skip("sharded pub/sub: a cluster's")
     a, b = replicas
     cluster: LocalCluster = topology.handle
@@ -446,9 +409,9 @@ def test_resumeAtOrPastTheTerminalEvent_is204AtOnce_onBothReplicas(emulators: An
 
 # --- misconfiguration, said as such ------------------------------------------------------------------
 def test_clusterNodeGivenAsAStandaloneUrl_thenStoreMisconfiguredNamingTheSetting_notAnOutage(
-    topology: Topology, emulators: Any, tmp_path: Any
+    topology: Deployment, emulators: Any, tmp_path: Any
 ) -> None:
-    if topology.name != "cluster":
+    if topology.mode != "cluster":
         pytest.skip("a cluster's node")
     log = tmp_path / "gateway.log"
     env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": topology.handle.url}
@@ -480,9 +443,9 @@ def test_clusterFlagOnAStandaloneRedis_andAMisspeltSetting_thenEachIsNamedAtStar
 
 
 def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_andStreamAndResume(
-    topology: Topology, emulators: Any
+    topology: Deployment, emulators: Any
 ) -> None:
-    if topology.name != "cluster":
+    if topology.mode != "cluster":
         pytest.skip("a cluster's node")
     cluster: LocalCluster = topology.handle
     followed = cluster.followed_primaries()
