@@ -12,7 +12,6 @@ import asyncio
 import math
 import os
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -46,12 +45,6 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def spawn(args: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None,
           log: Path | None = None) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL
@@ -80,18 +73,6 @@ def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def start_redis(cpus: set[int] | None = None, log: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """A redis-server of its own on loopback, nothing persisted: its process and URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (tests/setup.sh installs it)")
-    port = free_port()
-    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], cpus=cpus,
-                 log=log)
-    wait_port(port, proc)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,7 @@ import orjson
 
 from common import BENCH_DIR, GATEWAY_PATH, PYTHON, cpu_seconds, lean_stream, \
     percentile, process_tree, prediction, rss_kb, run_async, spawn, stop, tokens_for
-from harness import Config, Servers, Spy
+from harness import Config, Deployment, Servers, Spy
 from machine import LoadMeter
 
 AS_SHIPPED = "as shipped"
@@ -47,18 +48,16 @@ def target_level(levels: list[int]) -> int:
 
 
 def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Path, profile_out: Path | None = None,
-                  gateway_workers: int | None = None, redis: tuple[str, int] | None = None) -> tuple[dict, Path | None]:
+                  gateway_workers: int | None = None, store: Deployment | None = None) -> tuple[dict, Path | None]:
     """One level on a fresh gateway; with `profile_out`, py-spy records the gateway meanwhile.
-    `gateway_workers`, `redis` (its URL and pid): `serve --workers N`, Redis on; the gateway's CPU and
-    memory are those of all its processes, and above one worker nothing is pinned."""
+    `gateway_workers`, `store`: `serve --workers N`, Redis on; the gateway's CPU and memory are those
+    of all its processes, and above one worker nothing is pinned."""
     upstream = "lite" if transport == "sse" else "lite_sio"
-    env = {"FLOWISE_SSE_MAX_STREAMS": str(max(10000, 4 * n))}
-    if redis:
-        env["FLOWISE_SSE_REDIS_URL"] = redis[0]
+    env = {"FLOWISE_SSE_MAX_STREAMS": str(max(10000, 4 * n)), **(store.env if store else {})}
     port = srv.start_gateway("gw_conc", upstream, env, workers=gateway_workers)
     gw_pids, up_pid = process_tree(srv.pid("gw_conc")), srv.pid(upstream)
     ramp = max(1.0, n / cfg.ramp_rate)
-    tag = f"{transport}-{n}-workers{gateway_workers or 1}{'-redis' if redis else ''}{'-spy' if profile_out else ''}"
+    tag = f"{transport}-{n}-workers{gateway_workers or 1}-{store.mode if store else ''}{'-spy' if profile_out else ''}"
     try:
         async def warm() -> None:
             body = orjson.dumps(prediction(tokens_for(3)))
@@ -78,14 +77,18 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         spy = Spy(srv, gw_pids[0], profile_out, cfg.conc_profile_rate) if profile_out else None
         start_at = time.monotonic() + 1.5
         outs = [logdir / f"conc-{tag}-{i}.json" for i in range(n_clients)]
+        others = srv.other_cpus if (gateway_workers or 1) == 1 else srv.all_cpus  # the clients' and Redis's cores
         clients = [spawn([PYTHON, str(BENCH_DIR / "loadgen.py"), "--port", str(port), "--streams",
                           str(n // n_clients + (i < n % n_clients)), "--tokens", str(cfg.conc_tokens), "--delay",
                           str(cfg.conc_delay), "--ramp", str(ramp), "--start-at", repr(start_at), "--out", str(out)],
-                         cpus=srv.other_cpus if (gateway_workers or 1) == 1 else srv.all_cpus,
-                         log=logdir / "loadgen.log") for i, out in enumerate(outs)]
+                         cpus=others, log=logdir / "loadgen.log") for i, out in enumerate(outs)]
         time.sleep(max(0.0, start_at - time.monotonic()))
-        meter = LoadMeter(gw_pids + [up_pid] + ([spy.proc.pid] if spy else []) + ([redis[1]] if redis else []))
+        store_pids = store.pids() if store else []
+        for pid in store_pids if others else []:
+            os.sched_setaffinity(pid, others)
+        meter = LoadMeter(gw_pids + [up_pid] + ([spy.proc.pid] if spy else []) + store_pids)
         g0, u0, s0 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid), cpu_seconds(spy.proc.pid) if spy else 0.0
+        r0 = sum(map(cpu_seconds, store_pids))
         peak = base_rss
         hard_stop = start_at + ramp + cfg.conc_tokens * cfg.conc_delay + 130
         while any(c.poll() is None for c in clients) and time.monotonic() < hard_stop:
@@ -94,7 +97,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         for c in clients:
             stop(c)
         window = time.monotonic() - start_at
-        g1, u1 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid)
+        g1, u1, r1 = sum(map(cpu_seconds, gw_pids)), cpu_seconds(up_pid), sum(map(cpu_seconds, store_pids))
         spy_cpu = cpu_seconds(spy.proc.pid) - s0 if spy else None
         load = meter.stop()
         lite_late = upstream_late()
@@ -113,7 +116,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
     gateway_cpu = g1 - g0
     return {
         "transport": transport, "variant": f"--workers {gateway_workers}, Redis" if gateway_workers else
-        "Redis on" if redis else AS_SHIPPED, "streams": n, "ramp_s": ramp, "tokens": cfg.conc_tokens,
+        f"Redis {store.mode}" if store else AS_SHIPPED, "streams": n, "ramp_s": ramp, "tokens": cfg.conc_tokens,
         "finished": len(streams), "exact": exact, "exact_share": exact / n,
         "peak_concurrent": peak_overlap([(s["t_sent"], s["t_done"]) for s in streams if s["t_sent"] and s["t_done"]]),
         "peak_flowing": peak_overlap([(s["t_first"], s["t_done"]) for s in streams if s["t_first"] and s["t_done"]]),
@@ -128,6 +131,7 @@ def measure_level(cfg: Config, srv: Servers, transport: str, n: int, logdir: Pat
         "upstream_cpu": (u1 - u0) / window, "client_cpu": sum(d["cpu"] for d in docs) / window,
         "workers": n_clients, "window_s": window,
         "gateway_us_per_token": gateway_cpu / max(1, n * cfg.conc_tokens) * 1e6, "load": load,
+        "redis_us_per_token": (r1 - r0) / max(1, n * cfg.conc_tokens) * 1e6,
         "errors": dict(errors.most_common(5)), "upstream_late_p99_ms": lite_late.get("lateP99Ms"),
         "upstream_late_max_ms": lite_late.get("lateMaxMs"),
     }, profile

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import BENCH_DIR, PYTHON, free_port, spawn, stop, wait_port
+from common import BENCH_DIR, PYTHON, REPO, spawn, stop, wait_port
+
+sys.path.insert(0, str(REPO))  # the tests' servers: the package tests
+from tests.helpers import free_port  # noqa: E402
+from tests.redis_topologies import Deployment  # noqa: E402,F401  (sections 6 and 7, the soak)
 
 PYSPY = shutil.which("py-spy", path=str(Path(PYTHON).parent)) or shutil.which("py-spy")
 
@@ -46,12 +51,13 @@ class Config:
     workers_levels: list[int] = field(default_factory=lambda: [200, 400, 600, 800, 1000, 1200, 1400, 1600, 2000])
     workers_budget: float = 600.0
     redis_level: int = 300
+    redis_rounds: int = 2  # section 7: each mode's levels, taken in turn
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Config:
         cfg = cls(40, 3, 3000, 2, [50], [50], conc_tokens=40, profile_requests=30, profile_reps=2, profile_rate=100,
                   budget=300.0, real_requests=4, real_warmup=1, workers_levels=[50, 100], workers_budget=120.0,
-                  redis_level=50) if args.smoke else cls()
+                  redis_level=50, redis_rounds=1) if args.smoke else cls()
         cfg.wait_idle = args.wait_idle if args.wait_idle is not None else 10.0 if args.quick or args.smoke else 60.0
         return cfg
 

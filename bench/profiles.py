@@ -69,7 +69,6 @@ def profile_entry(title: str, out: Path | None, us_per_unit: float, unit: str, l
 
 def run(cfg: Config, srv: Servers, profdir: Path, logdir: Path, deadline: float) -> list[dict]:
     runs = []
-    profdir.mkdir(exist_ok=True)
     n, expected = cfg.throughput_tokens, "".join(LATENCY_TOKENS)
     first_token, fast = orjson.dumps(prediction(LATENCY_TOKENS)), orjson.dumps(prediction(tokens_for(n)))
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import math
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,16 +19,12 @@ import httpx
 import orjson
 import psutil
 
-from common import BENCH_DIR, PYTHON, REPO, cpu_seconds, distribution
+from common import BENCH_DIR, PYTHON, cpu_seconds, distribution
 from harness import Config, Servers, event_loop_of
 from latency import ask, pair
 from machine import LoadMeter
-
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))  # the e2e harness is the package tests.e2e
-
-from tests.e2e.flowise_harness import RELEASES, e2e_home, start_release  # noqa: E402
-from tests.e2e.mock_llm import reply_for, reply_tokens  # noqa: E402
+from tests.e2e.flowise_harness import RELEASES, e2e_home, start_release  # the repository: on sys.path (harness)
+from tests.e2e.mock_llm import reply_for, reply_tokens
 
 VERSION = "3.1.4"
 TOKEN_DELAY_MS = 20.0

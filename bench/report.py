@@ -80,11 +80,11 @@ def summary(results: dict) -> list[list[Any]]:
         rows.append(["streams carried at added delay p99 <= 50 ms, `serve --workers 1` -> `--workers 2` (Redis on)",
                      f"{runs[1]['carried']:,} -> {runs[2]['carried']:,} = **{scaling:.2f}x**", ">= 1.8x",
                      verdict(scaling >= 1.8) if limits else "n/a: a limit was not reached"])
-    if redis:
-        off, on = redis["off"]["gateway_us_per_token"], redis["on"]["gateway_us_per_token"]
-        rows.append([f"gateway CPU per token, Redis off -> on ({redis['on']['streams']:,} streams)",
-                     f"{off:.0f} -> {on:.0f} µs (**{100 * (on - off) / off:+.0f}%**); redis-server "
-                     f"{redis['redis_server_us_per_token']:.1f} µs", "-", "-"])
+    for mode, m in (redis or {}).get("median", {}).items():
+        if mode != "memory":
+            rows.append([f"gateway CPU per token, Redis {mode} over memory only (median of {redis['rounds']})",
+                         f"{redis['median']['memory']['gateway_us_per_token']:.0f} -> {m['gateway_us_per_token']:.0f} "
+                         f"µs (**{100 * m['extra']:+.0f}%**)", "<= +25%", verdict(m["extra"] <= 0.25)])
     return rows
 
 
@@ -100,9 +100,10 @@ def headline(results: dict) -> dict[str, tuple[float, str]]:
         if name.startswith("gateway"):
             out[f"one fast stream, {name}: tokens/s"] = (c["median"], ",.0f")
             out[f"one fast stream, {name}: gateway µs per token"] = (c["sut_us_per_token"], ".2f")
-    redis = [results["redis"][k] for k in ("off", "on")] if results.get("redis") else []
+    for mode, m in (results.get("redis") or {}).get("median", {}).items():
+        out[f"Redis {mode}, median: gateway µs per token"] = (m["gateway_us_per_token"], ".1f")
     workers = [r for run in (results.get("workers") or {}).get("runs", []) for r in run["levels"]]
-    for r in (results.get("concurrency") or []) + workers + redis:
+    for r in (results.get("concurrency") or []) + workers:
         if "failed" not in r:
             where = f"{r['transport']} {r['streams']:,} streams, {r['variant']}"
             out[f"{where}: gateway µs per token"] = (r["gateway_us_per_token"], ".0f")
@@ -249,6 +250,12 @@ def render(results: dict, baseline: dict | None = None) -> str:
                               [r for run in w["runs"] for r in run["levels"]])
     if results.get("redis"):
         redis = results["redis"]
-        lines += levels_lines("## 7. Redis off and on", f"redis-server's own CPU: "
-                              f"{redis['redis_server_us_per_token']:.1f} µs per token.", [redis["off"], redis["on"]])
+        medians = "; ".join(f"{mode} **{m['gateway_us_per_token']:.1f} µs** ({100 * m['extra']:+.0f}%), Redis's own "
+                            f"{m['redis_us_per_token']:.1f} µs" for mode, m in redis["median"].items())
+        lines += levels_lines("## 7. Redis's cost per token: memory, standalone, Cluster, Sentinel", f"The modes in "
+                              f"turn for {redis['rounds']} round(s), a fresh gateway per level. Medians per relayed "
+                              f"token: {medians} (Redis's: all its processes, a Cluster's 6, a Sentinel group's 5).",
+                              [r for levels in redis["levels"].values() for r in levels])
+        for p in redis["profiles"]:
+            lines += profile_lines(p, cfg)
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """flowise-sse benchmark: the gateway against direct clients, a bare sse-starlette ceiling and itself
-(socket.io vs SSE upstream, Redis off vs on, one worker vs two), side by side in one run.
+(socket.io vs SSE upstream, memory vs each kind of Redis, one worker vs two), side by side in one run.
 
-    .venv/bin/python bench/run.py              # the full run (about 12 minutes): bench/RESULTS.md, results.json,
+    .venv/bin/python bench/run.py              # the full run (about 16 minutes): bench/RESULTS.md, results.json,
                                                # py-spy stacks in bench/profiles/ (not in git)
     .venv/bin/python bench/run.py --quick      # first token and throughput only (about a minute): the gateway's
                                                # CPU per request and per token, in bench/out/quick/
@@ -71,7 +71,7 @@ def main() -> int:
         return 0
     cfg = Config.make(args)
     sections = set(args.only or (QUICK if args.quick else SECTIONS))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "profiles").mkdir(parents=True, exist_ok=True)  # py-spy's stacks (sections 4 and 7)
     logdir = Path(tempfile.mkdtemp(prefix="flowise-sse-bench-logs-"))
     warnings = ["py-spy not found (pip install py-spy): no profiles"] if "profiles" in sections and not PYSPY else []
     if args.no_profile or not PYSPY:
@@ -130,7 +130,8 @@ def main() -> int:
         section("profiles", "4. profiles (py-spy)", lambda: profiles.run(cfg, srv, out / "profiles", logdir, deadline))
         section("workers", "6. workers (serve --workers 1 and 2, with Redis)",
                 lambda: workers.run(cfg, srv, logdir, time.monotonic() + cfg.workers_budget))
-        section("redis", "7. Redis off and on", lambda: workers.run_redis(cfg, srv, logdir))
+        section("redis", "7. Redis's cost per token: memory, standalone, Cluster, Sentinel", lambda: workers.run_redis(
+            cfg, srv, logdir, None if args.no_profile or not PYSPY else out / "profiles"))
     finally:
         srv.stop_all()
     results["duration_s"] = time.monotonic() - started

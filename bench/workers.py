@@ -3,21 +3,22 @@
 6. Workers: the most streams `serve --workers 1` and `--workers 2` carry, each with a redis-server on
    loopback (so both pay the same mirror cost per token), levels in ascending order until one is not
    carried; the step between levels is the figure's resolution.
-7. Redis off and on: one level, memory only then mirrored to a redis-server: the gateway's CPU per
-   token, its added delay, and redis-server's own CPU.
+7. Redis's cost per token: one level, memory only and mirrored to each kind of Redis (a redis-server,
+   a Cluster, a Sentinel group), a fresh gateway per level, the modes taken in turn, round after round,
+   so that each round's figures share the machine's load; then one profiled level per Redis mode.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-import redis
-
-from common import cpu_seconds, start_redis, stop
 from concurrency import WORKERS_P99_MS, carried, failed, measure_level, print_level
-from harness import Config, Servers
+from harness import Config, Deployment, Servers
+from profiles import profile_entry
 
 
 def carried_text(run: dict) -> str:
@@ -29,7 +30,7 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> dict:
     lite = srv.pid("lite")
     pinned = os.sched_getaffinity(lite)
     for count in (1, 2):
-        proc, url = start_redis(srv.other_cpus if count == 1 else srv.all_cpus, logdir / "redis.log")
+        store = Deployment("standalone").__enter__()
         # flowise-lite (one thread) stays where run.py put it for one worker, goes anywhere for more.
         os.sched_setaffinity(lite, pinned if count == 1 else srv.all_cpus)
         levels, most = [], 0
@@ -38,10 +39,10 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> dict:
                 if time.monotonic() > deadline:
                     print(f"  --workers {count}, {n} streams: skipped (time budget)")
                     break
-                with redis.Redis.from_url(url) as store:
-                    store.flushall()  # the last level's streams: nothing to carry over
+                with store.primaries()[0] as client:
+                    client.flushall()  # the last level's streams: nothing to carry over
                 try:
-                    r, _ = measure_level(cfg, srv, "sse", n, logdir, gateway_workers=count, redis=(url, proc.pid))
+                    r, _ = measure_level(cfg, srv, "sse", n, logdir, gateway_workers=count, store=store)
                 except Exception as exc:  # reported, not fatal
                     levels.append(failed("sse", n, exc, f"--workers {count}, Redis"))
                     break
@@ -51,7 +52,7 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> dict:
                     break
                 most = n
         finally:
-            stop(proc)
+            store.__exit__()
             os.sched_setaffinity(lite, pinned)
         runs.append({"workers": count, "levels": levels, "carried": most,
                      "limit_found": bool(levels) and not carried(levels[-1])})
@@ -67,20 +68,25 @@ def run(cfg: Config, srv: Servers, logdir: Path, deadline: float) -> dict:
     return result
 
 
-def run_redis(cfg: Config, srv: Servers, logdir: Path) -> dict:
-    """One level, memory only then with Redis, each on a fresh gateway (pinned as in section 3)."""
-    n = cfg.redis_level
-    off = measure_level(cfg, srv, "sse", n, logdir)[0]
-    print_level(off)
-    proc, url = start_redis(srv.other_cpus, logdir / "redis.log")
-    try:
-        r0 = cpu_seconds(proc.pid)
-        on = measure_level(cfg, srv, "sse", n, logdir, redis=(url, proc.pid))[0]
-        redis_us = (cpu_seconds(proc.pid) - r0) / max(1, n * cfg.conc_tokens) * 1e6
-    finally:
-        stop(proc)
-    print_level(on)
-    extra = on["gateway_us_per_token"] - off["gateway_us_per_token"]
-    print(f"  Redis on vs off, {n} streams: gateway {off['gateway_us_per_token']:.1f} -> "
-          f"{on['gateway_us_per_token']:.1f} µs/token ({extra:+.1f}), redis-server {redis_us:.1f} µs/token")
-    return {"off": off, "on": on, "redis_server_us_per_token": redis_us}
+def run_redis(cfg: Config, srv: Servers, logdir: Path, profdir: Path | None) -> dict:
+    """Each mode's levels, its median gateway and Redis CPU per token; profiles unless `profdir` is None."""
+    n, modes = cfg.redis_level, ["memory", *Deployment.MODES]
+    levels: dict[str, list[dict]] = {mode: [] for mode in modes}
+    profiles = []
+    with ExitStack() as started:
+        stores = {mode: started.enter_context(Deployment(mode)) for mode in Deployment.MODES}
+        for round_ in range(cfg.redis_rounds):
+            for mode in modes:
+                r, _ = measure_level(cfg, srv, "sse", n, logdir, store=stores.get(mode))
+                print_level(r, f"round {round_ + 1}, {mode}: ")
+                levels[mode].append(r)
+        for mode in Deployment.MODES if profdir else []:
+            r, out = measure_level(cfg, srv, "sse", n, logdir, profdir / f"redis-{mode}-{n}.txt", store=stores[mode])
+            profiles.append(profile_entry(f"Redis {mode}: {n:,} streams x {cfg.conc_tokens} tokens, "
+                                          f"{1 / cfg.conc_delay:.0f}/s", out, r["gateway_us_per_token"], "token", r))
+    median = {mode: {key: statistics.median(r[key] for r in levels[mode])
+                     for key in ("gateway_us_per_token", "redis_us_per_token")} for mode in modes}
+    for mode, m in median.items():
+        m["extra"] = m["gateway_us_per_token"] / median["memory"]["gateway_us_per_token"] - 1
+        print(f"  {mode}: {m['gateway_us_per_token']:.1f} µs/token ({100 * m['extra']:+.0f}% over memory only)")
+    return {"streams": n, "rounds": cfg.redis_rounds, "levels": levels, "median": median, "profiles": profiles}

@@ -14,6 +14,7 @@ import redis
 from httpx_sse import EventSource
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID
+from flowise_sse.streams.redis import keys
 
 from .helpers import REPLY, wait_until
 from .servers import GatewayProcess, RedisServer, Sse, joined, started_together
@@ -135,7 +136,7 @@ def test_replicaKilled_midStream_thenReadersOnBGetAClearError(replicas, redis_ur
     a, b, _ = replicas
     created = httpx.post(f"{a.url}/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **slow(delay=0.5)}).json()
     with redis.Redis.from_url(redis_url) as store:  # killed once its stream is in Redis
-        wait_until(lambda: store.xlen(f"fss:{created['streamId']}:events") >= 1, what="the start event mirrored")
+        wait_until(lambda: store.xlen(keys.events(created["streamId"])) >= 1, what="the start event mirrored")
     a.proc.kill()
     events: list[Sse] = []
     started = time.monotonic()
@@ -189,7 +190,7 @@ async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailab
     client = sync_redis.Redis.from_url(redis_url)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
         created = (await http.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, **_tokens(200, 0.05)})).json()
-        key = f"fss:{created['streamId']}:events"
+        key = keys.events(created["streamId"])
         events: list[Sse] = []
         async with http.stream("GET", created["eventsUrl"]) as r:
             async for sse in EventSource(r).aiter_sse():
@@ -214,7 +215,7 @@ async def test_redisStopsTakingWrites_midStream_thenStreamEndsWithStoreUnavailab
     entries = client.xrange(key)
     assert [entry_id for entry_id, _ in entries] == [f"{i}-0".encode() for i in range(1, len(events) + 1)]
     assert entries[-1][1][b"t"] == b"1" and b"store_unavailable" in entries[-1][1][b"f"]
-    assert 0 < client.ttl(key) <= 300 and 0 < client.ttl(f"fss:{created['streamId']}:meta") <= 300
+    assert 0 < client.ttl(key) <= 300 and 0 < client.ttl(keys.meta(created["streamId"])) <= 300
     lock = f"fss:chat:{created['chatId']}"  # other tests here leave a killed replica's locks
     while client.exists(lock) and time.monotonic() < deadline:
         time.sleep(0.1)

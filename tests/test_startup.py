@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from flowise_sse.api import create_app
+from flowise_sse.api.access import Access
+from flowise_sse.api.startup_report import summary
 from flowise_sse.settings import Settings
 
 from .helpers import free_port, until, wait_until
@@ -57,6 +59,26 @@ async def test_summaryLine_saysWhatIsSet_neverASecret(emulators, caplog):
     assert "Redis off" in line and "user:***@" in line
     for secret in ("hunter2", "sk-flowise-secret", "gateway-key-secret"):
         assert secret not in log
+
+
+async def test_aMisspeltSetting_thenTheReportNamesIt_butNotTheClientsOwn(emulators, caplog, monkeypatch):
+    monkeypatch.setenv("FLOWISE_SSE_REDIS_SENTINEL", "127.0.0.1:26379")  # FLOWISE_SSE_REDIS_SENTINELS, misspelt
+    monkeypatch.setenv("FLOWISE_SSE_GATEWAY", "http://gateway.example")  # read by the CLI's client commands
+    log = await started(Settings(flowise_url=emulators("3.1.4").url), caplog)
+    warning = next(line for line in log.splitlines() if "unknown settings ignored" in line)
+    assert warning.endswith(": FLOWISE_SSE_REDIS_SENTINEL")
+
+
+@pytest.mark.parametrize(("redis", "said"), [
+    ({"redis_url": "redis://:hunter2@node1:6379/0", "redis_cluster": True}, "Redis Cluster via redis://:***@node1"),
+    ({"redis_url": "redis://:hunter2@ignored:6379/0", "redis_sentinels": ["s1:26379", "s2:26379"],
+      "redis_sentinel_master": "primary", "redis_sentinel_password": "sentinel-secret"},
+     "Redis Sentinel s1:26379, s2:26379 (primary 'primary', FLOWISE_SSE_REDIS_SENTINEL_PASSWORD set)"),
+])
+def test_summaryLine_namesTheRedisMode_neverItsPasswords(redis, said):
+    settings = Settings(flowise_url="http://flowise:3000", **redis)
+    line = summary(settings, Access(settings))
+    assert said in line and "hunter2" not in line and "sentinel-secret" not in line
 
 
 async def test_aFlowiseThatAnswersEverything_thenNoCredentialWarning(emulators, caplog):

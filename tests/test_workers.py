@@ -310,8 +310,10 @@ def test_sigtermOrSigintOnParent_withALiveStream_thenAllWorkersDrainParentExits0
         stream_id = events[0].data["streamId"]
         import redis
 
+        from flowise_sse.streams.redis import keys
+
         with redis.Redis.from_url(env["FLOWISE_SSE_REDIS_URL"]) as store:
-            last = store.xrevrange(f"fss:{stream_id}:events", count=1)[0][1]
+            last = store.xrevrange(keys.events(stream_id), count=1)[0][1]
         assert last[b"f"].startswith(b"event: end")
 
 

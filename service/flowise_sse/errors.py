@@ -118,6 +118,13 @@ class StoreUnavailable(GatewayError):
     code, status, retryable = "store_unavailable", 503, True
 
 
+class StoreMisconfigured(GatewayError):
+    """Redis answered, in a way that says the gateway is set up for another kind of Redis (a
+    cluster node given as a standalone URL): a setting to fix, not an outage to wait out."""
+
+    code, status = "store_misconfigured", 500
+
+
 class UpstreamUnavailable(GatewayError):
     code, status, retryable = "upstream_unavailable", 502, True
 

@@ -6,10 +6,11 @@ the gateway's own knobs are prefixed `FLOWISE_SSE_`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -82,7 +83,21 @@ class Settings(BaseSettings):
     """Cap on streams held at once (running or retained); new ones get 503 `overloaded` beyond
     it."""
     redis_url: str | None = None
-    """With Redis, events are mirrored to Redis Streams so any replica can resume a stream."""
+    """With Redis, events are mirrored to Redis Streams so any replica can resume a stream
+    (`redis://[user:password@]host:port/db`, `rediss://` for TLS). With `redis_cluster`: any node
+    of the cluster. With `redis_sentinels`: only its credentials, TLS and db are used (the host is
+    the primary Sentinel names), and it may be left unset."""
+    redis_cluster: bool = False
+    """`redis_url` names a node of a Redis Cluster (Redis >= 7.0, or Valkey): the gateway finds
+    the others, follows resharding and failovers, and aborts over sharded pub/sub."""
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    """Redis Sentinel: `host:port` of each sentinel (comma-separated); the gateway asks them for
+    the primary of `redis_sentinel_master` and follows it through failovers."""
+    redis_sentinel_master: str | None = None
+    """The name the sentinels know the primary by (their `sentinel monitor <name> ...`)."""
+    redis_sentinel_password: SecretStr | None = None
+    """The sentinels' own password (their `requirepass`), if they have one; the primary's comes
+    from `redis_url`."""
     redis_max_connections: int = 256
     """Redis connections per replica for readers on other replicas (one each while it waits for
     events), chat locks and aborts. A blocking pool: past it a caller waits (up to
@@ -229,9 +244,41 @@ class Settings(BaseSettings):
         # is no token, not a token nobody can send.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
+    @property
+    def uses_redis(self) -> bool:
+        """Streams are mirrored to Redis (a URL, or sentinels)."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @model_validator(mode="after")
+    def _redis_modes(self) -> Settings:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("FLOWISE_SSE_REDIS_CLUSTER and FLOWISE_SSE_REDIS_SENTINELS exclude each other: "
+                             "a cluster fails over by itself, without sentinels")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("FLOWISE_SSE_REDIS_CLUSTER needs FLOWISE_SSE_REDIS_URL naming any node of the cluster")
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("FLOWISE_SSE_REDIS_SENTINELS and FLOWISE_SSE_REDIS_SENTINEL_MASTER go together")
+        return self
+
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", "redis_sentinels", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+# Read from the environment by the CLI's client commands (`flowise-sse ask --gateway`), not by
+# the gateway: known, so not reported as unknown.
+_CLIENT_VARIABLES = frozenset({"FLOWISE_SSE_GATEWAY", "FLOWISE_SSE_API_KEY"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """The `FLOWISE_SSE_*` names in `environ` that no setting reads: pydantic-settings drops them
+    (`extra="ignore"`), so a misspelt or unsupported one would otherwise change nothing silently
+    (a Sentinel setting on a version without it: memory-only, without a word)."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    # A field with an alias of its own (`FLOWISE_URL`) is not read under the prefix.
+    known = {prefix + name.upper() for name, field in Settings.model_fields.items()
+             if field.validation_alias is None} | _CLIENT_VARIABLES
+    return sorted(name for name in environ if name.upper().startswith(prefix) and name.upper() not in known)

@@ -70,8 +70,9 @@ _PR_SET_PDEATHSIG = 1
 
 def redis_required(settings: Settings, workers: int) -> str | None:
     """Why these settings cannot run `workers` processes, or None."""
-    if workers > 1 and not settings.redis_url:
-        return (f"--workers {workers} needs FLOWISE_SSE_REDIS_URL: the workers share streams through Redis "
+    if workers > 1 and not settings.uses_redis:
+        return (f"--workers {workers} needs FLOWISE_SSE_REDIS_URL (or FLOWISE_SSE_REDIS_SENTINELS): "
+                "the workers share streams through Redis "
                 "(a stream started on one is resumed, read and deleted on another)")
     return None
 

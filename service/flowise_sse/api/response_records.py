@@ -137,7 +137,7 @@ class ResponseRecords:
         elif self._redis is not None and self._manager.mirror is not None:
             frames = await self._redis.frames(record.stream_id)
             # None yet: just started (its keys are made at admission), or expired before its record.
-            if not frames and not await self._manager.mirror.exists(record.stream_id):
+            if not frames and await self._manager.mirror.lookup(record.stream_id) is None:
                 return None
         else:
             return None

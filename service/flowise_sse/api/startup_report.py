@@ -10,9 +10,10 @@ is missing for what, per Flowise line.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..errors import GatewayError, UpstreamUnauthorized
-from ..settings import Settings
+from ..settings import Settings, unknown_variables
 from ..upstream import Upstream
 from ..upstream.flowise_client import COOKIE_GATE_SINCE, KEY_GATE_SINCE, FlowiseVersion, parse_version, redacted_url
 from .access import Access
@@ -31,14 +32,23 @@ def summary(settings: Settings, access: Access) -> str:
         return "set" if value else "unset"
 
     basic = settings.flowise_username and settings.flowise_password
-    redis = redacted_url(settings.redis_url) if settings.redis_url else "off (streams resume on this replica only)"
     keys = f"{len(access.tenants)} key(s)" if not access.open else "none (open to anyone who can reach it)"
     return (
         f"flowise-sse: Flowise {redacted_url(settings.flowise_url)} "
         f"(FLOWISE_API_KEY {given(settings.flowise_api_key)}, FLOWISE_USERNAME/PASSWORD {given(basic)}); "
-        f"Redis {redis}; gateway keys {keys}; CORS origins {', '.join(settings.cors_origins) or 'none'}; "
+        f"Redis {_redis(settings)}; gateway keys {keys}; CORS origins {', '.join(settings.cors_origins) or 'none'}; "
         f"allowed hosts {', '.join(settings.allowed_hosts)}"
     )
+
+
+def _redis(settings: Settings) -> str:
+    if settings.redis_sentinels:
+        return (f"Sentinel {', '.join(settings.redis_sentinels)} (primary {settings.redis_sentinel_master!r}, "
+                f"FLOWISE_SSE_REDIS_SENTINEL_PASSWORD {'set' if settings.redis_sentinel_password else 'unset'})")
+    if settings.redis_url is None:
+        return "off (streams resume on this replica only)"
+    url = redacted_url(settings.redis_url)
+    return f"Cluster via {url}" if settings.redis_cluster else url
 
 
 async def report_startup(settings: Settings, access: Access, policy: OverridePolicy, upstream: Upstream) -> str | None:
@@ -47,6 +57,10 @@ async def report_startup(settings: Settings, access: Access, policy: OverridePol
     logger.info(summary(settings, access))
     if access.open:
         logger.warning("flowise-sse: no FLOWISE_SSE_API_KEYS set: the gateway is open to anyone who can reach it")
+    if unknown := unknown_variables(os.environ):
+        # pydantic-settings drops them: a misspelt (or newer) setting would change nothing, silently.
+        logger.warning("flowise-sse: unknown settings ignored (misspelt, or not of this version): %s",
+                       ", ".join(unknown))
     try:
         await upstream.warm_up()
         version = await upstream.flowise.version()

@@ -27,15 +27,18 @@ class ChatClaims:
     def __contains__(self, chat_id: str) -> bool:
         return chat_id in self._holders
 
-    async def claim(self, chat_id: str, holder: str) -> Callable[[], None]:
-        """Claim `chat_id` for `holder`; raises `ChatBusy` when a prediction runs on it here or on
-        another replica. Returns the release (only ever of this claim: the chat may be
-        another's by then)."""
+    async def claim(
+        self, chat_id: str, holder: str, tenant: str | None = None, *, stream: bool = True
+    ) -> Callable[[], None]:
+        """Claim `chat_id` for `holder`, a stream of `tenant`'s (as Redis records it; `stream`
+        False: a prediction, which has no stream to record); raises `ChatBusy` when a prediction
+        runs on it here or on another replica. Returns the release (only ever of this claim: the
+        chat may be another's by then)."""
         if chat_id in self._holders:
             raise ChatBusy(f"chatId {chat_id!r} already has a prediction running; Flowise would mix the two up")
         self._holders[chat_id] = holder
         try:
-            if self.mirror is not None and not await self.mirror.claim_chat(chat_id, holder):
+            if self.mirror is not None and not await self.mirror.claim_chat(chat_id, holder, tenant, stream=stream):
                 raise ChatBusy(f"chatId {chat_id!r} already has a prediction running on another replica")
         except BaseException:
             del self._holders[chat_id]

@@ -48,7 +48,8 @@ class StreamManager:
         self.upstream = upstream
         self.store = store
         metrics.watch_store(store)
-        self.mirror = RedisMirror(settings, self._abort_requested, self._mirror_failed) if settings.redis_url else None
+        self.mirror = RedisMirror(
+            settings, self._abort_requested, self._mirror_failed, store.logs.get) if settings.uses_redis else None
         self.runs: dict[str, StreamRun] = {}
         self.chats = ChatClaims(self.mirror)
         self.slots = OwnerSlots(settings.max_streams_per_key)
@@ -129,12 +130,12 @@ class StreamManager:
     ) -> StreamRun:
         """A registered-to-be run holding its chat, its owner's slot and its log; on any
         refusal, whatever was taken is given back (the exit stack) and the refusal counted."""
-        stream_id = uuid.uuid4().hex
+        stream_id = self.mirror.new_stream_id() if self.mirror else uuid.uuid4().hex
         try:
             with ExitStack() as lent:
                 if self.draining:
                     raise ShuttingDown("the gateway is shutting down; retry on another replica")
-                release_chat = await self.chats.claim(prediction.chat_id, stream_id)
+                release_chat = await self.chats.claim(prediction.chat_id, stream_id, owner)
                 lent.callback(release_chat)
                 lent.callback(self.slots.take(owner))
                 log = self.store.create(stream_id, owner)
@@ -155,7 +156,7 @@ class StreamManager:
             if self.draining:
                 raise ShuttingDown("the gateway is shutting down; retry on another replica")
             # Never a stream id (those are 32 hex digits): a prediction is no stream to read.
-            lent.callback(await self.chats.claim(chat_id, f"p{uuid.uuid4().hex}"))
+            lent.callback(await self.chats.claim(chat_id, f"p{uuid.uuid4().hex}", stream=False))
             lent.callback(self.slots.take(owner))
             yield
 
@@ -172,7 +173,7 @@ class StreamManager:
         log = self.store.get(stream_id)
         if log is not None:
             return log.owner == owner  # already over
-        if self.mirror and await self.mirror.exists(stream_id):
+        if self.mirror and (remote := await self.mirror.lookup(stream_id)) is not None and remote.tenant == owner:
             await self.mirror.publish_abort(stream_id)
             return True
         return False
@@ -211,7 +212,9 @@ class StreamManager:
             if after:
                 logger.info("stream resumed", extra=fields(stream_id=stream_id, after=after, source="memory"))
             return Reading(self._follow_memory(log, self.runs.get(stream_id), after, release), release)
-        if self.mirror and await self.mirror.exists(stream_id):
+        if self.mirror and (remote := await self.mirror.lookup(stream_id)) is not None:
+            if not any_owner and remote.tenant != owner:
+                raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
             if await self.mirror.ended_by(stream_id, after):
                 return None
             release = self.readers.admit(stream_id, reader)

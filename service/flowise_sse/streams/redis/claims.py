@@ -1,5 +1,12 @@
-"""Cross-replica "one prediction per chatId": the chat lock, claimed with the stream's owner in
-one atomic call and released by compare-and-delete."""
+"""Cross-replica "one prediction per chatId": the chat lock, then the stream's meta; released by
+compare-and-delete.
+
+The lock and the meta are two keys in two hash slots (on a cluster, maybe two nodes), so the claim
+is two calls: `SET NX` on the lock (the claim itself, atomic), then the meta (owner and tenant)
+with its expiry. A meta that cannot be written gives the lock back. Between the two calls the
+stream's id is known to nobody (it is first sent in its `start` event), so no reader can look for
+the meta before it exists.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +14,12 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as redis
-
 from ...settings import Settings
 from . import keys
-from .calls import redis_call, store_call
+from .calls import REDIS_ERRORS, Client, redis_call, store_call
 
 logger = logging.getLogger("flowise_sse")
 
-# One round trip, atomic: the chat lock and the stream's owner, with their expiries.
-_CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-  return 1
-end
-return 0
-"""
 # Release the lock only if this stream still holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -32,9 +28,9 @@ return 0
 
 
 class ChatClaims:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self._redis = client
         self._settings = settings
-        self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._releases: set[asyncio.Task[None]] = set()
 
@@ -42,13 +38,27 @@ class ChatClaims:
     def releasing(self) -> bool:
         return bool(self._releases)
 
-    async def claim(self, chat_id: str, stream_id: str, owner: str) -> bool:
-        """Whether the chat was free; if so `stream_id` holds it, and `owner` runs the stream."""
+    async def claim(
+        self, chat_id: str, stream_id: str, owner: str, tenant: str | None, *, stream: bool = True
+    ) -> bool:
+        """Whether the chat was free; if so `stream_id` holds it, and (a `stream`) its meta says
+        that `owner` runs it for `tenant`."""
         with store_call("claim_chat"):
-            return bool(await self._claim(
-                keys=[keys.chat_lock(chat_id), keys.meta(stream_id)],
-                args=[stream_id, keys.chat_lock_ttl(self._settings), keys.OWNER_FIELD, owner,
-                      keys.running_ttl(self._settings)]))
+            claimed = await self._redis.set(keys.chat_lock(chat_id), stream_id, nx=True,
+                                            ex=keys.chat_lock_ttl(self._settings))
+        if not claimed or not stream:
+            return bool(claimed)
+        try:
+            with store_call("claim_chat"):
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.hset(keys.meta(stream_id), mapping={keys.OWNER_FIELD: owner,
+                                                         keys.TENANT_FIELD: keys.tenant_value(tenant)})
+                pipe.expire(keys.meta(stream_id), keys.running_ttl(self._settings))
+                await pipe.execute()
+        except BaseException:
+            self.release_soon(chat_id, stream_id)
+            raise
+        return True
 
     async def release(self, chat_id: str, stream_id: str) -> None:
         """Release the lock, retrying while Redis is away (until the lock would have expired by
@@ -60,7 +70,7 @@ class ChatClaims:
                 with redis_call("release_chat"):
                     await self._release(keys=[keys.chat_lock(chat_id)], args=[stream_id])
                 return
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     logger.warning("flowise-sse: releasing a chatId lock in Redis failed (%s)", exc)
                     return

@@ -1,16 +1,23 @@
 """Where the mirror's data lives in Redis, and for how long.
 
 Every key and channel name, the entries of an events key, and every expiry: no other module
-builds a key string or an entry id, so where keys live (a hash tag for Redis Cluster, say)
-changes here alone.
+builds a key string or an entry id.
 
-- `fss:{streamId}:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
-- `fss:{streamId}:meta`: a hash; `owner` is the replica running the stream.
-- `fss:{streamId}:response`: a hash; the Responses API's record of the response run as that
+- `fss:{tag}:<streamId>:events`: a Redis Stream, one entry per SSE frame, with entry id `<seq>-0`.
+- `fss:{tag}:<streamId>:meta`: a hash; `owner` is the replica running the stream, `tenant` the
+  gateway key that started it (empty on an open gateway).
+- `fss:{tag}:<streamId>:response`: a hash; the Responses API's record of the response run as that
   stream (its chat, model and input: `record`), and `cancelled` once a client cancelled it.
-- `fss:chat:{chatId}`: the chat lock, holding the id of the stream that uses the chat.
-- `fss:replica:{replicaId}`: present while that replica is alive.
-- `fss:abort`: the pub/sub channel carrying the ids of streams to abort.
+- `fss:chat:<chatId>`: the chat lock, holding the id of the stream that uses the chat.
+- `fss:replica:<replicaId>`: present while that replica is alive.
+- `fss:abort`: the channel carrying the ids of streams to abort (sharded pub/sub on a cluster).
+
+`{tag}` is a Redis Cluster hash tag: the first 12 hex digits of the stream id, which are its
+owner replica's id (`RedisMirror.new_stream_id`). Every stream a replica runs thus lives in one
+hash slot, so the writer sends all of a batch's frames in one script call, on any cluster, and a
+reader's pipeline touches a stream's two keys together; a response's record shares its stream's
+slot too, though each call on it touches that key alone. A cluster spreads replicas, not
+streams, over its shards (see docs/operations/redis.md, "Sizing"). Every other key is used alone.
 """
 
 from __future__ import annotations
@@ -21,18 +28,31 @@ from ...settings import Settings
 
 ABORT_CHANNEL = "fss:abort"
 OWNER_FIELD = "owner"  # in a stream's meta hash
+TENANT_FIELD = "tenant"
+
+
+TAG_LENGTH = 12  # hex digits: a replica's id, and the start of every stream id it makes
+
+
+def slot_tag(stream_id: str) -> str:
+    return stream_id[:TAG_LENGTH]
 
 
 def events(stream_id: str) -> str:
-    return f"fss:{stream_id}:events"
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:events"
 
 
 def meta(stream_id: str) -> str:
-    return f"fss:{stream_id}:meta"
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:meta"
+
+
+def tenant_value(tenant: str | None) -> str:
+    """A tenant as the meta hash holds it (an open gateway's streams: empty)."""
+    return tenant or ""
 
 
 def response(stream_id: str) -> str:
-    return f"fss:{stream_id}:response"
+    return f"fss:{{{stream_id[:TAG_LENGTH]}}}:{stream_id}:response"
 
 
 RECORD_FIELD = "record"  # in a response hash: the record's JSON

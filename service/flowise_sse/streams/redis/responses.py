@@ -7,15 +7,15 @@ are its stream's: `frames` reads them whole, for a snapshot of a response anothe
 
 from __future__ import annotations
 
-import redis.asyncio as redis
+from typing import cast
 
 from ...settings import Settings
 from . import keys
-from .calls import store_call
+from .calls import Client, store_call
 
 
 class ResponseRecords:
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: Client, settings: Settings) -> None:
         self._redis = client
         self._settings = settings
 
@@ -30,7 +30,7 @@ class ResponseRecords:
     async def load(self, stream_id: str) -> tuple[bytes, bool] | None:
         """(record, cancelled), or None when there is no such record (never made, or expired)."""
         with store_call("response_load"):
-            fields: dict[bytes, bytes] = await self._redis.hgetall(keys.response(stream_id))  # type: ignore[assignment]
+            fields = cast("dict[bytes, bytes]", await self._redis.hgetall(keys.response(stream_id)))  # no decoding
         record = fields.get(keys.RECORD_FIELD.encode())
         return None if record is None else (record, keys.CANCELLED_FIELD.encode() in fields)
 
@@ -48,6 +48,5 @@ class ResponseRecords:
     async def frames(self, stream_id: str) -> list[bytes]:
         """Every frame of the stream so far (its events key, whole): a point-in-time read."""
         with store_call("response_frames"):
-            entries: list[tuple[bytes, dict[bytes, bytes]]] = await self._redis.xrange(  # type: ignore[assignment]
-                keys.events(stream_id))
+            entries = cast("list[keys.Entry]", await self._redis.xrange(keys.events(stream_id)))
         return [keys.entry_frame(fields) for _, fields in entries]
