@@ -228,11 +228,10 @@ async def test_primaryKilledMidRun_thenReadersEndExactOrWithStoreUnavailable_rep
     print(topology.mode, outcome)
 
 
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
 def test_cluster_primaryOfTheAbortChannelKilled_thenADeleteOnBStillStopsTheRunOnA(
     topology: Deployment, replicas: tuple[GatewayProcess, GatewayProcess]
 ) -> None:
-    if topology.mode != "cluster":
-        pytest.skip("sharded pub/sub: a cluster's")
     a, b = replicas
     cluster: LocalCluster = topology.handle
     # Its shard fails over here, unless it did already in this module (the failover test above
@@ -408,11 +407,10 @@ def test_resumeAtOrPastTheTerminalEvent_is204AtOnce_onBothReplicas(emulators: An
 
 
 # --- misconfiguration, said as such ------------------------------------------------------------------
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
 def test_clusterNodeGivenAsAStandaloneUrl_thenStoreMisconfiguredNamingTheSetting_notAnOutage(
     topology: Deployment, emulators: Any, tmp_path: Any
 ) -> None:
-    if topology.mode != "cluster":
-        pytest.skip("a cluster's node")
     log = tmp_path / "gateway.log"
     env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_REDIS_URL": topology.handle.url}
     with GatewayProcess(env, stderr=log) as gateway:
@@ -442,11 +440,10 @@ def test_clusterFlagOnAStandaloneRedis_andAMisspeltSetting_thenEachIsNamedAtStar
     assert "unknown settings ignored (misspelt, or not of this version): FLOWISE_SSE_REDIS_SENTINEL" in text
 
 
+@pytest.mark.parametrize("topology", ["cluster"], indirect=True)
 def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_andStreamAndResume(
     topology: Deployment, emulators: Any
 ) -> None:
-    if topology.mode != "cluster":
-        pytest.skip("a cluster's node")
     cluster: LocalCluster = topology.handle
     followed = cluster.followed_primaries()
     named = next(node for node in cluster.nodes if node.proc.poll() is None and node.port in followed)
