@@ -93,6 +93,17 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
+# The longest runs first (a group, or tests of half a minute), so that under pytest-xdist no worker
+# starts one of them when the others are nearly done; a module's tests stay together, in order.
+LONGEST_FIRST = ["tests/e2e/", "tests/test_redis_topologies.py", "tests/test_soak.py", "tests/interop/",
+                 "tests/test_api_schema.py", "tests/test_workers.py", "tests/test_deploy.py", "tests/test_cli.py"]
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return next((rank for rank, prefix in enumerate(LONGEST_FIRST) if path.startswith(prefix)), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The e2e tests run one real Flowise at a time (a core and a gigabyte each): under
     pytest-xdist (`-n`, with `--dist loadgroup`) they all go to one worker, in their order, while
@@ -100,3 +111,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.xdist_group("e2e"))
+    items.sort(key=_rank)

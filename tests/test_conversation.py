@@ -345,7 +345,9 @@ async def test_upload_whileTheAnswerStreams_thenTheGatewayHoldsNoCopyOfIt(emulat
     # The test client, the gateway and the emulator share this process: the emulator records the
     # upload by its size only, and the client's body is gone once sent; what is left would be the
     # gateway's (the raw body, the parsed JSON, the model, the prediction, the encoded body).
-    flowise = emulators("3.1.4", token_delay=0.5)  # ten tokens: a five-second answer
+    # Ten tokens: a twenty-second answer, stopped once checked; the heap scans below take seconds
+    # on a loaded machine, and the run must still be going when they end.
+    flowise = emulators("3.1.4", token_delay=2)
     gateway = gateways(flowise.url)
     size = 3 * 1024 * 1024
 
@@ -371,7 +373,8 @@ async def test_upload_whileTheAnswerStreams_thenTheGatewayHoldsNoCopyOfIt(emulat
         flowise.app.conversation.files.clear()
         await until(lambda: not _large_buffers(size // 2), timeout=2, what="no copy of the upload held")
         assert not run.done and run.prediction.uploads is None
-        assert [line async for line in lines if line.startswith("event: ")][-1] == "event: end"
+        assert (await client.delete(f"/v1/streams/{run.id}")).status_code == 204
+        assert [line async for line in lines if line.startswith("event: ")][-1] == "event: error"
 
 
 # --- side routes -----------------------------------------------------------------------------

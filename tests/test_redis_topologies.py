@@ -36,7 +36,8 @@ from .helpers import until, wait_until
 from .redis_topologies import Deployment, LocalCluster
 from .servers import GatewayProcess, RedisServer, Sse, joined
 
-pytestmark = pytest.mark.redis
+# One worker starts each Redis topology (a cluster of six, a Sentinel group) for all its tests.
+pytestmark = [pytest.mark.redis, pytest.mark.xdist_group("redis_topologies")]
 LONG = bool(os.environ.get("REDIS_LONG_TESTS"))
 long_only = pytest.mark.skipif(not LONG, reason="the long version: REDIS_LONG_TESTS=1")
 STREAM = f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream"
@@ -297,10 +298,10 @@ async def test_standalone_restartedEmptyMidRun_thenReadersExact_replaysExact_eve
         await asyncio.to_thread(store.__enter__)  # the same port, no data: a restart without persistence
         restarted = time.monotonic()
 
-        async def resume(item: dict[str, Any], at: int) -> int:
-            r = await client.get(f"{b.url}/v1/streams/{item['streamId']}/events",
-                                 headers={"Last-Event-ID": f"{item['streamId']}:{at}"}, timeout=60)
-            return r.status_code
+        async def resume(item: dict[str, Any], at: int) -> int:  # its status; not read to the end
+            async with client.stream("GET", f"{b.url}/v1/streams/{item['streamId']}/events", timeout=60,
+                                     headers={"Last-Event-ID": f"{item['streamId']}:{at}"}) as r:
+                return r.status_code
 
         # Resumes on B right after the restart, while the keys are being written again: waited
         # for (the owner is alive), never a 404.

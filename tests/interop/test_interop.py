@@ -38,7 +38,8 @@ from flowise_sse.settings import Settings
 from ..servers import ServerThread, parse_sse, stop_all
 from .py_clients import CLIENTS as PY_CLIENTS
 
-pytestmark = pytest.mark.interop
+# One worker builds the matrix (every client against every scenario at once) for all its tests.
+pytestmark = [pytest.mark.interop, pytest.mark.xdist_group("interop")]
 
 HERE = Path(__file__).parent
 REPLY = "This is a deterministic mock reply. You said: "
