@@ -115,13 +115,14 @@ async def test_globalMemoryCap_thenFinishedStreamsEvictedFirst(emulators, gatewa
     assert gateway.app.state.manager.store.total_bytes <= 6000
 
 
-async def test_retention_whenExpired_thenStreamGone(emulators, gateways):
-    gateway = gateways(emulators("3.1.4").url, stream_retention=0.3)
+async def test_retention_whenExpired_thenStreamGone(emulators, gateways, clock):
+    gateway = gateways(emulators("3.1.4").url, stream_retention=30)
     async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as client:
         r = await client.post(f"/v1/chatflows/{DEMO_CHATFLOW_ID}/stream", json={"question": "brief"})
         stream_id = r.text.split("id: ")[1].split(":")[0]
+        clock.now += 29.9
         assert (await client.get(f"/v1/streams/{stream_id}/events")).status_code == 200
-        await asyncio.sleep(0.5)  # the scenario: time passes beyond the retention
+        clock.now += 0.2  # the store's clock: beyond the retention
         gone = await client.get(f"/v1/streams/{stream_id}/events")
     assert gone.status_code == 404
     assert stream_id not in gateway.app.state.manager.store.logs
