@@ -37,8 +37,8 @@ def _binary() -> str:
     return binary
 
 
-def _answers(port: int) -> bool:
-    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+def _answers(port: int, options: dict[str, Any]) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=1, **options)
     try:
         return bool(client.ping())
     except redis.RedisError:
@@ -47,16 +47,27 @@ def _answers(port: int) -> bool:
         client.close()
 
 
+def _self_signed(directory: Path) -> Path:
+    """A certificate for 127.0.0.1 (what the sentinels announce) and its key, `key.pem`, in
+    `directory`; the certificate is its own CA."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(directory / "key.pem"),
+                    "-out", str(directory / "cert.pem")], check=True, capture_output=True)
+    return directory / "cert.pem"
+
+
 class _Node:
     """One redis-server process of a topology, restartable on its port."""
 
-    def __init__(self, directory: Path, port: int, args: list[str]) -> None:
+    def __init__(self, directory: Path, port: int, args: list[str],
+                 client_options: dict[str, Any] | None = None) -> None:
         self.directory, self.port, self.args = directory, port, args
+        self.client_options = client_options or {}  # what a client needs: a password, TLS
         self.proc: Any = None
 
     def start(self) -> _Node:
         self.proc = subprocess.Popen([_binary(), *self.args], cwd=self.directory, stdout=subprocess.DEVNULL)
-        wait_until(lambda: _answers(self.port) or self.proc.poll() is not None, timeout=10,
+        wait_until(lambda: _answers(self.port, self.client_options) or self.proc.poll() is not None, timeout=10,
                    what=f"redis-server on port {self.port} answers PING")
         if self.proc.poll() is not None:
             raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
@@ -69,7 +80,8 @@ class _Node:
             self.proc.wait(10)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=5,
+                           **self.client_options)
 
 
 class LocalCluster:
@@ -190,32 +202,54 @@ class LocalCluster:
 
 
 class SentinelGroup:
-    """A primary, its replica and three sentinels watching them as `master`."""
+    """A primary, its replica and three sentinels watching them as `master`. `secured`: each
+    server and sentinel has a password of its own kind and listens on TLS only (a certificate
+    for 127.0.0.1 made with openssl, its own CA), replication and the sentinels' links on TLS too."""
 
-    def __init__(self, master: str = "fss-primary") -> None:
-        self.master = master
+    PASSWORD, SENTINEL_PASSWORD = "primary-secret", "sentinel-secret"
+
+    def __init__(self, master: str = "fss-primary", secured: bool = False) -> None:
+        self.master, self.secured = master, secured
         self.directory = Path(tempfile.mkdtemp(prefix="fss-sentinel-"))
         primary_port, replica_port = free_port(), free_port()
-        server = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
+        server_options: dict[str, Any] = {}
+        sentinel_options: dict[str, Any] = {}
+        tls: list[tuple[str, str]] = []  # directives, as a config file's lines or as --arguments
+        if secured:
+            self.certificate = _self_signed(self.directory)
+            tls = [("tls-cert-file", str(self.certificate)), ("tls-key-file", str(self.directory / "key.pem")),
+                   ("tls-ca-cert-file", str(self.certificate)), ("tls-auth-clients", "no"), ("tls-replication", "yes")]
+            server_options = {"password": self.PASSWORD, "ssl": True, "ssl_ca_certs": str(self.certificate)}
+            sentinel_options = {**server_options, "password": self.SENTINEL_PASSWORD}
+
+        def listening(port: int) -> list[str]:
+            return ["--port", "0", "--tls-port", str(port)] if secured else ["--port", str(port)]
+
+        server = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0",
+                  *(word for name, value in tls for word in (f"--{name}", value)),
+                  *(["--requirepass", self.PASSWORD, "--masterauth", self.PASSWORD] if secured else [])]
         (self.directory / "primary").mkdir()
         (self.directory / "replica").mkdir()
         self.servers = [
-            _Node(self.directory / "primary", primary_port, ["--port", str(primary_port), *server]),
+            _Node(self.directory / "primary", primary_port, [*listening(primary_port), *server], server_options),
             _Node(self.directory / "replica", replica_port,
-                  ["--port", str(replica_port), *server, "--replicaof", "127.0.0.1", str(primary_port)]),
+                  [*listening(replica_port), *server, "--replicaof", "127.0.0.1", str(primary_port)], server_options),
         ]
         self.sentinels: list[_Node] = []
         for index in range(3):
             port = free_port()
             directory = self.directory / f"sentinel{index}"
             directory.mkdir()
+            secrets = ("".join(f"{name} {value}\n" for name, value in tls) +
+                       f"requirepass {self.SENTINEL_PASSWORD}\nsentinel sentinel-pass {self.SENTINEL_PASSWORD}\n"
+                       f"sentinel auth-pass {master} {self.PASSWORD}\n") if secured else ""
             (directory / "sentinel.conf").write_text(
-                f"port {port}\nbind 127.0.0.1\n"
+                (f"port 0\ntls-port {port}\n" if secured else f"port {port}\n") + "bind 127.0.0.1\n"
                 f"sentinel monitor {master} 127.0.0.1 {primary_port} 2\n"
                 f"sentinel down-after-milliseconds {master} {NODE_TIMEOUT_MS}\n"
                 f"sentinel failover-timeout {master} 5000\n"
-                f"sentinel parallel-syncs {master} 1\n")
-            self.sentinels.append(_Node(directory, port, ["sentinel.conf", "--sentinel"]))
+                f"sentinel parallel-syncs {master} 1\n" + secrets)
+            self.sentinels.append(_Node(directory, port, ["sentinel.conf", "--sentinel"], sentinel_options))
 
     @property
     def addresses(self) -> str:
@@ -300,7 +334,9 @@ class SentinelGroup:
         wait_until(promoted, timeout=30, interval=0.1, what="the sentinels promote the replica")
         took = time.monotonic() - started
         new_primary = self.primary_port()
-        victim.args = [*victim.args[:10], "--replicaof", "127.0.0.1", str(new_primary)]
+        if "--replicaof" in victim.args:
+            victim.args = victim.args[:victim.args.index("--replicaof")]
+        victim.args = [*victim.args, "--replicaof", "127.0.0.1", str(new_primary)]
         victim.start()
         self.wait_healthy()
         return took

@@ -33,7 +33,7 @@ from flowise_sse.emulator import DEMO_CHATFLOW_ID
 from flowise_sse.streams.redis import keys
 
 from .helpers import until, wait_until
-from .redis_topologies import Deployment, LocalCluster
+from .redis_topologies import Deployment, LocalCluster, SentinelGroup
 from .servers import GatewayProcess, RedisServer, Sse, joined
 
 # One worker starts each Redis topology (a cluster of six, a Sentinel group) for all its tests.
@@ -464,3 +464,37 @@ def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_and
                                 headers={"Last-Event-ID": f"{stream_id}:2"})
             return resumed.status_code == 200 and "event: end" in resumed.text
         assert wait_until(streams_and_resumes, timeout=20, interval=0.5, what="streams after the node died") < 15
+
+
+# --- a Sentinel group with passwords and TLS --------------------------------------------------------
+def test_sentinel_withPasswordsAndTlsOnly_thenTwoReplicasStreamAndResume_andFollowAFailover(
+    emulators: Any, tmp_path: Any
+) -> None:
+    with SentinelGroup(secured=True) as group:
+        env = {"FLOWISE_URL": emulators("3.1.4").url, "FLOWISE_SSE_TOKEN_SECRET": "shared-secret",
+               "FLOWISE_SSE_REDIS_SENTINELS": group.addresses, "FLOWISE_SSE_REDIS_SENTINEL_MASTER": group.master,
+               "FLOWISE_SSE_REDIS_SENTINEL_PASSWORD": group.SENTINEL_PASSWORD, "FLOWISE_SSE_REDIS_SENTINEL_TLS": "true",
+               # The primary's password and TLS; its host is the one the sentinels name.
+               "FLOWISE_SSE_REDIS_URL": f"rediss://:{group.PASSWORD}@primary/0?ssl_ca_certs={group.certificate}"}
+        log = tmp_path / "a.log"
+        with GatewayProcess(env, log_level="info", stderr=log) as a, GatewayProcess(env) as b:
+            for round_ in ("before", "after"):
+                created = httpx.post(f"{a.url}/v1/streams", timeout=30,
+                                     json={"chatflowId": DEMO_CHATFLOW_ID, **tokens(20, 0)}).json()
+                assert "eventsUrl" in created, (created, log.read_text()[-3000:])
+                r = httpx.get(created["eventsUrl"].replace(a.url, b.url), timeout=30)
+                events = [line for line in r.text.splitlines() if line.startswith("event: ")]
+                assert r.status_code == 200 and events[-1] == "event: end", round_
+                assert events.count("event: token") == 20, round_
+                if round_ == "before":
+                    group.fail_over()
+                    # New streams within seconds of the promotion (503 store_unavailable meanwhile).
+                    until_ok = time.monotonic() + 20
+                    while httpx.post(a.url + STREAM, json=tokens(2, 0), timeout=30).status_code != 200:
+                        assert time.monotonic() < until_ok, "no stream within 20 s of the promotion"
+            with group.client() as check:
+                ttls = {key: check.ttl(key) for key in check.scan_iter(match="fss:*")}
+            assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls
+    text = log.read_text()
+    assert "FLOWISE_SSE_REDIS_SENTINEL_PASSWORD set, over TLS" in text
+    assert group.PASSWORD not in text and group.SENTINEL_PASSWORD not in text

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr | None = None
     """The sentinels' own password (their `requirepass`), if they have one; the primary's comes
     from `redis_url`."""
+    redis_sentinel_tls: bool = False
+    """Reach the sentinels over TLS (their `tls-port`), with the TLS options of `redis_url`
+    (`rediss://...?ssl_ca_certs=...`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs`); the
+    primary is reached over TLS when `redis_url` is `rediss://`."""
     redis_max_connections: int = 256
     """Redis connections per replica for readers on other replicas (one each while it waits for
     events), chat locks and aborts. A blocking pool: past it a caller waits (up to
@@ -258,6 +262,8 @@ class Settings(BaseSettings):
             raise ValueError("FLOWISE_SSE_REDIS_CLUSTER needs FLOWISE_SSE_REDIS_URL naming any node of the cluster")
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
             raise ValueError("FLOWISE_SSE_REDIS_SENTINELS and FLOWISE_SSE_REDIS_SENTINEL_MASTER go together")
+        if self.redis_sentinel_tls and not self.redis_sentinels:
+            raise ValueError("FLOWISE_SSE_REDIS_SENTINEL_TLS is about sentinels: set FLOWISE_SSE_REDIS_SENTINELS too")
         return self
 
     @field_validator("api_keys", "cors_origins", "allowed_hosts", "redis_sentinels", mode="before")

@@ -44,7 +44,8 @@ def summary(settings: Settings, access: Access) -> str:
 def _redis(settings: Settings) -> str:
     if settings.redis_sentinels:
         return (f"Sentinel {', '.join(settings.redis_sentinels)} (primary {settings.redis_sentinel_master!r}, "
-                f"FLOWISE_SSE_REDIS_SENTINEL_PASSWORD {'set' if settings.redis_sentinel_password else 'unset'})")
+                f"FLOWISE_SSE_REDIS_SENTINEL_PASSWORD {'set' if settings.redis_sentinel_password else 'unset'}"
+                f"{', over TLS' if settings.redis_sentinel_tls else ''})")
     if settings.redis_url is None:
         return "off (streams resume on this replica only)"
     url = redacted_url(settings.redis_url)

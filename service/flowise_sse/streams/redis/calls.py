@@ -15,6 +15,7 @@ for the primary on every new connection, and drops its connections when the prim
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from redis.exceptions import AskError, ClusterCrossSlotError, RedisClusterExcept
 from ... import metrics
 from ...errors import StoreMisconfigured, StoreUnavailable
 from ...settings import Settings
+
+logger = logging.getLogger("flowise_sse")
 
 Client = redis.Redis | RedisCluster
 # What a failing Redis call raises: redis-py's errors, a socket's, and the cluster client's own
@@ -70,8 +73,12 @@ def connect(settings: Settings, max_connections: int) -> Client:
         sentinel_password = settings.redis_sentinel_password
         sentinel_options: dict[str, Any] = {
             **timeouts, "password": sentinel_password.get_secret_value() if sentinel_password else None}
+        primary_options = _primary_options(settings.redis_url)
+        if settings.redis_sentinel_tls:
+            sentinel_options |= {"ssl": True} | {
+                name: value for name, value in primary_options.items() if name.startswith("ssl_")}
         sentinels = Sentinel([_host_port(address) for address in settings.redis_sentinels],
-                             sentinel_kwargs=sentinel_options, **timeouts, **_primary_options(settings.redis_url))
+                             sentinel_kwargs=sentinel_options, **timeouts, **primary_options)
         client: redis.Redis = sentinels.master_for(
             settings.redis_sentinel_master, connection_pool_class=_BlockingSentinelPool,
             max_connections=max_connections, timeout=settings.redis_timeout)
@@ -147,7 +154,9 @@ def store_call(operation: str) -> Iterator[None]:
     except REDIS_ERRORS as exc:
         if (wrong := misconfiguration(exc)) is not None:
             raise StoreMisconfigured(wrong) from None
-        raise StoreUnavailable(f"Redis did not answer: {exc}") from None
+        # redis-py's words name Redis' addresses and pools: the log's, not the client's.
+        logger.warning("flowise-sse: Redis did not answer (%s): %s", operation, exc)
+        raise StoreUnavailable(f"Redis did not answer ({type(exc).__name__}); retry later") from None
 
 
 async def xread(client: Client, key: str, after: str, block_ms: int, count: int) -> Any:

@@ -23,6 +23,7 @@ hole), and an XREAD answer that does not start right after the reader's position
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -36,6 +37,8 @@ from ..sse_encoder import encode
 from . import keys
 from .calls import REDIS_ERRORS, Client, is_taken_id, redis_call, store_call, xread
 from .writer import VERIFY_EVERY
+
+logger = logging.getLogger("flowise_sse")
 
 _READ_BLOCK_MS = 1000  # how long an XREAD waits for new entries before the key is looked at
 _READ_COUNT = 200  # entries per XREAD
@@ -102,8 +105,10 @@ class MirrorReader:
                 if now - failing_since < self._settings.redis_timeout:
                     await asyncio.sleep(0.2)
                     continue
+                logger.warning("flowise-sse: stream %s: Redis did not answer for %g s: %s",
+                               stream_id, self._settings.redis_timeout, exc)
                 yield encode(stream_id, last + 1, Event(ERROR, StoreUnavailable(
-                    f"Redis did not answer for {self._settings.redis_timeout:g} s ({exc}); "
+                    f"Redis did not answer for {self._settings.redis_timeout:g} s ({type(exc).__name__}); "
                     "resume later from the last event's id").to_dict()))
                 return
             failing_since = 0.0
