@@ -111,6 +111,11 @@ class LocalCluster:
         alive = next(node for node in self.nodes if node.proc is None or node.proc.poll() is None)
         return f"redis://127.0.0.1:{alive.port}/0"
 
+    @property
+    def urls(self) -> str:
+        """Every node, comma-separated: what a gateway (re)started after a node died needs."""
+        return ",".join(f"redis://127.0.0.1:{node.port}/0" for node in self.nodes)
+
     def __enter__(self) -> LocalCluster:
         try:
             for node in self.nodes:
@@ -364,7 +369,9 @@ class Deployment:
         if self.mode == "sentinel":
             return {"FLOWISE_SSE_REDIS_SENTINELS": self.handle.addresses,
                     "FLOWISE_SSE_REDIS_SENTINEL_MASTER": self.handle.master}
-        return {"FLOWISE_SSE_REDIS_URL": self.handle.url, "FLOWISE_SSE_REDIS_CLUSTER": str(self.mode == "cluster")}
+        if self.mode == "cluster":
+            return {"FLOWISE_SSE_REDIS_URL": self.handle.urls, "FLOWISE_SSE_REDIS_CLUSTER": "true"}
+        return {"FLOWISE_SSE_REDIS_URL": self.handle.url}
 
     def pids(self) -> list[int]:
         nodes = {"standalone": lambda h: [h], "cluster": lambda h: h.nodes,

@@ -442,7 +442,7 @@ def test_clusterFlagOnAStandaloneRedis_andAMisspeltSetting_thenEachIsNamedAtStar
 
 
 @pytest.mark.parametrize("topology", ["cluster"], indirect=True)
-def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_andStreamAndResume(
+def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_andANewOneGetsInThroughAnotherNode(
     topology: Deployment, emulators: Any
 ) -> None:
     cluster: LocalCluster = topology.handle
@@ -464,6 +464,16 @@ def test_cluster_theNodeTheUrlNamesKilled_thenBothReplicasFindTheNewTopology_and
                                 headers={"Last-Event-ID": f"{stream_id}:2"})
             return resumed.status_code == 200 and "event: end" in resumed.text
         assert wait_until(streams_and_resumes, timeout=20, interval=0.5, what="streams after the node died") < 15
+    # A gateway (re)started now: through its one dead node it cannot find the cluster, and says
+    # so; naming a live node beside it, it gets in.
+    other = next(node for node in cluster.nodes if node.proc.poll() is None)
+    with GatewayProcess(env) as alone, GatewayProcess(
+            {**env, "FLOWISE_SSE_REDIS_URL": f"{env['FLOWISE_SSE_REDIS_URL']}, redis://127.0.0.1:{other.port}/0"}) as c:
+        ready = httpx.get(f"{alone.url}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "store_unavailable", ready.text
+        assert httpx.get(f"{c.url}/readyz", timeout=30).status_code == 200
+        r = httpx.post(c.url + STREAM, json=tokens(5, 0), timeout=30)
+        assert r.status_code == 200 and "event: end" in r.text, r.text
 
 
 # --- a Sentinel group with passwords and TLS --------------------------------------------------------

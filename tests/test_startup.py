@@ -71,6 +71,10 @@ async def test_aMisspeltSetting_thenTheReportNamesIt_butNotTheClientsOwn(emulato
 
 @pytest.mark.parametrize(("redis", "said"), [
     ({"redis_url": "redis://:hunter2@node1:6379/0", "redis_cluster": True}, "Redis Cluster via redis://:***@node1"),
+    ({"redis_url": "redis://:hunter2@node1:6379/0, redis://:hunter2@node2:6379/0", "redis_cluster": True},
+     "Redis Cluster via redis://:***@node1:6379/0, redis://:***@node2:6379/0"),
+    ({"redis_url": "redis://:hunter2@ignored:6379/0", "redis_sentinels": ["s1:26379"], "redis_sentinel_master": "p",
+      "redis_sentinel_tls": True}, "(primary 'p', FLOWISE_SSE_REDIS_SENTINEL_PASSWORD unset, over TLS)"),
     ({"redis_url": "redis://:hunter2@ignored:6379/0", "redis_sentinels": ["s1:26379", "s2:26379"],
       "redis_sentinel_master": "primary", "redis_sentinel_password": "sentinel-secret"},
      "Redis Sentinel s1:26379, s2:26379 (primary 'primary', FLOWISE_SSE_REDIS_SENTINEL_PASSWORD set)"),
@@ -79,6 +83,15 @@ def test_summaryLine_namesTheRedisMode_neverItsPasswords(redis, said):
     settings = Settings(flowise_url="http://flowise:3000", **redis)
     line = summary(settings, Access(settings))
     assert said in line and "hunter2" not in line and "sentinel-secret" not in line
+
+
+@pytest.mark.parametrize(("redis", "said"), [
+    ({"redis_url": "redis://a:6379,redis://b:6379"}, "only a cluster has: set FLOWISE_SSE_REDIS_CLUSTER=true"),
+    ({"redis_url": "redis://a:6379", "redis_sentinel_tls": True}, "set FLOWISE_SSE_REDIS_SENTINELS too"),
+])
+def test_redisSettingsThatCannotWork_thenRefusedAtStartUp_namingTheFix(redis, said):
+    with pytest.raises(ValueError, match=said):
+        Settings(flowise_url="http://flowise:3000", **redis)
 
 
 async def test_aFlowiseThatAnswersEverything_thenNoCredentialWarning(emulators, caplog):

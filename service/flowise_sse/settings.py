@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     the primary Sentinel names), and it may be left unset."""
     redis_cluster: bool = False
     """`redis_url` names a node of a Redis Cluster (Redis >= 7.0, or Valkey): the gateway finds
-    the others, follows resharding and failovers, and aborts over sharded pub/sub."""
+    the others, follows resharding and failovers, and aborts over sharded pub/sub. Name several,
+    comma-separated (`redis://a:6379,redis://b:6379`; credentials, TLS and db from the first), or
+    a name that resolves to several, so that a gateway started while one node is down still gets
+    in."""
     redis_sentinels: Annotated[list[str], NoDecode] = []
     """Redis Sentinel: `host:port` of each sentinel (comma-separated); the gateway asks them for
     the primary of `redis_sentinel_master` and follows it through failovers."""
@@ -258,6 +261,9 @@ class Settings(BaseSettings):
         if self.redis_cluster and self.redis_sentinels:
             raise ValueError("FLOWISE_SSE_REDIS_CLUSTER and FLOWISE_SSE_REDIS_SENTINELS exclude each other: "
                              "a cluster fails over by itself, without sentinels")
+        if self.redis_url and "," in self.redis_url and not self.redis_cluster:
+            raise ValueError("FLOWISE_SSE_REDIS_URL names several Redis servers, which only a cluster has: "
+                             "set FLOWISE_SSE_REDIS_CLUSTER=true, or give one URL")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("FLOWISE_SSE_REDIS_CLUSTER needs FLOWISE_SSE_REDIS_URL naming any node of the cluster")
         if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):

@@ -23,8 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import AskError, ClusterCrossSlotError, RedisClusterException
 
@@ -89,11 +89,30 @@ def connect(settings: Settings, max_connections: int) -> Client:
         # Past its size a cluster node's pool refuses ("Too many connections") instead of
         # waiting: the blocking readers are held to `max_connections` by `MirrorReader`, and this
         # headroom is for the short calls (claims, look-ups, the writer's, a topology refresh).
-        return RedisCluster.from_url(settings.redis_url, max_connections=max_connections + _CLUSTER_HEADROOM,
-                                     **timeouts)
+        urls = cluster_urls(settings.redis_url)
+        options: dict[str, Any] = dict(parse_url(urls[0]))  # credentials, TLS and db: the first URL's
+        if options.pop("connection_class", None) is SSLConnection:
+            options["ssl"] = True
+        options.pop("host", None)
+        options.pop("port", None)
+        # Every node named is a way in: a gateway (re)started while one of them is down still
+        # finds the cluster through another, then learns all of its nodes from it.
+        nodes = [ClusterNode(*_host_port_of(url)) for url in urls]
+        return RedisCluster(startup_nodes=nodes, max_connections=max_connections + _CLUSTER_HEADROOM,
+                            **timeouts, **options)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)
     return redis.Redis(connection_pool=pool)
+
+
+def cluster_urls(value: str) -> list[str]:
+    """The node URLs of `redis_url` in cluster mode: one, or several comma-separated."""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def _host_port_of(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or 6379
 
 
 def _host_port(address: str) -> tuple[str, int]:
