@@ -431,6 +431,16 @@ class FlowiseClient:
             raise failure from None
         finally:
             content = None
+        async with self._checked(response, operation, what, started, "the Flowise stream") as checked:
+            yield checked
+
+    @asynccontextmanager
+    async def _checked(
+        self, response: aiohttp.ClientResponse, operation: str, what: str, started: float, reading: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response the caller streams: a failure status raised as Flowise's error (its body
+        read, bounded), the call counted, a transport failure while the caller reads named as
+        `reading`'s; released on exit."""
         try:
             if response.status != 200:
                 try:
@@ -445,7 +455,7 @@ class FlowiseClient:
             try:
                 yield response
             except aiohttp.ClientError as exc:
-                raise self._transport_failure(exc, operation, what, "the Flowise stream") from None
+                raise self._transport_failure(exc, operation, what, reading) from None
         finally:
             response.release()
 
@@ -533,18 +543,8 @@ class FlowiseClient:
             failure = self._transport_failure(exc, operation, what)
             metrics.upstream_call(operation, time.monotonic() - started, failure.code)
             raise failure from None
-        try:
-            if response.status != 200:
-                failure = error_from_response(response.status, await _error_body(response.content.iter_any()), what)
-                metrics.upstream_call(operation, time.monotonic() - started, failure.code)
-                raise failure
-            metrics.upstream_call(operation, time.monotonic() - started)
-            try:
-                yield response
-            except aiohttp.ClientError as exc:
-                raise self._transport_failure(exc, operation, what, "the file") from None
-        finally:
-            response.release()
+        async with self._checked(response, operation, what, started, "the file") as checked:
+            yield checked
 
     async def version(self) -> FlowiseVersion:
         """The server's version and so its transport; remembered for `version_ttl` seconds."""
