@@ -216,6 +216,18 @@ async def test_rejoin_afterTheEnd_joinsUntilDelivered_orUntilTheWindowPassed(man
     assert manager.rejoins.join("k2") is None
 
 
+async def test_rejoin_whenDeliveredWhileTheTransportStillReadsAfterTheEnd_thenANewQuestion(manager, upstream):
+    run, script = await started(manager, upstream, request_key="k1")
+    script.end("done")  # no finish(): the run's task goes on, reading the rest of the response
+    assert names(await read_all(manager, run.id)) == ["start", "end"]  # a reader got it whole
+    assert not run.done
+    assert manager.rejoins.join("k1") is None
+    again = asyncio.ensure_future(manager.start(FLOW, ask(), request_key="k1"))
+    (await upstream.opened(2)).start()  # a second prediction, on the chat the end gave back
+    assert (await again) is not run
+    script.finish()
+
+
 async def test_clientLeavesAfterStart_thenTheStreamGoesOn_andResumesWithNoGapNorDuplicate(manager, upstream):
     run, script = await started(manager, upstream)
     reading = await manager.follow(run.id, 0)

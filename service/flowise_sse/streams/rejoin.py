@@ -1,10 +1,11 @@
 """GET streams that the same GET may join again.
 
 An `EventSource` that loses its connection before its first event reconnects with the same URL
-and no Last-Event-ID. The route hashes what makes the ask into a request key; while the run
-started under that key goes on, and for `window` seconds after it ended unless a reader received
-it whole, the same key joins that run rather than asking Flowise a second time (or getting a 409
-on its own chatId). Only the digest is kept, never the question. Per replica, in memory.
+and no Last-Event-ID. The route hashes what makes the ask into a request key; until a reader
+received the run started under that key whole, while the run goes on and for `window` seconds
+after its terminal event, the same key joins that run rather than asking Flowise a second time
+(or getting a 409 on its own chatId). Only the digest is kept, never the question. Per replica,
+in memory.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ class RejoinRegistry:
         run = self._runs.get(request_key)
         if run is None:
             return None
-        if not run.done:
-            return run
         log = run.log
-        if (
-            request_key in self._delivered or log.evicted or run.phase == "refused" or log.finished_at is None
-            or time.monotonic() - log.finished_at > self.window
-        ):
+        # Delivered is checked before the run's task is: after its terminal event a transport
+        # still reads the rest of the response (up to 1 s), and a reader may have it all by then.
+        if request_key in self._delivered or log.evicted or run.phase == "refused":
+            self._forget(request_key, run)
+            return None
+        if log.finished_at is None:
+            if not run.done:
+                return run
+            self._forget(request_key, run)  # over without a terminal event of its own
+            return None
+        if time.monotonic() - log.finished_at > self.window:
             self._forget(request_key, run)
             return None
         return run
