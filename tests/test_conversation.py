@@ -222,7 +222,7 @@ async def test_humanInput_stop_thenEndCarriesTheActionAndWaits_andTheChatIsFreeA
     action = next(e.data for e in events if e.event == "action")
     assert end.data["action"] == action and action["data"]["nodeId"] == "humanInputAgentflow_0"
     assert action["mapping"] == {"approve": "Proceed", "reject": "Reject"}
-    assert gateway.app.state.manager.chats._holders == {}  # released with the end: no 409 for the reply
+    assert gateway.app.state.services.manager.chats._holders == {}  # released with the end: no 409 for the reply
     status, resumed = await post_stream(gateway, HUMAN_INPUT_AGENTFLOW_ID, chatId="hitl-1", humanInput={
         "type": "proceed", "startNodeId": action["data"]["nodeId"], "feedback": "Ship it"})
     assert status == 200 and resumed[-1].event == "end", resumed
@@ -366,7 +366,7 @@ async def test_upload_whileTheAnswerStreams_thenTheGatewayHoldsNoCopyOfIt(emulat
         async for line in lines:
             if line.startswith("event: token"):
                 break
-        run = next(iter(gateway.app.state.manager.runs.values()))
+        run = next(iter(gateway.app.state.services.manager.runs.values()))
         # Chunks still in flight (a socket's, a queue's) are let go within moments; a copy
         # held for the stream would be there until its end, seconds later.
         # What Flowise stored (the decoded file) is Flowise's copy, not the gateway's.

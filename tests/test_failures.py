@@ -110,9 +110,9 @@ async def test_clientLeaves_whenPolicyAbort_thenUpstreamClosedWithinASecondAndNo
 ):
     flowise = emulators(version)
     gateway = gateways(flowise.url, on_client_disconnect="abort")
-    pool = gateway.app.state.settings.socketio_pool_size if version in ("1.6.2", "2.0.7") else 0
+    pool = gateway.app.state.services.settings.socketio_pool_size if version in ("1.6.2", "2.0.7") else 0
 
-    upstream = gateway.app.state.upstream
+    upstream = gateway.app.state.services.upstream
 
     def upstream_closed() -> bool:
         return flowise.app.active_predictions == 0 and flowise.app.connected_sockets <= pool
@@ -180,7 +180,7 @@ async def test_socketIoPool_whenUsedSocketsRest_thenRefilledAndNoLeaseConnectsOn
     # refills meanwhile, in the background, so sequential predictions never wait for a handshake.
     flowise = emulators("1.6.2")
     gateway = gateways(flowise.url, socketio_pool_size=2)
-    pool = gateway.app.state.upstream.sockets
+    pool = gateway.app.state.services.upstream.sockets
     await until(lambda: len(pool._ready) == 2, timeout=5.0)
     for n in range(5):
         _, events = await post_stream(gateway, {"question": f"sequential {n}"})

@@ -227,7 +227,7 @@ async def test_sdk_whenClientLeaves_thenUpstreamClosedAndRunAborted(gateways, fl
 
 
 async def _runs(gateway: ServerThread) -> int:
-    return len(gateway.app.state.manager.runs)
+    return len(gateway.app.state.services.manager.runs)
 
 
 async def test_sdk_whenKeepAlivesBetweenTokens_thenParsedAsComments(gateways, flowise):
@@ -440,5 +440,5 @@ async def test_sdk_whenClientLeavesButRunIsReadByStreamId_thenRunGoesOnForThatRe
 
 
 async def _readers(gateway: ServerThread, stream_id: str) -> int:
-    run = gateway.app.state.manager.runs.get(stream_id)
+    run = gateway.app.state.services.manager.runs.get(stream_id)
     return run.readers if run else -1

@@ -112,7 +112,7 @@ async def test_globalMemoryCap_thenFinishedStreamsEvictedFirst(emulators, gatewa
         last = await client.get(f"/v1/streams/{ids[-1]}/events")
     assert first.status_code == 404 and first.json()["error"]["code"] == "stream_not_found"
     assert last.status_code == 200 and "event: end" in last.text
-    assert gateway.app.state.manager.store.total_bytes <= 6000
+    assert gateway.app.state.services.manager.store.total_bytes <= 6000
 
 
 async def test_retention_whenExpired_thenStreamGone(emulators, gateways, clock):
@@ -125,7 +125,7 @@ async def test_retention_whenExpired_thenStreamGone(emulators, gateways, clock):
         clock.now += 0.2  # the store's clock: beyond the retention
         gone = await client.get(f"/v1/streams/{stream_id}/events")
     assert gone.status_code == 404
-    assert stream_id not in gateway.app.state.manager.store.logs
+    assert stream_id not in gateway.app.state.services.manager.store.logs
 
 
 async def test_maxStreams_thenOverloaded503(emulators, gateways):
@@ -167,4 +167,4 @@ async def test_globalMemoryCap_whenRunningStreamsFillIt_thenTheStreamOverItEndsW
     events = parse_sse(r)
     assert events[-1].event == "error" and events[-1].data["code"] == "stream_too_large"
     assert parse_sse(replay)[-1].data["code"] == "aborted"
-    assert gateway.app.state.manager.runs == {}
+    assert gateway.app.state.services.manager.runs == {}

@@ -57,8 +57,8 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     # A shared machine can starve the emulator: the timeouts are not what this measures.
     fresh = gateways(flowise.url, connect_timeout=30)
     full = gateways(flowise.url, max_streams=10_000, connect_timeout=30)
-    await asyncio.to_thread(full.call, lambda: _async(_fill, full.app.state.manager, 10_000))
-    assert await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.manager.store.logs)) == 10_000
+    await asyncio.to_thread(full.call, lambda: _async(_fill, full.app.state.services.manager, 10_000))
+    assert await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.services.manager.store.logs)) == 10_000
 
     # Alternated (ABBAAB), best of three each: the machine is shared, its load shifts between rounds.
     rounds = {"fresh": [], "full": []}
@@ -70,7 +70,7 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     fresh_ft, full_ft = (min(r[1] for r in rounds[name]) for name in ("fresh", "full"))
     print(f"fresh: {fresh_rate:.1f} streams/s, first token p50 {fresh_ft * 1000:.0f} ms; "
           f"full store: {full_rate:.1f} streams/s, first token p50 {full_ft * 1000:.0f} ms")
-    held = await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.manager.store.logs))
+    held = await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.services.manager.store.logs))
     assert held == 10_000  # every new stream evicted the oldest finished one
     # Before: ~5 ms of copying per stream at 10,000 held, 3x the CPU of a stream, first token 4 s.
     # Old code: about a third of the fresh rate. The margin is for the noise of the suite's other

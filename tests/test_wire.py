@@ -139,7 +139,7 @@ async def test_reader_whenItStopsReading_thenLetGoAfterSendTimeout_pingsIncluded
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "stall",
                                      "overrideConfig": {"emulator": {"tokens": big + ["never"],
                                                                      "hangAfter": 40}}})).json()
-    manager = gateway.app.state.manager
+    manager = gateway.app.state.services.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
     try:
@@ -181,7 +181,7 @@ async def test_reader_whenTheExitSignalCutsItsBlockedWrite_thenNothingIsSentAfte
         created = (await client.post("/v1/streams", json={"chatflowId": DEMO_CHATFLOW_ID, "question": "cut",
                                      "overrideConfig": {"emulator": {"tokens": big + ["never"],
                                                                      "hangAfter": 40}}})).json()
-    manager = gateway.app.state.manager
+    manager = gateway.app.state.services.manager
     run = manager.runs[created["streamId"]]
     sock = _stalled_reader(gateway.port, f"/v1/streams/{created['streamId']}/events")
     try:

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from sse_starlette.sse import AppStatus
 
 from . import __version__
-from .api import create_app, flowise_problem
+from .api import app_services, create_app, flowise_problem
 from .http_protocol import gateway_protocol
 from .logging_setup import configure, quiet
 from .settings import Settings
@@ -36,9 +36,9 @@ class GatewayServer(uvicorn.Server):
         AppStatus.disable_automatic_graceful_drain()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        manager = getattr(self.app.state, "manager", None)
-        if manager is not None:
-            manager.begin_drain()
+        services = app_services(self.app)
+        if services is not None:  # None: a signal before the lifespan started
+            services.manager.begin_drain()
         super().handle_exit(sig, frame)
 
 
@@ -125,7 +125,8 @@ async def _banner(server: GatewayServer, host: str, port: int, demo_line: str) -
 
 async def startup_problem(server: GatewayServer) -> str | None:
     """Why Flowise is not usable once the gateway listens, or None (then it is "ready")."""
-    return await flowise_problem(server.app, server.app.state.settings.connect_timeout + 5)
+    services = app_services(server.app)  # the server has started: its lifespan made them
+    return await flowise_problem(server.app, services.settings.connect_timeout + 5 if services else 0)
 
 
 def show_banner(host: str, port: int, demo_line: str, workers: str = "", problem: str | None = None) -> None:

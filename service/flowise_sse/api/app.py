@@ -1,7 +1,8 @@
 """The app factory: settings in, a FastAPI app out, with its lifespan, middleware and routers.
 
 The lifespan owns the long-lived objects (the `Upstream` with its connection pools, the
-`StreamManager` with its stores); routes reach them through `dependencies.py`.
+`StreamManager` with its stores), gathered in one `Services` that routes reach through
+`dependencies.py`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..streams import MemoryStore, StreamManager
 from ..upstream import Upstream
 from .access import Access
 from .chat_page import mount_chat_page
+from .dependencies import Services
 from .docs_page import mount_docs
 from .error_handlers import install_error_handlers
 from .guards import Guard
@@ -51,8 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings)
         manager = StreamManager(settings, upstream, MemoryStore(settings))
-        app.state.upstream, app.state.manager = upstream, manager
-        app.state.responses = ResponseRecords(manager)
+        app.state.services = Services(settings, access, override_policy, upstream, manager, ResponseRecords(manager))
         install_log_redaction()  # again: uvicorn configured its loggers after create_app
         await manager.open()
         # What works and what does not, said once; the banner waits for it (flowise_problem).
@@ -74,9 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_log_redaction()
-    app.state.settings = settings
-    app.state.access = access
-    app.state.override_policy = override_policy
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -96,6 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_docs(app)
     mount_chat_page(app)
     return app
+
+
+def app_services(app: FastAPI) -> Services | None:
+    """The app's parts, once its lifespan has made them (None before it starts)."""
+    services: Services | None = getattr(app.state, "services", None)
+    return services
 
 
 async def flowise_problem(app: FastAPI, wait: float) -> str | None:

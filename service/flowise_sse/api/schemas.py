@@ -24,6 +24,8 @@ def json_problem(value: Any, where: str) -> str | None:
     """Why `value` cannot travel to Flowise as JSON, or None: a NaN or an infinity (not JSON),
     a lone surrogate (not UTF-8), nesting deeper than MAX_JSON_DEPTH. Iterative: a deep value
     must not exhaust the stack of the check itself."""
+    if value is None:  # most optional fields of most requests
+        return None
     stack: list[tuple[Any, str, int]] = [(value, where, 0)]
     while stack:
         item, path, depth = stack.pop()

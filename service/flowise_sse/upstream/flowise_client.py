@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ INTERNAL = {"x-request-from": "internal"}
 STORED_MEMORY_SINCE = (1, 8, 0)
 
 
+@functools.lru_cache(maxsize=64)  # a few versions per process, each read on every call to Flowise
 def parse_version(text: str) -> tuple[int, int, int]:
     major, minor, patch = ([int(n) for n in re.findall(r"\d+", text)[:3]] + [0, 0, 0])[:3]
     return major, minor, patch

@@ -14,21 +14,11 @@ from pydantic import TypeAdapter, ValidationError
 from sse_starlette import EventSourceResponse
 
 from ...errors import BadRequest, ClientLeft, Forbidden, GatewayError, UpstreamError
+from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..bodies import check_body_size, read_model
-from ..dependencies import (
-    ABSENT,
-    CallerDep,
-    Flowise,
-    LastEventId,
-    Manager,
-    Overrides,
-    SettingsDep,
-    UpstreamDep,
-    caller,
-    resume_position,
-)
+from ..dependencies import ABSENT, CallerDep, LastEventId, Services, ServicesDep, caller, resume_position, services_of
 from ..event_stream import event_stream
 from ..schemas import (
     CHAT_ID_PATTERN,
@@ -44,9 +34,9 @@ from ..schemas import (
 router = APIRouter(prefix="/v1/chatflows", dependencies=[Depends(caller)])
 
 
-async def _stream_request(request: Request, settings: SettingsDep) -> StreamRequest:
+async def _stream_request(request: Request) -> StreamRequest:
     body = await read_model(request, StreamRequest)
-    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    check_body_size(request, services_of(request).settings.max_body_bytes, bool(body.uploads))
     return body
 
 
@@ -57,11 +47,11 @@ LISTED_FIELDS = ("id", "name", "deployed", "isPublic", "category", "type", "upda
 
 
 @router.get("", response_model=list[ChatflowSummary], tags=["chatflows"], response_model_exclude_unset=True)
-async def list_chatflows(flowise: Flowise, who: CallerDep, full: bool = False) -> list[dict[str, Any]]:
+async def list_chatflows(services: ServicesDep, who: CallerDep, full: bool = False) -> list[dict[str, Any]]:
     """The chatflows this key may use; `flowData` only with `?full=true`, for a key allowed it."""
     if full and who.tenant is not None and not who.tenant.flow_data:
         raise Forbidden("this key may not read chatflows' flowData (flow_data in FLOWISE_SSE_KEYS_FILE)")
-    flows = visible_chatflows(who, await flowise.list_chatflows())
+    flows = visible_chatflows(who, await services.flowise.list_chatflows())
     fields = LISTED_FIELDS + (("flowData",) if full else ())
     listed = [{k: flow.get(k) for k in fields} for flow in flows if isinstance(flow, dict)]
     try:  # checked here: a listing that is not what it claims is Flowise's fault (502), not a 500
@@ -72,8 +62,9 @@ async def list_chatflows(flowise: Flowise, who: CallerDep, full: bool = False) -
 
 
 @router.get("/{chatflow_id}/streaming", response_model=StreamingCheck, tags=["chatflows"])
-async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -> dict[str, bool]:
+async def streaming_check(chatflow_id: UUID, services: ServicesDep, who: CallerDep) -> dict[str, bool]:
     """Whether Flowise can stream this chatflow (otherwise the stream carries one token)."""
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, str(chatflow_id))
     return {"isStreaming": await flowise.is_streaming(str(chatflow_id))}
 
@@ -81,23 +72,20 @@ async def streaming_check(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -
 @router.post("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE,
              openapi_extra=json_body_of(StreamRequest))
 async def stream_post(
-    chatflow_id: UUID, body: StreamBody, manager: Manager, settings: SettingsDep, last_event_id: LastEventId,
-    who: CallerDep, flowise: Flowise, overrides: Overrides,
+    chatflow_id: UUID, body: StreamBody, services: ServicesDep, last_event_id: LastEventId, who: CallerDep,
 ) -> Response:
     """Ask a chatflow and stream the answer. With `Last-Event-ID`, resume that stream instead."""
-    overrides.check(body.overrideConfig)
-    return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who)
+    services.overrides.check(body.overrideConfig)
+    return await _ask_or_resume(services, chatflow_id, body, last_event_id, who)
 
 
 @router.get("/{chatflow_id}/stream", tags=["streams"], response_class=EventSourceResponse, responses=SSE_RESPONSE)
 async def stream_get(
     request: Request,
     chatflow_id: UUID,
-    manager: Manager,
-    settings: SettingsDep,
+    services: ServicesDep,
     last_event_id: LastEventId,
     who: CallerDep,
-    flowise: Flowise,
     question: Annotated[str, Query(min_length=1)],
     history: Annotated[str, Query(
         description='JSON array of `{"role", "content"}` (role: user, assistant, userMessage, apiMessage), '
@@ -116,7 +104,7 @@ async def stream_get(
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
     key = _request_key(who, chatflow_id, question, history, chatId, requestId)
-    return await _ask_or_resume(manager, settings, flowise, chatflow_id, body, last_event_id, who, key)
+    return await _ask_or_resume(services, chatflow_id, body, last_event_id, who, key)
 
 
 @router.post(
@@ -129,17 +117,17 @@ async def stream_get(
     openapi_extra=json_body_of(StreamRequest),
 )
 async def prediction(
-    request: Request, chatflow_id: UUID, body: StreamBody, flowise: Flowise, manager: Manager,
-    upstream: UpstreamDep, settings: SettingsDep, who: CallerDep, overrides: Overrides,
+    request: Request, chatflow_id: UUID, body: StreamBody, services: ServicesDep, who: CallerDep,
 ) -> Response:
     """The whole answer at once, as Flowise's JSON. A client that leaves cancels it upstream."""
-    overrides.check(body.overrideConfig)
+    services.overrides.check(body.overrideConfig)
+    flowise = services.flowise
     pred = body.prediction().namespaced(who.upstream_chat_id) if who.tenant else body.prediction()
     await allowed_chatflow(who, flowise, str(chatflow_id))
     await flowise.check_chatflow(str(chatflow_id))  # an unknown chatflow is a 404, as on the stream routes
     pred.check_supported(await flowise.version())
-    async with manager.prediction_slot(pred.chat_id, who.tenant_id):
-        answer = asyncio.ensure_future(_predict(flowise, str(chatflow_id), pred, settings.total_timeout))
+    async with services.manager.prediction_slot(pred.chat_id, who.tenant_id):
+        answer = asyncio.ensure_future(_predict(flowise, str(chatflow_id), pred, services.settings.total_timeout))
         left = asyncio.ensure_future(_client_left(request))
         try:
             await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
@@ -147,7 +135,7 @@ async def prediction(
             left.cancel()
             if not answer.done():  # the client left: close the upstream connection, ask Flowise to stop
                 answer.cancel()
-                upstream.abort_upstream(str(chatflow_id), pred.chat_id)
+                services.upstream.abort_upstream(str(chatflow_id), pred.chat_id)
             await asyncio.gather(answer, left, return_exceptions=True)
         if answer.cancelled():
             raise ClientLeft("the client left before the answer came; the upstream request was cancelled")
@@ -155,7 +143,7 @@ async def prediction(
     return Response(pred.client_answer(content), media_type="application/json")
 
 
-async def _predict(flowise: Flowise, chatflow_id: str, prediction: Prediction, timeout: float) -> bytes:
+async def _predict(flowise: FlowiseClient, chatflow_id: str, prediction: Prediction, timeout: float) -> bytes:
     try:
         return await flowise.predict_bytes(chatflow_id, prediction.encoded_body(), timeout=timeout)
     except GatewayError as exc:
@@ -169,13 +157,14 @@ async def _client_left(request: Request) -> None:
 
 
 async def _ask_or_resume(
-    manager: Manager, settings: SettingsDep, flowise: Flowise, chatflow_id: UUID, body: StreamRequest,
-    last_event_id: str | None, who: Caller, request_key: str | None = None,
+    services: Services, chatflow_id: UUID, body: StreamRequest, last_event_id: str | None, who: Caller,
+    request_key: str | None = None,
 ) -> Response:
+    manager, settings = services.manager, services.settings
     resume = resume_position(last_event_id)
     if resume:
         return await event_stream(manager, settings, *resume, who)
-    await allowed_chatflow(who, flowise, str(chatflow_id))
+    await allowed_chatflow(who, services.flowise, str(chatflow_id))
     prediction = body.prediction()
     if who.tenant is not None:
         prediction = prediction.namespaced(who.upstream_chat_id)

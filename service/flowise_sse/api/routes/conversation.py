@@ -44,7 +44,7 @@ from ..conversation_schemas import (
     FeedbackCreate,
     FeedbackUpdate,
 )
-from ..dependencies import CallerDep, Flowise, caller
+from ..dependencies import CallerDep, ServicesDep, caller
 from ..schemas import CHAT_ID_PATTERN
 
 router = APIRouter(prefix="/v1/chatflows", tags=["conversation"], dependencies=[Depends(caller)])
@@ -64,10 +64,11 @@ _FILE_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
 
 
 @router.get("/{chatflow_id}/config", response_model=ChatbotConfig, response_model_exclude_none=True)
-async def chatbot_config(chatflow_id: UUID, flowise: Flowise, who: CallerDep) -> dict[str, Any]:
+async def chatbot_config(chatflow_id: UUID, services: ServicesDep, who: CallerDep) -> dict[str, Any]:
     """The chatbot config a front-end starts from: welcome message, starter prompts, upload policy
     and sizes, whether feedback, leads and text-to-speech are on, and an Agentflow's form inputs."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     config = await flowise.chatbot_config(flow)
     public = {key: value for key, value in config.items() if key not in PRIVATE_CONFIG}
@@ -91,9 +92,10 @@ def _form_start(flow_data: Any) -> dict[str, Any]:
 
 
 @router.post("/{chatflow_id}/feedback", response_model=Feedback)
-async def create_feedback(chatflow_id: UUID, body: FeedbackCreate, flowise: Flowise, who: CallerDep) -> Any:
+async def create_feedback(chatflow_id: UUID, body: FeedbackCreate, services: ServicesDep, who: CallerDep) -> Any:
     """Thumbs up or down (with an optional comment) on an answer of one of this key's chats."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     chat = who.upstream_chat_id(body.chatId)
     # Before 2.2.8 Flowise stores feedback on any message id: a key could rate another key's answer.
@@ -118,11 +120,12 @@ async def create_feedback(chatflow_id: UUID, body: FeedbackCreate, flowise: Flow
 @router.patch("/{chatflow_id}/feedback/{feedback_id}", response_model=Feedback)
 async def update_feedback(
     chatflow_id: UUID, feedback_id: Annotated[str, Path(pattern=r"^[0-9A-Fa-f-]{36}$")], body: FeedbackUpdate,
-    flowise: Flowise, who: CallerDep,
+    services: ServicesDep, who: CallerDep,
 ) -> Any:
     """Change a rating or its comment: feedback on one of this key's chats only (Flowise is asked
     which feedback that chat has)."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     chat = who.upstream_chat_id(body.chatId)
     row = next((r for r in await flowise.list_feedback(flow, chat)
@@ -139,12 +142,13 @@ async def update_feedback(
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "properties": {"files": {"type": "array", "items": {
                      "type": "string", "format": "binary"}}}, "required": ["files"]}}}}})
-async def attachments(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, flowise: Flowise,
+async def attachments(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, services: ServicesDep,
                       who: CallerDep) -> Any:
     """Files in (multipart `files`), their text out: send each back as an upload of type
     `file:full` (Flowise 2.1.3+; the chatflow's full-file upload must be on, and the type allowed).
     Flowise stores the files under the chat: `GET .../files` fetches them back."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     check_endpoint(await flowise.version(), ATTACHMENTS_SINCE, "attachments")
     async with AsyncExitStack() as stack:
@@ -162,12 +166,13 @@ async def attachments(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, 
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "properties": {"files": {"type": "array", "items": {
                      "type": "string", "format": "binary"}}}, "required": ["files"]}}}}})
-async def upsert(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, flowise: Flowise,
+async def upsert(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, services: ServicesDep,
                  who: CallerDep) -> Response:
     """RAG files into the chatflow's vector store, for this chat (then send uploads of type
     `file:rag`): only where the chatflow allows RAG file uploads (its config's
     `uploads.isRAGFileUploadAllowed`)."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     if not (await flowise.upload_policy(flow)).get("isRAGFileUploadAllowed"):
         raise UploadNotAllowed("this chatflow does not take RAG file uploads (its file upload setting is off)")
@@ -189,7 +194,7 @@ async def upsert(request: Request, chatflow_id: UUID, chatId: ChatIdQuery, flowi
     200: {"description": "The file's bytes, with its type (from its name), `Content-Disposition: attachment` "
           "and `X-Content-Type-Options: nosniff`", "content": {"application/octet-stream": {}}}})
 async def stored_file(
-    chatflow_id: UUID, chatId: ChatIdQuery, flowise: Flowise, who: CallerDep,
+    chatflow_id: UUID, chatId: ChatIdQuery, services: ServicesDep, who: CallerDep,
     fileName: Annotated[str, Query(max_length=255, description="The upload's `name`, or an artifact's file name")],
 ) -> Response:
     """A file stored under one of this key's chats (an upload, an attachment, an artifact),
@@ -197,6 +202,7 @@ async def stored_file(
     if not _FILE_NAME.match(fileName) or ".." in fileName:
         raise BadRequest("fileName must be a plain file name: no /, \\, .. or control characters")
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     stack = AsyncExitStack()
     try:
@@ -220,11 +226,12 @@ async def stored_file(
 
 @router.get("/{chatflow_id}/chats/{chat_id}/messages", response_model=list[ChatMessage])
 async def chat_messages(
-    chatflow_id: UUID, chat_id: Annotated[str, Path(pattern=CHAT_ID_PATTERN)], flowise: Flowise, who: CallerDep,
+    chatflow_id: UUID, chat_id: Annotated[str, Path(pattern=CHAT_ID_PATTERN)], services: ServicesDep, who: CallerDep,
 ) -> Any:
     """The stored conversation of one of this key's chats, oldest first, as Flowise stored it
     (needs the gateway's Flowise credentials: Flowise keeps this route behind its key)."""
     flow = str(chatflow_id)
+    flowise = services.flowise
     await allowed_chatflow(who, flowise, flow)
     chat = who.upstream_chat_id(chat_id)
     messages = [m for m in await flowise.chat_messages(flow, chat) if isinstance(m, dict) and m.get("chatId") == chat]

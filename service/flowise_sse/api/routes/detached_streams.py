@@ -10,18 +10,7 @@ from sse_starlette import EventSourceResponse
 from ...errors import StreamNotFound
 from ..access import allowed_chatflow
 from ..bodies import check_body_size, read_model
-from ..dependencies import (
-    ABSENT,
-    AccessDep,
-    CallerDep,
-    Flowise,
-    Manager,
-    Overrides,
-    SeqOrLastEventId,
-    SettingsDep,
-    caller,
-    resume_position,
-)
+from ..dependencies import ABSENT, CallerDep, SeqOrLastEventId, ServicesDep, caller, resume_position, services_of
 from ..event_stream import event_stream
 from ..schemas import SSE_RESPONSE, CreateStream, StreamCreated, json_body_of
 
@@ -41,26 +30,27 @@ _CREATED_LINKS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _create_stream_body(request: Request, settings: SettingsDep) -> CreateStream:
+async def _create_stream_body(request: Request) -> CreateStream:
     body = await read_model(request, CreateStream)  # held once: see bodies.py
-    check_body_size(request, settings.max_body_bytes, bool(body.uploads))
+    check_body_size(request, services_of(request).settings.max_body_bytes, bool(body.uploads))
     return body
 
 
 @router.post("", status_code=201, response_model=StreamCreated, dependencies=[Depends(caller)],
              responses=_CREATED_LINKS, openapi_extra=json_body_of(CreateStream))
 async def create_stream(
-    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], manager: Manager,
-    access: AccessDep, who: CallerDep, flowise: Flowise, overrides: Overrides,
+    request: Request, body: Annotated[CreateStream, Depends(_create_stream_body)], services: ServicesDep,
+    who: CallerDep,
 ) -> dict[str, str]:
     """Start a stream now, read it later (or from a browser) at `eventsUrl`."""
-    overrides.check(body.overrideConfig)
-    await allowed_chatflow(who, flowise, str(body.chatflowId))
+    services.overrides.check(body.overrideConfig)
+    await allowed_chatflow(who, services.flowise, str(body.chatflowId))
     prediction = body.prediction()
     if who.tenant is not None:
         prediction = prediction.namespaced(who.upstream_chat_id)
-    run = await manager.start(str(body.chatflowId), prediction, who.tenant_id)
-    url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=access.token_for(run.id))
+    run = await services.manager.start(str(body.chatflowId), prediction, who.tenant_id)
+    token = services.access.token_for(run.id)
+    url = request.url_for("stream_events", stream_id=run.id).include_query_params(token=token)
     return {"streamId": run.id, "chatId": prediction.visible_chat_id, "eventsUrl": str(url)}
 
 
@@ -68,22 +58,20 @@ async def create_stream(
 async def stream_events(
     request: Request,
     stream_id: StreamId,
-    manager: Manager,
-    settings: SettingsDep,
-    access: AccessDep,
+    services: ServicesDep,
     last_event_id: SeqOrLastEventId,
     token: Annotated[str, Query(description="The read token `eventsUrl` carries")] = ABSENT,
 ) -> Response:
     """Replay a stream after `Last-Event-ID` (a bare seq is fine here), then follow it live."""
-    access.check_origin(request)
-    who = access.caller_or_token(request, stream_id)
+    services.access.check_origin(request)
+    who = services.access.caller_or_token(request, stream_id)
     resume = resume_position(last_event_id, stream_id)
-    return await event_stream(manager, settings, stream_id, resume[1] if resume else 0, who)
+    return await event_stream(services.manager, services.settings, stream_id, resume[1] if resume else 0, who)
 
 
 @router.delete("/{stream_id}", status_code=204)
-async def delete_stream(stream_id: StreamId, manager: Manager, who: CallerDep) -> Response:
+async def delete_stream(stream_id: StreamId, services: ServicesDep, who: CallerDep) -> Response:
     """Stop a stream: the upstream is closed, Flowise's abort called; readers get `error` `aborted`."""
-    if not await manager.stop(stream_id, who.tenant_id):
+    if not await services.manager.stop(stream_id, who.tenant_id):
         raise StreamNotFound(f"stream {stream_id} is unknown or has expired")
     return Response(status_code=204)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ...errors import GatewayError
-from ..dependencies import AccessDep, Flowise, Manager
+from ..dependencies import ServicesDep
 from ..schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -28,10 +28,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}},
             response_model_exclude_none=True)
-async def readyz(request: Request, flowise: Flowise, manager: Manager, access: AccessDep) -> Any:
+async def readyz(request: Request, services: ServicesDep) -> Any:
     """Flowise is reachable (and Redis, when configured); its version and the transport in use.
     Why it is not, in detail, only to a caller with a gateway key (the detail names internal
     addresses)."""
+    flowise, manager, access = services.flowise, services.manager, services.access
     try:
         version = await flowise.version()
         if version.version is None:

@@ -40,7 +40,7 @@ from ...upstream.flowise_client import FlowiseClient
 from ...upstream.prediction import Prediction
 from ..access import Caller, allowed_chatflow, visible_chatflows
 from ..bodies import check_body_size
-from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
+from ..dependencies import CallerDep, ServicesDep, caller
 from ..openai_chunks import ChunkEncoder, UsageReport, completion, error_body, openai_error
 from ..openai_schemas import (
     COMPLETION_RESPONSES,
@@ -113,16 +113,17 @@ class ModelNotFound(ChatflowNotFound):
 
 # --- models -------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList)
-async def list_models(flowise: Flowise, who: CallerDep) -> dict[str, Any]:
+async def list_models(services: ServicesDep, who: CallerDep) -> dict[str, Any]:
     """The chatflows this key may use, as models: `id` is the chatflow id, `name` its name
     (either addresses it)."""
-    flows = visible_chatflows(who, await flowise.list_chatflows())
+    flows = visible_chatflows(who, await services.flowise.list_chatflows())
     return {"object": "list", "data": [_model(flow) for flow in flows if flow.get("id")]}
 
 
 @router.get("/models/{model}", response_model=Model)
-async def get_model(model: str, flowise: Flowise, who: CallerDep) -> dict[str, Any]:
+async def get_model(model: str, services: ServicesDep, who: CallerDep) -> dict[str, Any]:
     """One chatflow as a model, by id or unique name."""
+    flowise = services.flowise
     chatflow_id = await resolve_model(flowise, model, who)
     flows = await flowise.list_chatflows(cached=True)
     found = next((flow for flow in flows if flow.get("id") == chatflow_id), None)
@@ -185,11 +186,8 @@ _CHAT_ID = TypeAdapter(Annotated[str, StringConstraints(pattern=CHAT_ID_PATTERN)
 async def chat_completions(
     request: Request,
     body: ChatCompletionRequest,
-    manager: Manager,
-    flowise: Flowise,
-    settings: SettingsDep,
+    services: ServicesDep,
     who: CallerDep,
-    overrides: Overrides,
     x_flowise_chat_id: Annotated[
         str | None, Header(description="The Flowise chat (memory session) to continue")] = None,
     x_openwebui_chat_id: Annotated[str | None, Header(description="Open WebUI's chat id (forwarded user info)")] = None,
@@ -198,7 +196,8 @@ async def chat_completions(
     messages, system prompts, sampling parameters and the chat id map onto Flowise."""
     if body.n != 1:
         raise ParamError("n must be 1: a chatflow gives one answer", "n")
-    check_caller_override(body.overrideConfig, overrides, settings.openai_pass_params)
+    manager, flowise, settings = services.manager, services.flowise, services.settings
+    check_caller_override(body.overrideConfig, services.overrides, settings.openai_pass_params)
     chatflow_id = await resolve_model(flowise, body.model, who)
     chat_id = _chat_id(x_flowise_chat_id, x_openwebui_chat_id, body.user)
     question, history, system, media, left_out = _conversation(body.messages)

@@ -22,11 +22,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from ...errors import BadRequest, StreamNotFound, error_from_event
 from ...events import ERROR, TERMINAL, Event
-from ...streams import StreamRun
+from ...settings import Settings
+from ...streams import StreamManager, StreamRun
 from ...streams.sse_encoder import KEEPALIVE, json_bytes
 from ...upstream.prediction import Prediction
 from ..bodies import check_body_size, read_model
-from ..dependencies import CallerDep, Flowise, Manager, Overrides, SettingsDep, caller
+from ..dependencies import CallerDep, ServicesDep, caller
 from ..openai_response_events import ResponseEncoder, sse
 from ..openai_response_schemas import (
     RESPONSE_RESPONSES,
@@ -58,11 +59,6 @@ router = APIRouter(
 )
 
 
-async def _records(request: Request) -> ResponseRecords:
-    return request.app.state.responses  # type: ignore[no-any-return]
-
-
-Records = Annotated[ResponseRecords, Depends(_records)]
 ResponseId = Annotated[str, Path(max_length=200, description="`resp_<streamId>`")]
 
 # Sampling parameters under the input names of Flowise's chat model nodes (as on Chat Completions).
@@ -83,12 +79,13 @@ async def _create_response_body(request: Request) -> CreateResponse:
 @router.post("/responses", responses=RESPONSE_RESPONSES, response_model=None,
              openapi_extra=json_body_of(CreateResponse))
 async def create_response(
-    request: Request, body: Annotated[CreateResponse, Depends(_create_response_body)], manager: Manager,
-    flowise: Flowise, settings: SettingsDep, who: CallerDep, records: Records, overrides: Overrides,
+    request: Request, body: Annotated[CreateResponse, Depends(_create_response_body)], services: ServicesDep,
+    who: CallerDep,
 ) -> Response:
     """A chatflow's answer as an OpenAI `response`, streamed with `stream: true`, returned at once
     with `background: true`. See the docs' Responses page for how each field maps onto Flowise."""
-    check_caller_override(body.overrideConfig, overrides, settings.openai_pass_params)
+    manager, flowise, settings, records = services.manager, services.flowise, services.settings, services.responses
+    check_caller_override(body.overrideConfig, services.overrides, settings.openai_pass_params)
     if body.background and not body.store:
         raise ParamError("a background response must be stored (store: true): it is read back by its id", "store")
     conversation = body.conversation.id if isinstance(body.conversation, ConversationRef) else body.conversation
@@ -278,30 +275,31 @@ class _Turns:
 # --- read back ----------------------------------------------------------------------------------
 @router.get("/responses/{response_id}", responses=RESPONSE_RESPONSES, response_model=None)
 async def get_response(
-    response_id: ResponseId, manager: Manager, settings: SettingsDep, who: CallerDep, records: Records,
+    response_id: ResponseId, services: ServicesDep, who: CallerDep,
     stream: Annotated[bool, Query(description="Its events, from the first, live to its end")] = False,
     starting_after: Annotated[int, Query(ge=-1, description="With stream: the events after this sequence_number")] = -1,
 ) -> Response:
     """A response as it stands; with `stream=true` its events (all of them, or those after
     `starting_after`: the same events with the same sequence numbers), then live to its end."""
+    records = services.responses
     record = await records.find(response_id, who.tenant_id)
     if not stream:
         return _json(await _snapshot(record, records), {})
-    reading = await manager.follow(record.stream_id, 0, who.tenant_id)
+    reading = await services.manager.follow(record.stream_id, 0, who.tenant_id)
     if reading is None:
         raise ResponseNotFound(response_id)
     encoder = ResponseEncoder(record.head())
     return _event_source(_replayed_events(reading.frames, encoder, records, record, starting_after),
-                         reading.release, settings, {"X-Flowise-Stream-Id": record.stream_id})
+                         reading.release, services.settings, {"X-Flowise-Stream-Id": record.stream_id})
 
 
 @router.get("/responses/{response_id}/input_items", response_model=InputItemList)
 async def list_input_items(
-    response_id: ResponseId, who: CallerDep, records: Records,
+    response_id: ResponseId, services: ServicesDep, who: CallerDep,
     order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
 ) -> dict[str, Any]:
     """The input items the response was asked with (images given inline listed without their data)."""
-    record = await records.find(response_id, who.tenant_id)
+    record = await services.responses.find(response_id, who.tenant_id)
     items = [{"id": f"msg_{record.stream_id}_in{index}", **item} for index, item in enumerate(record.input_items)]
     if order == "desc":
         items.reverse()
@@ -310,24 +308,26 @@ async def list_input_items(
 
 
 @router.post("/responses/{response_id}/cancel", response_model=ResponseObject)
-async def cancel_response(response_id: ResponseId, manager: Manager, who: CallerDep, records: Records) -> Response:
+async def cancel_response(response_id: ResponseId, services: ServicesDep, who: CallerDep) -> Response:
     """Stop a response that is running (on any replica): it ends `cancelled`. One that has ended
     is returned as it is."""
+    records = services.responses
     record = await records.find(response_id, who.tenant_id)
-    await _stop(record, manager, records, who.tenant_id)
+    await _stop(record, services.manager, records, who.tenant_id)
     return _json(await _snapshot(record, records), {})
 
 
 @router.delete("/responses/{response_id}", response_model=DeletedResponse)
-async def delete_response(response_id: ResponseId, manager: Manager, who: CallerDep, records: Records) -> Response:
+async def delete_response(response_id: ResponseId, services: ServicesDep, who: CallerDep) -> Response:
     """Forget a response (a running one is cancelled first); its id then finds nothing."""
+    records = services.responses
     record = await records.find(response_id, who.tenant_id)
-    await _stop(record, manager, records, who.tenant_id)
+    await _stop(record, services.manager, records, who.tenant_id)
     await records.drop(record)
     return _json({"id": record.id, "object": "response", "deleted": True}, {})
 
 
-async def _stop(record: ResponseRecord, manager: Manager, records: ResponseRecords, owner: str | None) -> None:
+async def _stop(record: ResponseRecord, manager: StreamManager, records: ResponseRecords, owner: str | None) -> None:
     events = await records.events(record)
     if events and events[-1].event in TERMINAL:
         return
@@ -399,7 +399,7 @@ async def _whole(run: StreamRun, encoder: ResponseEncoder, records: ResponseReco
     raise StreamNotFound(f"the stream of {record.id} ended without a final event")
 
 
-def _event_source(content: AsyncIterator[bytes], release: Callable[[], None], settings: SettingsDep,
+def _event_source(content: AsyncIterator[bytes], release: Callable[[], None], settings: Settings,
                   headers: dict[str, str]) -> Response:
     return HeldEventSourceResponse(
         content, release, headers={"Cache-Control": "no-cache", **headers},
