@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -123,3 +125,19 @@ def test_readme_twoCommands_andCiRunsTheTestOne_afterBuildingTheDocs():
     assert all(step in ci for step in steps), (steps, ci)
     assert [ci.index(step) for step in steps] == sorted(ci.index(step) for step in steps)
     assert ci.index(steps[0]) < ci.index(".venv/bin/mkdocs build --strict") < ci.index(steps[-1])
+
+
+def test_package_whenServeImportsIt_thenNoGatewayClient_butEveryPublicNameResolves():
+    probe = """
+import sys
+import flowise_sse.cli, flowise_sse.server
+loaded = sorted(m for m in ("httpx", "flowise_sse.client", "flowise_sse.library") if m in sys.modules)
+import flowise_sse
+names = {name: getattr(flowise_sse, name).__module__ for name in flowise_sse.__all__ if name != "__version__"}
+print(json.dumps([loaded, names, sorted(set(flowise_sse.__all__) - set(dir(flowise_sse)))]))
+"""
+    out = subprocess.run([sys.executable, "-c", "import json\n" + probe], capture_output=True, text=True, check=True)
+    loaded, names, undiscoverable = json.loads(out.stdout)
+    assert loaded == []  # what `serve` starts with (its import CPU, a seventh less)
+    assert names["GatewayClient"] == "flowise_sse.client" and names["stream_prediction"] == "flowise_sse.library"
+    assert undiscoverable == []
