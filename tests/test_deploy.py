@@ -301,8 +301,8 @@ def test_monitoringProfile_prometheusAsShipped_scrapesBothReplicas(emulators, re
 
     data = tmp_path / "prometheus"
     data.mkdir()
-    port = free_port()
     with GatewayProcess(given) as one, GatewayProcess(given) as two:
+        port = free_port()  # once both listen: a port picked before could be one of theirs
         config = (ROOT / "deploy" / "prometheus.yml").read_text()
         config = config.replace('"gateway-1:8080", "gateway-2:8080"', f'"127.0.0.1:{one.port}", "127.0.0.1:{two.port}"')
         config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("/prometheus/", f"{data}/")

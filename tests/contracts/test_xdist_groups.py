@@ -7,6 +7,7 @@ runs a small suite under two workers and reads which worker ran what.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,13 @@ def test_free(index):
 def test_loadgroup_whenTestsShareAGroup_thenOneWorkerRunsThemAll(tmp_path: Path) -> None:
     (tmp_path / "test_groups.py").write_text(SUITE)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not this project's addopts
+    # xdist alone: the other plugins installed (Playwright, schemathesis, ...) cost seconds of
+    # imports in each of the three processes and are not what is tested.
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup", "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "pytest", "-p", "xdist", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadgroup",
+         "-q"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     ran = [(path.name.split("-")[1], path.read_text()) for path in tmp_path.glob("ran-*")]
     assert len(ran) == 24, result.stdout
