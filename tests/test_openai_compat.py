@@ -14,7 +14,6 @@ import httpx
 import openai
 import orjson
 import pytest
-from langchain_openai import ChatOpenAI
 
 from flowise_sse.emulator import DEMO_CHATFLOW_ID, NONSTREAMING_CHATFLOW_ID
 
@@ -352,7 +351,9 @@ def test_params_whenPassParamsOff_thenIgnoredAndListed(keyed_gateway, flowise):
 
 
 # --- LangChain ------------------------------------------------------------------------------------
-def chat_model(gateway: ServerThread) -> ChatOpenAI:
+def chat_model(gateway: ServerThread) -> Any:
+    from langchain_openai import ChatOpenAI  # here: importing LangChain is a second of every worker's start
+
     return ChatOpenAI(base_url=gateway.url + "/v1", api_key=KEY, model=DEMO_NAME, max_retries=0, timeout=20)
 
 
