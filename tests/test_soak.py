@@ -73,10 +73,11 @@ async def test_memoryMode_storeHoldingTenThousandFinishedStreams_thenThroughputA
     held = await asyncio.to_thread(full.call, lambda: _async(len, full.app.state.services.manager.store.logs))
     assert held == 10_000  # every new stream evicted the oldest finished one
     # Before: ~5 ms of copying per stream at 10,000 held, 3x the CPU of a stream, first token 4 s.
-    # Old code: about a third of the fresh rate. The margin is for the noise of the suite's other
-    # workers, which share the cores with these rounds (seen: 0.66 in a fresh-clone CI run).
+    # Old code: about a third of the fresh rate. The margins are for the noise of the suite's other
+    # workers, which share the cores with these rounds (seen in fresh-clone CI runs: a rate ratio
+    # of 0.66; first tokens of 75 ms full against 36 ms fresh).
     assert full_rate >= 0.5 * fresh_rate
-    assert full_ft <= 1.5 * fresh_ft + 0.02
+    assert full_ft <= 2 * fresh_ft + 0.05
 
 
 async def _async(fn, *args):
