@@ -256,12 +256,17 @@ class Settings(BaseSettings):
         """Streams are mirrored to Redis (a URL, or sentinels)."""
         return bool(self.redis_url or self.redis_sentinels)
 
+    @property
+    def redis_urls(self) -> list[str]:
+        """The servers `redis_url` names: one, or a cluster's several, comma-separated."""
+        return [url.strip() for url in (self.redis_url or "").split(",") if url.strip()]
+
     @model_validator(mode="after")
     def _redis_modes(self) -> Settings:
         if self.redis_cluster and self.redis_sentinels:
             raise ValueError("FLOWISE_SSE_REDIS_CLUSTER and FLOWISE_SSE_REDIS_SENTINELS exclude each other: "
                              "a cluster fails over by itself, without sentinels")
-        if self.redis_url and "," in self.redis_url and not self.redis_cluster:
+        if len(self.redis_urls) > 1 and not self.redis_cluster:
             raise ValueError("FLOWISE_SSE_REDIS_URL names several Redis servers, which only a cluster has: "
                              "set FLOWISE_SSE_REDIS_CLUSTER=true, or give one URL")
         if self.redis_cluster and not self.redis_url:

@@ -48,7 +48,7 @@ def _redis(settings: Settings) -> str:
                 f"{', over TLS' if settings.redis_sentinel_tls else ''})")
     if settings.redis_url is None:
         return "off (streams resume on this replica only)"
-    url = ", ".join(redacted_url(url.strip()) for url in settings.redis_url.split(","))
+    url = ", ".join(redacted_url(url) for url in settings.redis_urls)
     return f"Cluster via {url}" if settings.redis_cluster else url
 
 

@@ -89,7 +89,7 @@ def connect(settings: Settings, max_connections: int) -> Client:
         # Past its size a cluster node's pool refuses ("Too many connections") instead of
         # waiting: the blocking readers are held to `max_connections` by `MirrorReader`, and this
         # headroom is for the short calls (claims, look-ups, the writer's, a topology refresh).
-        urls = cluster_urls(settings.redis_url)
+        urls = settings.redis_urls
         options: dict[str, Any] = dict(parse_url(urls[0]))  # credentials, TLS and db: the first URL's
         if options.pop("connection_class", None) is SSLConnection:
             options["ssl"] = True
@@ -103,11 +103,6 @@ def connect(settings: Settings, max_connections: int) -> Client:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url, max_connections=max_connections, timeout=settings.redis_timeout, **timeouts)
     return redis.Redis(connection_pool=pool)
-
-
-def cluster_urls(value: str) -> list[str]:
-    """The node URLs of `redis_url` in cluster mode: one, or several comma-separated."""
-    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 def _host_port_of(url: str) -> tuple[str, int]:
